@@ -1,0 +1,27 @@
+"""advx: adversarial examples for PyTorch.
+
+Training takes the loss gradient with respect to the weights (dL/dW, data fixed);
+an attack takes it with respect to the input image (dL/dX, weights frozen).
+
+    >>> from advx import PGD, load_model
+    >>> model, _ = load_model("checkpoints/baseline.pt")
+    >>> x_adv = PGD(model, eps=0.3, alpha=0.01, steps=40)(x, y)
+"""
+
+from advx.attacks import ATTACKS, FGSM, PGD, Attack, AttackResult
+from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from advx.data import DataNotFoundError, MNISTSplit, load_mnist
+from advx.models import MODELS, MadryCNN, SmallCNN, build_model
+from advx.norms import L2, Linf, get_norm
+from advx.train import TrainConfig, accuracy, train, train_baseline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ATTACKS", "FGSM", "PGD", "Attack", "AttackResult",
+    "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint",
+    "DataNotFoundError", "MNISTSplit", "load_mnist",
+    "MODELS", "MadryCNN", "SmallCNN", "build_model",
+    "L2", "Linf", "get_norm",
+    "TrainConfig", "accuracy", "train", "train_baseline",
+]

@@ -1,0 +1,239 @@
+"""What every attack must get right, in one place.
+
+An attack takes the loss gradient with respect to the *input*, dL/dX, while the
+weights stay frozen. The base class owns the parts that are easy to get wrong:
+
+- the model is put in ``eval()`` and its parameters get ``requires_grad=False``
+  for the attack; both are restored in ``finally``, also when the attack raises;
+- the gradient is ``torch.autograd.grad(loss, x_adv)``, so no parameter ``.grad``
+  is ever created and the weights and buffers stay bit-identical;
+- the caller's ``x`` and ``y`` are never written to;
+- the result is projected onto the eps-ball and clipped to ``bounds`` once more
+  at the end, so those two invariants hold whatever a concrete attack does;
+- the sign of the objective is decided once: untargeted attacks ascend the
+  loss of the true label, targeted ones ascend minus the loss of the target;
+- randomness comes from ``seed`` or an explicit ``torch.Generator``; the global
+  RNG is never touched;
+- bad input raises ``ValueError``/``TypeError`` naming the argument, what was
+  expected and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advx.norms import Norm, get_norm
+
+
+@dataclass
+class AttackResult:
+    """What ``Attack.run`` returns; every tensor has one entry per sample.
+
+    x_adv:   [N, C, H, W] adversarial batch, same dtype/device as the input.
+    success: [N] bool, the model's prediction on ``x_adv`` is wrong (untargeted)
+             or equals the target (targeted).
+    norm:    [N] size of ``x_adv - x`` in the attack's norm.
+    steps:   [N] int, gradient steps spent on the sample (with early stop: the
+             step at which it first became adversarial).
+    logits:  [N, K] the model's logits on ``x_adv``.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    norm: torch.Tensor
+    steps: torch.Tensor
+    logits: torch.Tensor
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+
+
+def check_number(name: str, value, *, minimum: float | None = None, strict: bool = False,
+                 integer: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number (>= or > ``minimum``)."""
+    kind = "an integer" if integer else "a finite number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+
+
+class Attack:
+    """Base class. A concrete attack implements ``_run(x, y, generator)`` and returns
+    ``(x_adv, steps)``; everything else (checks, freezing, bookkeeping) lives here.
+
+    Call it as ``x_adv = attack(x, y)`` or ``result = attack.run(x, y)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float,
+        norm: str | Norm = "inf",
+        bounds: tuple[float, float] = (0.0, 1.0),
+        targeted: bool = False,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_number("eps", eps, minimum=0)
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+            raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}")
+        for b in bounds:
+            check_number("bounds", b)
+        if not bounds[0] < bounds[1]:
+            raise ValueError(f"bounds must have low < high, got {tuple(bounds)!r}")
+        if seed is not None:
+            check_number("seed", seed, minimum=0, integer=True)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.model = model
+        self.eps = float(eps)
+        self.norm = get_norm(norm)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.targeted = bool(targeted)
+        self.seed = seed
+        self.generator = generator
+        # The one place where the direction of the objective is decided.
+        self._sign = -1.0 if self.targeted else 1.0
+
+    # ----------------------------------------------------------------- public
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The adversarial batch for images ``x`` [N, C, H, W] and labels ``y`` [N]."""
+        return self.run(x, y).x_adv
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, *,
+            generator: torch.Generator | None = None) -> AttackResult:
+        """Attack a batch and return an ``AttackResult``. ``y`` holds the true labels,
+        or the target labels when ``targeted=True``. ``generator`` overrides the
+        attack's own randomness for this call (a dataset loop passes one generator
+        through all its batches, so that batches do not share random starts)."""
+        self._check_inputs(x, y)
+        x0 = x.detach().clone()
+        y0 = y.detach().clone().to(x.device)
+        generator = generator if generator is not None else self.make_generator(x.device)
+        with frozen(self.model):
+            self._check_labels(x0, y0)
+            x_adv, steps = self._run(x0, y0, generator)
+            x_adv = self.clip(self.norm.project(x_adv.detach(), x0, self.eps))
+            with torch.no_grad():
+                logits = self.model(x_adv)
+        return AttackResult(
+            x_adv=x_adv,
+            success=self.is_success(logits, y0),
+            norm=self.norm.size(x_adv - x0),
+            steps=steps,
+            logits=logits,
+        )
+
+    def config(self) -> dict:
+        """The attack's hyperparameters as plain values (for reports)."""
+        out = {"attack": type(self).__name__}
+        for key, value in vars(self).items():
+            if key in ("model", "generator") or key.startswith("_"):
+                continue
+            out[key] = value.name if isinstance(value, Norm) else value
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "attack")
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------- for subclasses
+    def _run(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample objective to *ascend*: CE of the true label, or minus CE of the target."""
+        return self._sign * F.cross_entropy(logits, y, reduction="none")
+
+    def gradient(self, x_adv: torch.Tensor, y: torch.Tensor):
+        """dLoss/dX at ``x_adv`` with the weights frozen: returns ``(grad, logits, loss)``."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x_adv)
+            loss = self.loss(logits, y)
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        return grad, logits.detach(), loss.detach()
+
+    def is_success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return pred == y if self.targeted else pred != y
+
+    def clip(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(self.bounds[0], self.bounds[1])
+
+    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """The generator a call uses: the one given at construction, else a fresh one from ``seed``."""
+        if self.generator is not None:
+            return self.generator
+        gen = torch.Generator(device=device)
+        if self.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(self.seed)
+        return gen
+
+    # --------------------------------------------------------------- checks
+    def _check_inputs(self, x, y) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor of images [N, C, H, W], got {type(x).__name__}")
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a torch.Tensor of labels [N], got {type(y).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if len(x) == 0:
+            raise ValueError("x must hold at least one image, got an empty batch")
+        if not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).sum().item()
+            raise ValueError(f"x must be finite, got {bad} NaN/inf values")
+        lo, hi = self.bounds
+        x_min, x_max = x.min().item(), x.max().item()
+        if x_min < lo - 1e-6 or x_max > hi + 1e-6:
+            raise ValueError(
+                f"x must lie within bounds {self.bounds}, got values in [{x_min:.4g}, {x_max:.4g}]"
+            )
+        if y.dim() != 1 or len(y) != len(x):
+            raise ValueError(f"y must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+
+    def _check_labels(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.no_grad():
+            logits = self.model(x[:1])
+        if logits.dim() != 2:
+            raise ValueError(f"model must return logits [N, num_classes], got shape {tuple(logits.shape)}")
+        num_classes = logits.shape[1]
+        y_min, y_max = y.min().item(), y.max().item()
+        if y_min < 0 or y_max >= num_classes:
+            what = "target labels" if self.targeted else "labels"
+            raise ValueError(
+                f"y must hold {what} in [0, {num_classes - 1}] for this model, "
+                f"got values in [{y_min}, {y_max}]"
+            )

@@ -1,0 +1,105 @@
+"""PGD: projected gradient ascent on the loss, from a random point of the eps-ball.
+
+Madry, Makelov, Schmidt, Tsipras & Vladu (2018), "Towards Deep Learning Models
+Resistant to Adversarial Attacks". Linf steps follow sign(grad); L2 steps follow
+grad / ||grad||_2 (the norm object decides).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from advx.attacks.base import Attack, check_number
+from advx.norms import Norm
+
+
+class PGD(Attack):
+    """Projected Gradient Descent (ascent on the loss).
+
+    Each step: ``x_adv <- clip(project(x_adv + alpha * direction(dL/dx_adv)))``.
+
+    Args:
+        eps: budget in pixel units. alpha: step size (default ``2.5 * eps / steps``).
+        steps: gradient steps per restart. norm: ``"inf"`` or ``"2"``.
+        random_start: start from a uniform point of the eps-ball (default on).
+        restarts: independent runs; the best per *sample* is kept (a success over
+            a failure, else the higher loss). Restarts after the first only run
+            on samples not broken yet.
+        early_stop: stop each sample as soon as it is adversarial (saves work in
+            evaluation; the result is then the first adversarial iterate).
+
+    Example:
+        >>> atk = PGD(model, eps=0.3, alpha=0.01, steps=40)
+        >>> x_adv = atk(x, y)
+        >>> atk.run(x, y).success.float().mean()  # attack success rate
+    """
+
+    def __init__(self, model: nn.Module, *, eps: float = 0.3, alpha: float | None = None,
+                 steps: int = 40, norm: str | Norm = "inf", random_start: bool = True,
+                 restarts: int = 1, early_stop: bool = False,
+                 bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
+                 seed: int | None = 0, generator: torch.Generator | None = None) -> None:
+        super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
+                         seed=seed, generator=generator)
+        check_number("steps", steps, minimum=1, integer=True)
+        check_number("restarts", restarts, minimum=1, integer=True)
+        if alpha is None:
+            alpha = 2.5 * self.eps / steps
+        check_number("alpha", alpha, minimum=0, strict=True)
+        self.alpha = float(alpha)
+        self.steps = steps
+        self.random_start = bool(random_start)
+        self.restarts = restarts
+        self.early_stop = bool(early_stop)
+
+    def _run(self, x, y, generator):
+        x_best, steps_used = self._descend(x, y, generator)
+        if self.restarts == 1:
+            return x_best, steps_used
+        with torch.no_grad():
+            logits = self.model(x_best)
+        best_success, best_loss = self.is_success(logits, y), self.loss(logits, y)
+        for _ in range(self.restarts - 1):
+            todo = (~best_success).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            x_new, steps_new = self._descend(x[todo], y[todo], generator)
+            with torch.no_grad():
+                logits = self.model(x_new)
+            success, loss = self.is_success(logits, y[todo]), self.loss(logits, y[todo])
+            better = success | (loss > best_loss[todo])  # todo holds only failures so far
+            idx = todo[better]
+            x_best[idx] = x_new[better]
+            best_success[idx] = success[better]
+            best_loss[idx] = loss[better]
+            steps_used[todo] += steps_new
+        return x_best, steps_used
+
+    def _descend(self, x, y, generator):
+        """One PGD run; returns ``(x_adv, steps spent per sample)``."""
+        if self.random_start:
+            x_adv = self.clip(self.norm.random_start(x, self.eps, generator))
+        else:
+            x_adv = x.clone()
+        steps_used = torch.full((len(x),), self.steps, dtype=torch.long, device=x.device)
+        active = torch.arange(len(x), device=x.device)  # samples still being attacked
+        for step in range(self.steps):
+            everyone = len(active) == len(x)
+            xa = x_adv if everyone else x_adv[active]
+            grad, logits, _ = self.gradient(xa, y if everyone else y[active])
+            if self.early_stop:
+                done = self.is_success(logits, y[active])
+                if done.any():
+                    steps_used[active[done]] = step
+                    keep = ~done
+                    active, xa, grad = active[keep], xa[keep], grad[keep]
+                    if len(active) == 0:
+                        break
+            x0 = x if len(active) == len(x) else x[active]
+            stepped = self.clip(self.norm.project(xa + self.alpha * self.norm.direction(grad), x0, self.eps))
+            if len(active) == len(x):
+                x_adv = stepped
+            else:
+                x_adv[active] = stepped
+        return x_adv, steps_used

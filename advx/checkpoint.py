@@ -1,0 +1,111 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict::
+
+    {"format": "advx-checkpoint", "version": 1, "model_name": "small",
+     "state_dict": {...}, "config": {...}, "metrics": {...}}
+
+``config`` and ``metrics`` hold only plain values (str, int, float, bool, None,
+lists and dicts of them), so the safe unpickler can read them back.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advx.models import MODELS, build_model
+
+FORMAT = "advx-checkpoint"
+VERSION = 1
+DEFAULT_CHECKPOINT = Path("checkpoints") / "baseline.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, or not an advx checkpoint."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    model_name: str,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+
+    A crash mid-save leaves the previous file at ``path`` as it was.
+    ``extra`` holds further tensors or plain values (e.g. optimizer state for resuming).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_name": model_name,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": dict(config or {}),
+        "metrics": dict(metrics or {}),
+    }
+    if extra:
+        payload.update(extra)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a checkpoint dict (CPU tensors). Raises ``CheckpointError`` with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint: no file at {path}. Train one first: "
+            f"`python scripts/train_baseline.py` (or `advx train`) writes {DEFAULT_CHECKPOINT}."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, random bytes...
+        raise CheckpointError(
+            f"checkpoint: {path} could not be read as an advx checkpoint "
+            f"(truncated or not a torch file): {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"checkpoint: {path} is not an advx checkpoint (expected a dict with "
+            f"format={FORMAT!r}, got {type(ckpt).__name__}"
+            + (f" with format={ckpt.get('format')!r})" if isinstance(ckpt, dict) else ")")
+        )
+    if ckpt.get("model_name") not in MODELS:
+        raise CheckpointError(
+            f"checkpoint: {path} names model {ckpt.get('model_name')!r}, expected one of {sorted(MODELS)}"
+        )
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Build the model a checkpoint names, load its weights, put it in eval mode on ``device``."""
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["model_name"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(
+            f"checkpoint: {path} weights do not fit model {ckpt['model_name']!r}: {str(err)[:200]}"
+        ) from None
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,173 @@
+"""The ``advx`` command line: argparse only; it parses, then calls the library.
+
+    advx train                      train the baseline CNN (dL/dW), save checkpoints/baseline.pt
+    advx attack --attack pgd        attack it (dL/dX), print a table, write report.json + examples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from advx.attacks import ATTACKS
+from advx.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model
+from advx.data import DataNotFoundError, load_mnist
+from advx.models import MODELS
+from advx.report import environment, format_table, save_examples, write_json
+from advx.train import TrainConfig, train_baseline
+
+
+class CLIError(ValueError):
+    """A bad combination of command-line options."""
+
+
+def _device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda was asked for, but torch.cuda.is_available() is False on this machine")
+    return name
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding MNIST/raw/*.gz (default: $ADVX_DATA or ./data)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advx",
+        description="Adversarial examples on MNIST: train with dL/dW, attack with dL/dX.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a clean baseline CNN and save a checkpoint",
+                       description="Train a CNN on MNIST (the weight-gradient loop) and save a checkpoint.")
+    d = TrainConfig()
+    t.add_argument("--model", default=d.model, choices=sorted(MODELS), help=f"default: {d.model}")
+    t.add_argument("--epochs", type=int, default=d.epochs, help=f"default: {d.epochs}")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
+    t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
+    t.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"output (default: {DEFAULT_CHECKPOINT})")
+    _common(t)
+    t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("attack", help="attack a trained model and report robust accuracy",
+                       description="Run one attack on the first N test images of a trained model; "
+                                   "print a table and write report.json and examples.png.")
+    a.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="default: pgd")
+    a.add_argument("--eps", type=float, default=0.3, help="budget in pixel units (default: 0.3)")
+    a.add_argument("--norm", default="inf", choices=["inf", "2"], help="default: inf")
+    a.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
+    a.add_argument("--steps", type=int, default=40, help="PGD steps (default: 40)")
+    a.add_argument("--restarts", type=int, default=1, help="PGD random restarts (default: 1)")
+    a.add_argument("--early-stop", action="store_true", help="PGD: stop each sample once it is fooled")
+    a.add_argument("--targeted", action="store_true", help="push every image to --target-class")
+    a.add_argument("--target-class", type=int, default=None, help="target label for --targeted")
+    a.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"default: {DEFAULT_CHECKPOINT}")
+    a.add_argument("--n", type=int, default=1000, help="number of test images (default: 1000)")
+    a.add_argument("--batch-size", type=int, default=500, help="default: 500")
+    a.add_argument("--out", default=None, help="output folder (default: runs/<attack>-<norm>-eps<eps>)")
+    _common(a)
+    a.set_defaults(func=cmd_attack)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, seed=args.seed)
+    device = _device(args.device)
+    print(f"training {config.model} on MNIST ({config.epochs} epochs, seed {config.seed}, {device})")
+    start = time.perf_counter()
+    _, history = train_baseline(config, data_dir=args.data_dir, checkpoint=args.checkpoint,
+                                device=device, progress=not args.quiet)
+    wall = time.perf_counter() - start
+    print(format_table([
+        ("test accuracy", f"{history[-1]['test_acc']:.2%}"),
+        ("wall time", f"{wall:.1f} s"),
+        ("checkpoint", str(args.checkpoint)),
+    ], title="baseline"))
+    return 0
+
+
+def _attack_from_args(args, model):
+    kwargs = dict(eps=args.eps, norm=args.norm, targeted=args.targeted, seed=args.seed)
+    if args.attack == "pgd":
+        kwargs.update(alpha=args.alpha, steps=args.steps, restarts=args.restarts, early_stop=args.early_stop)
+    elif args.alpha is not None or args.restarts != 1 or args.early_stop:
+        raise CLIError(f"--alpha/--restarts/--early-stop apply to pgd, not to --attack {args.attack}")
+    return ATTACKS[args.attack](model, **kwargs)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    if args.targeted != (args.target_class is not None):
+        raise CLIError("--targeted and --target-class K go together (got only one of them)")
+    if args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    device = _device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
+    attack = _attack_from_args(args, model)
+    test = load_mnist("test", args.data_dir).head(args.n)
+    target = None
+    if args.targeted:
+        if not 0 <= args.target_class <= 9:
+            raise CLIError(f"--target-class must be in [0, 9], got {args.target_class}")
+        target = torch.full_like(test.y, args.target_class)
+
+    from advx.evaluate import run_attack
+
+    run = run_attack(model, attack, test.x, test.y, target=target, batch_size=args.batch_size,
+                     device=device, progress=not args.quiet)
+    s = run.summary()
+    out = Path(args.out or f"runs/{args.attack}-{args.norm}-eps{args.eps:g}")
+    norm_name = "Linf" if args.norm == "inf" else "L2"
+    print(format_table([
+        ("model", f"{args.checkpoint} ({ckpt['model_name']})"),
+        ("attack", repr(attack)),
+        ("images", str(s["n"])),
+        ("clean accuracy", f"{s['clean_acc']:.2%}"),
+        ("robust accuracy", f"{s['robust_acc']:.2%}"),
+        ("attack success rate", f"{s['success_rate']:.2%} of {s['attacked']} "
+                                f"{'eligible' if args.targeted else 'correctly classified'}"),
+        (f"mean / max {norm_name}", f"{s['mean_norm']:.4f} / {s['max_norm']:.4f}"),
+        ("wall time", f"{s['seconds']:.2f} s ({s['images_per_s']:.0f} images/s)"),
+    ], title="advx attack"))
+    k = len(run.x_adv)
+    save_examples(out / "examples.png", test.x[:k], run.x_adv, test.y[:k], run.pred_clean[:k], run.pred_adv[:k])
+    write_json(out / "report.json", {
+        "command": "attack",
+        "checkpoint": str(args.checkpoint),
+        "model": ckpt["model_name"],
+        "attack": attack.config(),
+        "n": args.n, "batch_size": args.batch_size, "seed": args.seed, "device": device,
+        "target_class": args.target_class,
+        "results": s,
+        "environment": environment(),
+    })
+    print(f"wrote {out / 'report.json'} and {out / 'examples.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (CLIError, CheckpointError, DataNotFoundError, ValueError) as err:
+        print(f"advx {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"advx {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The threat model as an object (after Foolbox 3): one attack loop, norms fill in the geometry.
+
+Each norm gives, per sample of a batch [N, C, H, W]:
+- ``size(delta)``: the perturbation's norm, shape [N];
+- ``random_start(x, eps, generator)``: a random point of the eps-ball around ``x``;
+- ``direction(grad)``: the steepest-ascent direction of unit norm (sign for Linf, grad/||grad||_2 for L2);
+- ``project(x_adv, x, eps)``: the nearest point of the eps-ball around ``x``.
+Clipping to the pixel bounds is done by the attack, not here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_TINY = 1e-12
+
+
+def _per_sample(t: torch.Tensor) -> tuple[int, ...]:
+    """Shape that broadcasts a [N] tensor over a [N, ...] batch."""
+    return (-1,) + (1,) * (t.dim() - 1)
+
+
+class Norm:
+    name: str = ""
+
+    def size(self, delta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Linf(Norm):
+    name = "inf"
+
+    def size(self, delta):
+        return delta.flatten(1).abs().amax(1)
+
+    def random_start(self, x, eps, generator):
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + (2 * noise - 1) * eps
+
+    def direction(self, grad):
+        return grad.sign()
+
+    def project(self, x_adv, x, eps):
+        return torch.max(torch.min(x_adv, x + eps), x - eps)
+
+
+class L2(Norm):
+    name = "2"
+
+    def size(self, delta):
+        return delta.flatten(1).norm(p=2, dim=1)
+
+    def random_start(self, x, eps, generator):
+        # Uniform in the ball: a Gaussian direction, radius eps * U^(1/d).
+        d = x[0].numel()
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(_TINY).view(_per_sample(x))
+        u = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype)
+        return x + direction * (eps * u.pow(1.0 / d)).view(_per_sample(x))
+
+    def direction(self, grad):
+        return grad / grad.flatten(1).norm(dim=1).clamp_min(_TINY).view(_per_sample(grad))
+
+    def project(self, x_adv, x, eps):
+        delta = x_adv - x
+        norms = delta.flatten(1).norm(dim=1).clamp_min(_TINY)
+        factor = torch.clamp(eps / norms, max=1.0).view(_per_sample(delta))
+        return x + delta * factor
+
+
+NORMS = {"inf": Linf, "linf": Linf, "Linf": Linf, "2": L2, "l2": L2, "L2": L2}
+
+
+def get_norm(norm: str | Norm) -> Norm:
+    """``"inf"`` / ``"linf"`` -> ``Linf()``, ``"2"`` / ``"l2"`` -> ``L2()``; a ``Norm`` passes through."""
+    if isinstance(norm, Norm):
+        return norm
+    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        norm = "inf" if norm == float("inf") else str(int(norm))
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of 'inf', '2' (or a Norm object), got {norm!r}")
+    return NORMS[norm]()

@@ -1,0 +1,109 @@
+"""Reports people read: a plain-text table, ``report.json`` and an examples picture."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+
+def environment() -> dict[str, str]:
+    """Versions that decide the numbers (stored in every report)."""
+    import torchvision
+
+    from advx import __version__
+
+    return {
+        "advx": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write ``data`` as indented JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> str:
+    """Two aligned columns, for the console."""
+    width = max(len(k) for k, _ in rows)
+    lines = [title, "-" * len(title)] if title else []
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def save_examples(
+    path: str | os.PathLike,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    pred_clean: torch.Tensor,
+    pred_adv: torch.Tensor,
+    *,
+    columns: int = 8,
+    scale: int = 3,
+) -> Path:
+    """Save a PNG grid: originals (top row), adversarials (middle), and the perturbation
+    magnified to the full grey range (bottom, mid-grey = 0). Each column is captioned
+    with the true label and both predictions.
+
+    x, x_adv: [N, 1, H, W] in [0, 1]; y, pred_clean, pred_adv: [N].
+    """
+    from PIL import Image, ImageDraw, ImageFont
+    from torchvision.transforms.functional import to_pil_image
+
+    n = min(columns, len(x))
+    if n == 0:
+        raise ValueError("save_examples needs at least one image, got an empty batch")
+    x, x_adv = x[:n].detach().cpu(), x_adv[:n].detach().cpu()
+    delta = x_adv - x
+    peak = delta.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    delta_img = 0.5 + 0.5 * delta / peak
+    rows = [("original", x), ("adversarial", x_adv), ("perturbation (magnified)", delta_img)]
+
+    h, w = x.shape[-2] * scale, x.shape[-1] * scale
+    pad, caption = 6, 30
+    font = ImageFont.load_default()
+    canvas = Image.new("RGB", (pad + n * (w + pad), len(rows) * (h + caption + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, imgs) in enumerate(rows):
+        top = pad + r * (h + caption + pad)
+        draw.text((pad, top), name, fill="black", font=font)
+        for c in range(n):
+            left = pad + c * (w + pad)
+            tile = to_pil_image(imgs[c].clamp(0, 1)).resize((w, h), Image.NEAREST).convert("RGB")
+            canvas.paste(tile, (left, top + caption))
+            if r == 0:
+                text, colour = f"y={int(y[c])} p={int(pred_clean[c])}", "black"
+            elif r == 1:
+                fooled = int(pred_adv[c]) != int(y[c])
+                text, colour = f"pred {int(pred_adv[c])}", ("red" if fooled else "green")
+            else:
+                text, colour = f"max {float(peak[c]):.2f}", "black"
+            draw.text((left, top + 14), text, fill=colour, font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

@@ -1,0 +1,164 @@
+"""The weight-gradient loop: the data stay fixed and we step the weights along -dL/dW.
+
+``train`` is the whole loop; ``loss_fn`` is the hook where adversarial training
+swaps the clean batch for an attacked one (the attack itself takes dL/dX with the
+weights frozen, then hands back a batch on which this loop takes dL/dW).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from advx.data import MNISTSplit, iterate_batches, load_mnist
+from advx.models import build_model
+
+
+class LossFn(Protocol):
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(mean loss, logits)`` for one batch; ``epoch`` is the fractional progress."""
+        ...
+
+
+def clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: float = 0.0):
+    """Ordinary training: cross-entropy on the batch as it is."""
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the trained weights (saved in the checkpoint)."""
+
+    model: str = "small"
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+def seeded_model(name: str, seed: int) -> nn.Module:
+    """Build a model whose initial weights depend only on ``seed`` (global RNG left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1000) -> float:
+    """Fraction of ``x`` [N, 1, 28, 28] that ``model`` classifies as ``y`` (eval mode; mode restored)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        correct = 0
+        for xb, yb in iterate_batches(x, y, batch_size):
+            correct += (model(xb.to(device)).argmax(1) == yb.to(device)).sum().item()
+    finally:
+        model.train(was_training)
+    return correct / len(y)
+
+
+def train(
+    model: nn.Module,
+    train_set: MNISTSplit,
+    test_set: MNISTSplit | None,
+    config: TrainConfig,
+    *,
+    loss_fn: LossFn = clean_loss,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place with AdamW and a one-cycle learning rate.
+
+    Each step: ``loss_fn`` gives the batch loss, ``loss.backward()`` fills dL/dW,
+    ``optimizer.step()`` moves the weights. Batches are shuffled by a generator
+    seeded with ``config.seed``; the global RNG is not used.
+
+    Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds``.
+    """
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(train_set) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+    )
+    shuffle = torch.Generator().manual_seed(config.seed)
+    history = []
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            iterate_batches(train_set.x, train_set.y, config.batch_size, generator=shuffle),
+            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not progress, leave=True, unit="batch",
+        )
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(device), y.to(device)
+            loss, logits = loss_fn(model, x, y, epoch=epoch + step / steps_per_epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # dL/dW: the data are constants here
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+        bar.close()
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "test_acc": accuracy(model, test_set.x, test_set.y) if test_set is not None else None,
+            "seconds": time.perf_counter() - start,
+        }
+        history.append(record)
+        if progress and record["test_acc"] is not None:
+            tqdm.write(f"epoch {epoch + 1}: test accuracy {record['test_acc']:.4f}")
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    model.eval()
+    return history
+
+
+def train_baseline(
+    config: TrainConfig = TrainConfig(),
+    *,
+    data_dir: str | Path | None = None,
+    checkpoint: str | Path = DEFAULT_CHECKPOINT,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[nn.Module, list[dict]]:
+    """Load MNIST, train ``config.model`` on the clean data, save the checkpoint. The recipe
+    behind ``scripts/train_baseline.py`` and ``advx train``."""
+    train_set, test_set = load_mnist("train", data_dir), load_mnist("test", data_dir)
+    model = seeded_model(config.model, config.seed)
+    start = time.perf_counter()
+    history = train(model, train_set, test_set, config, device=device, progress=progress)
+    wall = time.perf_counter() - start
+    metrics = {"test_acc": history[-1]["test_acc"], "train_seconds": wall, "history": history}
+    save_checkpoint(checkpoint, model, model_name=config.model, config=asdict(config), metrics=metrics)
+    return model, history
