@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -64,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--eps", type=float, default=0.3, help="budget in pixel units (default: 0.3)")
     a.add_argument("--norm", default="inf", choices=["inf", "2"], help="default: inf")
     a.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
-    a.add_argument("--steps", type=int, default=40, help="PGD steps (default: 40)")
-    a.add_argument("--restarts", type=int, default=1, help="PGD random restarts (default: 1)")
+    a.add_argument("--steps", type=int, default=None, help="iterations (PGD default: 40)")
+    a.add_argument("--restarts", type=int, default=None, help="PGD random restarts (default: 1)")
     a.add_argument("--early-stop", action="store_true", help="PGD: stop each sample once it is fooled")
     a.add_argument("--targeted", action="store_true", help="push every image to --target-class")
     a.add_argument("--target-class", type=int, default=None, help="target label for --targeted")
@@ -96,12 +97,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _attack_from_args(args, model):
+    """Build the attack from the options it takes; an option it does not take is an error."""
+    cls = ATTACKS[args.attack]
+    accepted = inspect.signature(cls).parameters
     kwargs = dict(eps=args.eps, norm=args.norm, targeted=args.targeted, seed=args.seed)
-    if args.attack == "pgd":
-        kwargs.update(alpha=args.alpha, steps=args.steps, restarts=args.restarts, early_stop=args.early_stop)
-    elif args.alpha is not None or args.restarts != 1 or args.early_stop:
-        raise CLIError(f"--alpha/--restarts/--early-stop apply to pgd, not to --attack {args.attack}")
-    return ATTACKS[args.attack](model, **kwargs)
+    optional = {"alpha": (args.alpha, None), "steps": (args.steps, None),
+                "restarts": (args.restarts, None), "early_stop": (args.early_stop, False)}
+    for name, (value, unset) in optional.items():
+        if name in accepted:
+            if value is not unset:
+                kwargs[name] = value
+        elif value is not unset:
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(f"{flag} does not apply to --attack {args.attack}")
+    return cls(model, **kwargs)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:

@@ -1,0 +1,71 @@
+"""Shared fixtures: real MNIST slices and tiny seeded models that train in seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from advx.data import load_mnist
+from advx.train import TrainConfig, train
+
+# Tests read the repository's ./data unless ADVX_DATA says otherwise (.ci/run fills ./data).
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("ADVX_DATA", REPO / "data"))
+
+
+class TinyCNN(nn.Module):
+    """A small CNN used only by the tests: ~97% on MNIST after two seconds of training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 5, stride=2), nn.ReLU(),   # 28 -> 12
+            nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),  # 12 -> 5
+            nn.Flatten(), nn.Linear(32 * 5 * 5, 64), nn.ReLU(), nn.Linear(64, 10),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    return load_mnist("train", DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    return load_mnist("test", DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(mnist_train, mnist_test):
+    """TinyCNN trained for two epochs on 30,000 real MNIST images (seeded; ~97% test
+    accuracy, about 2 s). Do not modify it in a test: ``copy.deepcopy`` it if you need to."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = TinyCNN()
+    subset = mnist_train.head(30000)
+    train(model, subset, None, TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=0), progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def batch(mnist_test):
+    """200 real test images and labels."""
+    return mnist_test.x[:200].clone(), mnist_test.y[:200].clone()
+
+
+@pytest.fixture
+def bn_model():
+    """An untrained CNN with BatchNorm and Dropout (buffers and train/eval behaviour matter)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
+            nn.Flatten(), nn.Linear(4 * 26 * 26, 10),
+        ).train()
