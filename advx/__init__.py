@@ -8,7 +8,7 @@ an attack takes it with respect to the input image (dL/dX, weights frozen).
     >>> x_adv = PGD(model, eps=0.3, alpha=0.01, steps=40)(x, y)
 """
 
-from advx.attacks import ATTACKS, FGSM, PGD, Attack, AttackResult
+from advx.attacks import APGD, ATTACKS, CW, FGSM, MIFGSM, PGD, Attack, AttackResult, DeepFool, Square
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from advx.data import DataNotFoundError, MNISTSplit, load_mnist
 from advx.models import MODELS, MadryCNN, SmallCNN, build_model
@@ -18,7 +18,7 @@ from advx.train import TrainConfig, accuracy, train, train_baseline
 __version__ = "0.1.0"
 
 __all__ = [
-    "ATTACKS", "FGSM", "PGD", "Attack", "AttackResult",
+    "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "Square", "Attack", "AttackResult",
     "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint",
     "DataNotFoundError", "MNISTSplit", "load_mnist",
     "MODELS", "MadryCNN", "SmallCNN", "build_model",

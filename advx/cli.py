@@ -1,5 +1,6 @@
 """The ``advx`` command line: argparse only; it parses, then calls the library.
 
+    advx data --from DIR            copy MNIST into ./data and check it
     advx train                      train the baseline CNN (dL/dW), save checkpoints/baseline.pt
     advx attack --attack pgd        attack it (dL/dX), print a table, write report.json + examples.png
 """
@@ -16,7 +17,7 @@ import torch
 
 from advx.attacks import ATTACKS
 from advx.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model
-from advx.data import DataNotFoundError, load_mnist
+from advx.data import DataNotFoundError, load_mnist, prepare_mnist
 from advx.models import MODELS
 from advx.report import environment, format_table, save_examples, write_json
 from advx.train import TrainConfig, train_baseline
@@ -47,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    dp = sub.add_parser("data", help="put MNIST in the data folder and check it",
+                        description="Copy the four MNIST .gz files from --from (or download them with "
+                                    "torchvision), verify their md5s and print the split sizes.")
+    dp.add_argument("--from", dest="source", default=None, metavar="DIR",
+                    help="folder holding MNIST/raw/*.gz to copy from (default: download)")
+    dp.add_argument("--data-dir", default=None,
+                    help="where to put them (default: $ADVX_DATA or ./data)")
+    dp.set_defaults(func=cmd_data)
+
     t = sub.add_parser("train", help="train a clean baseline CNN and save a checkpoint",
                        description="Train a CNN on MNIST (the weight-gradient loop) and save a checkpoint.")
     d = TrainConfig()
@@ -54,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=d.epochs, help=f"default: {d.epochs}")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
     t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
+    t.add_argument("--train-size", type=int, default=None, metavar="N",
+                   help="train on the first N images only, for quick trials (default: all 60,000)")
     t.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"output (default: {DEFAULT_CHECKPOINT})")
     _common(t)
     t.set_defaults(func=cmd_train)
@@ -79,9 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    raw = prepare_mnist(args.data_dir, source=args.source)
+    train, test = load_mnist("train", args.data_dir), load_mnist("test", args.data_dir)
+    print(f"MNIST ready in {raw}: {len(train):,} training and {len(test):,} test images")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, seed=args.seed)
+                         lr=args.lr, seed=args.seed, train_size=args.train_size)
     device = _device(args.device)
     print(f"training {config.model} on MNIST ({config.epochs} epochs, seed {config.seed}, {device})")
     start = time.perf_counter()

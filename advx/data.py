@@ -88,6 +88,20 @@ def _writable(folder: Path) -> bool:
     return bool(folder.stat().st_mode & stat.S_IWUSR) and os.access(folder, os.W_OK)
 
 
+def _check_md5(raw: Path, resources) -> None:
+    """A present but corrupt .gz file is named, not silently re-downloaded."""
+    from torchvision.datasets.utils import check_integrity
+
+    if _has_files(raw, [_extracted(n) for n in RAW_FILES]):
+        return
+    for url, md5 in resources:
+        path = raw / url.rsplit("/", 1)[-1]
+        if path.is_file() and not check_integrity(str(path), md5):
+            raise DataNotFoundError(
+                f"MNIST file {path} is corrupt (md5 differs from {md5}); replace it with the original"
+            )
+
+
 def _resolve_root(data_dir: Path) -> Path:
     """Return a root whose MNIST/raw torchvision can read and, if needed, write."""
     raw = data_dir / "MNIST" / "raw"
@@ -107,6 +121,37 @@ def _resolve_root(data_dir: Path) -> Path:
             shutil.copyfile(raw / name, tmp)
             os.replace(tmp, target)
     return cache
+
+
+def prepare_mnist(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Make ``<data_dir>/MNIST/raw`` hold the four ``.gz`` files, copied from
+    ``<source>/MNIST/raw`` (or ``<source>`` itself) when given, else downloaded by
+    torchvision. Returns the raw folder. Both splits are then loaded once, which
+    checks the md5s."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    raw = data_dir / "MNIST" / "raw"
+    if source is not None:
+        source = Path(source)
+        src = source / "MNIST" / "raw" if (source / "MNIST" / "raw").is_dir() else source
+        missing = [n for n in RAW_FILES if not (src / n).is_file()]
+        if missing:
+            raise DataNotFoundError(
+                f"source: {src} lacks {', '.join(missing)} (expected the four MNIST .gz files)"
+            )
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in RAW_FILES:
+            target = raw / name
+            if not target.exists() or target.stat().st_size != (src / name).stat().st_size:
+                shutil.copyfile(src / name, target.with_suffix(".part"))
+                os.replace(target.with_suffix(".part"), target)
+                target.chmod(0o644)
+    for split in ("train", "test"):
+        load_mnist(split, data_dir)
+    return raw
 
 
 def load_mnist(
@@ -144,6 +189,7 @@ def load_mnist(
     have_any = _has_files(raw, RAW_FILES) or _has_files(raw, [_extracted(n) for n in RAW_FILES])
     if not have_any and not download:
         raise DataNotFoundError(_missing_message(data_dir))
+    _check_md5(raw, MNIST.resources)
     try:
         ds = MNIST(str(root), train=(split == "train"), download=download)
     except (RuntimeError, OSError) as err:

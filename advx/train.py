@@ -46,11 +46,13 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    train_size: int | None = None  # first N training images only (None: all 60,000)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "train_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -154,7 +156,8 @@ def train_baseline(
 ) -> tuple[nn.Module, list[dict]]:
     """Load MNIST, train ``config.model`` on the clean data, save the checkpoint. The recipe
     behind ``scripts/train_baseline.py`` and ``advx train``."""
-    train_set, test_set = load_mnist("train", data_dir), load_mnist("test", data_dir)
+    train_set = load_mnist("train", data_dir).head(config.train_size)
+    test_set = load_mnist("test", data_dir)
     model = seeded_model(config.model, config.seed)
     start = time.perf_counter()
     history = train(model, train_set, test_set, config, device=device, progress=progress)

@@ -1,0 +1,118 @@
+"""DeepFool: walk to the nearest decision boundary of the linearised classifier.
+
+Moosavi-Dezfooli, Fawzi & Frossard (2016), "DeepFool: a simple and accurate method
+to fool deep neural networks" (CVPR). At ``x_i``, for each candidate class ``k``,
+with ``f_k = z_k - z_y`` and ``w_k = grad f_k``, the boundary of class ``k`` is at
+distance ``|f_k| / ||w_k||_q`` in the linear model (``q`` the dual norm: 2 for L2,
+1 for Linf). The step goes to the closest one; the perturbations add up, and the
+total is scaled by ``1 + overshoot`` to cross the boundary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from advx.attacks.base import Attack, check_number
+from advx.norms import Norm, get_norm
+
+_TINY = 1e-12
+# Added to |f_l| in each step, as in the authors' implementation, so that a step
+# lands just past the linearised boundary rather than on it.
+_PAST_BOUNDARY = 1e-4
+
+
+class DeepFool(Attack):
+    """DeepFool, untargeted, L2 (default) or Linf.
+
+    Each sample stops as soon as it is misclassified (``steps`` in the result is the
+    number of linearisation steps it took; 0 for a sample misclassified already).
+
+    Args:
+        eps: an optional budget, applied by the base class's final projection. The
+            default (``None``) is ``28.0 = sqrt(784)`` for L2 and ``1.0`` for Linf, the
+            largest distances within [0, 1]^784, so that it never binds on MNIST.
+        steps: most linearisation steps per sample. overshoot: the total perturbation
+            is multiplied by ``1 + overshoot``.
+        num_candidates: boundaries considered are those of the ``num_candidates``
+            classes with the highest clean logits (the true label excluded).
+        norm: ``"2"`` or ``"inf"``. targeted: must stay ``False``.
+
+    Example:
+        >>> atk = DeepFool(model, steps=50, overshoot=0.02)
+        >>> x_adv = atk(x, y)            # x [N, 1, 28, 28] in [0, 1], y [N] true labels
+    """
+
+    def __init__(self, model: nn.Module, *, eps: float | None = None, steps: int = 50,
+                 overshoot: float = 0.02, num_candidates: int = 10, norm: str | Norm = "2",
+                 bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
+                 seed: int | None = 0, generator: torch.Generator | None = None) -> None:
+        norm = get_norm(norm)
+        if eps is None:
+            eps = 28.0 if norm.name == "2" else 1.0
+        super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
+                         seed=seed, generator=generator)
+        if self.targeted:
+            raise ValueError("targeted must be False: DeepFool is an untargeted attack, got targeted=True")
+        check_number("steps", steps, minimum=1, integer=True)
+        check_number("overshoot", overshoot, minimum=0)
+        check_number("num_candidates", num_candidates, minimum=2, integer=True)
+        self.steps = steps
+        self.overshoot = float(overshoot)
+        self.num_candidates = num_candidates
+
+    def _run(self, x, y, generator):
+        n = len(x)
+        others = self._other_candidates(x, y)
+        r_total = torch.zeros_like(x)
+        x_adv = x.clone()
+        steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
+        active = torch.arange(n, device=x.device)
+        for step in range(self.steps):
+            logits, diffs, grads = self._linearize(x_adv[active], y[active], others[active])
+            done = logits.argmax(1) != y[active]
+            steps_used[active[done]] = step
+            keep = ~done
+            active, diffs, grads = active[keep], diffs[keep], grads[keep]
+            if len(active) == 0:
+                break
+            r_total[active] += self._step_to_boundary(diffs, grads)
+            x_adv[active] = self.clip(x[active] + (1 + self.overshoot) * r_total[active])
+        return x_adv, steps_used
+
+    def _other_candidates(self, x, y):
+        """[N, M] candidate classes per sample: the top ``num_candidates`` by clean logit,
+        minus the true label (or minus the last one when ``y`` is not among them,
+        which only happens for a sample misclassified already)."""
+        with torch.no_grad():
+            logits = self.model(x)
+        k = min(self.num_candidates, logits.shape[1])
+        top = logits.argsort(1, descending=True)[:, :k]
+        keep = top != y[:, None]
+        keep[keep.all(1), -1] = False
+        return top[keep].view(len(x), k - 1)
+
+    def _linearize(self, x_adv, y, others):
+        """Logits [A, K], ``f_k = z_k - z_y`` [A, M] and ``w_k = d f_k / dx`` [A, M, C, H, W]."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        num_others = others.shape[1]
+        with torch.enable_grad():
+            logits = self.model(x_adv)
+            diffs = logits.gather(1, others) - logits.gather(1, y[:, None])
+            grads = [torch.autograd.grad(diffs[:, j].sum(), x_adv, retain_graph=j < num_others - 1)[0]
+                     for j in range(num_others)]
+        return logits.detach(), diffs.detach(), torch.stack(grads, 1)
+
+    def _step_to_boundary(self, diffs, grads):
+        """The minimal step [A, C, H, W] onto the closest linearised boundary."""
+        flat = grads.flatten(2)                          # [A, M, D]
+        dual = 2 if self.norm.name == "2" else 1         # dual norm of the threat model
+        w_norm = flat.norm(p=dual, dim=2).clamp_min(_TINY)
+        distance = diffs.abs() / w_norm                  # [A, M]
+        closest = distance.argmin(1)
+        rows = torch.arange(len(diffs), device=diffs.device)
+        w, f, size = grads[rows, closest], diffs[rows, closest].abs(), w_norm[rows, closest]
+        scale = ((f + _PAST_BOUNDARY) / size).view(-1, *([1] * (w.dim() - 1)))
+        if dual == 2:
+            return scale * w / size.view_as(scale)
+        return scale * w.sign()

@@ -1,0 +1,147 @@
+"""Square Attack: score-based black-box Linf attack by random square updates.
+
+Andriushchenko, Croce, Flammarion & Hein (2020), "Square Attack: a query-efficient
+black-box adversarial attack via random search" (ECCV). It never looks at a
+gradient: it reads the model's logits (under ``torch.no_grad``) and keeps a random
+change only if it lowers the margin loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from advx.attacks.base import Attack, check_number
+from advx.norms import Norm
+
+# Iterations (out of 10,000, rescaled to the budget) after which the square's area
+# fraction p is halved: the schedule of the paper for Linf.
+_HALVE_AFTER = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def square_fraction(p_init: float, iteration: int, iterations: int) -> float:
+    """Fraction p of the image area the square covers at ``iteration`` (0-based)."""
+    rescaled = int(iteration / iterations * 10000)
+    return p_init / 2 ** sum(rescaled > t for t in _HALVE_AFTER)
+
+
+class Square(Attack):
+    """Square Attack, Linf, untargeted or targeted; uses model outputs only.
+
+    Start from vertical stripes of +-eps; then, at each iteration, redraw a random
+    square window of the perturbation to +-eps (one sign per channel) and keep the
+    change if the margin loss goes down. The margin is ``z_y - max_{j!=y} z_j``
+    (untargeted) or ``max_{j!=t} z_j - z_t`` (targeted); a sample stops as soon as
+    it reaches the goal.
+
+    ``steps`` in the result is the exact number of model evaluations ("queries")
+    spent on each sample, the initial one included.
+
+    Args:
+        eps: Linf budget in pixel units. queries: most queries per sample and
+            restart (the initial one included). p_init: initial fraction of the
+            image area changed per query (halved on the paper's schedule).
+        restarts: independent runs, each only on samples not broken yet.
+        norm: must be ``"inf"``. targeted: ``y`` holds target labels.
+
+    Example:
+        >>> atk = Square(model, eps=0.3, queries=1000)
+        >>> result = atk.run(x, y)       # result.steps: queries per sample
+    """
+
+    def __init__(self, model: nn.Module, *, eps: float = 0.3, queries: int = 1000,
+                 p_init: float = 0.8, restarts: int = 1, norm: str | Norm = "inf",
+                 bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
+                 seed: int | None = 0, generator: torch.Generator | None = None) -> None:
+        super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
+                         seed=seed, generator=generator)
+        if self.norm.name != "inf":
+            raise ValueError(f"norm must be 'inf' for Square (this is the Linf attack), got {norm!r}")
+        check_number("queries", queries, minimum=1, integer=True)
+        check_number("p_init", p_init, minimum=0, strict=True)
+        if p_init > 1:
+            raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+        check_number("restarts", restarts, minimum=1, integer=True)
+        self.queries = queries
+        self.p_init = float(p_init)
+        self.restarts = restarts
+
+    @torch.no_grad()
+    def _run(self, x, y, generator):
+        x_adv = x.clone()
+        best_margin = torch.full((len(x),), math.inf, dtype=x.dtype, device=x.device)
+        success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        queries_used = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        for _ in range(self.restarts):
+            todo = (~success).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            x_new, margin, reached, queries = self._search(x[todo], y[todo], generator)
+            queries_used[todo] += queries
+            better = reached | (margin < best_margin[todo])  # todo: no success so far
+            idx = todo[better]
+            x_adv[idx] = x_new[better]
+            best_margin[idx] = margin[better]
+            success[idx] = reached[better]
+        return x_adv, queries_used
+
+    def _search(self, x, y, generator):
+        """One random search; returns ``(x_best, margin, reached, queries)`` per sample."""
+        n, channels, height, width = x.shape
+        stripes = self._random_signs((n, channels, 1, width), x, generator)
+        x_best = self.clip(x + self.eps * stripes)
+        logits = self.model(x_best)
+        queries = torch.ones(n, dtype=torch.long, device=x.device)
+        margin = self._margin(logits, y)
+        reached = self.is_success(logits, y)
+        active = (~reached).nonzero().squeeze(1)
+        iterations = self.queries - 1
+        for i in range(iterations):
+            if len(active) == 0:
+                break
+            p = square_fraction(self.p_init, i, iterations)
+            side = min(max(round(math.sqrt(p * height * width)), 1), height - 1, width - 1)
+            x0, current = x[active], x_best[active]
+            window = self._random_window(len(active), side, height, width, x, generator)
+            signs = self._random_signs((len(active), channels, 1, 1), x, generator)
+            candidate = torch.where(window, self.clip(x0 + self.eps * signs), current)
+            # A draw that changes nothing would waste a query: take the other sign.
+            same = (candidate == current).flatten(1).all(1).view(-1, 1, 1, 1)
+            candidate = torch.where(window & same, self.clip(x0 - self.eps * signs), candidate)
+
+            logits = self.model(candidate)
+            queries[active] += 1
+            new_margin = self._margin(logits, y[active])
+            improved = new_margin < margin[active]
+            x_best[active[improved]] = candidate[improved]
+            margin[active[improved]] = new_margin[improved]
+            now_reached = improved & self.is_success(logits, y[active])
+            reached[active[now_reached]] = True
+            active = active[~now_reached]
+        return x_best, margin, reached, queries
+
+    def _margin(self, logits, y):
+        """Margin loss to *minimise*; below 0 the goal is reached."""
+        z_label = logits.gather(1, y[:, None]).squeeze(1)
+        others = logits.clone()
+        others.scatter_(1, y[:, None], -math.inf)
+        z_other = others.amax(1)
+        return z_other - z_label if self.targeted else z_label - z_other
+
+    @staticmethod
+    def _random_signs(shape, like, generator):
+        bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+        return (2 * bits - 1).to(like.dtype)
+
+    @staticmethod
+    def _random_window(n, side, height, width, like, generator):
+        """[n, 1, H, W] bool masks of a ``side`` x ``side`` square at a random position."""
+        top = torch.randint(0, height - side + 1, (n, 1), generator=generator, device=like.device)
+        left = torch.randint(0, width - side + 1, (n, 1), generator=generator, device=like.device)
+        rows = torch.arange(height, device=like.device)
+        cols = torch.arange(width, device=like.device)
+        in_rows = (rows >= top) & (rows < top + side)      # [n, H]
+        in_cols = (cols >= left) & (cols < left + side)    # [n, W]
+        return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)

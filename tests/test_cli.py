@@ -1,0 +1,114 @@
+"""The CLI is a thin layer: call ``main(argv)`` and check exit codes, output and files."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from advx.cli import build_parser, main
+
+from conftest import DATA_DIR
+
+
+def _subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["attack", "--help"]])
+def test_help_exits_zero(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert "usage: advx" in capsys.readouterr().out
+
+
+def test_every_command_and_option_has_help_text():
+    for name, sub in _subcommands().items():
+        assert sub.description, name
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"advx {name} {action.option_strings} has no help"
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    code = main(["train", "--epochs", "2", "--train-size", "4000", "--batch-size", "64",
+                 "--data-dir", str(DATA_DIR), "--checkpoint", str(path), "--quiet"])
+    assert code == 0
+    return path
+
+
+def test_train_writes_a_loadable_checkpoint(tiny_checkpoint):
+    from advx.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt["config"]["train_size"] == 4000 and ckpt["config"]["epochs"] == 2
+    assert 0.5 < ckpt["metrics"]["test_acc"] <= 1.0
+
+
+def test_attack_end_to_end(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["attack", "--attack", "pgd", "--eps", "0.3", "--steps", "5", "--n", "60",
+                 "--batch-size", "25", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR),
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for row in ("clean accuracy", "robust accuracy", "attack success rate", "mean / max Linf", "images/s"):
+        assert row in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["attack"]["attack"] == "PGD" and report["attack"]["steps"] == 5
+    assert report["n"] == 60 and report["seed"] == 0
+    results = report["results"]
+    for key in ("clean_acc", "robust_acc", "success_rate", "mean_norm", "max_norm", "seconds", "images_per_s"):
+        assert key in results
+    assert results["robust_acc"] < results["clean_acc"]
+    assert results["max_norm"] <= 0.3 + 1e-6
+    assert {"torch", "torchvision", "advx"} <= set(report["environment"])
+    with Image.open(out / "examples.png") as img:
+        img.verify()
+        assert img.size[0] > 200 and img.size[1] > 200
+
+
+def test_targeted_attack(tiny_checkpoint, tmp_path, capsys):
+    code = main(["attack", "--attack", "pgd", "--targeted", "--target-class", "3", "--steps", "10",
+                 "--n", "40", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR),
+                 "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["target_class"] == 3 and report["attack"]["targeted"] is True
+    assert report["results"]["attacked"] < 40  # the 3s are not counted in the success rate
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["attack", "--checkpoint", "missing.pt"], "no file at missing.pt"),
+    (["attack", "--eps", "-1"], "eps must be >= 0, got -1.0"),
+    (["attack", "--attack", "fgsm", "--steps", "3"], "--steps does not apply to --attack fgsm"),
+    (["attack", "--targeted"], "--targeted and --target-class K go together"),
+    (["attack", "--targeted", "--target-class", "12"], "--target-class must be in [0, 9], got 12"),
+    (["attack", "--n", "0"], "--n must be >= 1, got 0"),
+    (["train", "--epochs", "0"], "epochs must be >= 1, got 0"),
+])
+def test_bad_options_are_one_clear_line(argv, message, tiny_checkpoint, capsys):
+    if "--checkpoint" not in argv and argv[0] == "attack":
+        argv = argv + ["--checkpoint", str(tiny_checkpoint)]
+    assert main(argv + ["--data-dir", str(DATA_DIR), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_cuda_on_a_machine_without_it(capsys, tiny_checkpoint):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["attack", "--device", "cuda", "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err

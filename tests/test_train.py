@@ -1,0 +1,90 @@
+import copy
+
+import pytest
+import torch
+
+from advx.models import MODELS, build_model
+from advx.train import TrainConfig, accuracy, seeded_model, train
+
+
+@pytest.fixture(scope="module")
+def small_set(mnist_train):
+    return mnist_train.head(2048)
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_training_changes_weights_but_not_the_data(small_set):
+    x_before, y_before = small_set.x.clone(), small_set.y.clone()
+    model = seeded_model("small", 0)
+    before = _weights(model)
+    train(model, small_set, None, TrainConfig(epochs=1, batch_size=256), progress=False)
+    after = model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "classifier.3.weight" in changed and "features.0.weight" in changed
+    assert torch.equal(small_set.x, x_before) and torch.equal(small_set.y, y_before)
+    assert small_set.x.grad is None and not small_set.x.requires_grad
+
+
+def test_loss_decreases_on_real_mnist(small_set, mnist_test):
+    model = seeded_model("small", 0)
+    history = []
+    train(model, small_set, mnist_test.head(1000), TrainConfig(epochs=2, batch_size=128),
+          progress=False, on_epoch_end=history.append)
+    assert history[1]["train_loss"] < history[0]["train_loss"] < 2.3
+    assert history[-1]["test_acc"] > 0.7  # chance is 0.1
+
+
+def test_same_seed_gives_identical_weights_and_other_seed_does_not(small_set):
+    subset = small_set.head(512)
+    runs = []
+    for seed in (3, 3, 4):
+        model = seeded_model("small", seed)
+        train(model, subset, None, TrainConfig(epochs=1, batch_size=128, seed=seed), progress=False)
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_seeded_model_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    seeded_model("small", 0)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_custom_loss_fn_is_the_hook_for_adversarial_batches(small_set):
+    seen = []
+
+    def loss_fn(model, x, y, *, epoch):
+        seen.append(epoch)
+        return torch.nn.functional.cross_entropy(model(1 - x), y), model(1 - x)
+
+    model = seeded_model("small", 0)
+    train(model, small_set.head(512), None, TrainConfig(epochs=2, batch_size=256), loss_fn=loss_fn,
+          progress=False)
+    assert seen == [0.0, 0.5, 1.0, 1.5]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_output_logits(name):
+    out = build_model(name).eval()(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+    assert not torch.allclose(out.softmax(1).sum(1), out.sum(1))  # raw logits, not probabilities
+
+
+def test_unknown_model_and_bad_config_are_clear_errors():
+    with pytest.raises(ValueError, match=r"model must be one of \['madry', 'small'\], got 'resnet'"):
+        build_model("resnet")
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="lr must be > 0, got -1"):
+        TrainConfig(lr=-1)
+
+
+def test_accuracy_restores_the_mode(trained_cnn, mnist_test):
+    model = copy.deepcopy(trained_cnn).train()
+    acc = accuracy(model, mnist_test.x[:500], mnist_test.y[:500])
+    assert model.training
+    assert 0.9 < acc <= 1.0
