@@ -3,6 +3,7 @@
     advx data --from DIR            copy MNIST into ./data and check it
     advx train                      train the baseline CNN (dL/dW), save checkpoints/baseline.pt
     advx attack --attack pgd        attack it (dL/dX), print a table, write report.json + examples.png
+    advx eval                       robust accuracy over the test set at several eps (worst case)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from advx.attacks import ATTACKS
 from advx.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model
 from advx.data import DataNotFoundError, load_mnist, prepare_mnist
 from advx.models import MODELS
-from advx.report import environment, format_table, save_examples, write_json
+from advx.report import environment, format_table, save_curve, save_examples, write_csv, write_json
 from advx.train import TrainConfig, train_baseline
 
 
@@ -88,7 +89,86 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default=None, help="output folder (default: runs/<attack>-<norm>-eps<eps>)")
     _common(a)
     a.set_defaults(func=cmd_attack)
+
+    e = sub.add_parser("eval", help="robust accuracy over the test set at several eps (worst case)",
+                       description="Robust accuracy at each eps: a sample counts as robust only if it is "
+                                   "correct and survives every attack. Cheap attacks first, survivors "
+                                   "only, early stop, nested-eps reuse. Writes report.json, "
+                                   "per_sample.csv and curve.png.")
+    e.add_argument("--attacks", default="fgsm,pgd",
+                   help=f"comma-separated, cheapest first, from {','.join(sorted(ATTACKS))} (default: fgsm,pgd)")
+    e.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="comma-separated budgets (default: 0.05,0.1,0.2,0.3)")
+    e.add_argument("--norm", default="inf", choices=["inf", "2"], help="default: inf")
+    e.add_argument("--steps", type=int, default=None, help="iterations of iterative attacks (PGD default: 40)")
+    e.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
+    e.add_argument("--restarts", type=int, default=None, help="random restarts where supported (default: 1)")
+    e.add_argument("--no-cascade", action="store_true",
+                   help="run every attack on every correct sample (slower; per-attack figures standalone)")
+    e.add_argument("--no-early-stop", action="store_true", help="run every step even on fooled samples")
+    e.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    e.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"default: {DEFAULT_CHECKPOINT}")
+    e.add_argument("--n", type=int, default=10000, help="first N test images (default: all 10,000)")
+    e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
+    e.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+    _common(e)
+    e.set_defaults(func=cmd_eval)
     return parser
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from advx.evaluate import evaluate
+
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {args.attacks!r}")
+    eps = _floats(args.eps, "--eps")
+    if args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    device = _device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
+    test = load_mnist("test", args.data_dir).head(args.n)
+    ev = evaluate(model, test.x, test.y, attacks=attacks, eps=eps, norm=args.norm, steps=args.steps,
+                  alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
+                  early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
+                  device=device, checks=not args.no_checks, progress=not args.quiet)
+    out = Path(args.out)
+    header = f"{'eps':>6}  {'worst case':>10}  " + "  ".join(f"{a:>10}" for a in ev.attacks)
+    lines = [f"clean accuracy {ev.clean_acc:.2%} on {ev.n} test images ({args.checkpoint})",
+             f"robust accuracy ({'Linf' if args.norm == 'inf' else 'L2'}"
+             f"{', cumulative over the cascade' if not args.no_cascade else ''}):", header]
+    for e in ev.eps:
+        lines.append(f"{e:>6g}  {ev.robust_acc[e]:>10.2%}  "
+                     + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks))
+    lines.append(f"wall time {ev.seconds:.1f} s")
+    print("\n".join(lines))
+    for name, message in ev.warnings.items():
+        print(f"WARNING [{name}]: {message}", file=sys.stderr)
+    write_json(out / "report.json", {
+        "command": "eval", "checkpoint": str(args.checkpoint), "model": ckpt["model_name"],
+        "settings": ev.settings,
+        "clean_acc": ev.clean_acc,
+        "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
+        "robust_acc_by_attack": {f"{e:g}": v for e, v in ev.robust_acc_by_attack.items()},
+        "seconds": ev.seconds,
+        "sanity": {"passed": not ev.warnings, "warnings": ev.warnings},
+        "environment": environment(),
+    })
+    write_csv(out / "per_sample.csv", ev.per_sample_rows())
+    curve = save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack,
+                       clean_acc=ev.clean_acc, title=f"{ckpt['model_name']} ({args.checkpoint})")
+    written = ["report.json", "per_sample.csv"] + (["curve.png"] if curve else [])
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    if curve is None:
+        print('note: curve.png skipped, matplotlib is not installed (pip install "advx[plot]")')
+    return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 Each norm gives, per sample of a batch [N, C, H, W]:
 - ``size(delta)``: the perturbation's norm, shape [N];
-- ``random_start(x, eps, generator)``: a random point of the eps-ball around ``x``;
+- ``random_start(x, eps, generator)``: a random point of the eps-ball around ``x``
+  (``generator``: a ``torch.Generator`` or an ``advx.rng.SampleRNG``);
 - ``direction(grad)``: the steepest-ascent direction of unit norm (sign for Linf, grad/||grad||_2 for L2);
 - ``project(x_adv, x, eps)``: the nearest point of the eps-ball around ``x``.
 Clipping to the pixel bounds is done by the attack, not here.
@@ -11,6 +12,8 @@ Clipping to the pixel bounds is done by the attack, not here.
 from __future__ import annotations
 
 import torch
+
+from advx import rng
 
 _TINY = 1e-12
 
@@ -26,7 +29,7 @@ class Norm:
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+    def random_start(self, x: torch.Tensor, eps: float, generator: rng.Generator) -> torch.Tensor:
         raise NotImplementedError
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,7 @@ class Linf(Norm):
         return delta.flatten(1).abs().amax(1)
 
     def random_start(self, x, eps, generator):
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = rng.rand(x.shape, generator, device=x.device, dtype=x.dtype)
         return x + (2 * noise - 1) * eps
 
     def direction(self, grad):
@@ -65,9 +68,9 @@ class L2(Norm):
     def random_start(self, x, eps, generator):
         # Uniform in the ball: a Gaussian direction, radius eps * U^(1/d).
         d = x[0].numel()
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = rng.randn(x.shape, generator, device=x.device, dtype=x.dtype)
         direction = direction / direction.flatten(1).norm(dim=1).clamp_min(_TINY).view(_per_sample(x))
-        u = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype)
+        u = rng.rand((len(x),), generator, device=x.device, dtype=x.dtype)
         return x + direction * (eps * u.pow(1.0 / d)).view(_per_sample(x))
 
     def direction(self, grad):

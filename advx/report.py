@@ -107,3 +107,54 @@ def save_examples(
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Write rows (dicts with the same keys) as CSV, atomically."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,
+               by_attack: dict, *, clean_acc: float, title: str = "") -> Path | None:
+    """Robust accuracy vs eps: one line per attack and the worst case. Needs matplotlib
+    (``pip install "advx[plot]"``); without it, nothing is drawn and None is returned."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    xs = [0.0, *eps]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name in by_attack[eps[0]]:
+        ax.plot(xs, [clean_acc] + [by_attack[e][name] for e in eps], marker="o", alpha=0.8, label=name)
+    ax.plot(xs, [clean_acc] + [robust_acc[e] for e in eps], marker="s", color="black", lw=2.5,
+            label="worst case")
+    ax.set_xlabel("eps (pixel units)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "robust accuracy vs eps")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

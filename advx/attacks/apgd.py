@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from advx import rng
 from advx.attacks.base import Attack, check_number
 from advx.norms import Norm
 
@@ -157,7 +158,7 @@ class APGD(Attack):
                 if len(todo) == 0:
                     return x_adv, steps_used
                 run = self._attack_once(x[todo], y[todo], None if target is None else target[todo],
-                                        generator)
+                                        rng.subset(generator, todo))
                 if target is None:
                     score = run.loss_best
                 else:  # targeted losses towards different classes do not compare; DLR does

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advx import rng
 from advx.norms import Norm, get_norm
 
 
@@ -67,6 +68,15 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
         for m, mode in zip(model.modules(), modes):
             m.training = mode
+
+
+def input_gradient(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dloss/dx; zeros where the model's output does not depend on ``x`` through autograd
+    (e.g. a hard input quantizer), so that masked gradients do not crash an attack."""
+    if not loss.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
 
 
 def check_number(name: str, value, *, minimum: float | None = None, strict: bool = False,
@@ -127,12 +137,16 @@ class Attack:
         return self.run(x, y).x_adv
 
     def run(self, x: torch.Tensor, y: torch.Tensor, *,
-            generator: torch.Generator | None = None) -> AttackResult:
+            generator: rng.Generator | None = None) -> AttackResult:
         """Attack a batch and return an ``AttackResult``. ``y`` holds the true labels,
         or the target labels when ``targeted=True``. ``generator`` overrides the
-        attack's own randomness for this call (a dataset loop passes one generator
-        through all its batches, so that batches do not share random starts)."""
+        attack's own randomness for this call: a ``torch.Generator``, or an
+        ``advx.rng.SampleRNG`` with one stream per sample (what ``advx.evaluate``
+        passes, so that a sample's result does not depend on its batch)."""
         self._check_inputs(x, y)
+        if isinstance(generator, rng.SampleRNG) and len(generator) != len(x):
+            raise ValueError(f"generator: SampleRNG must have one stream per sample ({len(x)}), "
+                             f"got {len(generator)}")
         x0 = x.detach().clone()
         y0 = y.detach().clone().to(x.device)
         generator = generator if generator is not None else self.make_generator(x.device)
@@ -164,7 +178,7 @@ class Attack:
         return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------- for subclasses
-    def _run(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+    def _run(self, x: torch.Tensor, y: torch.Tensor, generator: rng.Generator):
         raise NotImplementedError
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -177,7 +191,7 @@ class Attack:
         with torch.enable_grad():
             logits = self.model(x_adv)
             loss = self.loss(logits, y)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            grad = input_gradient(loss.sum(), x_adv)
         return grad, logits.detach(), loss.detach()
 
     def is_success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

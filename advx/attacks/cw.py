@@ -48,7 +48,7 @@ class CW(Attack):
         >>> x_adv = atk(x, y)            # x [N, 1, 28, 28] in [0, 1], y [N]
     """
 
-    def __init__(self, model: nn.Module, *, eps: float = 28.0, steps: int = 100, lr: float = 0.01,
+    def __init__(self, model: nn.Module, *, eps: float = 28.0, steps: int = 100, lr: float = 0.1,
                  binary_search_steps: int = 9, initial_const: float = 1e-2, kappa: float = 0.0,
                  norm: str | Norm = "2", bounds: tuple[float, float] = (0.0, 1.0),
                  targeted: bool = False, seed: int | None = 0,

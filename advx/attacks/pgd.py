@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from advx import rng
 from advx.attacks.base import Attack, check_number
 from advx.norms import Norm
 
@@ -64,7 +65,7 @@ class PGD(Attack):
             todo = (~best_success).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-            x_new, steps_new = self._descend(x[todo], y[todo], generator)
+            x_new, steps_new = self._descend(x[todo], y[todo], rng.subset(generator, todo))
             with torch.no_grad():
                 logits = self.model(x_new)
             success, loss = self.is_success(logits, y[todo]), self.loss(logits, y[todo])

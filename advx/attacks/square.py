@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from advx import rng
 from advx.attacks.base import Attack, check_number
 from advx.norms import Norm
 
@@ -78,7 +79,7 @@ class Square(Attack):
             todo = (~success).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-            x_new, margin, reached, queries = self._search(x[todo], y[todo], generator)
+            x_new, margin, reached, queries = self._search(x[todo], y[todo], rng.subset(generator, todo))
             queries_used[todo] += queries
             better = reached | (margin < best_margin[todo])  # todo: no success so far
             idx = todo[better]
@@ -104,8 +105,9 @@ class Square(Attack):
             p = square_fraction(self.p_init, i, iterations)
             side = min(max(round(math.sqrt(p * height * width)), 1), height - 1, width - 1)
             x0, current = x[active], x_best[active]
-            window = self._random_window(len(active), side, height, width, x, generator)
-            signs = self._random_signs((len(active), channels, 1, 1), x, generator)
+            draw = rng.subset(generator, active)
+            window = self._random_window(len(active), side, height, width, x, draw)
+            signs = self._random_signs((len(active), channels, 1, 1), x, draw)
             candidate = torch.where(window, self.clip(x0 + self.eps * signs), current)
             # A draw that changes nothing would waste a query: take the other sign.
             same = (candidate == current).flatten(1).all(1).view(-1, 1, 1, 1)
@@ -132,14 +134,14 @@ class Square(Attack):
 
     @staticmethod
     def _random_signs(shape, like, generator):
-        bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+        bits = rng.randint(2, shape, generator, device=like.device)
         return (2 * bits - 1).to(like.dtype)
 
     @staticmethod
     def _random_window(n, side, height, width, like, generator):
         """[n, 1, H, W] bool masks of a ``side`` x ``side`` square at a random position."""
-        top = torch.randint(0, height - side + 1, (n, 1), generator=generator, device=like.device)
-        left = torch.randint(0, width - side + 1, (n, 1), generator=generator, device=like.device)
+        top = rng.randint(height - side + 1, (n, 1), generator, device=like.device)
+        left = rng.randint(width - side + 1, (n, 1), generator, device=like.device)
         rows = torch.arange(height, device=like.device)
         cols = torch.arange(width, device=like.device)
         in_rows = (rows >= top) & (rows < top + side)      # [n, H]

@@ -1,0 +1,136 @@
+"""advx.evaluate: worst case, cascade, eps reuse, determinism, outputs."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from advx.evaluate import evaluate
+
+from conftest import DATA_DIR
+
+EPS = [0.05, 0.1, 0.2]
+SETTINGS = dict(attacks=["fgsm", "pgd"], steps=10, checks=False, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data(mnist_test):
+    return mnist_test.x[:150], mnist_test.y[:150]
+
+
+@pytest.fixture(scope="module")
+def full(trained_cnn, data):
+    """Every attack on every correct sample, each eps on its own."""
+    return evaluate(trained_cnn, *data, eps=EPS, cascade=False, reuse_eps=False, **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def fast(trained_cnn, data):
+    return evaluate(trained_cnn, *data, eps=EPS, **SETTINGS)
+
+
+def test_attacks_do_something(fast):
+    assert fast.clean_acc > 0.9
+    assert fast.robust_acc[0.2] < 0.2 < fast.robust_acc[0.05]  # a no-op attack fails here
+
+
+def test_worst_case_is_never_above_any_single_attack(full):
+    for e in EPS:
+        for name in full.attacks:
+            assert full.robust_acc[e] <= full.robust_acc_by_attack[e][name]
+        single = [full.robust_acc_by_attack[e][a] for a in full.attacks]
+        assert full.robust_acc[e] <= min(single)
+    assert full.robust_acc_by_attack[0.1]["pgd"] < full.robust_acc_by_attack[0.1]["fgsm"]
+
+
+def test_cascade_equals_running_every_attack_on_every_sample(trained_cnn, data, full):
+    cascade = evaluate(trained_cnn, *data, eps=EPS, cascade=True, reuse_eps=False, **SETTINGS)
+    assert cascade.robust_acc == full.robust_acc
+    assert torch.equal(cascade.records["robust"], full.records["robust"])
+
+
+def test_eps_reuse_equals_independent_runs_combined_over_nested_balls(fast, full):
+    # A sample is robust at eps only if no attack broke it at any eps' <= eps (its adversarial
+    # example at eps' also lies in the larger ball). Independent runs, combined that way,
+    # must give exactly the reused sweep.
+    combined = full.records["robust"].cumprod(0).bool()
+    assert torch.equal(fast.records["robust"], combined)
+    for k, e in enumerate(EPS):
+        assert fast.robust_acc[e] == pytest.approx(combined[k].float().mean().item())
+        assert fast.robust_acc[e] <= full.robust_acc[e]
+
+
+def test_reuse_keeps_the_first_record(fast):
+    r = fast.records
+    broken_small = r["broken_by"][0] >= 0
+    assert broken_small.any()
+    assert torch.equal(r["broken_by"][2][broken_small], r["broken_by"][0][broken_small])
+    assert (r["norm"][0][broken_small] <= 0.05 + 1e-6).all()
+
+
+def test_independent_of_batch_size(trained_cnn, data, fast):
+    other = evaluate(trained_cnn, *data, eps=EPS, batch_size=37, **SETTINGS)
+    flips = (other.records["robust"] != fast.records["robust"]).sum().item()
+    assert flips <= 1  # float rounding at a decision boundary, at most
+
+
+def test_same_seed_same_report_other_seed_differs(trained_cnn, data, fast):
+    again = evaluate(trained_cnn, *data, eps=EPS, **SETTINGS)
+    for key in fast.records:
+        assert torch.equal(again.records[key], fast.records[key]), key
+    other = evaluate(trained_cnn, *data, eps=EPS, seed=1, **SETTINGS)
+    assert not torch.equal(other.records["step"], fast.records["step"])
+
+
+def test_only_correct_samples_are_attacked(trained_cnn, data):
+    x, y = data
+    calls = []
+
+    def spy(model, eps):
+        from advx import PGD
+
+        attack = PGD(model, eps=eps, steps=5)
+        original = attack.run
+        attack.run = lambda xb, yb, **kw: calls.append(len(xb)) or original(xb, yb, **kw)
+        return attack
+
+    ev = evaluate(trained_cnn, x, y, attacks=[spy], eps=[0.1], checks=False, progress=False)
+    assert sum(calls) == round(ev.clean_acc * len(y))
+
+
+def test_bad_arguments(trained_cnn, data):
+    x, y = data
+    with pytest.raises(ValueError, match="eps values must be finite numbers >= 0, got -0.1"):
+        evaluate(trained_cnn, x, y, eps=[0.1, -0.1], progress=False)
+    with pytest.raises(ValueError, match="attack must be one of .*got 'pgdd'"):
+        evaluate(trained_cnn, x, y, attacks=["pgdd"], progress=False)
+    with pytest.raises(ValueError, match="x and y must have the same length, got 150 and 3"):
+        evaluate(trained_cnn, x, y[:3], progress=False)
+
+
+def test_cli_eval_writes_report_csv_and_curve(tmp_path, capsys):
+    from PIL import Image
+
+    from advx.checkpoint import save_checkpoint
+    from advx.cli import main
+    from advx.train import seeded_model
+
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, seeded_model("small", 0), model_name="small")
+    out = tmp_path / "ev"
+    code = main(["eval", "--checkpoint", str(ckpt), "--attacks", "fgsm,pgd", "--eps", "0.1,0.3",
+                 "--steps", "3", "--n", "40", "--out", str(out), "--data-dir", str(DATA_DIR), "--quiet"])
+    assert code == 0
+    assert "worst case" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["robust_acc"]) == {"0.1", "0.3"}
+    assert set(report["robust_acc_by_attack"]["0.3"]) == {"fgsm", "pgd"}
+    assert report["settings"]["seed"] == 0 and report["settings"]["steps"] == 3
+    assert {"passed", "warnings"} <= set(report["sanity"])
+    assert "torch" in report["environment"]
+    rows = list(csv.DictReader((out / "per_sample.csv").open()))
+    assert len(rows) == 40
+    assert {"index", "label", "pred_clean", "robust@0.1", "attack@0.3", "step@0.3", "norm@0.3"} <= set(rows[0])
+    with Image.open(out / "curve.png") as img:
+        img.verify()

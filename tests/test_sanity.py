@@ -1,0 +1,84 @@
+"""Each sanity check fires on a model built to trigger it and stays silent on a normal one."""
+
+import pytest
+import torch
+from torch import nn
+
+from advx import sanity
+from advx.evaluate import evaluate
+
+
+class Softmaxed(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).softmax(1)
+
+
+class Noisy(nn.Module):
+    """Randomized at test time: dropout that ignores eval mode."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(nn.functional.dropout(x, 0.3, training=True))
+
+
+class Binarized(nn.Module):
+    """A non-differentiable input quantizer: gradients are exactly zero."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model((x > 0.5).float())
+
+
+@pytest.fixture(scope="module")
+def probe(batch):
+    return batch[0][:64], batch[1][:64]
+
+
+def test_logits_check(trained_cnn, probe):
+    assert sanity.check_logits(trained_cnn, probe[0]) is None
+    assert "probabilities" in sanity.check_logits(Softmaxed(trained_cnn), probe[0])
+
+
+def test_deterministic_check(trained_cnn, probe):
+    assert sanity.check_deterministic(trained_cnn, probe[0]) is None
+    assert "randomized" in sanity.check_deterministic(Noisy(trained_cnn), probe[0])
+
+
+def test_gradient_check(trained_cnn, probe):
+    assert sanity.check_gradients(trained_cnn, *probe) is None
+    assert "zero or non-finite for 100%" in sanity.check_gradients(Binarized(trained_cnn), *probe)
+
+
+def test_monotone_check():
+    assert sanity.check_monotone({0.1: 0.8, 0.2: 0.4, 0.3: 0.0}) is None
+    assert sanity.check_monotone({0.1: 0.0, 0.3: 0.0}) is None  # flat at zero is fine
+    assert "rises from eps=0.1" in sanity.check_monotone({0.1: 0.5, 0.2: 0.6, 0.3: 0.1})
+    assert "does not fall" in sanity.check_monotone({0.1: 0.7, 0.3: 0.7})
+
+
+def test_large_eps_and_stronger_attack_checks():
+    assert sanity.check_large_eps(0.0, 0.5) is None
+    assert "gradient masking" in sanity.check_large_eps(0.6, 0.5)
+    assert sanity.check_stronger_attack(0.30, 0.28) is None
+    assert "raised robust accuracy" in sanity.check_stronger_attack(0.30, 0.40)
+
+
+def test_evaluate_reports_the_checks_that_fire(trained_cnn, probe):
+    x, y = probe
+    normal = evaluate(trained_cnn, x, y, attacks=["pgd"], eps=[0.1, 0.3], steps=10, progress=False)
+    assert normal.warnings == {}
+    masked = evaluate(Binarized(trained_cnn), x, y, attacks=["pgd"], eps=[0.1, 0.3], steps=10,
+                      progress=False)
+    assert {"gradients", "large_eps", "monotone"} <= set(masked.warnings)
+    soft = evaluate(Softmaxed(trained_cnn), x, y, attacks=["fgsm"], eps=[0.3], progress=False)
+    assert "logits" in soft.warnings
