@@ -24,6 +24,7 @@ from advx.models import MODELS, build_model
 FORMAT = "advx-checkpoint"
 VERSION = 1
 DEFAULT_CHECKPOINT = Path("checkpoints") / "baseline.pt"
+ROBUST_CHECKPOINT = Path("checkpoints") / "robust.pt"
 
 
 class CheckpointError(ValueError):

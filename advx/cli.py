@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from advx.attacks import ATTACKS
-from advx.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model
+from advx.adversarial import KINDS, RobustConfig, train_robust
+from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, CheckpointError, load_model
 from advx.data import DataNotFoundError, load_mnist, prepare_mnist
 from advx.models import MODELS
 from advx.report import environment, format_table, save_curve, save_examples, write_csv, write_json
@@ -67,7 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
     t.add_argument("--train-size", type=int, default=None, metavar="N",
                    help="train on the first N images only, for quick trials (default: all 60,000)")
-    t.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"output (default: {DEFAULT_CHECKPOINT})")
+    t.add_argument("--checkpoint", default=None,
+                   help=f"output (default: {DEFAULT_CHECKPOINT}, or {ROBUST_CHECKPOINT} with --adv)")
+    r = RobustConfig()
+    t.add_argument("--adv", default="none", choices=list(KINDS),
+                   help="adversarial training: the attack that makes each batch (default: none)")
+    t.add_argument("--eps", type=float, default=r.eps, help=f"--adv: Linf budget (default: {r.eps})")
+    t.add_argument("--alpha", type=float, default=None, help="--adv pgd/trades: step size (default: 2.5*eps/steps)")
+    t.add_argument("--steps", type=int, default=r.steps, help=f"--adv pgd/trades: attack steps (default: {r.steps})")
+    t.add_argument("--warmup-epochs", type=float, default=r.warmup_epochs,
+                   help=f"--adv: ramp eps from 0 over this many epochs (default: {r.warmup_epochs:g})")
+    t.add_argument("--beta", type=float, default=r.beta, help=f"--adv trades: weight of the KL term (default: {r.beta:g})")
+    t.add_argument("--holdout", type=int, default=r.holdout,
+                   help=f"--adv: training images held out for the per-epoch PGD check (default: {r.holdout})")
+    t.add_argument("--resume", action="store_true",
+                   help="--adv: continue from <checkpoint>.last.pt if it exists")
     _common(t)
     t.set_defaults(func=cmd_train)
 
@@ -182,16 +197,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, train_size=args.train_size)
     device = _device(args.device)
-    print(f"training {config.model} on MNIST ({config.epochs} epochs, seed {config.seed}, {device})")
+    adv = args.adv != "none"
+    checkpoint = args.checkpoint or str(ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT)
+    what = f"adversarial training ({args.adv}, eps {args.eps:g})" if adv else "training"
+    print(f"{what}: {config.model} on MNIST, {config.epochs} epochs, seed {config.seed}, {device}")
     start = time.perf_counter()
-    _, history = train_baseline(config, data_dir=args.data_dir, checkpoint=args.checkpoint,
-                                device=device, progress=not args.quiet)
-    wall = time.perf_counter() - start
-    print(format_table([
-        ("test accuracy", f"{history[-1]['test_acc']:.2%}"),
-        ("wall time", f"{wall:.1f} s"),
-        ("checkpoint", str(args.checkpoint)),
-    ], title="baseline"))
+    if adv:
+        robust = RobustConfig(adv=args.adv, eps=args.eps, alpha=args.alpha, steps=args.steps,
+                              warmup_epochs=args.warmup_epochs, beta=args.beta, holdout=args.holdout)
+        _, history = train_robust(config, robust, checkpoint=checkpoint, data_dir=args.data_dir,
+                                  device=device, progress=not args.quiet, resume=args.resume)
+        best = max(history, key=lambda r: r["pgd_acc"])
+        rows = [("best epoch (held-out PGD)", f"{best['epoch']} of {len(history)}"),
+                ("test accuracy (clean)", f"{best['test_acc']:.2%}"),
+                (f"held-out PGD-{robust.eval_steps} accuracy", f"{best['pgd_acc']:.2%} at eps {robust.eps:g}")]
+    else:
+        _, history = train_baseline(config, data_dir=args.data_dir, checkpoint=checkpoint,
+                                    device=device, progress=not args.quiet)
+        rows = [("test accuracy", f"{history[-1]['test_acc']:.2%}")]
+    rows += [("wall time", f"{time.perf_counter() - start:.1f} s"), ("checkpoint", checkpoint)]
+    print(format_table(rows, title="robust model" if adv else "baseline"))
     return 0
 
 

@@ -90,13 +90,21 @@ def train(
     loss_fn: LossFn = clean_loss,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    on_epoch_end: Callable[[dict], None] | None = None,
+    on_epoch_end: Callable[[dict, dict], None] | None = None,
+    epoch_metrics: Callable[[nn.Module], dict] | None = None,
+    resume: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` in place with AdamW and a one-cycle learning rate.
 
     Each step: ``loss_fn`` gives the batch loss, ``loss.backward()`` fills dL/dW,
     ``optimizer.step()`` moves the weights. Batches are shuffled by a generator
     seeded with ``config.seed``; the global RNG is not used.
+
+    Hooks: ``epoch_metrics(model)`` adds figures to each epoch's record (e.g. PGD
+    accuracy on a held-out slice); ``on_epoch_end(record, state)`` gets the record and
+    the full training state (optimizer, schedule, random streams, history), which
+    ``resume=state`` continues from: the final weights then equal those of an
+    uninterrupted run (load the weights into ``model`` first).
 
     Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds``.
     """
@@ -107,8 +115,15 @@ def train(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
     )
     shuffle = torch.Generator().manual_seed(config.seed)
-    history = []
-    for epoch in range(config.epochs):
+    history: list[dict] = []
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        shuffle.set_state(resume["shuffle_rng"])
+        if hasattr(loss_fn, "load_state_dict"):
+            loss_fn.load_state_dict(resume["loss_fn"])
+        history = [dict(r) for r in resume["history"]]
+    for epoch in range(len(history), config.epochs):
         start = time.perf_counter()
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -137,11 +152,21 @@ def train(
             "test_acc": accuracy(model, test_set.x, test_set.y) if test_set is not None else None,
             "seconds": time.perf_counter() - start,
         }
+        if epoch_metrics is not None:
+            record.update(epoch_metrics(model))
         history.append(record)
-        if progress and record["test_acc"] is not None:
-            tqdm.write(f"epoch {epoch + 1}: test accuracy {record['test_acc']:.4f}")
+        if progress:
+            shown = {k: v for k, v in record.items() if k.endswith("_acc") and v is not None}
+            tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         if on_epoch_end is not None:
-            on_epoch_end(record)
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "shuffle_rng": shuffle.get_state(),
+                "loss_fn": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else {},
+                "history": [dict(r) for r in history],
+            }
+            on_epoch_end(record, state)
     model.eval()
     return history
 

@@ -305,3 +305,15 @@ def test_square_counts_queries_exactly(trained_cnn, batch):
     assert torch.equal(queries, model.rows)
     assert (queries[~success] == 60).all()                  # two full restarts
     assert success.any() and (~success).any() and (queries[success] < 60).all()
+
+
+def test_apgd_early_stop_drops_samples_once_fooled(trained_cnn, batch):
+    from advx import APGD
+
+    x, y = batch[0][:64], batch[1][:64]
+    full = APGD(trained_cnn, eps=0.3, steps=50).run(x, y)
+    early = APGD(trained_cnn, eps=0.3, steps=50, early_stop=True).run(x, y)
+    assert early.success.float().mean() >= full.success.float().mean() - 0.02
+    assert early.success.float().mean() >= 0.95
+    assert (early.steps[early.success] < 50).all() and early.steps.float().mean() < 25
+    assert (full.steps == 50).all()

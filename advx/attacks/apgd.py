@@ -68,6 +68,7 @@ class _Run(NamedTuple):
     x_best: torch.Tensor     # the iterate with the highest loss
     loss_best: torch.Tensor  # its loss
     loss_start: torch.Tensor  # the loss at the starting point
+    steps: torch.Tensor      # iterations spent (with early stop: until the goal was reached)
 
 
 class APGD(Attack):
@@ -101,6 +102,8 @@ class APGD(Attack):
         rho: fraction of loss-increasing steps below which ``eta`` is halved.
         momentum: weight ``alpha`` of the new step (``1 - alpha`` on the last one).
         n_target_classes: target classes tried by APGD-T. norm: ``"inf"`` or ``"2"``.
+        early_stop: drop each sample from the run as soon as it reaches the goal (what
+            ``advx.evaluate`` asks for; the result is then its first adversarial iterate).
 
     Example:
         >>> atk = APGD(model, eps=0.3, steps=100, loss="dlr")
@@ -109,7 +112,7 @@ class APGD(Attack):
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, steps: int = 100,
                  restarts: int = 1, loss: str = "ce", rho: float = 0.75, momentum: float = 0.75,
-                 n_target_classes: int = 9, norm: str | Norm = "inf",
+                 n_target_classes: int = 9, early_stop: bool = False, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
@@ -132,6 +135,7 @@ class APGD(Attack):
         self.rho = float(rho)
         self.momentum = float(momentum)
         self.n_target_classes = n_target_classes
+        self.early_stop = bool(early_stop)
         self._checkpoints = frozenset(step_checkpoints(steps))
         self._over_targets = loss == "dlr-targeted" and not self.targeted
 
@@ -169,60 +173,71 @@ class APGD(Attack):
                 x_adv[idx] = run.x_out[better]
                 best_success[idx] = run.success[better]
                 best_score[idx] = score[better]
-                steps_used[todo] += self.steps
+                steps_used[todo] += run.steps
         return x_adv, steps_used
 
     def _attack_once(self, x, y, target, generator) -> _Run:
         """One APGD run of ``self.steps`` iterations (``target`` only for APGD-T)."""
-        eta = torch.full((len(x),), 2 * self.eps, dtype=x.dtype, device=x.device)
+        n = len(x)
         x_cur = self.clip(self.norm.random_start(x, self.eps, generator))
         grad, logits, loss = self._gradient(x_cur, y, target)
-        loss_start = loss.clone()
         success = self.is_success(logits, y)
-        x_adv = torch.where(_per_sample(success), x_cur, x)
-        x_best, loss_best, grad_best = x_cur.clone(), loss.clone(), grad.clone()
-        x_prev, loss_cur = x_cur, loss
-        # Checkpoint bookkeeping, per sample.
-        increases = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        halved_last = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        loss_best_last = loss_best.clone()
+        out = _Run(x_out=torch.where(_per_sample(success), x_cur, x), success=success,
+                   x_best=x_cur.clone(), loss_best=loss.clone(), loss_start=loss.clone(),
+                   steps=torch.full((n,), self.steps, dtype=torch.long, device=x.device))
+        # Per-sample state of the samples still running ("active"); out holds the results.
+        active = torch.arange(n, device=x.device)
+        st = {"x": x, "y": y, "target": target, "eta": torch.full((n,), 2 * self.eps, dtype=x.dtype, device=x.device),
+              "x_cur": x_cur, "x_prev": x_cur, "grad": grad, "loss_cur": loss,
+              "x_best": x_cur.clone(), "loss_best": loss.clone(), "grad_best": grad.clone(),
+              "increases": torch.zeros(n, dtype=torch.long, device=x.device),
+              "halved_last": torch.zeros(n, dtype=torch.bool, device=x.device),
+              "loss_best_last": loss.clone()}
+        if self.early_stop and success.any():
+            out.steps[success] = 0
+            active, st = _keep(active, st, ~success)
         last_checkpoint = 0
         for t in range(1, self.steps + 1):
-            step = _per_sample(eta) * self.norm.direction(grad)
-            z = self._project(x_cur + step, x)
+            if len(active) == 0:
+                break
+            step = _per_sample(st["eta"]) * self.norm.direction(st["grad"])
+            z = self._project(st["x_cur"] + step, st["x"])
             if t == 1:
                 x_new = z
             else:
-                x_new = self._project(x_cur + self.momentum * (z - x_cur)
-                                      + (1 - self.momentum) * (x_cur - x_prev), x)
-            x_prev, x_cur = x_cur, x_new
-            grad, logits, loss = self._gradient(x_cur, y, target)
+                x_new = self._project(st["x_cur"] + self.momentum * (z - st["x_cur"])
+                                      + (1 - self.momentum) * (st["x_cur"] - st["x_prev"]), st["x"])
+            st["x_prev"], st["x_cur"] = st["x_cur"], x_new
+            st["grad"], logits, loss = self._gradient(x_new, st["y"], st["target"])
 
-            reached = self.is_success(logits, y)
-            x_adv[reached] = x_cur[reached]
-            success |= reached
-            increases += (loss > loss_cur).long()
-            loss_cur = loss
-            improved = loss > loss_best
-            x_best[improved] = x_cur[improved]
-            grad_best[improved] = grad[improved]
-            loss_best = torch.where(improved, loss, loss_best)
+            reached = self.is_success(logits, st["y"])
+            out.x_out[active[reached]] = x_new[reached]
+            out.success[active[reached]] = True
+            st["increases"] += (loss > st["loss_cur"]).long()
+            st["loss_cur"] = loss
+            improved = loss > st["loss_best"]
+            st["x_best"][improved] = x_new[improved]
+            st["grad_best"][improved] = st["grad"][improved]
+            st["loss_best"] = torch.where(improved, loss, st["loss_best"])
 
             if t in self._checkpoints:
-                oscillating = increases < self.rho * (t - last_checkpoint)
-                stalled = ~halved_last & (loss_best <= loss_best_last)
+                oscillating = st["increases"] < self.rho * (t - last_checkpoint)
+                stalled = ~st["halved_last"] & (st["loss_best"] <= st["loss_best_last"])
                 halve = oscillating | stalled
-                eta = torch.where(halve, eta / 2, eta)
+                st["eta"] = torch.where(halve, st["eta"] / 2, st["eta"])
                 # Restart from the best point, without momentum from the abandoned path.
-                x_cur = torch.where(_per_sample(halve), x_best, x_cur)
-                x_prev = torch.where(_per_sample(halve), x_best, x_prev)
-                grad = torch.where(_per_sample(halve), grad_best, grad)
-                loss_cur = torch.where(halve, loss_best, loss_cur)
-                halved_last, loss_best_last = halve, loss_best.clone()
-                increases.zero_()
+                for key, best in (("x_cur", "x_best"), ("x_prev", "x_best"), ("grad", "grad_best")):
+                    st[key] = torch.where(_per_sample(halve), st[best], st[key])
+                st["loss_cur"] = torch.where(halve, st["loss_best"], st["loss_cur"])
+                st["halved_last"], st["loss_best_last"] = halve, st["loss_best"].clone()
+                st["increases"] = torch.zeros_like(st["increases"])
                 last_checkpoint = t
-        x_out = torch.where(_per_sample(success), x_adv, x_best)
-        return _Run(x_out, success, x_best, loss_best, loss_start)
+            if self.early_stop and reached.any():
+                _store(out, active[reached], st, reached, steps=t)
+                active, st = _keep(active, st, ~reached)
+        _store(out, active, st, torch.ones(len(active), dtype=torch.bool, device=x.device))
+        x_out = torch.where(_per_sample(out.success), out.x_out, out.x_best)
+        return out._replace(x_out=x_out)
 
     # --------------------------------------------------------------- helpers
     def _project(self, x_adv, x):
@@ -240,12 +255,7 @@ class APGD(Attack):
 
     def _gradient(self, x_adv, y, target):
         """(dLoss/dX, logits, loss) at ``x_adv``; the gradient is taken on the input only."""
-        x_adv = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.model(x_adv)
-            loss = self._objective(logits, y, target)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        return grad, logits.detach(), loss.detach()
+        return self.gradient(x_adv, y, lambda logits: self._objective(logits, y, target))
 
     def _check_num_classes(self, num_classes: int) -> None:
         needed = {"ce": 2, "dlr": 3, "dlr-targeted": 4}[self.loss_name]
@@ -257,3 +267,16 @@ class APGD(Attack):
 def _per_sample(t: torch.Tensor) -> torch.Tensor:
     """A [N] tensor viewed as [N, 1, 1, 1] to broadcast over an image batch."""
     return t.view(-1, 1, 1, 1)
+
+
+def _keep(active: torch.Tensor, state: dict, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The samples still running, and their state, after dropping ``~mask``."""
+    return active[mask], {k: (None if v is None else v[mask]) for k, v in state.items()}
+
+
+def _store(out: _Run, idx: torch.Tensor, state: dict, mask: torch.Tensor, steps: int | None = None) -> None:
+    """Write the best-loss bookkeeping of ``state[mask]`` into the result rows ``idx``."""
+    out.x_best[idx] = state["x_best"][mask]
+    out.loss_best[idx] = state["loss_best"][mask]
+    if steps is not None:
+        out.steps[idx] = steps

@@ -185,12 +185,13 @@ class Attack:
         """Per-sample objective to *ascend*: CE of the true label, or minus CE of the target."""
         return self._sign * F.cross_entropy(logits, y, reduction="none")
 
-    def gradient(self, x_adv: torch.Tensor, y: torch.Tensor):
-        """dLoss/dX at ``x_adv`` with the weights frozen: returns ``(grad, logits, loss)``."""
+    def gradient(self, x_adv: torch.Tensor, y: torch.Tensor, objective=None):
+        """dLoss/dX at ``x_adv`` with the weights frozen: returns ``(grad, logits, loss)``.
+        ``objective(logits) -> [N]`` replaces ``self.loss(logits, y)`` when given."""
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self.model(x_adv)
-            loss = self.loss(logits, y)
+            loss = self.loss(logits, y) if objective is None else objective(logits)
             grad = input_gradient(loss.sum(), x_adv)
         return grad, logits.detach(), loss.detach()
 

@@ -29,6 +29,9 @@ class PGD(Attack):
             on samples not broken yet.
         early_stop: stop each sample as soon as it is adversarial (saves work in
             evaluation; the result is then the first adversarial iterate).
+        loss: ``"ce"`` (cross-entropy of ``y``) or ``"kl"``: KL(p(x) || p(x_adv)), the
+            divergence from the clean prediction that the TRADES adversary ascends
+            (Zhang et al., 2019); success is still judged against ``y``.
 
     Example:
         >>> atk = PGD(model, eps=0.3, alpha=0.01, steps=40)
@@ -38,7 +41,7 @@ class PGD(Attack):
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, alpha: float | None = None,
                  steps: int = 40, norm: str | Norm = "inf", random_start: bool = True,
-                 restarts: int = 1, early_stop: bool = False,
+                 restarts: int = 1, early_stop: bool = False, loss: str = "ce",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
@@ -53,22 +56,32 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.restarts = restarts
         self.early_stop = bool(early_stop)
+        if loss not in ("ce", "kl"):
+            raise ValueError(f"loss must be 'ce' or 'kl', got {loss!r}")
+        if loss == "kl" and self.targeted:
+            raise ValueError("loss='kl' (TRADES) is untargeted: targeted must be False")
+        self.loss_name = loss
 
     def _run(self, x, y, generator):
-        x_best, steps_used = self._descend(x, y, generator)
+        ref = None
+        if self.loss_name == "kl":  # the clean prediction the adversary moves away from
+            with torch.no_grad():
+                ref = self.model(x).log_softmax(1)
+        x_best, steps_used = self._descend(x, y, ref, generator)
         if self.restarts == 1:
             return x_best, steps_used
         with torch.no_grad():
             logits = self.model(x_best)
-        best_success, best_loss = self.is_success(logits, y), self.loss(logits, y)
+        best_success, best_loss = self.is_success(logits, y), self._objective(logits, y, ref)
         for _ in range(self.restarts - 1):
             todo = (~best_success).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-            x_new, steps_new = self._descend(x[todo], y[todo], rng.subset(generator, todo))
+            ref_todo = None if ref is None else ref[todo]
+            x_new, steps_new = self._descend(x[todo], y[todo], ref_todo, rng.subset(generator, todo))
             with torch.no_grad():
                 logits = self.model(x_new)
-            success, loss = self.is_success(logits, y[todo]), self.loss(logits, y[todo])
+            success, loss = self.is_success(logits, y[todo]), self._objective(logits, y[todo], ref_todo)
             better = success | (loss > best_loss[todo])  # todo holds only failures so far
             idx = todo[better]
             x_best[idx] = x_new[better]
@@ -77,7 +90,13 @@ class PGD(Attack):
             steps_used[todo] += steps_new
         return x_best, steps_used
 
-    def _descend(self, x, y, generator):
+    def _objective(self, logits, y, ref):
+        """Per-sample value to ascend: ``self.loss`` (CE), or KL(p_clean || p(logits))."""
+        if ref is None:
+            return self.loss(logits, y)
+        return (ref.exp() * (ref - logits.log_softmax(1))).sum(1)
+
+    def _descend(self, x, y, ref, generator):
         """One PGD run; returns ``(x_adv, steps spent per sample)``."""
         if self.random_start:
             x_adv = self.clip(self.norm.random_start(x, self.eps, generator))
@@ -88,9 +107,14 @@ class PGD(Attack):
         for step in range(self.steps):
             everyone = len(active) == len(x)
             xa = x_adv if everyone else x_adv[active]
-            grad, logits, _ = self.gradient(xa, y if everyone else y[active])
+            ya = y if everyone else y[active]
+            objective = None
+            if ref is not None:
+                ra = ref if everyone else ref[active]
+                objective = lambda logits, ra=ra, ya=ya: self._objective(logits, ya, ra)  # noqa: E731
+            grad, logits, _ = self.gradient(xa, ya, objective)
             if self.early_stop:
-                done = self.is_success(logits, y[active])
+                done = self.is_success(logits, ya)
                 if done.any():
                     steps_used[active[done]] = step
                     keep = ~done

@@ -1,0 +1,189 @@
+"""Adversarial training: dL/dX and dL/dW side by side in one loop (Madry et al., 2018).
+
+For each batch the attack (weights frozen) finds a bad input inside the eps-ball, then
+the trainer (data fixed) takes a weight step on it. The inner maximisation is one of
+advx's attack classes; nothing here re-implements an attack loop:
+
+- ``"fgsm-rs"``: FGSM from a uniform random start with step 1.25 eps (Wong, Rice &
+  Kolter, 2020, "Fast is better than free") = ``PGD(steps=1, alpha=1.25*eps)``;
+- ``"pgd"``:     PGD-k with a random start (Madry et al., 2018);
+- ``"trades"``:  clean CE + beta * KL(p(x) || p(x_adv)), the adversary ascending the KL
+  term (Zhang et al., 2019) = ``PGD(loss="kl")``.
+
+eps warm-up ramps eps linearly from 0 over the first ``warmup_epochs``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advx.attacks import FGSM, PGD
+from advx.attacks.base import check_number
+from advx.checkpoint import load_checkpoint, save_checkpoint
+from advx.data import load_mnist
+from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train
+
+KINDS = ("none", "fgsm-rs", "pgd", "trades")
+
+
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
+                beta: float) -> torch.Tensor:
+    """TRADES: ``CE(clean, y) + beta * mean_i KL(p_clean_i || p_adv_i)``."""
+    log_p = logits_clean.log_softmax(1)
+    kl = (log_p.exp() * (log_p - logits_adv.log_softmax(1))).sum(1).mean()
+    return F.cross_entropy(logits_clean, y) + beta * kl
+
+
+class AdversarialLoss:
+    """The trainer's ``loss_fn`` for adversarial training (see module docstring).
+
+    Its random stream (random starts) is part of the training state, so a resumed run
+    continues it exactly.
+    """
+
+    def __init__(self, kind: str, *, eps: float, alpha: float | None = None, steps: int = 10,
+                 warmup_epochs: float = 0.0, beta: float = 6.0, seed: int = 0) -> None:
+        if kind not in KINDS[1:]:
+            raise ValueError(f"adv must be one of {list(KINDS)}, got {kind!r}")
+        check_number("eps", eps, minimum=0)
+        check_number("steps", steps, minimum=1, integer=True)
+        check_number("warmup_epochs", warmup_epochs, minimum=0)
+        check_number("beta", beta, minimum=0)
+        if alpha is not None:
+            check_number("alpha", alpha, minimum=0, strict=True)
+        self.kind, self.eps, self.alpha, self.steps = kind, float(eps), alpha, steps
+        self.warmup_epochs, self.beta = float(warmup_epochs), float(beta)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def eps_at(self, epoch: float) -> float:
+        """The eps used at (fractional) ``epoch``: a linear ramp over the warm-up."""
+        if self.warmup_epochs == 0:
+            return self.eps
+        return self.eps * min(1.0, epoch / self.warmup_epochs)
+
+    def attack(self, model: nn.Module, eps: float) -> PGD:
+        if self.kind == "fgsm-rs":
+            return PGD(model, eps=eps, alpha=1.25 * eps, steps=1, generator=self.generator)
+        alpha = self.alpha if self.alpha is not None else 2.5 * eps / self.steps
+        return PGD(model, eps=eps, alpha=alpha, steps=self.steps, generator=self.generator,
+                   loss="kl" if self.kind == "trades" else "ce")
+
+    def __call__(self, model, x, y, *, epoch: float):
+        eps = self.eps_at(epoch)
+        if eps == 0:
+            logits = model(x)
+            return F.cross_entropy(logits, y), logits
+        x_adv = self.attack(model, eps)(x, y)  # dL/dX, weights frozen, then restored
+        if self.kind == "trades":
+            logits = model(x)
+            return trades_loss(logits, model(x_adv), y, self.beta), logits
+        logits = model(x_adv)
+        return F.cross_entropy(logits, y), logits
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def catastrophic_overfitting(history: list[dict], *, drop: float = 0.2) -> bool:
+    """Wong et al.'s failure mode of FGSM training: within a few epochs, PGD accuracy on
+    held-out data collapses while FGSM accuracy rises. True when the last epoch's PGD
+    accuracy fell more than ``drop`` below its best so far and FGSM accuracy went up."""
+    if len(history) < 2:
+        return False
+    best_pgd = max(r["pgd_acc"] for r in history[:-1])
+    last, before = history[-1], history[-2]
+    return last["pgd_acc"] < best_pgd - drop and last["fgsm_acc"] > before["fgsm_acc"]
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    """Adversarial-training settings (saved in the checkpoint)."""
+
+    adv: str = "pgd"
+    eps: float = 0.3
+    alpha: float | None = None
+    steps: int = 10
+    warmup_epochs: float = 1.0
+    beta: float = 6.0
+    holdout: int = 1000
+    eval_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if self.adv not in KINDS:
+            raise ValueError(f"adv must be one of {list(KINDS)}, got {self.adv!r}")
+        check_number("holdout", self.holdout, minimum=1, integer=True)
+
+
+def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                    steps: int, seed: int = 0) -> dict:
+    """Clean, FGSM and PGD accuracy on a held-out slice (the catastrophic-overfitting probe)."""
+    fgsm_x = FGSM(model, eps=eps)(x, y)
+    pgd_x = PGD(model, eps=eps, steps=steps, alpha=2.5 * eps / steps, seed=seed)(x, y)
+    return {
+        "clean_acc_holdout": accuracy(model, x, y),
+        "fgsm_acc": accuracy(model, fgsm_x, y),
+        "pgd_acc": accuracy(model, pgd_x, y),
+    }
+
+
+def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str | Path,
+                 data_dir=None, device: str = "cpu", progress: bool = True,
+                 resume: bool = False) -> tuple[nn.Module, list[dict]]:
+    """Adversarially train ``config.model`` on MNIST minus a held-out slice of the training
+    set; after every epoch measure clean/FGSM/PGD accuracy on that slice. Writes
+    ``checkpoint`` (the model with the best held-out PGD accuracy) and
+    ``<checkpoint>.last.pt`` (the latest epoch, with everything needed to resume)."""
+    checkpoint = Path(checkpoint)
+    last_path = checkpoint.with_suffix(".last.pt")
+    full = load_mnist("train", data_dir)
+    train_set = full.head(len(full) - robust.holdout).head(config.train_size)
+    hx, hy = full.x[-robust.holdout:].to(device), full.y[-robust.holdout:].to(device)
+    test_set = load_mnist("test", data_dir)
+
+    model = seeded_model(config.model, config.seed).to(device)
+    loss_fn = (AdversarialLoss(robust.adv, eps=robust.eps, alpha=robust.alpha, steps=robust.steps,
+                               warmup_epochs=robust.warmup_epochs, beta=robust.beta, seed=config.seed)
+               if robust.adv != "none" else None)
+    state, best = None, {"pgd_acc": -math.inf}
+    saved_config = {**asdict(config), **{f"robust_{k}": v for k, v in asdict(robust).items()}}
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        if ckpt["config"] != saved_config:
+            raise ValueError(f"resume: {last_path} was written with other settings; "
+                             f"delete it or use the same options")
+        model.load_state_dict(ckpt["state_dict"])
+        state = ckpt["train_state"]
+        best = ckpt["metrics"].get("best", best)
+
+    def on_epoch_end(record: dict, train_state: dict) -> None:
+        nonlocal best
+        if robust.adv == "fgsm-rs" and catastrophic_overfitting(train_state["history"]):
+            record["catastrophic_overfitting"] = True
+            print(f"warning: catastrophic overfitting at epoch {record['epoch']} (held-out PGD accuracy "
+                  f"collapsed to {record['pgd_acc']:.2%}); keeping the best checkpoint")
+        if record["pgd_acc"] > best["pgd_acc"]:
+            best = dict(record)
+            save_checkpoint(checkpoint, model, model_name=config.model, config=saved_config,
+                            metrics={"best": best, "history": train_state["history"]})
+        save_checkpoint(last_path, model, model_name=config.model, config=saved_config,
+                        metrics={"best": best, "history": train_state["history"]},
+                        extra={"train_state": train_state})
+
+    history = train(
+        model, train_set, test_set, config, loss_fn=loss_fn or clean_loss, device=device,
+        progress=progress, on_epoch_end=on_epoch_end, resume=state,
+        epoch_metrics=lambda m: heldout_metrics(m, hx, hy, eps=robust.eps, steps=robust.eval_steps,
+                                                seed=config.seed),
+    )
+    best_model = seeded_model(config.model, config.seed)
+    best_model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+    return best_model.to(device).eval(), history

@@ -1,0 +1,128 @@
+"""Adversarial training: attack (dL/dX, weights frozen) then weight step (dL/dW) per batch."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from advx import PGD
+from advx import adversarial as adv_mod
+from advx.adversarial import AdversarialLoss, RobustConfig, catastrophic_overfitting, trades_loss, train_robust
+from advx.checkpoint import load_checkpoint
+from advx.train import TrainConfig, accuracy, train
+
+from conftest import DATA_DIR, TinyCNN
+
+
+def _tiny(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyCNN()
+
+
+def _pgd_acc(model, x, y, eps):
+    return accuracy(model, PGD(model, eps=eps, steps=10)(x, y), y)
+
+
+def test_adversarial_training_raises_pgd_accuracy(mnist_train, mnist_test):
+    data = mnist_train.head(6000)
+    x, y = mnist_test.x[:400], mnist_test.y[:400]
+    config = TrainConfig(epochs=2, batch_size=64, lr=3e-3)
+    clean, robust = _tiny(), _tiny()
+    train(clean, data, None, config, progress=False)
+    train(robust, data, None, config, loss_fn=AdversarialLoss("pgd", eps=0.1, steps=3), progress=False)
+    clean_pgd, robust_pgd = _pgd_acc(clean, x, y, 0.1), _pgd_acc(robust, x, y, 0.1)
+    assert robust_pgd > clean_pgd + 0.15
+    assert accuracy(robust, x, y) > 0.8
+
+
+@pytest.mark.parametrize("kind", ["fgsm-rs", "pgd", "trades"])
+def test_weights_are_trainable_again_after_each_inner_attack(kind, mnist_train):
+    model = _tiny()
+    inner = AdversarialLoss(kind, eps=0.3, steps=2)
+    before = copy.deepcopy(model.state_dict())
+    checked = []
+
+    def loss_fn(model, x, y, *, epoch):
+        loss, logits = inner(model, x, y, epoch=epoch)
+        assert model.training  # the attack put it in eval, then restored it
+        assert all(p.requires_grad for p in model.parameters())
+        assert loss.requires_grad and loss.grad_fn is not None  # dL/dW will flow
+        checked.append(True)
+        return loss, logits
+
+    train(model, mnist_train.head(256), None, TrainConfig(epochs=1, batch_size=64), loss_fn=loss_fn,
+          progress=False)
+    assert len(checked) == 4
+    after = model.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # every weight got a gradient
+
+
+def test_fgsm_rs_is_one_pgd_step_of_1_25_eps():
+    atk = AdversarialLoss("fgsm-rs", eps=0.2).attack(_tiny(), 0.2)
+    assert (atk.steps, atk.alpha, atk.random_start) == (1, pytest.approx(0.25), True)
+
+
+def test_eps_warmup_ramps_linearly():
+    loss = AdversarialLoss("pgd", eps=0.3, warmup_epochs=2)
+    assert loss.eps_at(0) == 0 and loss.eps_at(1) == pytest.approx(0.15) and loss.eps_at(5) == 0.3
+
+
+def test_trades_loss_equals_its_formula():
+    clean = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    adv = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    y = torch.tensor([0, 1])
+    p = [[math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)], [1 / (1 + math.e), math.e / (1 + math.e)]]
+    q = [[0.5, 0.5], [1 / (1 + math.exp(3)), math.exp(3) / (1 + math.exp(3))]]
+    ce = -(math.log(p[0][0]) + math.log(p[1][1])) / 2
+    kl = sum(p[i][j] * math.log(p[i][j] / q[i][j]) for i in range(2) for j in range(2)) / 2
+    assert trades_loss(clean, adv, y, beta=6.0).item() == pytest.approx(ce + 6.0 * kl, rel=1e-6)
+    assert trades_loss(clean, clean, y, beta=6.0).item() == pytest.approx(ce, rel=1e-6)
+
+
+def test_catastrophic_overfitting_detection():
+    healthy = [{"pgd_acc": 0.70, "fgsm_acc": 0.80}, {"pgd_acc": 0.80, "fgsm_acc": 0.85},
+               {"pgd_acc": 0.82, "fgsm_acc": 0.86}]
+    collapsed = healthy[:2] + [{"pgd_acc": 0.05, "fgsm_acc": 0.95}]
+    assert not catastrophic_overfitting(healthy)
+    assert catastrophic_overfitting(collapsed)
+    assert not catastrophic_overfitting(healthy[:1])
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match=r"adv must be one of \['none', 'fgsm-rs', 'pgd', 'trades'\], got 'free'"):
+        AdversarialLoss("free", eps=0.3)
+    with pytest.raises(ValueError, match="eps must be >= 0, got -0.3"):
+        AdversarialLoss("pgd", eps=-0.3)
+    with pytest.raises(ValueError, match="adv must be one of"):
+        RobustConfig(adv="free")
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    config = TrainConfig(epochs=2, batch_size=100, train_size=600, seed=3)
+    robust = RobustConfig(adv="pgd", eps=0.2, steps=2, warmup_epochs=1, holdout=100, eval_steps=2)
+    common = dict(data_dir=DATA_DIR, progress=False)
+    train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
+    uninterrupted = load_checkpoint(tmp_path / "a.last.pt")
+
+    real = adv_mod.heldout_metrics
+    calls = []
+
+    def crash_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(adv_mod, "heldout_metrics", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_robust(config, robust, checkpoint=tmp_path / "b.pt", **common)
+    assert len(load_checkpoint(tmp_path / "b.last.pt")["metrics"]["history"]) == 1
+    monkeypatch.setattr(adv_mod, "heldout_metrics", real)
+    train_robust(config, robust, checkpoint=tmp_path / "b.pt", resume=True, **common)
+    resumed = load_checkpoint(tmp_path / "b.last.pt")
+    assert len(resumed["metrics"]["history"]) == 2
+    for k, v in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][k], v), k
+    assert uninterrupted["state_dict"]["features.0.weight"].abs().sum() > 0
