@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from advx.attacks import ATTACKS
 from advx.adversarial import KINDS, RobustConfig, train_robust
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, CheckpointError, load_model
 from advx.data import DataNotFoundError, load_mnist, prepare_mnist
+from advx.evaluate import SUITES, build_attack, evaluate, run_attack
 from advx.models import MODELS
 from advx.report import environment, format_table, save_curve, save_examples, write_csv, write_json
 from advx.train import TrainConfig, train_baseline
@@ -90,8 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one attack on the first N test images of a trained model; "
                                    "print a table and write report.json and examples.png.")
     a.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="default: pgd")
-    a.add_argument("--eps", type=float, default=0.3, help="budget in pixel units (default: 0.3)")
-    a.add_argument("--norm", default="inf", choices=["inf", "2"], help="default: inf")
+    a.add_argument("--eps", type=float, default=None,
+                   help="budget in pixel units (default: the attack's own: 0.3 Linf for fgsm/pgd/apgd/"
+                        "square; unbounded for the minimum-norm cw and deepfool)")
+    a.add_argument("--norm", default=None, choices=["inf", "2"],
+                   help="default: the attack's own (inf; 2 for cw)")
     a.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
     a.add_argument("--steps", type=int, default=None, help="iterations (PGD default: 40)")
     a.add_argument("--restarts", type=int, default=None, help="PGD random restarts (default: 1)")
@@ -112,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per_sample.csv and curve.png.")
     e.add_argument("--attacks", default="fgsm,pgd",
                    help=f"comma-separated, cheapest first, from {','.join(sorted(ATTACKS))} (default: fgsm,pgd)")
+    e.add_argument("--suite", default=None, choices=sorted(SUITES),
+                   help="a named cascade instead of --attacks; strong = apgd,apgd-t,square (after AutoAttack)")
     e.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="comma-separated budgets (default: 0.05,0.1,0.2,0.3)")
     e.add_argument("--norm", default="inf", choices=["inf", "2"], help="default: inf")
     e.add_argument("--steps", type=int, default=None, help="iterations of iterative attacks (PGD default: 40)")
@@ -138,9 +143,7 @@ def _floats(text: str, option: str) -> list[float]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from advx.evaluate import evaluate
-
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    attacks = SUITES[args.suite] if args.suite else [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
         raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {args.attacks!r}")
@@ -220,23 +223,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attack_from_args(args, model):
-    """Build the attack from the options it takes; an option it does not take is an error."""
-    cls = ATTACKS[args.attack]
-    accepted = inspect.signature(cls).parameters
-    kwargs = dict(eps=args.eps, norm=args.norm, targeted=args.targeted, seed=args.seed)
-    optional = {"alpha": (args.alpha, None), "steps": (args.steps, None),
-                "restarts": (args.restarts, None), "early_stop": (args.early_stop, False)}
-    for name, (value, unset) in optional.items():
-        if name in accepted:
-            if value is not unset:
-                kwargs[name] = value
-        elif value is not unset:
-            flag = "--" + name.replace("_", "-")
-            raise CLIError(f"{flag} does not apply to --attack {args.attack}")
-    return cls(model, **kwargs)
-
-
 def cmd_attack(args: argparse.Namespace) -> int:
     if args.targeted != (args.target_class is not None):
         raise CLIError("--targeted and --target-class K go together (got only one of them)")
@@ -244,7 +230,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         raise CLIError(f"--n must be >= 1, got {args.n}")
     device = _device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
-    attack = _attack_from_args(args, model)
+    attack = build_attack(args.attack, model, eps=args.eps, norm=args.norm, targeted=args.targeted,
+                          seed=args.seed, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
+                          early_stop=args.early_stop or None)
     test = load_mnist("test", args.data_dir).head(args.n)
     target = None
     if args.targeted:
@@ -252,13 +240,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
             raise CLIError(f"--target-class must be in [0, 9], got {args.target_class}")
         target = torch.full_like(test.y, args.target_class)
 
-    from advx.evaluate import run_attack
-
     run = run_attack(model, attack, test.x, test.y, target=target, batch_size=args.batch_size,
                      device=device, progress=not args.quiet)
     s = run.summary()
-    out = Path(args.out or f"runs/{args.attack}-{args.norm}-eps{args.eps:g}")
-    norm_name = "Linf" if args.norm == "inf" else "L2"
+    out = Path(args.out or f"runs/{args.attack}-{attack.norm.name}-eps{attack.eps:g}")
+    norm_name = "Linf" if attack.norm.name == "inf" else "L2"
     print(format_table([
         ("model", f"{args.checkpoint} ({ckpt['model_name']})"),
         ("attack", repr(attack)),

@@ -24,6 +24,14 @@ from advx.data import iterate_batches
 
 AttackFactory = Callable[[nn.Module, float], Attack]
 
+# Named cascades for ``evaluate(attacks=SUITES[name])`` / ``advx eval --suite NAME``.
+SUITES = {
+    # After AutoAttack: APGD-CE, then targeted APGD-DLR over the top-9 classes, then the
+    # black-box Square attack on the survivors (the cross-check for gradient masking).
+    "strong": ["apgd", "apgd-t", "square"],
+}
+BLACK_BOX = ("square",)
+
 
 def build_attack(name: str, model: nn.Module, *, strict: bool = True, **options) -> Attack:
     """Build ``ATTACKS[name]`` with the options its constructor takes.
@@ -283,7 +291,7 @@ def evaluate(
             idx = (survivors if cascade else alive).nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
             stage_survives = alive.clone()
-            for chunk in idx.split(batch_size):
+            for chunk in idx.split(batch_size) if len(idx) else ():
                 gen = rng.SampleRNG.from_ids(seed, chunk, rng.salt_of(name, e))
                 result = attack.run(x[chunk].to(device), y[chunk].to(device), generator=gen)
                 success = result.success.cpu()
@@ -317,6 +325,20 @@ def evaluate(
     return ev
 
 
+def black_box_check(ev: Evaluation) -> str | None:
+    """Flag samples that a black-box attack broke after every white-box attack before it
+    in the list had failed on them: the gradients were misleading (masking)."""
+    black = [a for a, name in enumerate(ev.attacks) if name in BLACK_BOX]
+    white = [a for a, name in enumerate(ev.attacks) if name not in BLACK_BOX]
+    if not black or not white or min(black) < min(white):
+        return None
+    for k, e in enumerate(ev.eps):
+        counts = sum(int((ev.records["broken_by"][k] == a).sum()) for a in black)
+        if counts:
+            return sanity.black_box_warning(counts, e)
+    return None
+
+
 LARGE_EPS = {"inf": 0.5, "2": 14.0}  # Linf 0.5 / L2 14 let an attack turn any digit grey
 
 
@@ -330,6 +352,7 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ev: Evaluatio
         "deterministic": sanity.check_deterministic(model, xs),
         "gradients": sanity.check_gradients(model, xs, ys),
         "monotone": sanity.check_monotone(ev.robust_acc),
+        "black_box": black_box_check(ev),
     }
     ok = (ev.records["pred_clean"][:probe] == ev.records["y"][:probe]).to(device)
     if ok.any():

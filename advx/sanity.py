@@ -84,3 +84,9 @@ def check_stronger_attack(weak_acc: float, strong_acc: float, *, tolerance: floa
         return (f"more PGD steps/restarts raised robust accuracy ({weak_acc:.2%} -> {strong_acc:.2%}): "
                 f"the optimisation is unstable, results are not trustworthy")
     return None
+
+
+def black_box_warning(count: int, eps: float) -> str:
+    """The message for samples that only a black-box (score-based) attack broke."""
+    return (f"the black-box Square attack broke {count} samples at eps={eps:g} that the gradient "
+            f"attacks before it did not: gradients are unreliable here (masking?)")

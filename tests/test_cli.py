@@ -90,7 +90,7 @@ def test_targeted_attack(tiny_checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["attack", "--checkpoint", "missing.pt"], "no file at missing.pt"),
     (["attack", "--eps", "-1"], "eps must be >= 0, got -1.0"),
-    (["attack", "--attack", "fgsm", "--steps", "3"], "--steps does not apply to --attack fgsm"),
+    (["attack", "--attack", "fgsm", "--steps", "3"], "steps does not apply to attack 'fgsm'"),
     (["attack", "--targeted"], "--targeted and --target-class K go together"),
     (["attack", "--targeted", "--target-class", "12"], "--target-class must be in [0, 9], got 12"),
     (["attack", "--n", "0"], "--n must be >= 1, got 0"),
@@ -112,3 +112,27 @@ def test_cuda_on_a_machine_without_it(capsys, tiny_checkpoint):
         pytest.skip("this machine has CUDA")
     assert main(["attack", "--device", "cuda", "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_adversarial_training_command(tmp_path, capsys):
+    from advx.checkpoint import load_checkpoint
+
+    path = tmp_path / "robust.pt"
+    code = main(["train", "--adv", "fgsm-rs", "--epochs", "1", "--train-size", "500", "--holdout", "100",
+                 "--batch-size", "100", "--checkpoint", str(path), "--data-dir", str(DATA_DIR), "--quiet"])
+    assert code == 0
+    assert "held-out PGD-20 accuracy" in capsys.readouterr().out
+    ckpt = load_checkpoint(path)
+    assert ckpt["config"]["robust_adv"] == "fgsm-rs"
+    assert {"pgd_acc", "fgsm_acc", "clean_acc_holdout"} <= set(ckpt["metrics"]["best"])
+    assert "train_state" in load_checkpoint(tmp_path / "robust.last.pt")
+
+
+def test_eval_strong_suite(tiny_checkpoint, tmp_path, capsys):
+    code = main(["eval", "--suite", "strong", "--eps", "0.3", "--n", "20", "--steps", "10",
+                 "--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR), "--out", str(tmp_path),
+                 "--no-checks", "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["attacks"] == ["apgd", "apgd-t", "square"]
+    assert list(report["robust_acc_by_attack"]["0.3"]) == ["apgd", "apgd-t", "square"]

@@ -134,3 +134,8 @@ def test_cli_eval_writes_report_csv_and_curve(tmp_path, capsys):
     assert {"index", "label", "pred_clean", "robust@0.1", "attack@0.3", "step@0.3", "norm@0.3"} <= set(rows[0])
     with Image.open(out / "curve.png") as img:
         img.verify()
+
+
+def test_later_attacks_with_nothing_left_to_attack(trained_cnn, data):
+    ev = evaluate(trained_cnn, *data, attacks=["pgd", "fgsm"], eps=[0.5], steps=20, checks=False, progress=False)
+    assert ev.robust_acc[0.5] == 0.0 and ev.robust_acc_by_attack[0.5]["fgsm"] == 0.0

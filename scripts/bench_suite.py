@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""advx --suite strong vs torchattacks' AutoAttack (standard), and CW-L2 vs torchattacks' CW,
+side by side in one process, on the first MNIST test images, Linf eps 0.3.
+
+    pip install -e ".[bench]"            # torchattacks
+    python scripts/bench_suite.py [--checkpoints checkpoints/baseline.pt,checkpoints/robust.pt] [--n 1000]
+
+Targets: advx robust accuracy <= AutoAttack's, in no more wall time; advx CW (binary
+search over c) median L2 <= torchattacks CW's at the same number of iterations (median
+over the correctly classified samples, a failure counting as infinite distance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from advx import CW, load_mnist, load_model
+from advx.evaluate import SUITES, evaluate
+
+
+def robust_acc(model, x, y, x_adv):
+    with torch.no_grad():
+        return (model(x_adv).argmax(1) == y).float().mean().item()
+
+
+def median_l2(model, x, y, x_adv):
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    dist = (x_adv - x).flatten(1).norm(dim=1)
+    dist[~fooled] = math.inf
+    return dist.median().item(), fooled.float().mean().item()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoints", default="checkpoints/baseline.pt,checkpoints/robust.pt")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--cw-n", type=int, default=200, help="images for the CW comparison")
+    p.add_argument("--cw-search", type=int, default=5, help="advx CW binary-search steps")
+    p.add_argument("--cw-steps", type=int, default=100, help="advx CW iterations per search step")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    import torchattacks
+
+    test = load_mnist("test", args.data_dir).head(args.n)
+    rows, cw_rows = [], []
+    for path in args.checkpoints.split(","):
+        if not Path(path).exists():
+            print(f"skipping {path}: not found")
+            continue
+        model, _ = load_model(path)
+        start = time.perf_counter()
+        ev = evaluate(model, test.x, test.y, attacks=SUITES["strong"], eps=[args.eps],
+                      batch_size=args.batch_size, checks=False, progress=False)
+        advx_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        aa = torchattacks.AutoAttack(model, norm="Linf", eps=args.eps, version="standard", n_classes=10, seed=0)
+        x_adv = torch.cat([aa(test.x[i:i + args.batch_size], test.y[i:i + args.batch_size])
+                           for i in range(0, args.n, args.batch_size)])
+        aa_s = time.perf_counter() - start
+        aa_acc = robust_acc(model, test.x, test.y, x_adv)
+        rows.append((path, ev.clean_acc, ev.robust_acc[args.eps], advx_s, aa_acc, aa_s,
+                     ev.robust_acc_by_attack[args.eps]))
+        print(f"{path}: advx strong {ev.robust_acc[args.eps]:.2%} in {advx_s:.1f} s, "
+              f"AutoAttack {aa_acc:.2%} in {aa_s:.1f} s", flush=True)
+
+        x, y = test.x[:args.cw_n], test.y[:args.cw_n]
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+        x, y = x[ok], y[ok]
+        iters = args.cw_search * args.cw_steps
+        start = time.perf_counter()
+        ours = CW(model, steps=args.cw_steps, binary_search_steps=args.cw_search)(x, y)
+        ours_s = time.perf_counter() - start
+        start = time.perf_counter()
+        theirs = torchattacks.CW(model, c=1, kappa=0, steps=iters, lr=0.01)(x, y)
+        theirs_s = time.perf_counter() - start
+        cw_rows.append((path, len(y), iters, *median_l2(model, x, y, ours), ours_s,
+                        *median_l2(model, x, y, theirs), theirs_s))
+
+    print(f"\nLinf eps={args.eps}, first {args.n} MNIST test images, cpu, {torch.get_num_threads()} threads")
+    print(f"{'model':<28} {'clean':>7} {'advx strong':>12} {'s':>7} {'AutoAttack':>11} {'s':>7} {'time ratio':>10}")
+    for path, clean, a_acc, a_s, t_acc, t_s, _ in rows:
+        print(f"{path:<28} {clean:>7.2%} {a_acc:>12.2%} {a_s:>7.1f} {t_acc:>11.2%} {t_s:>7.1f} {a_s / t_s:>10.3f}")
+    for path, *_, stages in rows:
+        print(f"  {path}: advx cascade, robust after each stage: "
+              + ", ".join(f"{k} {v:.2%}" for k, v in stages.items()))
+    print(f"\nCW-L2 on the correctly classified of the first {args.cw_n} images, equal iterations")
+    print(f"{'model':<28} {'n':>4} {'iters':>6} {'advx median':>12} {'success':>8} {'s':>6} "
+          f"{'ta median':>10} {'success':>8} {'s':>6}")
+    for path, n, iters, a_med, a_succ, a_s, t_med, t_succ, t_s in cw_rows:
+        print(f"{path:<28} {n:>4} {iters:>6} {a_med:>12.3f} {a_succ:>8.1%} {a_s:>6.1f} "
+              f"{t_med:>10.3f} {t_succ:>8.1%} {t_s:>6.1f}")
+    print("targets: advx strong <= AutoAttack accuracy in <= its time; advx CW median <= torchattacks'")
+
+
+if __name__ == "__main__":
+    main()
