@@ -12,13 +12,13 @@ lists and dicts of them), so the safe unpickler can read them back.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from advx.files import atomic_write
 from advx.models import MODELS, build_model
 
 FORMAT = "advx-checkpoint"
@@ -46,7 +46,6 @@ def save_checkpoint(
     ``extra`` holds further tensors or plain values (e.g. optimizer state for resuming).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -57,17 +56,8 @@ def save_checkpoint(
     }
     if extra:
         payload.update(extra)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
     return path
 
 

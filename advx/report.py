@@ -6,11 +6,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from advx.files import atomic_write
 
 
 def environment() -> dict[str, str]:
@@ -31,19 +32,10 @@ def environment() -> dict[str, str]:
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    return Path(path)
 
 
 def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> str:
@@ -113,20 +105,11 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     """Write rows (dicts with the same keys) as CSV, atomically."""
     import csv
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
 
 
 def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,

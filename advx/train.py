@@ -104,7 +104,8 @@ def train(
     accuracy on a held-out slice); ``on_epoch_end(record, state)`` gets the record and
     the full training state (optimizer, schedule, random streams, history), which
     ``resume=state`` continues from: the final weights then equal those of an
-    uninterrupted run (load the weights into ``model`` first).
+    uninterrupted run (load the weights into ``model`` first). A hook that sets
+    ``record["stop"] = True`` ends training after that epoch.
 
     Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds``.
     """
@@ -167,6 +168,8 @@ def train(
                 "history": [dict(r) for r in history],
             }
             on_epoch_end(record, state)
+        if record.get("stop"):  # a hook asked to end training here
+            break
     model.eval()
     return history
 

@@ -32,6 +32,24 @@ class TinyCNN(nn.Module):
         return self.net(x)
 
 
+class Boom(RuntimeError):
+    pass
+
+
+class FailsOnCall(nn.Module):
+    """Wraps a model and raises ``Boom`` on its ``n``-th forward call."""
+
+    def __init__(self, model, n):
+        super().__init__()
+        self.model, self.n, self.calls = model, n, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.n:
+            raise Boom("mid-attack failure")
+        return self.model(x)
+
+
 @pytest.fixture(scope="session")
 def mnist_train():
     return load_mnist("train", DATA_DIR)

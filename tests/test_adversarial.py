@@ -88,6 +88,11 @@ def test_catastrophic_overfitting_detection():
     assert not catastrophic_overfitting(healthy)
     assert catastrophic_overfitting(collapsed)
     assert not catastrophic_overfitting(healthy[:1])
+    # Seen in this project's PGD-5 training run: both fall, FGSM stays far above PGD.
+    pgd_collapse = healthy[:2] + [{"pgd_acc": 0.09, "fgsm_acc": 0.80}]
+    assert catastrophic_overfitting(pgd_collapse)
+    worse_everywhere = healthy[:2] + [{"pgd_acc": 0.50, "fgsm_acc": 0.55}]  # plain divergence
+    assert not catastrophic_overfitting(worse_everywhere)
 
 
 def test_bad_settings():
@@ -126,3 +131,15 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     for k, v in uninterrupted["state_dict"].items():
         assert torch.equal(resumed["state_dict"][k], v), k
     assert uninterrupted["state_dict"]["features.0.weight"].abs().sum() > 0
+
+
+def test_training_stops_when_a_hook_asks(mnist_train):
+    seen = []
+
+    def on_epoch_end(record, state):
+        seen.append(record["epoch"])
+        record["stop"] = record["epoch"] == 2
+
+    history = train(_tiny(), mnist_train.head(128), None, TrainConfig(epochs=5, batch_size=64),
+                    on_epoch_end=on_epoch_end, progress=False)
+    assert seen == [1, 2] and len(history) == 2

@@ -11,6 +11,8 @@ from torch import nn
 from advx import FGSM, PGD
 from advx.norms import get_norm
 
+from conftest import Boom, FailsOnCall
+
 CASES = [
     (attack, norm, targeted)
     for attack in ("fgsm", "pgd")
@@ -28,24 +30,6 @@ def make(name, model, norm, targeted, **kw):
 
 def goal(y, targeted):
     return (y + 1) % 10 if targeted else y
-
-
-class Boom(RuntimeError):
-    pass
-
-
-class FailsOnCall(nn.Module):
-    """Wraps a model and raises on its ``n``-th forward call."""
-
-    def __init__(self, model, n):
-        super().__init__()
-        self.model, self.n, self.calls = model, n, 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls == self.n:
-            raise Boom("mid-attack failure")
-        return self.model(x)
 
 
 @pytest.mark.parametrize("name,norm,targeted", CASES)

@@ -3,7 +3,6 @@
 import copy
 import inspect
 import json
-import math
 
 import pytest
 import torch
@@ -12,6 +11,8 @@ from torch import nn
 from advx import APGD, ATTACKS, CW, MIFGSM, DeepFool, Square
 from advx.attacks.apgd import dlr_loss, step_checkpoints
 from advx.attacks.base import frozen
+
+from conftest import Boom, FailsOnCall
 
 # Small configurations, so that the invariants run in a blink on any model.
 SMALL = {
@@ -27,24 +28,6 @@ SMALL = {
     "square": lambda m, **kw: Square(m, eps=0.3, queries=40, **kw),
 }
 RANDOMISED = ["apgd-ce", "apgd-l2", "square"]
-
-
-class Boom(RuntimeError):
-    pass
-
-
-class FailsOnCall(nn.Module):
-    """Wraps a model and raises on its ``n``-th forward call."""
-
-    def __init__(self, model, n):
-        super().__init__()
-        self.model, self.n, self.calls = model, n, 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls == self.n:
-            raise Boom("mid-attack failure")
-        return self.model(x)
 
 
 def success_rate(attack, model, x, y, goal):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from advx import rng
-from advx.attacks.base import Attack, check_number
+from advx.attacks.base import Attack, check_number, largest_other, logit_of
 from advx.norms import Norm
 
 _TINY = 1e-12
@@ -36,28 +36,17 @@ def step_checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(pj * steps - 1e-9) for pj in p[1:] if pj < 1} - {0})
 
 
-def _logit_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return logits.gather(1, labels[:, None]).squeeze(1)
-
-
-def _largest_other(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """max_{i != label} z_i per sample."""
-    others = logits.clone()
-    others.scatter_(1, labels[:, None], -math.inf)
-    return others.amax(1)
-
-
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Untargeted DLR [N] (to ascend): ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)``."""
     top = logits.sort(1, descending=True).values
-    return -(_logit_of(logits, y) - _largest_other(logits, y)) / (top[:, 0] - top[:, 2] + _TINY)
+    return -(logit_of(logits, y) - largest_other(logits, y)) / (top[:, 0] - top[:, 2] + _TINY)
 
 
 def targeted_dlr_loss(logits: torch.Tensor, z_ref: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Targeted DLR [N] (to ascend): ``-(z_ref - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``;
     ``z_ref`` is the true-class logit (or the largest non-target logit, see ``APGD``)."""
     top = logits.sort(1, descending=True).values
-    return -(z_ref - _logit_of(logits, target)) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + _TINY)
+    return -(z_ref - logit_of(logits, target)) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + _TINY)
 
 
 class _Run(NamedTuple):
@@ -250,8 +239,8 @@ class APGD(Attack):
         if self.loss_name == "dlr":
             return dlr_loss(logits, y)
         if self.targeted:  # y holds the targets; the true label is unknown here
-            return targeted_dlr_loss(logits, _largest_other(logits, y), y)
-        return targeted_dlr_loss(logits, _logit_of(logits, y), target)
+            return targeted_dlr_loss(logits, largest_other(logits, y), y)
+        return targeted_dlr_loss(logits, logit_of(logits, y), target)
 
     def _gradient(self, x_adv, y, target):
         """(dLoss/dX, logits, loss) at ``x_adv``; the gradient is taken on the input only."""

@@ -70,6 +70,16 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
+def logit_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``z_label`` per sample: logits [N, K], labels [N] -> [N]."""
+    return logits.gather(1, labels[:, None]).squeeze(1)
+
+
+def largest_other(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``max_{i != label} z_i`` per sample: logits [N, K], labels [N] -> [N]."""
+    return logits.scatter(1, labels[:, None], -math.inf).amax(1)
+
+
 def input_gradient(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """dloss/dx; zeros where the model's output does not depend on ``x`` through autograd
     (e.g. a hard input quantizer), so that masked gradients do not crash an attack."""
@@ -194,6 +204,12 @@ class Attack:
             loss = self.loss(logits, y) if objective is None else objective(logits)
             grad = input_gradient(loss.sum(), x_adv)
         return grad, logits.detach(), loss.detach()
+
+    def margin(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample distance from the goal in logit space, to *minimise*; below 0 the goal
+        is reached: ``z_y - max_{i!=y} z_i`` (untargeted) or ``max_{i!=t} z_i - z_t`` (targeted)."""
+        gap = logit_of(logits, y) - largest_other(logits, y)
+        return -gap if self.targeted else gap
 
     def is_success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         pred = logits.argmax(1)

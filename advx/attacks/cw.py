@@ -109,20 +109,12 @@ class CW(Attack):
             x_adv = self._from_tanh_space(w)
             l2_sq = (x_adv - x).flatten(1).square().sum(1)
             logits = self.model(x_adv)
-            gap = self._gap(logits, y)
+            gap = self.margin(logits, y)  # the f6 term before clamping
             objective = l2_sq + const * gap.clamp_min(-self.kappa)
             (grad,) = torch.autograd.grad(objective.sum(), w)
         gap = gap.detach()
         reached = (gap < 0) & (gap <= -self.kappa)
         return grad, x_adv.detach(), l2_sq.detach().sqrt(), reached
-
-    def _gap(self, logits, y):
-        """How far from the goal, per sample (< 0: reached): the f6 term before clamping."""
-        z_label = logits.gather(1, y[:, None]).squeeze(1)
-        others = logits.clone()
-        others.scatter_(1, y[:, None], -math.inf)
-        z_other = others.amax(1)
-        return z_other - z_label if self.targeted else z_label - z_other
 
     def _to_tanh_space(self, x):
         lo, hi = self.bounds

@@ -95,7 +95,7 @@ class Square(Attack):
         x_best = self.clip(x + self.eps * stripes)
         logits = self.model(x_best)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
-        margin = self._margin(logits, y)
+        margin = self.margin(logits, y)
         reached = self.is_success(logits, y)
         active = (~reached).nonzero().squeeze(1)
         iterations = self.queries - 1
@@ -115,7 +115,7 @@ class Square(Attack):
 
             logits = self.model(candidate)
             queries[active] += 1
-            new_margin = self._margin(logits, y[active])
+            new_margin = self.margin(logits, y[active])
             improved = new_margin < margin[active]
             x_best[active[improved]] = candidate[improved]
             margin[active[improved]] = new_margin[improved]
@@ -123,14 +123,6 @@ class Square(Attack):
             reached[active[now_reached]] = True
             active = active[~now_reached]
         return x_best, margin, reached, queries
-
-    def _margin(self, logits, y):
-        """Margin loss to *minimise*; below 0 the goal is reached."""
-        z_label = logits.gather(1, y[:, None]).squeeze(1)
-        others = logits.clone()
-        others.scatter_(1, y[:, None], -math.inf)
-        z_other = others.amax(1)
-        return z_other - z_label if self.targeted else z_label - z_other
 
     @staticmethod
     def _random_signs(shape, like, generator):
