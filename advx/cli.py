@@ -59,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to put them (default: $ADVX_DATA or ./data)")
     dp.set_defaults(func=cmd_data)
 
-    t = sub.add_parser("train", help="train a clean baseline CNN and save a checkpoint",
-                       description="Train a CNN on MNIST (the weight-gradient loop) and save a checkpoint.")
+    t = sub.add_parser("train", help="train a CNN (clean, or adversarially with --adv) and save a checkpoint",
+                       description="Train a CNN on MNIST (the weight-gradient loop) and save a checkpoint. "
+                                   "With --adv, each batch is first attacked (dL/dX, weights frozen), then "
+                                   "the weights step on the attacked batch.")
     d = TrainConfig()
     t.add_argument("--model", default=d.model, choices=sorted(MODELS), help=f"default: {d.model}")
     t.add_argument("--epochs", type=int, default=d.epochs, help=f"default: {d.epochs}")

@@ -125,10 +125,11 @@ def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,
         return None
     xs = [0.0, *eps]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name in by_attack[eps[0]]:
-        ax.plot(xs, [clean_acc] + [by_attack[e][name] for e in eps], marker="o", alpha=0.8, label=name)
-    ax.plot(xs, [clean_acc] + [robust_acc[e] for e in eps], marker="s", color="black", lw=2.5,
-            label="worst case")
+    ax.plot(xs, [clean_acc] + [robust_acc[e] for e in eps], marker="s", color="black", lw=3,
+            label="worst case", zorder=1)
+    for name in by_attack[eps[0]]:  # dashed on top, so a line equal to the worst case stays visible
+        ax.plot(xs, [clean_acc] + [by_attack[e][name] for e in eps], marker="o", ls="--", label=name,
+                zorder=2)
     ax.set_xlabel("eps (pixel units)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
