@@ -175,16 +175,16 @@ class Evaluation:
         """One dict per sample: index, label, clean prediction, and for each eps whether it
         is robust, which attack broke it first (``-`` if none), at which step, and the
         perturbation norm. A sample broken at a smaller eps keeps that record."""
+        r = {k: v.tolist() for k, v in self.records.items()}  # plain lists: fast to index
         rows = []
-        r = self.records
         for i in range(self.n):
-            row = {"index": i, "label": int(r["y"][i]), "pred_clean": int(r["pred_clean"][i])}
+            row = {"index": i, "label": r["y"][i], "pred_clean": r["pred_clean"][i]}
             for k, e in enumerate(self.eps):
-                who = int(r["broken_by"][k, i])
-                row[f"robust@{e:g}"] = int(r["robust"][k, i])
+                who = r["broken_by"][k][i]
+                row[f"robust@{e:g}"] = int(r["robust"][k][i])
                 row[f"attack@{e:g}"] = self.attacks[who] if who >= 0 else "-"
-                row[f"step@{e:g}"] = int(r["step"][k, i]) if who >= 0 else ""
-                row[f"norm@{e:g}"] = f"{float(r['norm'][k, i]):.5f}" if who >= 0 else ""
+                row[f"step@{e:g}"] = r["step"][k][i] if who >= 0 else ""
+                row[f"norm@{e:g}"] = f"{r['norm'][k][i]:.5f}" if who >= 0 else ""
             rows.append(row)
         return rows
 
