@@ -127,8 +127,9 @@ def run_attack(
     pred_clean, pred_adv, success, norm, kept = [], [], [], [], []
     start = time.perf_counter()
     bar = tqdm(total=len(y), desc=type(attack).__name__, unit="img", disable=not progress)
-    for (xb, yb), (_, gb) in zip(iterate_batches(x, y, batch_size), iterate_batches(x, goal, batch_size)):
-        xb, yb, gb = xb.to(device), yb.to(device), gb.to(device)
+    for start in range(0, len(y), batch_size):
+        batch = slice(start, start + batch_size)
+        xb, yb, gb = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
         with torch.no_grad(), frozen(model):
             pred_clean.append(model(xb).argmax(1).cpu())
         result = attack.run(xb, gb, generator=generator)
