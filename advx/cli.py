@@ -19,7 +19,7 @@ from advx.attacks import ATTACKS
 from advx.adversarial import KINDS, RobustConfig, train_robust
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, CheckpointError, load_model
 from advx.data import DataNotFoundError, load_mnist, prepare_mnist
-from advx.evaluate import SUITES, build_attack, evaluate, run_attack
+from advx.evaluate import SUITES, build_attack, describe, evaluate, run_attack
 from advx.models import MODELS
 from advx.report import environment, format_table, save_curve, save_examples, write_csv, write_json
 from advx.train import TrainConfig, train_baseline
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--attacks", default="fgsm,pgd",
                    help=f"comma-separated, cheapest first, from {','.join(sorted(ATTACKS))} (default: fgsm,pgd)")
     e.add_argument("--suite", default=None, choices=sorted(SUITES),
-                   help="a named cascade instead of --attacks; strong = apgd,apgd-t,square (after AutoAttack)")
+                   help="a named cascade instead of --attacks (after AutoAttack); strong = "
+                        + describe(SUITES["strong"]) + "; --steps/--restarts override its settings")
     e.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="comma-separated budgets (default: 0.05,0.1,0.2,0.3)")
     e.add_argument("--norm", default="inf", choices=["inf", "2"], help="default: inf")
     e.add_argument("--steps", type=int, default=None, help="iterations of iterative attacks (PGD default: 40)")
@@ -146,7 +147,7 @@ def _floats(text: str, option: str) -> list[float]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     attacks = SUITES[args.suite] if args.suite else [a.strip() for a in args.attacks.split(",") if a.strip()]
-    unknown = [a for a in attacks if a not in ATTACKS]
+    unknown = [a for a in attacks if isinstance(a, str) and a not in ATTACKS]
     if unknown or not attacks:
         raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {args.attacks!r}")
     eps = _floats(args.eps, "--eps")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from advx import CW, load_mnist, load_model
-from advx.evaluate import SUITES, evaluate
+from advx.evaluate import SUITES, describe, evaluate
 
 
 def robust_acc(model, x, y, x_adv):
@@ -86,7 +86,9 @@ def main() -> None:
         cw_rows.append((path, len(y), iters, *median_l2(model, x, y, ours), ours_s,
                         *median_l2(model, x, y, theirs), theirs_s))
 
-    print(f"\nLinf eps={args.eps}, first {args.n} MNIST test images, cpu, {torch.get_num_threads()} threads")
+    print(f"\nLinf eps={args.eps}, first {args.n} MNIST test images, cpu, {torch.get_num_threads()} threads, "
+          f"batch {args.batch_size}")
+    print(f"advx --suite strong = {describe(SUITES['strong'])}")
     print(f"{'model':<28} {'clean':>7} {'advx strong':>12} {'s':>7} {'AutoAttack':>11} {'s':>7} {'time ratio':>10}")
     for path, clean, a_acc, a_s, t_acc, t_s, _ in rows:
         print(f"{path:<28} {clean:>7.2%} {a_acc:>12.2%} {a_s:>7.1f} {t_acc:>11.2%} {t_s:>7.1f} {a_s / t_s:>10.3f}")

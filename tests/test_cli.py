@@ -129,10 +129,11 @@ def test_adversarial_training_command(tmp_path, capsys):
 
 
 def test_eval_strong_suite(tiny_checkpoint, tmp_path, capsys):
-    code = main(["eval", "--suite", "strong", "--eps", "0.3", "--n", "20", "--steps", "10",
+    code = main(["eval", "--suite", "strong", "--eps", "0.3", "--n", "20", "--steps", "10", "--restarts", "2",
                  "--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR), "--out", str(tmp_path),
                  "--no-checks", "--quiet"])
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["attacks"] == ["apgd", "apgd-t", "square"]
+    assert report["settings"]["stages"] == "apgd(restarts=2),apgd-t(n_target_classes=3),square(queries=1000)"
     assert list(report["robust_acc_by_attack"]["0.3"]) == ["apgd", "apgd-t", "square"]

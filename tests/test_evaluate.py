@@ -139,3 +139,32 @@ def test_cli_eval_writes_report_csv_and_curve(tmp_path, capsys):
 def test_later_attacks_with_nothing_left_to_attack(trained_cnn, data):
     ev = evaluate(trained_cnn, *data, attacks=["pgd", "fgsm"], eps=[0.5], steps=20, checks=False, progress=False)
     assert ev.robust_acc[0.5] == 0.0 and ev.robust_acc_by_attack[0.5]["fgsm"] == 0.0
+
+
+def test_suite_stage_options_apply_and_explicit_options_win(trained_cnn):
+    from advx.evaluate import _factory
+
+    stage = ("apgd", {"restarts": 5, "n_target_classes": 3})
+    name, make = _factory(stage, dict(steps=None, restarts=None))
+    atk = make(trained_cnn, 0.3)
+    assert name == "apgd" and atk.restarts == 5 and atk.n_target_classes == 3
+    atk = _factory(stage, dict(steps=7, restarts=2))[1](trained_cnn, 0.3)
+    assert atk.restarts == 2 and atk.steps == 7 and atk.n_target_classes == 3
+
+
+def test_every_named_suite_builds_and_describes_itself(trained_cnn):
+    from advx.evaluate import SUITES, _factory, describe
+
+    for suite in SUITES.values():
+        for stage in suite:
+            _factory(stage, {})[1](trained_cnn, 0.3)  # a preset option the attack lacks would raise
+    assert describe(SUITES["strong"]) == "apgd(restarts=5),apgd-t(n_target_classes=3),square(queries=1000)"
+    assert describe(SUITES["strong"], {"restarts": 1, "steps": None}).startswith("apgd(restarts=1),")
+    assert describe(["fgsm", ("pgd", {})]) == "fgsm,pgd"
+
+
+def test_stage_option_the_attack_does_not_take_is_an_error(trained_cnn, data):
+    with pytest.raises(ValueError, match="'queries'.*'apgd'"):
+        evaluate(trained_cnn, *data, attacks=[("apgd", {"queries": 10})], eps=[0.1], checks=False, progress=False)
+    with pytest.raises(ValueError, match="attack must be one of .*got 'nope'"):
+        evaluate(trained_cnn, *data, attacks=[("nope", {})], eps=[0.1], checks=False, progress=False)

@@ -74,6 +74,25 @@ def test_model_restored_when_it_raises(name, bn_model, batch):
     assert all(p.grad is None for p in model.parameters())
 
 
+class NoInputGradient(nn.Module):
+    """Thresholds its input first: the logits do not depend on x through autograd."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model((x > 0.5).float())
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_no_input_gradient_is_survived_not_a_crash(name, trained_cnn, batch):
+    x, y = batch
+    model = NoInputGradient(trained_cnn)
+    result = SMALL[name](model).run(x[:8], y[:8])  # raised in autograd.grad before the fix
+    assert torch.isfinite(result.x_adv).all() and result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+
+
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_same_seed_same_result(name, trained_cnn, batch):
     x, y = batch[0][:16], batch[1][:16]

@@ -80,12 +80,12 @@ def largest_other(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.scatter(1, labels[:, None], -math.inf).amax(1)
 
 
-def input_gradient(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def input_gradient(loss: torch.Tensor, x: torch.Tensor, *, retain_graph: bool = False) -> torch.Tensor:
     """dloss/dx; zeros where the model's output does not depend on ``x`` through autograd
     (e.g. a hard input quantizer), so that masked gradients do not crash an attack."""
     if not loss.requires_grad:
         return torch.zeros_like(x)
-    (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    (grad,) = torch.autograd.grad(loss, x, allow_unused=True, retain_graph=retain_graph)
     return torch.zeros_like(x) if grad is None else grad
 
 

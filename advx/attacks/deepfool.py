@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, check_number
+from advx.attacks.base import Attack, check_number, input_gradient
 from advx.norms import Norm, get_norm
 
 _TINY = 1e-12
@@ -99,7 +99,7 @@ class DeepFool(Attack):
         with torch.enable_grad():
             logits = self.model(x_adv)
             diffs = logits.gather(1, others) - logits.gather(1, y[:, None])
-            grads = [torch.autograd.grad(diffs[:, j].sum(), x_adv, retain_graph=j < num_others - 1)[0]
+            grads = [input_gradient(diffs[:, j].sum(), x_adv, retain_graph=j < num_others - 1)
                      for j in range(num_others)]
         return logits.detach(), diffs.detach(), torch.stack(grads, 1)
 
