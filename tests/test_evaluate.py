@@ -158,7 +158,7 @@ def test_every_named_suite_builds_and_describes_itself(trained_cnn):
     for suite in SUITES.values():
         for stage in suite:
             _factory(stage, {})[1](trained_cnn, 0.3)  # a preset option the attack lacks would raise
-    assert describe(SUITES["strong"]) == "apgd(restarts=5),apgd-t(n_target_classes=3),square(queries=1000)"
+    assert describe(SUITES["strong"]) == "apgd(restarts=10),apgd-t(n_target_classes=3),square(queries=1000)"
     assert describe(SUITES["strong"], {"restarts": 1, "steps": None}).startswith("apgd(restarts=1),")
     assert describe(["fgsm", ("pgd", {})]) == "fgsm,pgd"
 
