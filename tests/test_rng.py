@@ -34,7 +34,7 @@ def test_wrong_number_of_streams_is_an_error(trained_cnn, batch):
 @pytest.mark.parametrize("name", ["pgd", "apgd", "square"])
 def test_random_attacks_give_the_same_per_sample_result_in_any_batch(name, trained_cnn, batch):
     x, y = batch[0][:12], batch[1][:12]
-    kwargs = {"pgd": dict(steps=5, restarts=2), "apgd": dict(steps=10), "square": dict(queries=30)}[name]
+    kwargs = {"pgd": dict(steps=5, restarts=2), "apgd": dict(steps=10), "square": dict(queries=250, restarts=2)}[name]
     attack = ATTACKS[name](trained_cnn, eps=0.15, **kwargs)
     ids = torch.arange(12)
     whole = attack.run(x, y, generator=rng.SampleRNG.from_ids(5, ids)).x_adv

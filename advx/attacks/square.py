@@ -20,6 +20,10 @@ from advx.norms import Norm
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
 # fraction p is halved: the schedule of the paper for Linf.
 _HALVE_AFTER = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# Queries whose random numbers are drawn at once: per-sample streams are one call per
+# sample, far too slow to make three times per query, above all on a GPU.
+_DRAWS_PER_CALL = 100
+_TIE = 1e-5
 
 
 def square_fraction(p_init: float, iteration: int, iterations: int) -> float:
@@ -99,15 +103,23 @@ class Square(Attack):
         reached = self.is_success(logits, y)
         active = (~reached).nonzero().squeeze(1)
         iterations = self.queries - 1
+        row = torch.full((n,), -1, dtype=torch.long, device=x.device)
         for i in range(iterations):
             if len(active) == 0:
                 break
+            if i % _DRAWS_PER_CALL == 0:
+                # Random numbers for the next queries of each sample still running, in one
+                # call per sample: a sample's stream depends only on its own progress.
+                block = min(_DRAWS_PER_CALL, iterations - i)
+                uniforms = rng.rand((len(active), block, 2 + channels), rng.subset(generator, active),
+                                    device=x.device, dtype=x.dtype)
+                row[active] = torch.arange(len(active), device=x.device)
+            u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, 2 + C]
             p = square_fraction(self.p_init, i, iterations)
             side = min(max(round(math.sqrt(p * height * width)), 1), height - 1, width - 1)
             x0, current = x[active], x_best[active]
-            draw = rng.subset(generator, active)
-            window = self._random_window(len(active), side, height, width, x, draw)
-            signs = self._random_signs((len(active), channels, 1, 1), x, draw)
+            window = self._window(u[:, 0], u[:, 1], side, height, width)
+            signs = torch.where(u[:, 2:] < 0.5, -1.0, 1.0).to(x.dtype).view(-1, channels, 1, 1)
             candidate = torch.where(window, self.clip(x0 + self.eps * signs), current)
             # A draw that changes nothing would waste a query: take the other sign.
             same = (candidate == current).flatten(1).all(1).view(-1, 1, 1, 1)
@@ -116,7 +128,10 @@ class Square(Attack):
             logits = self.model(candidate)
             queries[active] += 1
             new_margin = self.margin(logits, y[active])
-            improved = new_margin < margin[active]
+            # Keep a change only if it lowers the margin by more than float rounding: a
+            # change that leaves the logits as they were must not count as progress in one
+            # batch and not in another (the last bits of a batched forward depend on it).
+            improved = new_margin < margin[active] - _TIE * margin[active].abs().clamp_min(1)
             x_best[active[improved]] = candidate[improved]
             margin[active[improved]] = new_margin[improved]
             now_reached = improved & self.is_success(logits, y[active])
@@ -130,12 +145,13 @@ class Square(Attack):
         return (2 * bits - 1).to(like.dtype)
 
     @staticmethod
-    def _random_window(n, side, height, width, like, generator):
-        """[n, 1, H, W] bool masks of a ``side`` x ``side`` square at a random position."""
-        top = rng.randint(height - side + 1, (n, 1), generator, device=like.device)
-        left = rng.randint(width - side + 1, (n, 1), generator, device=like.device)
-        rows = torch.arange(height, device=like.device)
-        cols = torch.arange(width, device=like.device)
+    def _window(u_top, u_left, side, height, width):
+        """[n, 1, H, W] bool masks of a ``side`` x ``side`` square whose corner is placed
+        by the uniforms ``u_top``, ``u_left`` [n] in [0, 1)."""
+        top = (u_top * (height - side + 1)).long().clamp_max(height - side)[:, None]
+        left = (u_left * (width - side + 1)).long().clamp_max(width - side)[:, None]
+        rows = torch.arange(height, device=u_top.device)
+        cols = torch.arange(width, device=u_top.device)
         in_rows = (rows >= top) & (rows < top + side)      # [n, H]
         in_cols = (cols >= left) & (cols < left + side)    # [n, W]
         return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
