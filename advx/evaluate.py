@@ -148,8 +148,8 @@ def run_attack(
     pred_clean, pred_adv, success, norm, kept = [], [], [], [], []
     start = time.perf_counter()
     bar = tqdm(total=len(y), desc=type(attack).__name__, unit="img", disable=not progress)
-    for start in range(0, len(y), batch_size):
-        batch = slice(start, start + batch_size)
+    for first in range(0, len(y), batch_size):
+        batch = slice(first, first + batch_size)
         xb, yb, gb = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
         with torch.no_grad(), frozen(model):
             pred_clean.append(model(xb).argmax(1).cpu())

@@ -1,6 +1,7 @@
 """The CLI is a thin layer: call ``main(argv)`` and check exit codes, output and files."""
 
 import json
+import time
 
 import pytest
 from PIL import Image
@@ -56,9 +57,11 @@ def test_train_writes_a_loadable_checkpoint(tiny_checkpoint):
 
 def test_attack_end_to_end(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "run"
+    began = time.perf_counter()
     code = main(["attack", "--attack", "pgd", "--eps", "0.3", "--steps", "5", "--n", "60",
                  "--batch-size", "25", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR),
                  "--out", str(out), "--quiet"])
+    elapsed = time.perf_counter() - began
     assert code == 0
     printed = capsys.readouterr().out
     for row in ("clean accuracy", "robust accuracy", "attack success rate", "mean / max Linf", "images/s"):
@@ -71,6 +74,7 @@ def test_attack_end_to_end(tiny_checkpoint, tmp_path, capsys):
         assert key in results
     assert results["robust_acc"] < results["clean_acc"]
     assert results["max_norm"] <= 0.3 + 1e-6
+    assert 0 < results["seconds"] <= elapsed  # the attack's own clock, not a batch index
     assert {"torch", "torchvision", "advx"} <= set(report["environment"])
     with Image.open(out / "examples.png") as img:
         img.verify()
