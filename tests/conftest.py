@@ -32,6 +32,17 @@ class TinyCNN(nn.Module):
         return self.net(x)
 
 
+class Binarized(nn.Module):
+    """A non-differentiable input quantizer: the logits do not depend on x through autograd."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model((x > 0.5).float())
+
+
 class Boom(RuntimeError):
     pass
 

@@ -7,6 +7,8 @@ from torch import nn
 from advx import sanity
 from advx.evaluate import evaluate
 
+from conftest import Binarized
+
 
 class Softmaxed(nn.Module):
     def __init__(self, model):
@@ -26,17 +28,6 @@ class Noisy(nn.Module):
 
     def forward(self, x):
         return self.model(nn.functional.dropout(x, 0.3, training=True))
-
-
-class Binarized(nn.Module):
-    """A non-differentiable input quantizer: gradients are exactly zero."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model((x > 0.5).float())
 
 
 @pytest.fixture(scope="module")

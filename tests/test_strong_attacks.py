@@ -12,7 +12,7 @@ from advx import APGD, ATTACKS, CW, MIFGSM, DeepFool, Square
 from advx.attacks.apgd import dlr_loss, step_checkpoints
 from advx.attacks.base import frozen
 
-from conftest import Boom, FailsOnCall
+from conftest import Binarized, Boom, FailsOnCall
 
 # Small configurations, so that the invariants run in a blink on any model.
 SMALL = {
@@ -74,21 +74,10 @@ def test_model_restored_when_it_raises(name, bn_model, batch):
     assert all(p.grad is None for p in model.parameters())
 
 
-class NoInputGradient(nn.Module):
-    """Thresholds its input first: the logits do not depend on x through autograd."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model((x > 0.5).float())
-
-
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_no_input_gradient_is_survived_not_a_crash(name, trained_cnn, batch):
     x, y = batch
-    model = NoInputGradient(trained_cnn)
+    model = Binarized(trained_cnn)
     result = SMALL[name](model).run(x[:8], y[:8])  # raised in autograd.grad before the fix
     assert torch.isfinite(result.x_adv).all() and result.x_adv.min() >= 0 and result.x_adv.max() <= 1
 
