@@ -26,6 +26,7 @@ from torch import nn
 
 from advx.attacks import FGSM, PGD
 from advx.attacks.base import check_number
+from advx.attacks.pgd import kl_from_clean
 from advx.checkpoint import load_checkpoint, save_checkpoint
 from advx.data import load_mnist
 from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train
@@ -36,8 +37,7 @@ KINDS = ("none", "fgsm-rs", "pgd", "trades")
 def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
                 beta: float) -> torch.Tensor:
     """TRADES: ``CE(clean, y) + beta * mean_i KL(p_clean_i || p_adv_i)``."""
-    log_p = logits_clean.log_softmax(1)
-    kl = (log_p.exp() * (log_p - logits_adv.log_softmax(1))).sum(1).mean()
+    kl = kl_from_clean(logits_clean.log_softmax(1), logits_adv).mean()
     return F.cross_entropy(logits_clean, y) + beta * kl
 
 
@@ -71,8 +71,8 @@ class AdversarialLoss:
     def attack(self, model: nn.Module, eps: float) -> PGD:
         if self.kind == "fgsm-rs":
             return PGD(model, eps=eps, alpha=1.25 * eps, steps=1, generator=self.generator)
-        alpha = self.alpha if self.alpha is not None else 2.5 * eps / self.steps
-        return PGD(model, eps=eps, alpha=alpha, steps=self.steps, generator=self.generator,
+        # alpha None: PGD's default, 2.5 * eps / steps
+        return PGD(model, eps=eps, alpha=self.alpha, steps=self.steps, generator=self.generator,
                    loss="kl" if self.kind == "trades" else "ce")
 
     def __call__(self, model, x, y, *, epoch: float):

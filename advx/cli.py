@@ -146,10 +146,12 @@ def _floats(text: str, option: str) -> list[float]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    attacks = SUITES[args.suite] if args.suite else [a.strip() for a in args.attacks.split(",") if a.strip()]
-    unknown = [a for a in attacks if isinstance(a, str) and a not in ATTACKS]
-    if unknown or not attacks:
-        raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {args.attacks!r}")
+    if args.suite:
+        attacks = SUITES[args.suite]
+    else:
+        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+        if not attacks or any(a not in ATTACKS for a in attacks):
+            raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {args.attacks!r}")
     eps = _floats(args.eps, "--eps")
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advx import rng, sanity
-from advx.attacks import ATTACKS
+from advx.attacks import ATTACKS, PGD
 from advx.attacks.base import Attack, frozen
 from advx.data import iterate_batches
 
@@ -45,13 +45,25 @@ def describe(stages: Sequence, overrides: dict | None = None) -> str:
     def one(stage):
         if callable(stage):
             return getattr(stage, "__name__", "attack")
-        name, preset = stage if isinstance(stage, tuple) else (stage, {})
+        name, preset = _split(stage)
         settings = ", ".join(f"{k}={overrides.get(k, v)}" for k, v in preset.items())
         return f"{name}({settings})" if settings else name
     return ",".join(one(s) for s in stages)
 
 
+def _split(stage) -> tuple[str, dict]:
+    """``"pgd"`` -> ``("pgd", {})``; ``(name, options)`` stays as it is."""
+    return stage if isinstance(stage, tuple) else (stage, {})
+
+
 BLACK_BOX = ("square",)
+
+
+def attack_options(name: str):
+    """The keyword arguments ``ATTACKS[name]`` takes; an unknown name is an error."""
+    if name not in ATTACKS:
+        raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
+    return inspect.signature(ATTACKS[name]).parameters
 
 
 def build_attack(name: str, model: nn.Module, *, strict: bool = True, **options) -> Attack:
@@ -61,10 +73,7 @@ def build_attack(name: str, model: nn.Module, *, strict: bool = True, **options)
     does not take is an error when ``strict`` (``advx attack``), and skipped otherwise
     (``advx eval``: ``steps`` applies to PGD, not to FGSM, in one cascade).
     """
-    if name not in ATTACKS:
-        raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
-    cls = ATTACKS[name]
-    accepted = inspect.signature(cls).parameters
+    accepted = attack_options(name)
     kwargs = {}
     for key, value in options.items():
         if value is None:
@@ -73,7 +82,7 @@ def build_attack(name: str, model: nn.Module, *, strict: bool = True, **options)
             kwargs[key] = value
         elif strict:
             raise ValueError(f"{key} does not apply to attack {name!r}")
-    return cls(model, **kwargs)
+    return ATTACKS[name](model, **kwargs)
 
 
 @dataclass
@@ -217,10 +226,8 @@ def _factory(stage, options) -> tuple[str, AttackFactory]:
     the preset."""
     if callable(stage):
         return getattr(stage, "__name__", "attack"), stage
-    name, preset = stage if isinstance(stage, tuple) else (stage, {})
-    if name not in ATTACKS:
-        raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
-    accepted = inspect.signature(ATTACKS[name]).parameters
+    name, preset = _split(stage)
+    accepted = attack_options(name)
     for key in preset:
         if key not in accepted:
             raise ValueError(f"option {key!r} of stage {name!r} does not apply to that attack")
@@ -393,7 +400,6 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ev: Evaluatio
     if ok.any():
         xc, yc = xs[ok], ys[ok]
         big = LARGE_EPS["inf" if norm in ("inf", "linf", "Linf") else "2"]
-        from advx.attacks import PGD
 
         def acc(attack):
             run = attack.run(xc, yc, generator=rng.SampleRNG.from_ids(seed, range(len(yc)), 7))

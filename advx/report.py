@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -103,8 +104,6 @@ def save_examples(
 
 def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     """Write rows (dicts with the same keys) as CSV, atomically."""
-    import csv
-
     with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()

@@ -15,6 +15,12 @@ from advx.attacks.base import Attack, check_number
 from advx.norms import Norm
 
 
+def kl_from_clean(log_p_clean: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``KL(p_clean || softmax(logits))`` [N], from clean log-probabilities:
+    what the TRADES adversary ascends and the TRADES loss penalises."""
+    return (log_p_clean.exp() * (log_p_clean - logits.log_softmax(1))).sum(1)
+
+
 class PGD(Attack):
     """Projected Gradient Descent (ascent on the loss).
 
@@ -94,7 +100,7 @@ class PGD(Attack):
         """Per-sample value to ascend: ``self.loss`` (CE), or KL(p_clean || p(logits))."""
         if ref is None:
             return self.loss(logits, y)
-        return (ref.exp() * (ref - logits.log_softmax(1))).sum(1)
+        return kl_from_clean(ref, logits)
 
     def _descend(self, x, y, ref, generator):
         """One PGD run; returns ``(x_adv, steps spent per sample)``."""
