@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from advx.attacks import FGSM, PGD
-from advx.attacks.base import check_number
 from advx.attacks.pgd import kl_from_clean
 from advx.checkpoint import load_checkpoint, save_checkpoint
 from advx.data import load_mnist
-from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train
+from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
+from advx.validate import check_number, check_seed
 
 KINDS = ("none", "fgsm-rs", "pgd", "trades")
 
@@ -52,15 +52,13 @@ class AdversarialLoss:
                  warmup_epochs: float = 0.0, beta: float = 6.0, seed: int = 0) -> None:
         if kind not in KINDS[1:]:
             raise ValueError(f"adv must be one of {list(KINDS)}, got {kind!r}")
-        check_number("eps", eps, minimum=0)
-        check_number("steps", steps, minimum=1, integer=True)
-        check_number("warmup_epochs", warmup_epochs, minimum=0)
-        check_number("beta", beta, minimum=0)
-        if alpha is not None:
-            check_number("alpha", alpha, minimum=0, strict=True)
-        self.kind, self.eps, self.alpha, self.steps = kind, float(eps), alpha, steps
-        self.warmup_epochs, self.beta = float(warmup_epochs), float(beta)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.kind = kind
+        self.eps = check_number("eps", eps, minimum=0)
+        self.steps = check_number("steps", steps, minimum=1, integer=True)
+        self.warmup_epochs = check_number("warmup_epochs", warmup_epochs, minimum=0)
+        self.beta = check_number("beta", beta, minimum=0)
+        self.alpha = None if alpha is None else check_number("alpha", alpha, minimum=0, strict=True)
+        self.generator = torch.Generator().manual_seed(check_seed("seed", seed))
 
     def eps_at(self, epoch: float) -> float:
         """The eps used at (fractional) ``epoch``: a linear ramp over the warm-up."""
@@ -124,7 +122,18 @@ class RobustConfig:
     def __post_init__(self) -> None:
         if self.adv not in KINDS:
             raise ValueError(f"adv must be one of {list(KINDS)}, got {self.adv!r}")
-        check_number("holdout", self.holdout, minimum=1, integer=True)
+        checked = {
+            "eps": check_number("eps", self.eps, minimum=0),
+            "steps": check_number("steps", self.steps, minimum=1, integer=True),
+            "warmup_epochs": check_number("warmup_epochs", self.warmup_epochs, minimum=0),
+            "beta": check_number("beta", self.beta, minimum=0),
+            "holdout": check_number("holdout", self.holdout, minimum=1, integer=True),
+            "eval_steps": check_number("eval_steps", self.eval_steps, minimum=1, integer=True),
+        }
+        if self.alpha is not None:
+            checked["alpha"] = check_number("alpha", self.alpha, minimum=0, strict=True)
+        for name, value in checked.items():  # plain numbers in the (frozen) config
+            object.__setattr__(self, name, value)
 
 
 def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
@@ -139,6 +148,11 @@ def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
     }
 
 
+def last_checkpoint(checkpoint: str | Path) -> Path:
+    """Where ``train_robust`` keeps the latest epoch for ``--resume``: ``<name>.last.pt``."""
+    return Path(checkpoint).with_suffix(".last.pt")
+
+
 def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str | Path,
                  data_dir=None, device: str = "cpu", progress: bool = True,
                  resume: bool = False) -> tuple[nn.Module, list[dict]]:
@@ -148,9 +162,11 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
     ``<checkpoint>.last.pt`` (the latest epoch, with everything needed to resume).
     Training stops early when held-out PGD accuracy collapses (catastrophic overfitting)."""
     checkpoint = Path(checkpoint)
-    last_path = checkpoint.with_suffix(".last.pt")
+    last_path = last_checkpoint(checkpoint)
     full = load_mnist("train", data_dir)
-    train_set = full.head(len(full) - robust.holdout).head(config.train_size)
+    if robust.holdout >= len(full):
+        raise ValueError(f"holdout must be < {len(full)} (the training images), got {robust.holdout}")
+    train_set = training_slice(full.head(len(full) - robust.holdout), config.train_size)
     hx, hy = full.x[-robust.holdout:].to(device), full.y[-robust.holdout:].to(device)
     test_set = load_mnist("test", data_dir)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advx.files import atomic_write
+from advx.files import atomic_write, remove_stale_temps
 from advx.models import MODELS, build_model
 
 FORMAT = "advx-checkpoint"
@@ -42,10 +42,16 @@ def save_checkpoint(
 ) -> Path:
     """Save ``model`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
 
-    A crash mid-save leaves the previous file at ``path`` as it was.
+    A crash mid-save leaves the previous file at ``path`` as it was, and weights that are
+    not finite (a diverged run) are refused, so they never replace a good checkpoint.
     ``extra`` holds further tensors or plain values (e.g. optimizer state for resuming).
     """
     path = Path(path)
+    bad = non_finite_weights(model.state_dict())
+    if bad:
+        raise CheckpointError(f"checkpoint: refusing to save {path}: the model's weights are not finite "
+                              f"(NaN/inf in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                              f"the file there was left as it was")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -61,20 +67,36 @@ def save_checkpoint(
     return path
 
 
+def non_finite_weights(state_dict: dict) -> list[str]:
+    """Names of the floating-point entries of ``state_dict`` that hold NaN or inf."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a checkpoint dict (CPU tensors). Raises ``CheckpointError`` with the reason."""
     path = Path(path)
+    remove_stale_temps(path)  # left behind by a save that was killed
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint: {path} is a folder, expected a checkpoint file")
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint: no file at {path}. Train one first: "
             f"`python scripts/train_baseline.py` (or `advx train`) writes {DEFAULT_CHECKPOINT}."
         )
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint: {path} is empty (0 bytes); train again or restore it")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, random bytes...
         raise CheckpointError(
             f"checkpoint: {path} could not be read as an advx checkpoint "
-            f"(truncated or not a torch file): {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            f"(truncated or not a torch file): {_first_line(err)}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
@@ -82,10 +104,29 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"format={FORMAT!r}, got {type(ckpt).__name__}"
             + (f" with format={ckpt.get('format')!r})" if isinstance(ckpt, dict) else ")")
         )
+    version = ckpt.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"checkpoint: {path} has no valid format version (got {version!r})")
+    if version > VERSION:
+        raise CheckpointError(f"checkpoint: {path} was written by a newer advx (format version {version}); "
+                              f"this advx reads version {VERSION}: upgrade advx")
     if ckpt.get("model_name") not in MODELS:
         raise CheckpointError(
             f"checkpoint: {path} names model {ckpt.get('model_name')!r}, expected one of {sorted(MODELS)}"
         )
+    expected = {"state_dict": dict, "config": dict, "metrics": dict}
+    for key, kind in expected.items():
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(f"checkpoint: {path} is malformed: {key!r} must be a {kind.__name__}, "
+                                  f"got {type(ckpt.get(key)).__name__}")
+    not_tensors = [k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"checkpoint: {path} is malformed: state_dict entries that are not tensors: "
+                              f"{', '.join(map(str, not_tensors[:3]))}")
+    bad = non_finite_weights(ckpt["state_dict"])
+    if bad:
+        raise CheckpointError(f"checkpoint: {path} holds weights that are not finite (NaN/inf in "
+                              f"{', '.join(bad[:3])}): it comes from a diverged run")
     return ckpt
 
 
@@ -95,7 +136,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     model = build_model(ckpt["model_name"])
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as err:
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"checkpoint: {path} weights do not fit model {ckpt['model_name']!r}: {str(err)[:200]}"
         ) from None

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from advx.attacks import ATTACKS
-from advx.adversarial import KINDS, RobustConfig, train_robust
+from advx.adversarial import KINDS, RobustConfig, last_checkpoint, train_robust
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, CheckpointError, load_model
 from advx.data import DataNotFoundError, load_mnist, prepare_mnist
 from advx.evaluate import SUITES, build_attack, describe, evaluate, run_attack
+from advx.files import check_output_dir, check_output_file
 from advx.models import MODELS
 from advx.report import environment, format_table, save_curve, save_examples, write_csv, write_json
 from advx.train import TrainConfig, train_baseline
@@ -52,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     dp = sub.add_parser("data", help="put MNIST in the data folder and check it",
                         description="Copy the four MNIST .gz files from --from (or download them with "
-                                    "torchvision), verify their md5s and print the split sizes.")
+                                    "torchvision), verify their contents and print the split sizes. Every "
+                                    "source file is checked before any is copied; a missing or corrupt "
+                                    "file in the data folder is replaced (this is the repair).")
     dp.add_argument("--from", dest="source", default=None, metavar="DIR",
-                    help="folder holding MNIST/raw/*.gz to copy from (default: download)")
+                    help="folder holding MNIST/raw/*.gz (or the .gz files themselves) to copy from "
+                         "(default: download)")
     dp.add_argument("--data-dir", default=None,
                     help="where to put them (default: $ADVX_DATA or ./data)")
     dp.set_defaults(func=cmd_data)
@@ -73,15 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", default=None,
                    help=f"output (default: {DEFAULT_CHECKPOINT}, or {ROBUST_CHECKPOINT} with --adv)")
     r = RobustConfig()
+    # The --adv options default to None, so that one given without --adv (or to a kind that
+    # does not use it) is an error instead of being ignored; RobustConfig fills the rest.
     t.add_argument("--adv", default="none", choices=list(KINDS),
                    help="adversarial training: the attack that makes each batch (default: none)")
-    t.add_argument("--eps", type=float, default=r.eps, help=f"--adv: Linf budget (default: {r.eps})")
+    t.add_argument("--eps", type=float, default=None, help=f"--adv: Linf budget (default: {r.eps})")
     t.add_argument("--alpha", type=float, default=None, help="--adv pgd/trades: step size (default: 2.5*eps/steps)")
-    t.add_argument("--steps", type=int, default=r.steps, help=f"--adv pgd/trades: attack steps (default: {r.steps})")
-    t.add_argument("--warmup-epochs", type=float, default=r.warmup_epochs,
+    t.add_argument("--steps", type=int, default=None, help=f"--adv pgd/trades: attack steps (default: {r.steps})")
+    t.add_argument("--warmup-epochs", type=float, default=None,
                    help=f"--adv: ramp eps from 0 over this many epochs (default: {r.warmup_epochs:g})")
-    t.add_argument("--beta", type=float, default=r.beta, help=f"--adv trades: weight of the KL term (default: {r.beta:g})")
-    t.add_argument("--holdout", type=int, default=r.holdout,
+    t.add_argument("--beta", type=float, default=None, help=f"--adv trades: weight of the KL term (default: {r.beta:g})")
+    t.add_argument("--holdout", type=int, default=None,
                    help=f"--adv: training images held out for the per-epoch PGD check (default: {r.holdout})")
     t.add_argument("--resume", action="store_true",
                    help="--adv: continue from <checkpoint>.last.pt if it exists")
@@ -115,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "correct and survives every attack. Cheap attacks first, survivors "
                                    "only, early stop, nested-eps reuse. Writes report.json, "
                                    "per_sample.csv and curve.png.")
-    e.add_argument("--attacks", default="fgsm,pgd",
-                   help=f"comma-separated, cheapest first, from {','.join(sorted(ATTACKS))} (default: fgsm,pgd)")
+    e.add_argument("--attacks", default=None,
+                   help=f"comma-separated, cheapest first, each at most once, from {','.join(sorted(ATTACKS))} "
+                        f"(default: fgsm,pgd)")
     e.add_argument("--suite", default=None, choices=sorted(SUITES),
                    help="a named cascade instead of --attacks (after AutoAttack); strong = "
                         + describe(SUITES["strong"]) + "; --steps/--restarts override its settings")
@@ -145,28 +152,56 @@ def _floats(text: str, option: str) -> list[float]:
         raise CLIError(f"{option} must be comma-separated numbers, got {text!r}") from None
 
 
+def _test_images(args: argparse.Namespace):
+    """The first ``--n`` test images; more than the test set holds is an error."""
+    if args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    test = load_mnist("test", args.data_dir)
+    if args.n > len(test):
+        raise CLIError(f"--n must be <= {len(test)} (the test images), got {args.n}")
+    return test.head(args.n)
+
+
+# What advx writes into an output folder. A run removes those of them that it did not
+# write, so that a folder reused from an earlier run never shows stale files beside new ones.
+OUTPUTS = ("report.json", "per_sample.csv", "curve.png", "examples.png")
+
+
+def _finish_outputs(out: Path, written: list[str]) -> None:
+    for name in OUTPUTS:
+        if name not in written and (out / name).is_file():
+            (out / name).unlink()
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.suite and args.attacks is not None:
+        raise CLIError(f"--suite and --attacks exclude each other: got --suite {args.suite} "
+                       f"and --attacks {args.attacks}")
     if args.suite:
         attacks = SUITES[args.suite]
     else:
-        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-        if not attacks or any(a not in ATTACKS for a in attacks):
-            raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {args.attacks!r}")
+        text = args.attacks if args.attacks is not None else "fgsm,pgd"
+        attacks = [a.strip() for a in text.split(",") if a.strip()]
+        unknown = [a for a in attacks if a not in ATTACKS]
+        if not attacks or unknown:
+            raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {text!r}")
+        repeated = sorted({a for a in attacks if attacks.count(a) > 1})
+        if repeated:
+            raise CLIError(f"--attacks must name each attack once, got {', '.join(repeated)} more than once")
     eps = _floats(args.eps, "--eps")
-    if args.n < 1:
-        raise CLIError(f"--n must be >= 1, got {args.n}")
+    out = check_output_dir(args.out, "--out")
     device = _device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
-    test = load_mnist("test", args.data_dir).head(args.n)
+    test = _test_images(args)
     ev = evaluate(model, test.x, test.y, attacks=attacks, eps=eps, norm=args.norm, steps=args.steps,
                   alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
                   early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
                   device=device, checks=not args.no_checks, progress=not args.quiet)
-    out = Path(args.out)
     header = f"{'eps':>6}  {'worst case':>10}  " + "  ".join(f"{a:>10}" for a in ev.attacks)
+    how = ", cumulative over the cascade" if not args.no_cascade else ", each attack on its own"
     lines = [f"clean accuracy {ev.clean_acc:.2%} on {ev.n} test images ({args.checkpoint})",
-             f"robust accuracy ({'Linf' if args.norm == 'inf' else 'L2'}"
-             f"{', cumulative over the cascade' if not args.no_cascade else ''}):", header]
+             f"robust accuracy ({'Linf' if args.norm == 'inf' else 'L2'}{how}):", header]
     for e in ev.eps:
         lines.append(f"{e:>6g}  {ev.robust_acc[e]:>10.2%}  "
                      + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks))
@@ -174,6 +209,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     for name, message in ev.warnings.items():
         print(f"WARNING [{name}]: {message}", file=sys.stderr)
+    written = ["report.json", "per_sample.csv", "curve.png"]
+    write_csv(out / "per_sample.csv", ev.per_sample_rows())
+    save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack,
+               clean_acc=ev.clean_acc, title=f"{ckpt['model_name']} ({args.checkpoint})")
     write_json(out / "report.json", {
         "command": "eval", "checkpoint": str(args.checkpoint), "model": ckpt["model_name"],
         "settings": ev.settings,
@@ -182,15 +221,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "robust_acc_by_attack": {f"{e:g}": v for e, v in ev.robust_acc_by_attack.items()},
         "seconds": ev.seconds,
         "sanity": {"passed": not ev.warnings, "warnings": ev.warnings},
+        "files": written,
         "environment": environment(),
     })
-    write_csv(out / "per_sample.csv", ev.per_sample_rows())
-    curve = save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack,
-                       clean_acc=ev.clean_acc, title=f"{ckpt['model_name']} ({args.checkpoint})")
-    written = ["report.json", "per_sample.csv"] + (["curve.png"] if curve else [])
-    print(f"wrote {', '.join(str(out / w) for w in written)}")
-    if curve is None:
-        print('note: curve.png skipped, matplotlib is not installed (pip install "advx[plot]")')
+    _finish_outputs(out, written)
     return 0
 
 
@@ -201,18 +235,31 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+ADV_OPTIONS = {  # option -> the --adv kinds that use it
+    "eps": ("fgsm-rs", "pgd", "trades"), "warmup_epochs": ("fgsm-rs", "pgd", "trades"),
+    "holdout": ("fgsm-rs", "pgd", "trades"), "resume": ("fgsm-rs", "pgd", "trades"),
+    "alpha": ("pgd", "trades"), "steps": ("pgd", "trades"), "beta": ("trades",),
+}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    for name, kinds in ADV_OPTIONS.items():
+        if getattr(args, name) not in (None, False) and args.adv not in kinds:
+            option = "--" + name.replace("_", "-")
+            raise CLIError(f"{option} applies only with --adv {' or '.join(kinds)}, got --adv {args.adv}")
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, train_size=args.train_size)
     device = _device(args.device)
     adv = args.adv != "none"
-    checkpoint = args.checkpoint or str(ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT)
-    what = f"adversarial training ({args.adv}, eps {args.eps:g})" if adv else "training"
+    checkpoint = check_output_file(args.checkpoint or (ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT))
+    if adv:
+        given = {k: getattr(args, k) for k in ("eps", "alpha", "steps", "warmup_epochs", "beta", "holdout")}
+        robust = RobustConfig(adv=args.adv, **{k: v for k, v in given.items() if v is not None})
+        check_output_file(last_checkpoint(checkpoint))
+    what = f"adversarial training ({args.adv}, eps {robust.eps:g})" if adv else "training"
     print(f"{what}: {config.model} on MNIST, {config.epochs} epochs, seed {config.seed}, {device}")
     start = time.perf_counter()
     if adv:
-        robust = RobustConfig(adv=args.adv, eps=args.eps, alpha=args.alpha, steps=args.steps,
-                              warmup_epochs=args.warmup_epochs, beta=args.beta, holdout=args.holdout)
         _, history = train_robust(config, robust, checkpoint=checkpoint, data_dir=args.data_dir,
                                   device=device, progress=not args.quiet, resume=args.resume)
         best = max(history, key=lambda r: r["pgd_acc"])
@@ -223,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _, history = train_baseline(config, data_dir=args.data_dir, checkpoint=checkpoint,
                                     device=device, progress=not args.quiet)
         rows = [("test accuracy", f"{history[-1]['test_acc']:.2%}")]
-    rows += [("wall time", f"{time.perf_counter() - start:.1f} s"), ("checkpoint", checkpoint)]
+    rows += [("wall time", f"{time.perf_counter() - start:.1f} s"), ("checkpoint", str(checkpoint))]
     print(format_table(rows, title="robust model" if adv else "baseline"))
     return 0
 
@@ -231,14 +278,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_attack(args: argparse.Namespace) -> int:
     if args.targeted != (args.target_class is not None):
         raise CLIError("--targeted and --target-class K go together (got only one of them)")
-    if args.n < 1:
-        raise CLIError(f"--n must be >= 1, got {args.n}")
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     device = _device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     attack = build_attack(args.attack, model, eps=args.eps, norm=args.norm, targeted=args.targeted,
                           seed=args.seed, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
                           early_stop=args.early_stop or None)
-    test = load_mnist("test", args.data_dir).head(args.n)
+    out = check_output_dir(args.out or f"runs/{args.attack}-{attack.norm.name}-eps{attack.eps:g}", "--out")
+    test = _test_images(args)
     target = None
     if args.targeted:
         if not 0 <= args.target_class <= 9:
@@ -248,7 +296,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
     run = run_attack(model, attack, test.x, test.y, target=target, batch_size=args.batch_size,
                      device=device, progress=not args.quiet)
     s = run.summary()
-    out = Path(args.out or f"runs/{args.attack}-{attack.norm.name}-eps{attack.eps:g}")
     norm_name = "Linf" if attack.norm.name == "inf" else "L2"
     print(format_table([
         ("model", f"{args.checkpoint} ({ckpt['model_name']})"),
@@ -262,19 +309,33 @@ def cmd_attack(args: argparse.Namespace) -> int:
         ("wall time", f"{s['seconds']:.2f} s ({s['images_per_s']:.0f} images/s)"),
     ], title="advx attack"))
     k = len(run.x_adv)
+    written = ["report.json", "examples.png"]
     save_examples(out / "examples.png", test.x[:k], run.x_adv, test.y[:k], run.pred_clean[:k], run.pred_adv[:k])
     write_json(out / "report.json", {
         "command": "attack",
         "checkpoint": str(args.checkpoint),
         "model": ckpt["model_name"],
         "attack": attack.config(),
-        "n": args.n, "batch_size": args.batch_size, "seed": args.seed, "device": device,
+        "n": s["n"], "batch_size": args.batch_size, "seed": args.seed, "device": device,
         "target_class": args.target_class,
         "results": s,
+        "files": written,
         "environment": environment(),
     })
-    print(f"wrote {out / 'report.json'} and {out / 'examples.png'}")
+    _finish_outputs(out, written)
     return 0
+
+
+def _name_the_option(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """The library names its arguments (``eps must be >= 0``); on the command line the user
+    typed an option (``--eps``). Put the option's name in the message where one matches."""
+    head = message.split(" ", 1)[0].rstrip(":")
+    if parser is None or not head.isidentifier():
+        return message
+    for action in parser._actions:
+        if action.dest == head and action.option_strings:
+            return action.option_strings[-1] + message[len(head):]
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,11 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    sub = next(a for a in parser._actions if a.dest == "command").choices.get(args.command)
     try:
         return args.func(args)
-    except (CLIError, CheckpointError, DataNotFoundError, ValueError) as err:
-        print(f"advx {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, CheckpointError, DataNotFoundError, ValueError, TypeError) as err:
+        print(f"advx {args.command}: error: {_name_the_option(str(err), sub)}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, permission denied, ...: one line, never a traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"advx {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"advx {args.command}: interrupted", file=sys.stderr)
         return 130

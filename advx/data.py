@@ -1,25 +1,41 @@
 """MNIST in memory, pixels in [0, 1].
 
-Each split is read once through ``torchvision.datasets.MNIST`` into one tensor
-and batches are taken by slicing: no per-sample PIL transform, and no
-``Normalize`` (so that an attack's epsilon is always in pixel units).
+Each split is read once into one tensor and batches are taken by slicing: no
+per-sample PIL transform, and no ``Normalize`` (so that an attack's epsilon is
+always in pixel units).
 
 Where the data live: ``data_dir`` argument, else the ``ADVX_DATA`` environment
-variable, else ``./data``. The four original ``.gz`` files go in
-``<data_dir>/MNIST/raw/``. If that folder is read-only (a shared copy, CI),
-the files are copied into a writable cache (``ADVX_CACHE`` or
-``~/.cache/advx``) and extracted there; torchvision checks their md5s.
+variable (an empty value counts as unset), else ``./data``. The files go in
+``<data_dir>/MNIST/raw/`` (torchvision's layout): for each of the four idx files
+the loader reads ``<name>.gz`` when present (decompressed in memory), else the
+extracted ``<name>``. Every file is checked before use: the md5 of its
+decompressed contents (so a recompressed ``.gz`` is fine), its idx header and its
+size. A corrupt file is an error naming it and saying how to repair it; it is
+never silently replaced. Reading writes nothing, so a read-only folder (a shared
+copy, CI) is read in place.
+
+``prepare_mnist`` fills the folder: from ``source`` (``advx data --from DIR``),
+verifying every source file before copying any and replacing any target that
+differs, or else by downloading the missing files (verified before they are moved
+into place). Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import math
 import os
 import shutil
-import stat
+import struct
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import torch
+
+from advx.files import atomic_write
 
 RAW_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -28,11 +44,46 @@ RAW_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 
+
+class _Spec(NamedTuple):
+    md5: str  # of the decompressed contents
+    magic: int  # idx magic number: 2049 labels (uint8, 1 dim), 2051 images (uint8, 3 dims)
+    dims: tuple[int, ...]
+
+    @property
+    def header(self) -> int:
+        return 4 + 4 * len(self.dims)
+
+    @property
+    def size(self) -> int:
+        return self.header + math.prod(self.dims)
+
+
+_SPECS = {
+    "train-images-idx3-ubyte": _Spec("6bbc9ace898e44ae57da46a324031adb", 2051, (60000, 28, 28)),
+    "train-labels-idx1-ubyte": _Spec("a25bea736e30d166cdddb491f175f624", 2049, (60000,)),
+    "t10k-images-idx3-ubyte": _Spec("2646ac647ad5339dbf082846283269ea", 2051, (10000, 28, 28)),
+    "t10k-labels-idx1-ubyte": _Spec("27ae3e4e09519cfbb04c329615203637", 2049, (10000,)),
+}
+_SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_REPAIR = (
+    "repair it with: advx data --from DIR (a folder holding the original MNIST files), "
+    "or delete it to download it again"
+)
+_SOURCE_REPAIR = "nothing was copied; advx data --from needs a folder holding the original MNIST files"
+
 _CACHE: dict[tuple[str, str], "MNISTSplit"] = {}
 
 
 class DataNotFoundError(FileNotFoundError):
     """The MNIST files are missing and could not be downloaded."""
+
+
+class DataCorruptError(DataNotFoundError):
+    """An MNIST file is present but its contents are wrong (truncated, altered, not MNIST)."""
 
 
 class MNISTSplit(NamedTuple):
@@ -50,32 +101,27 @@ class MNISTSplit(NamedTuple):
             return self
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if n > len(self):
+            raise ValueError(f"n must be <= {len(self)}, got {n}")
         return MNISTSplit(self.x[:n], self.y[:n])
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("ADVX_DATA", "./data"))
+    return Path(os.environ.get("ADVX_DATA") or "./data")
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ADVX_CACHE", Path.home() / ".cache" / "advx"))
-
-
-def _extracted(name: str) -> str:
-    return name[: -len(".gz")]
-
-
-def _has_files(raw: Path, names) -> bool:
-    return all((raw / n).is_file() for n in names)
+def _raw_dir(data_dir: Path) -> Path:
+    return data_dir / "MNIST" / "raw"
 
 
 def _missing_message(data_dir: Path, cause: BaseException | None = None) -> str:
-    raw = data_dir / "MNIST" / "raw"
+    raw = _raw_dir(data_dir)
     lines = [
         f"MNIST not found in {raw.resolve()} and it could not be downloaded.",
         "Put these four files there (torchvision's raw layout):",
         *[f"  {raw / n}" for n in RAW_FILES],
-        "or point --data-dir / ADVX_DATA at a folder that holds MNIST/raw/ with them.",
+        "or point --data-dir / ADVX_DATA at a folder that holds MNIST/raw/ with them,",
+        "or run: advx data --from DIR (a folder holding them).",
     ]
     if cause is not None:
         first = str(cause).strip().splitlines()[:1]
@@ -83,75 +129,81 @@ def _missing_message(data_dir: Path, cause: BaseException | None = None) -> str:
     return "\n".join(lines)
 
 
-def _writable(folder: Path) -> bool:
-    # Permission bits, not os.access: root passes os.access on a read-only share.
-    return bool(folder.stat().st_mode & stat.S_IWUSR) and os.access(folder, os.W_OK)
+def _corrupt(path: Path, found: str, repair: str) -> DataCorruptError:
+    return DataCorruptError(f"MNIST file {path} is corrupt ({found}); {repair}")
 
 
-def _check_md5(raw: Path, resources) -> None:
-    """A present but corrupt .gz file is named, not silently re-downloaded."""
-    from torchvision.datasets.utils import check_integrity
-
-    if _has_files(raw, [_extracted(n) for n in RAW_FILES]):
-        return
-    for url, md5 in resources:
-        path = raw / url.rsplit("/", 1)[-1]
-        if path.is_file() and not check_integrity(str(path), md5):
-            raise DataNotFoundError(
-                f"MNIST file {path} is corrupt (md5 differs from {md5}); replace it with the original"
-            )
-
-
-def _resolve_root(data_dir: Path) -> Path:
-    """Return a root whose MNIST/raw torchvision can read and, if needed, write."""
-    raw = data_dir / "MNIST" / "raw"
-    if _has_files(raw, [_extracted(n) for n in RAW_FILES]):
-        return data_dir  # already extracted: torchvision only reads
-    if not _has_files(raw, RAW_FILES):
-        return data_dir  # nothing usable here: torchvision may download
-    if _writable(raw):
-        return data_dir  # torchvision verifies the md5s and extracts in place
-    cache = default_cache_dir()
-    cache_raw = cache / "MNIST" / "raw"
-    cache_raw.mkdir(parents=True, exist_ok=True)
-    for name in RAW_FILES:
-        target = cache_raw / name
-        if not target.exists() or target.stat().st_size != (raw / name).stat().st_size:
-            tmp = target.with_suffix(".part")
-            shutil.copyfile(raw / name, tmp)
-            os.replace(tmp, target)
-    return cache
+def _contents(path: Path, name: str, repair: str = _REPAIR, blob: bytes | None = None) -> bytes:
+    """The verified idx contents of ``path`` (``<name>`` or ``<name>.gz``); ``blob`` is
+    the file's bytes when the caller already read them."""
+    spec = _SPECS[name]
+    data = path.read_bytes() if blob is None else blob
+    if path.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as err:
+            raise _corrupt(path, f"cannot be decompressed: {err}", repair) from None
+    if len(data) >= 4:
+        (magic,) = struct.unpack_from(">I", data)
+        if magic != spec.magic:
+            raise _corrupt(path, f"idx magic number {magic}, expected {spec.magic}", repair)
+    if len(data) >= spec.header:
+        dims = struct.unpack_from(f">{len(spec.dims)}I", data, 4)
+        if dims != spec.dims:
+            raise _corrupt(path, f"idx dimensions {dims}, expected {spec.dims}", repair)
+    if len(data) != spec.size:
+        raise _corrupt(path, f"{len(data):,} bytes of contents, expected {spec.size:,}", repair)
+    digest = hashlib.md5(data).hexdigest()
+    if digest != spec.md5:
+        raise _corrupt(path, f"contents md5 {digest}, expected {spec.md5}", repair)
+    return data
 
 
-def prepare_mnist(
-    data_dir: str | os.PathLike | None = None,
-    *,
-    source: str | os.PathLike | None = None,
-) -> Path:
-    """Make ``<data_dir>/MNIST/raw`` hold the four ``.gz`` files, copied from
-    ``<source>/MNIST/raw`` (or ``<source>`` itself) when given, else downloaded by
-    torchvision. Returns the raw folder. Both splits are then loaded once, which
-    checks the md5s."""
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    raw = data_dir / "MNIST" / "raw"
-    if source is not None:
-        source = Path(source)
-        src = source / "MNIST" / "raw" if (source / "MNIST" / "raw").is_dir() else source
-        missing = [n for n in RAW_FILES if not (src / n).is_file()]
-        if missing:
-            raise DataNotFoundError(
-                f"source: {src} lacks {', '.join(missing)} (expected the four MNIST .gz files)"
-            )
-        raw.mkdir(parents=True, exist_ok=True)
-        for name in RAW_FILES:
-            target = raw / name
-            if not target.exists() or target.stat().st_size != (src / name).stat().st_size:
-                shutil.copyfile(src / name, target.with_suffix(".part"))
-                os.replace(target.with_suffix(".part"), target)
-                target.chmod(0o644)
-    for split in ("train", "test"):
-        load_mnist(split, data_dir)
-    return raw
+def _present(raw: Path, name: str) -> Path | None:
+    """The file that holds ``name``: its ``.gz`` when present, else the extracted file."""
+    for path in (raw / f"{name}.gz", raw / name):
+        if path.is_file():
+            return path
+    return None
+
+
+def _download(raw: Path, names: list[str], data_dir: Path) -> None:
+    """Download ``<name>.gz`` for each name from torchvision's MNIST mirrors into a
+    temporary folder, verify it, then write it into ``raw`` atomically. Any failure
+    is a ``DataNotFoundError`` listing the four files."""
+    try:
+        from torchvision.datasets import MNIST  # imported here: torchvision is slow to import
+        from torchvision.datasets import utils as tv_utils
+
+        with tempfile.TemporaryDirectory(prefix="advx-mnist-") as tmp:
+            for name in names:
+                filename = f"{name}.gz"
+                got = Path(tmp) / filename
+                errors: list[BaseException] = []
+                for mirror in MNIST.mirrors:
+                    try:
+                        tv_utils.download_url(f"{mirror}{filename}", tmp, filename=filename)
+                        _contents(got, name, repair=f"downloaded from {mirror}")
+                        break
+                    except Exception as err:  # noqa: BLE001 - try the next mirror
+                        errors.append(err)
+                        got.unlink(missing_ok=True)
+                else:
+                    raise errors[0] if errors else RuntimeError("no MNIST mirrors")
+                with atomic_write(raw / filename) as f:
+                    with open(got, "rb") as src:
+                        shutil.copyfileobj(src, f)
+    except Exception as err:  # noqa: BLE001 - every failure is the same clear error
+        raise DataNotFoundError(_missing_message(data_dir, err)) from None
+
+
+def _to_split(images: bytes, labels: bytes) -> MNISTSplit:
+    n, rows, cols = struct.unpack_from(">3I", images, 4)
+    # bytearray: torch.frombuffer wants a writable buffer; the float copy is made below anyway.
+    pixels = torch.frombuffer(bytearray(images), dtype=torch.uint8, offset=16)
+    x = pixels.view(n, 1, rows, cols).to(torch.float32).div_(255.0)
+    y = torch.frombuffer(bytearray(labels), dtype=torch.uint8, offset=8).to(torch.int64)
+    return MNISTSplit(x, y)
 
 
 def load_mnist(
@@ -165,39 +217,100 @@ def load_mnist(
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).
         data_dir: folder holding ``MNIST/raw/``; default ``ADVX_DATA`` or ``./data``.
-        download: let torchvision download the files when they are absent.
+        download: download the split's files when they are absent (a present but
+            corrupt file is an error, never re-downloaded).
 
     Returns:
         ``MNISTSplit(x, y)`` with ``x`` float32 [N, 1, 28, 28] in [0, 1] and ``y`` int64 [N].
         The tensors are shared between calls: treat them as read-only.
 
+    Raises:
+        DataNotFoundError: files missing and not downloaded.
+        DataCorruptError: a file's contents are wrong; the message names it.
+
     Example:
         >>> test = load_mnist("test")
         >>> test.x.shape, test.y.shape  # (torch.Size([10000, 1, 28, 28]), torch.Size([10000]))
     """
-    if split not in ("train", "test"):
+    if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     key = (str(data_dir.resolve()), split)
     if key in _CACHE:
         return _CACHE[key]
 
-    from torchvision.datasets import MNIST  # imported here: torchvision is slow to import
-
-    root = _resolve_root(data_dir)
-    raw = root / "MNIST" / "raw"
-    have_any = _has_files(raw, RAW_FILES) or _has_files(raw, [_extracted(n) for n in RAW_FILES])
-    if not have_any and not download:
-        raise DataNotFoundError(_missing_message(data_dir))
-    _check_md5(raw, MNIST.resources)
-    try:
-        ds = MNIST(str(root), train=(split == "train"), download=download)
-    except (RuntimeError, OSError) as err:
-        raise DataNotFoundError(_missing_message(data_dir, err)) from None
-    x = ds.data.unsqueeze(1).to(torch.float32).div_(255.0)
-    y = ds.targets.to(torch.int64)
-    _CACHE[key] = MNISTSplit(x, y)
+    raw = _raw_dir(data_dir)
+    names = _SPLITS[split]
+    missing = [n for n in names if _present(raw, n) is None]
+    if missing:
+        if not download:
+            raise DataNotFoundError(_missing_message(data_dir))
+        _download(raw, missing, data_dir)
+    images, labels = (_contents(_present(raw, n), n) for n in names)
+    _CACHE[key] = _to_split(images, labels)
     return _CACHE[key]
+
+
+def _drop_corrupt_extracted(raw: Path) -> None:
+    """Delete extracted files that are corrupt while a good ``.gz`` is beside them
+    (call only after the ``.gz`` files were verified): they are derived data, and the
+    loader would fall back on them should the ``.gz`` go."""
+    for name in _SPECS:
+        extracted = raw / name
+        if (raw / f"{name}.gz").is_file() and extracted.is_file():
+            try:
+                _contents(extracted, name)
+            except DataCorruptError:
+                try:
+                    extracted.unlink()
+                except OSError:
+                    pass  # a read-only share: harmless, the .gz is read first
+
+
+def prepare_mnist(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Make ``<data_dir>/MNIST/raw`` hold good MNIST files and return that folder.
+
+    With ``source`` (``<source>/MNIST/raw`` or ``<source>`` itself holding the four
+    ``.gz`` files): every source file is verified before any is copied (a bad one is
+    an error naming it, and nothing in ``data_dir`` changes); then each target that
+    differs from its source (missing, corrupt, other bytes) is replaced atomically.
+    Without ``source``, missing files are downloaded. Both splits are then read
+    afresh, which verifies every file; corrupt extracted files beside good ``.gz``
+    files are deleted."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    raw = _raw_dir(data_dir)
+    if source is not None:
+        source = Path(source)
+        src = _raw_dir(source) if _raw_dir(source).is_dir() else source
+        missing = [n for n in RAW_FILES if not (src / n).is_file()]
+        if missing:
+            raise DataNotFoundError(
+                f"source: {src} lacks {', '.join(missing)} (expected the four MNIST .gz files)"
+            )
+        blobs = {}
+        for filename in RAW_FILES:
+            path = src / filename
+            blob = path.read_bytes()
+            _contents(path, filename[: -len(".gz")], _SOURCE_REPAIR, blob=blob)
+            blobs[filename] = blob
+        try:
+            for filename, blob in blobs.items():
+                target = raw / filename
+                if target.is_file() and target.read_bytes() == blob:
+                    continue
+                with atomic_write(target) as f:
+                    f.write(blob)
+        except OSError as err:
+            raise DataNotFoundError(f"cannot write the MNIST files into {raw}: {err}") from None
+    for split in _SPLITS:  # afresh: the files may have changed since a cached load
+        _CACHE.pop((str(data_dir.resolve()), split), None)
+        load_mnist(split, data_dir)
+    _drop_corrupt_extracted(raw)
+    return raw
 
 
 def iterate_batches(

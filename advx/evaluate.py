@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -19,8 +18,10 @@ from tqdm.auto import tqdm
 
 from advx import rng, sanity
 from advx.attacks import ATTACKS, PGD
-from advx.attacks.base import Attack, frozen
+from advx.attacks.base import Attack, check_model_ready, frozen, validate_logits
 from advx.data import iterate_batches
+from advx.norms import get_norm
+from advx.validate import check_number, check_seed
 
 AttackFactory = Callable[[nn.Module, float], Attack]
 
@@ -146,8 +147,9 @@ def run_attack(
     For a targeted attack pass ``target`` [N]. One generator, seeded from the
     attack, runs through all batches, so the run is reproducible.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     if target is not None and not attack.targeted:
         raise ValueError("target was given but the attack is untargeted (targeted=False)")
     if attack.targeted and target is None:
@@ -161,7 +163,7 @@ def run_attack(
         batch = slice(first, first + batch_size)
         xb, yb, gb = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
         with torch.no_grad(), frozen(model):
-            pred_clean.append(model(xb).argmax(1).cpu())
+            pred_clean.append(validate_logits(model(xb), len(xb)).argmax(1).cpu())
         result = attack.run(xb, gb, generator=generator)
         pred_adv.append(result.logits.argmax(1).cpu())
         success.append(result.success.cpu())
@@ -218,6 +220,17 @@ class Evaluation:
                 row[f"norm@{e:g}"] = f"{r['norm'][k][i]:.5f}" if who >= 0 else ""
             rows.append(row)
         return rows
+
+
+def _check_options_apply(stages, options: dict) -> None:
+    """An option given (not None) that no attack of the cascade takes is an error, not
+    silently ignored. Factories are opaque: with one among the stages nothing is checked."""
+    if any(callable(stage) for stage in stages):
+        return
+    names = [_split(stage)[0] for stage in stages]
+    for key, value in options.items():
+        if value is not None and not any(key in attack_options(name) for name in names):
+            raise ValueError(f"{key} does not apply to any attack of the cascade ({', '.join(names)})")
 
 
 def _factory(stage, options) -> tuple[str, AttackFactory]:
@@ -286,27 +299,41 @@ def evaluate(
     """
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    if len(y) == 0:
+        raise ValueError("x must hold at least one image, got an empty set")
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must be a tensor of integer class labels, got "
+                         f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
+    y = y.long()
     if not attacks:
         raise ValueError("attacks must name at least one attack, got an empty list")
-    if not eps:
-        raise ValueError("eps must hold at least one value, got an empty list")
-    for e in eps:
-        if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
-            raise ValueError(f"eps values must be finite numbers >= 0, got {e!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(eps, (str, bytes)) or not eps:
+        raise ValueError(f"eps must hold at least one value, got {eps!r}")
+    eps = sorted(check_number("eps", e, minimum=0) for e in eps)
+    repeated = sorted({e for e in eps if eps.count(e) > 1})
+    if repeated:
+        raise ValueError(f"eps must not repeat a value, got {', '.join(f'{e:g}' for e in repeated)} more than once")
+    batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
+    seed = check_seed("seed", seed)
+    norm = get_norm(norm).name
     options = dict(norm=norm, steps=steps, alpha=alpha, restarts=restarts,
                    early_stop=early_stop or None, seed=seed)
     stages = [_factory(a, options) for a in attacks]
     names = [name for name, _ in stages]
-    eps = sorted(float(e) for e in eps)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"attacks must not repeat an attack, got {', '.join(map(repr, repeated))} more than "
+                         f"once: each column of the report is one attack")
+    _check_options_apply(attacks, dict(steps=steps, alpha=alpha, restarts=restarts))
     n = len(y)
     start = time.perf_counter()
 
+    check_model_ready(model, x[:1].to(device))
     pred_clean = torch.empty(n, dtype=torch.long)
     with torch.no_grad(), frozen(model):
-        for i, (xb, _) in enumerate(iterate_batches(x, y, batch_size)):
-            pred_clean[i * batch_size: i * batch_size + len(xb)] = model(xb.to(device)).argmax(1).cpu()
+        for first in range(0, n, batch_size):
+            xb = x[first:first + batch_size].to(device)
+            pred_clean[first:first + len(xb)] = validate_logits(model(xb), len(xb)).argmax(1).cpu()
     correct = pred_clean == y.cpu()
 
     k_eps = len(eps)
@@ -319,19 +346,22 @@ def evaluate(
     total = k_eps * len(stages) * int(correct.sum())
     bar = tqdm(total=total, desc="advx eval", unit="sample-attack", disable=not progress)
     n_correct = int(correct.sum())
-    survivors = correct.clone()  # worst case so far: correct and not broken by any attack
+    # survivors: the worst case, correct and not broken by any attack (at any eps so far,
+    # with reuse). alive[a]: not broken by attack a itself, so that without the cascade
+    # each column is that attack on its own, exactly as if it had run alone.
+    survivors = correct.clone()
+    alive = [correct.clone() for _ in stages]
     for k, e in enumerate(eps):
         if k > 0 and reuse_eps:  # nested balls: broken at a smaller eps is broken here too
             broken_by[k], step[k], size[k] = broken_by[k - 1].clone(), step[k - 1].clone(), size[k - 1].clone()
         else:
             survivors = correct.clone()
-        alive = survivors.clone()  # the samples attacked at this eps
+            alive = [correct.clone() for _ in stages]
         by_attack[e] = {}
         for a, (name, make) in enumerate(stages):
             attack = make(model, e)
-            idx = (survivors if cascade else alive).nonzero().squeeze(1)
+            idx = (survivors if cascade else alive[a]).nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
-            stage_survives = alive.clone()
             for chunk in idx.split(batch_size) if len(idx) else ():
                 gen = rng.SampleRNG.from_ids(seed, chunk, rng.salt_of(name, e))
                 result = attack.run(x[chunk].to(device), y[chunk].to(device), generator=gen)
@@ -341,10 +371,10 @@ def evaluate(
                 broken_by[k][hit[new]] = a
                 step[k][hit[new]] = result.steps.cpu()[success][new]
                 size[k][hit[new]] = result.norm.cpu()[success][new]
-                stage_survives[hit] = False
+                alive[a][hit] = False
                 survivors[hit] = False
                 bar.update(len(chunk))
-            by_attack[e][name] = (survivors if cascade else stage_survives).float().mean().item()
+            by_attack[e][name] = (survivors if cascade else alive[a]).float().mean().item()
         robust[k] = survivors
     bar.close()
 

@@ -11,6 +11,9 @@ Clipping to the pixel bounds is done by the attack, not here.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from advx import rng
@@ -90,8 +93,9 @@ def get_norm(norm: str | Norm) -> Norm:
     """``"inf"`` / ``"linf"`` -> ``Linf()``, ``"2"`` / ``"l2"`` -> ``L2()``; a ``Norm`` passes through."""
     if isinstance(norm, Norm):
         return norm
-    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
-        norm = "inf" if norm == float("inf") else str(int(norm))
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of 'inf', '2' (or a Norm object), got {norm!r}")
+    given = norm
+    if isinstance(norm, numbers.Real) and not isinstance(norm, bool):  # 2, 2.0, math.inf, numpy
+        norm = {2.0: "2", math.inf: "inf"}.get(float(norm), given)
+    if not isinstance(norm, str) or norm not in NORMS:
+        raise ValueError(f"norm must be one of 'inf', '2' (or a Norm object), got {given!r}")
     return NORMS[norm]()

@@ -96,10 +96,9 @@ def save_examples(
             else:
                 text, colour = f"max {float(peak[c]):.2f}", "black"
             draw.text((left, top + 14), text, fill=colour, font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    with atomic_write(path, "wb") as f:
+        canvas.save(f, format="PNG")
+    return Path(path)
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
@@ -112,22 +111,22 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 
 def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,
-               by_attack: dict, *, clean_acc: float, title: str = "") -> Path | None:
-    """Robust accuracy vs eps: one line per attack and the worst case. Needs matplotlib
-    (``pip install "advx[plot]"``); without it, nothing is drawn and None is returned."""
-    try:
-        import matplotlib
+               by_attack: dict, *, clean_acc: float, title: str = "") -> Path:
+    """Robust accuracy vs eps: one line per attack and the worst case, starting from the
+    clean accuracy at eps = 0."""
+    import matplotlib  # imported here: it is slow to import and only this function needs it
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    xs = [0.0, *eps]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_zero = eps[0] > 0  # the clean accuracy is the point at eps = 0
+    xs = [0.0, *eps] if with_zero else list(eps)
+    head = [clean_acc] if with_zero else []
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(xs, [clean_acc] + [robust_acc[e] for e in eps], marker="s", color="black", lw=3,
+    ax.plot(xs, head + [robust_acc[e] for e in eps], marker="s", color="black", lw=3,
             label="worst case", zorder=1)
     for name in by_attack[eps[0]]:  # dashed on top, so a line equal to the worst case stays visible
-        ax.plot(xs, [clean_acc] + [by_attack[e][name] for e in eps], marker="o", ls="--", label=name,
+        ax.plot(xs, head + [by_attack[e][name] for e in eps], marker="o", ls="--", label=name,
                 zorder=2)
     ax.set_xlabel("eps (pixel units)")
     ax.set_ylabel("accuracy")
@@ -136,8 +135,9 @@ def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,
     ax.set_title(title or "robust accuracy vs eps")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)

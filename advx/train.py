@@ -20,6 +20,11 @@ from tqdm.auto import tqdm
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from advx.data import MNISTSplit, iterate_batches, load_mnist
 from advx.models import build_model
+from advx.validate import check_number, check_seed
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or inf: training stops before the weights are saved."""
 
 
 class LossFn(Protocol):
@@ -49,14 +54,21 @@ class TrainConfig:
     train_size: int | None = None  # first N training images only (None: all 60,000)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "train_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        # Checked and stored as plain numbers (a frozen dataclass: set through object).
+        checked = {name: check_number(name, getattr(self, name), minimum=1, integer=True)
+                   for name in ("epochs", "batch_size") + (("train_size",) if self.train_size is not None else ())}
+        checked["lr"] = check_number("lr", self.lr, minimum=0, strict=True)
+        checked["weight_decay"] = check_number("weight_decay", self.weight_decay, minimum=0)
+        checked["seed"] = check_seed("seed", self.seed)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
+def training_slice(split: MNISTSplit, train_size: int | None) -> MNISTSplit:
+    """The first ``train_size`` images of ``split`` (all when None); more than it holds is an error."""
+    if train_size is not None and train_size > len(split):
+        raise ValueError(f"train_size must be <= {len(split)} (the training images available), got {train_size}")
+    return split.head(train_size)
 
 
 def seeded_model(name: str, seed: int) -> nn.Module:
@@ -136,6 +148,12 @@ def train(
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device), y.to(device)
             loss, logits = loss_fn(model, x, y, epoch=epoch + step / steps_per_epoch)
+            if not torch.isfinite(loss):
+                # Stop before the weights take the step: nothing non-finite is ever saved.
+                raise TrainingDiverged(
+                    f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                    f"(learning rate {scheduler.get_last_lr()[0]:.3g}); no checkpoint was written by this "
+                    f"run after that point. Try a smaller lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # dL/dW: the data are constants here
             optimizer.step()
@@ -184,7 +202,7 @@ def train_baseline(
 ) -> tuple[nn.Module, list[dict]]:
     """Load MNIST, train ``config.model`` on the clean data, save the checkpoint. The recipe
     behind ``scripts/train_baseline.py`` and ``advx train``."""
-    train_set = load_mnist("train", data_dir).head(config.train_size)
+    train_set = training_slice(load_mnist("train", data_dir), config.train_size)
     test_set = load_mnist("test", data_dir)
     model = seeded_model(config.model, config.seed)
     start = time.perf_counter()

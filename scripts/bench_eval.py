@@ -2,7 +2,8 @@
 """advx eval vs torchattacks: robust accuracy under PGD-40 (alpha 0.01) on the MNIST test
 set, side by side in one process, same model, same images.
 
-    pip install -e ".[bench]"            # torchattacks
+    python3 -m venv .venv-bench && . .venv-bench/bin/activate   # torchattacks in its own venv
+    pip install -e . -r scripts/bench-requirements.txt
     python scripts/bench_eval.py [--checkpoint checkpoints/baseline.pt] [--n 10000] [--eps 0.3,0.1]
 
 advx runs ``advx.evaluate`` (attacks only correctly classified samples, per-sample early

@@ -2,7 +2,8 @@
 """advx --suite strong vs torchattacks' AutoAttack (standard), and CW-L2 vs torchattacks' CW,
 side by side in one process, on the first MNIST test images, Linf eps 0.3.
 
-    pip install -e ".[bench]"            # torchattacks
+    python3 -m venv .venv-bench && . .venv-bench/bin/activate   # torchattacks in its own venv
+    pip install -e . -r scripts/bench-requirements.txt
     python scripts/bench_suite.py [--checkpoints checkpoints/baseline.pt,checkpoints/robust.pt] [--n 1000]
 
 torchattacks' AutoAttack "standard" is APGD-CE, APGD-T and FAB-T at torchattacks' default

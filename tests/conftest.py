@@ -14,7 +14,7 @@ from advx.train import TrainConfig, train
 
 # Tests read the repository's ./data unless ADVX_DATA says otherwise (.ci/run fills ./data).
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("ADVX_DATA", REPO / "data"))
+DATA_DIR = Path(os.environ.get("ADVX_DATA") or REPO / "data")
 
 
 class TinyCNN(nn.Module):

@@ -1,14 +1,50 @@
+import gzip
 import shutil
 import stat
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 import torch
 
 from advx import data as data_mod
-from advx.data import RAW_FILES, DataNotFoundError, iterate_batches, load_mnist
+from advx.data import (
+    RAW_FILES,
+    DataCorruptError,
+    DataNotFoundError,
+    default_data_dir,
+    iterate_batches,
+    load_mnist,
+    prepare_mnist,
+)
 
 from conftest import DATA_DIR
+
+GOOD_RAW = DATA_DIR / "MNIST" / "raw"
+
+
+def copy_mnist(dest: Path, *, gz=True, extracted=False) -> Path:
+    """Copy the repository's MNIST files into ``dest`` (the .gz files and/or the
+    extracted ones, which are made from the .gz when absent); returns ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RAW_FILES:
+        src = GOOD_RAW / name
+        if not src.exists():
+            pytest.skip(f"{src} not present (run .ci/run to prepare ./data)")
+        if gz:
+            shutil.copyfile(src, dest / name)
+        if extracted:
+            (dest / name[: -len(".gz")]).write_bytes(gzip.decompress(src.read_bytes()))
+    return dest
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    monkeypatch.setattr(data_mod, "_CACHE", {})
 
 
 def test_shapes_dtypes_and_range(mnist_train, mnist_test):
@@ -44,36 +80,55 @@ def test_missing_files_offline_name_the_four_files(tmp_path):
 
 
 def test_failed_download_becomes_the_same_clear_error(tmp_path, monkeypatch):
-    import torchvision.datasets.mnist as tv_mnist
+    import torchvision.datasets.utils as tv_utils
 
     def offline(*args, **kwargs):
         raise URLError("network is unreachable")
 
-    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
+    monkeypatch.setattr(tv_utils, "download_url", offline)
     with pytest.raises(DataNotFoundError, match="could not be downloaded") as info:
         load_mnist("train", tmp_path, download=True)
     assert "train-images-idx3-ubyte.gz" in str(info.value)
     assert "download failed" in str(info.value)
+    assert not any((tmp_path / "MNIST" / "raw").glob("*"))  # nothing half-written left
 
 
-def test_read_only_folder_is_copied_to_a_writable_cache(tmp_path, monkeypatch):
-    source = tmp_path / "share" / "MNIST" / "raw"
-    source.mkdir(parents=True)
-    for name in RAW_FILES:
-        src = DATA_DIR / "MNIST" / "raw" / name
-        if not src.exists():
-            pytest.skip(f"{src} not present (run .ci/run to prepare ./data)")
-        shutil.copyfile(src, source / name)
+def test_download_is_verified_before_it_is_put_in_place(tmp_path, monkeypatch, fresh_cache, mnist_test):
+    import torchvision.datasets.utils as tv_utils
+
+    def from_repo(url, root, filename=None, md5=None, **kwargs):
+        shutil.copyfile(GOOD_RAW / filename, Path(root) / filename)
+
+    def truncated(url, root, filename=None, md5=None, **kwargs):
+        (Path(root) / filename).write_bytes((GOOD_RAW / filename).read_bytes()[:1000])
+
+    copy_mnist(tmp_path / "check")  # skips when ./data is not prepared
+    monkeypatch.setattr(tv_utils, "download_url", truncated)
+    with pytest.raises(DataNotFoundError, match="could not be downloaded.*") as info:
+        load_mnist("test", tmp_path / "a", download=True)
+    assert "download failed: DataCorruptError" in str(info.value)
+    assert not any((tmp_path / "a" / "MNIST" / "raw").glob("*"))
+
+    monkeypatch.setattr(tv_utils, "download_url", from_repo)
+    test = load_mnist("test", tmp_path / "b", download=True)
+    assert torch.equal(test.y, mnist_test.y)
+    raw = tmp_path / "b" / "MNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def test_read_only_folder_is_read_in_place(tmp_path, monkeypatch, fresh_cache):
+    source = copy_mnist(tmp_path / "share" / "MNIST" / "raw")
+    before = snapshot(source)
     source.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    monkeypatch.setenv("ADVX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data_mod, "_CACHE", {})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where a cache would have gone
+    monkeypatch.delenv("ADVX_CACHE", raising=False)
     try:
         test = load_mnist("test", tmp_path / "share")
     finally:
         source.chmod(stat.S_IRWXU)
     assert len(test) == 10000
-    assert sorted(p.name for p in source.iterdir()) == sorted(RAW_FILES)  # nothing written there
-    assert (tmp_path / "cache" / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists()
+    assert snapshot(source) == before  # nothing written there
+    assert not (tmp_path / "home").exists()  # nor copied anywhere else
 
 
 def test_iterate_batches_covers_every_sample_once():
@@ -97,9 +152,84 @@ def test_corrupt_gz_is_named(tmp_path):
 
 
 def test_prepare_copies_from_a_source_and_checks(tmp_path):
-    from advx.data import prepare_mnist
-
     raw = prepare_mnist(tmp_path / "d", source=DATA_DIR)
     assert sorted(p.name for p in raw.glob("*.gz")) == sorted(RAW_FILES)
     with pytest.raises(DataNotFoundError, match="lacks train-images-idx3-ubyte.gz"):
         prepare_mnist(tmp_path / "e", source=tmp_path / "empty")
+
+
+def test_head_rejects_more_samples_than_the_split_has(mnist_test):
+    assert len(mnist_test.head(10000)) == 10000
+    with pytest.raises(ValueError, match="n must be <= 10000, got 10001"):
+        mnist_test.head(10001)
+
+
+def test_empty_environment_variables_count_as_unset(monkeypatch):
+    monkeypatch.setenv("ADVX_DATA", "")
+    assert default_data_dir() == Path("data")
+    monkeypatch.setenv("ADVX_DATA", "/somewhere")
+    assert default_data_dir() == Path("/somewhere")
+
+
+def test_prepare_verifies_every_source_file_before_copying_any(tmp_path, fresh_cache):
+    src = copy_mnist(tmp_path / "src")
+    bad = src / "t10k-labels-idx1-ubyte.gz"  # the last one copied
+    bad.write_bytes(bad.read_bytes()[:2000])  # truncated
+    raw = copy_mnist(tmp_path / "d" / "MNIST" / "raw", extracted=True)
+    (raw / "train-labels-idx1-ubyte.gz").unlink()  # one the source would have to fill in
+    before = snapshot(raw)
+    with pytest.raises(DataCorruptError) as info:
+        prepare_mnist(tmp_path / "d", source=src)
+    message = str(info.value)
+    assert str(bad) in message and "is corrupt" in message and "original MNIST files" in message
+    assert "\n" not in message
+    assert snapshot(raw) == before  # nothing copied, nothing replaced, no temp files
+
+
+def test_prepare_from_source_repairs_corrupt_targets(tmp_path, fresh_cache, mnist_train):
+    raw = copy_mnist(tmp_path / "d" / "MNIST" / "raw")
+    target = raw / "train-labels-idx1-ubyte.gz"
+    blob = bytearray(target.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # same size, wrong contents
+    target.write_bytes(bytes(blob))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01 stale and truncated")
+    with pytest.raises(DataCorruptError, match="train-labels-idx1-ubyte.gz is corrupt.*advx data --from"):
+        load_mnist("train", tmp_path / "d")
+
+    assert prepare_mnist(tmp_path / "d", source=GOOD_RAW.parent.parent) == raw
+    assert target.read_bytes() == (GOOD_RAW / target.name).read_bytes()
+    assert not (raw / "t10k-labels-idx1-ubyte").exists()  # corrupt derived file dropped
+    assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)
+    assert torch.equal(load_mnist("train", tmp_path / "d").y, mnist_train.y)
+
+
+@pytest.mark.parametrize("damage", ["wrong magic", "truncated"])
+def test_corrupt_extracted_file_is_named_with_the_repair(tmp_path, fresh_cache, damage):
+    raw = copy_mnist(tmp_path / "MNIST" / "raw", gz=False, extracted=True)
+    bad = raw / "t10k-labels-idx1-ubyte"
+    blob = bad.read_bytes()
+    bad.write_bytes(b"\x00\x00\x08\x03" + blob[4:] if damage == "wrong magic" else blob[:5000])
+    with pytest.raises(DataCorruptError) as info:
+        load_mnist("test", tmp_path, download=False)
+    message = str(info.value)
+    assert f"MNIST file {bad} is corrupt" in message
+    assert ("magic number 2051, expected 2049" if damage == "wrong magic" else "5,000 bytes") in message
+    assert "advx data --from DIR" in message and "delete it" in message
+
+
+def test_a_bad_gz_is_not_hidden_by_a_good_extracted_file(tmp_path, fresh_cache):
+    raw = copy_mnist(tmp_path / "MNIST" / "raw", extracted=True)
+    gz = raw / "t10k-labels-idx1-ubyte.gz"
+    blob = bytearray(gz.read_bytes())
+    blob[-10] ^= 0xFF  # same size; gzip's CRC no longer matches
+    gz.write_bytes(bytes(blob))
+    with pytest.raises(DataCorruptError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
+        load_mnist("test", tmp_path)
+
+
+def test_a_recompressed_gz_is_accepted(tmp_path, fresh_cache, mnist_test):
+    raw = copy_mnist(tmp_path / "MNIST" / "raw")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        contents = gzip.decompress((raw / name).read_bytes())
+        (raw / name).write_bytes(gzip.compress(contents, compresslevel=1, mtime=0))
+    assert torch.equal(load_mnist("test", tmp_path).x, mnist_test.x)

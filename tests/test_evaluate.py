@@ -101,7 +101,7 @@ def test_only_correct_samples_are_attacked(trained_cnn, data):
 
 def test_bad_arguments(trained_cnn, data):
     x, y = data
-    with pytest.raises(ValueError, match="eps values must be finite numbers >= 0, got -0.1"):
+    with pytest.raises(ValueError, match="eps must be >= 0, got -0.1"):
         evaluate(trained_cnn, x, y, eps=[0.1, -0.1], progress=False)
     with pytest.raises(ValueError, match="attack must be one of .*got 'pgdd'"):
         evaluate(trained_cnn, x, y, attacks=["pgdd"], progress=False)

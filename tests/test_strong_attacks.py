@@ -98,7 +98,7 @@ def test_same_seed_same_result(name, trained_cnn, batch):
     (lambda m: APGD(m, loss="dlr", targeted=True), "loss='dlr' is untargeted"),
     (lambda m: APGD(m, rho=1.5), "rho must be in [0, 1], got 1.5"),
     (lambda m: APGD(m, n_target_classes=0), "n_target_classes must be >= 1, got 0"),
-    (lambda m: CW(m, norm="inf"), "norm must be '2' for CW (an L2 attack), got 'inf'"),
+    (lambda m: CW(m, norm="inf"), "norm must be '2' for CW, got 'inf'"),
     (lambda m: CW(m, lr=0), "lr must be > 0, got 0"),
     (lambda m: DeepFool(m, targeted=True), "targeted must be False: DeepFool is an untargeted attack"),
     (lambda m: Square(m, norm="2"), "norm must be 'inf' for Square"),

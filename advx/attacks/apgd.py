@@ -106,9 +106,9 @@ class APGD(Attack):
                  seed: int | None = 0, generator: torch.Generator | None = None) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator)
-        check_number("steps", steps, minimum=1, integer=True)
-        check_number("restarts", restarts, minimum=1, integer=True)
-        check_number("n_target_classes", n_target_classes, minimum=1, integer=True)
+        steps = check_number("steps", steps, minimum=1, integer=True)
+        restarts = check_number("restarts", restarts, minimum=1, integer=True)
+        n_target_classes = check_number("n_target_classes", n_target_classes, minimum=1, integer=True)
         for name, value in (("rho", rho), ("momentum", momentum)):
             check_number(name, value, minimum=0)
             if value > 1:

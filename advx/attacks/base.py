@@ -15,14 +15,20 @@ weights stay frozen. The base class owns the parts that are easy to get wrong:
 - randomness comes from ``seed`` or an explicit ``torch.Generator``; the global
   RNG is never touched;
 - bad input raises ``ValueError``/``TypeError`` naming the argument, what was
-  expected and what was received.
+  expected and what was received;
+- the result is finite: a non-finite input gradient is sanitised (``input_gradient``),
+  a sample whose iterate still ends up non-finite is returned unchanged, and a sample
+  whose logits are not finite never counts as a success;
+- ``eps = 0`` returns the clean images without running the attack.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterator
 
 import torch
@@ -31,6 +37,7 @@ from torch import nn
 
 from advx import rng
 from advx.norms import Norm, get_norm
+from advx.validate import check_number, check_seed  # noqa: F401  (check_number: used by the attacks)
 
 
 @dataclass
@@ -82,22 +89,66 @@ def largest_other(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def input_gradient(loss: torch.Tensor, x: torch.Tensor, *, retain_graph: bool = False) -> torch.Tensor:
     """dloss/dx; zeros where the model's output does not depend on ``x`` through autograd
-    (e.g. a hard input quantizer), so that masked gradients do not crash an attack."""
+    (e.g. a hard input quantizer), so that masked gradients do not crash an attack.
+    The result is always finite (see ``finite_gradient``)."""
     if not loss.requires_grad:
         return torch.zeros_like(x)
     (grad,) = torch.autograd.grad(loss, x, allow_unused=True, retain_graph=retain_graph)
-    return torch.zeros_like(x) if grad is None else grad
+    return torch.zeros_like(x) if grad is None else finite_gradient(grad)
 
 
-def check_number(name: str, value, *, minimum: float | None = None, strict: bool = False,
-                 integer: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number (>= or > ``minimum``)."""
-    kind = "an integer" if integer else "a finite number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+def finite_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """A finite stand-in for a gradient with NaN or inf entries (e.g. ``sqrt`` at 0).
+
+    NaN entries carry no direction and become 0. Where a sample's gradient has infinite
+    entries, they dominate every finite one, so its direction is their sign: +-1 there,
+    0 elsewhere. A finite gradient comes back as it is (the same tensor)."""
+    finite = torch.isfinite(grad)
+    if bool(finite.all()):
+        return grad
+    infinite = torch.isinf(grad)
+    has_inf = infinite.flatten(1).any(1).view(-1, *([1] * (grad.dim() - 1)))
+    limit = torch.where(infinite, grad.sign(), torch.zeros_like(grad))
+    return torch.where(has_inf, limit, torch.where(finite, grad, torch.zeros_like(grad)))
+
+
+def _is_lazy(tensor: torch.Tensor) -> bool:
+    return isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin)
+
+
+def check_model_ready(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` when ``model`` cannot take ``x`` as it is: lazy modules whose
+    weights do not exist yet, or weights of another dtype or device than ``x``."""
+    tensors = list(chain(model.parameters(), model.buffers()))
+    lazy = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if _is_lazy(t)]
+    if lazy:
+        raise ValueError(f"model has lazy modules whose weights are not initialised yet ({', '.join(lazy[:3])}): "
+                         f"run one forward pass on a batch of images before attacking it")
+    weights = next((t for t in tensors if t.is_floating_point()), None)
+    if weights is None:
+        return
+    if weights.dtype != x.dtype:
+        raise ValueError(f"x has dtype {x.dtype} but the model's weights are {weights.dtype}: "
+                         f"convert one to the other (e.g. x.to({weights.dtype}))")
+    if weights.device != x.device:
+        raise ValueError(f"x is on device {x.device} but the model's weights are on {weights.device}: "
+                         f"move one to the other (e.g. x.to('{weights.device}'))")
+
+
+def validate_logits(out, n: int) -> torch.Tensor:
+    """The model's output for ``n`` images must be a finite logits tensor [n, K], K >= 2."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model must return a logits tensor [N, num_classes], got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != n:
+        raise ValueError(f"model must return logits [N, num_classes] with one row per image, "
+                         f"got shape {tuple(out.shape)} for {n} image(s)")
+    if out.shape[1] < 2:
+        raise ValueError(f"model must return logits for at least 2 classes, got shape {tuple(out.shape)}")
+    if not out.is_floating_point():
+        raise ValueError(f"model must return floating-point logits, got dtype {out.dtype}")
+    if not torch.isfinite(out).all():
+        raise ValueError("model returned logits that are not finite (NaN/inf) on the clean images")
+    return out
 
 
 class Attack:
@@ -105,7 +156,13 @@ class Attack:
     ``(x_adv, steps)``; everything else (checks, freezing, bookkeeping) lives here.
 
     Call it as ``x_adv = attack(x, y)`` or ``result = attack.run(x, y)``.
+
+    ``norms``: the threat models the attack supports; ``targetable``: whether it has a
+    targeted mode. Both are checked here, so that an attack's constructor need not.
     """
+
+    norms: tuple[str, ...] = ("inf", "2")
+    targetable: bool = True
 
     def __init__(
         self,
@@ -120,22 +177,29 @@ class Attack:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_number("eps", eps, minimum=0)
+        eps = check_number("eps", eps, minimum=0)
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
             raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}")
-        for b in bounds:
-            check_number("bounds", b)
-        if not bounds[0] < bounds[1]:
+        low, high = (check_number("bounds", b) for b in bounds)
+        if not low < high:
             raise ValueError(f"bounds must have low < high, got {tuple(bounds)!r}")
         if seed is not None:
-            check_number("seed", seed, minimum=0, integer=True)
+            seed = check_seed("seed", seed)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if not any(targeted is v or (not isinstance(targeted, str) and targeted == v) for v in (True, False)):
+            raise ValueError(f"targeted must be True or False, got {targeted!r}")
         self.model = model
-        self.eps = float(eps)
+        self.eps = eps
         self.norm = get_norm(norm)
-        self.bounds = (float(bounds[0]), float(bounds[1]))
+        if self.norm.name not in self.norms:
+            raise ValueError(f"norm must be {' or '.join(map(repr, self.norms))} for {type(self).__name__}, "
+                             f"got {norm!r}")
+        self.bounds = (low, high)
         self.targeted = bool(targeted)
+        if self.targeted and not self.targetable:
+            raise ValueError(f"targeted must be False: {type(self).__name__} is an untargeted attack, "
+                             f"got targeted=True")
         self.seed = seed
         self.generator = generator
         # The one place where the direction of the objective is decided.
@@ -154,21 +218,36 @@ class Attack:
         ``advx.rng.SampleRNG`` with one stream per sample (what ``advx.evaluate``
         passes, so that a sample's result does not depend on its batch)."""
         self._check_inputs(x, y)
+        check_model_ready(self.model, x)
         if isinstance(generator, rng.SampleRNG) and len(generator) != len(x):
             raise ValueError(f"generator: SampleRNG must have one stream per sample ({len(x)}), "
                              f"got {len(generator)}")
         x0 = x.detach().clone()
-        y0 = y.detach().clone().to(x.device)
+        y0 = y.detach().to(device=x.device, dtype=torch.long, copy=True)  # any integer dtype
         generator = generator if generator is not None else self.make_generator(x.device)
         with frozen(self.model):
             self._check_labels(x0, y0)
-            x_adv, steps = self._run(x0, y0, generator)
+            if self.eps == 0:  # the eps-ball is the point x itself
+                x_adv = x0.clone()
+                steps = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+            else:
+                x_adv, steps = self._run(x0, y0, generator)
             x_adv = self.clip(self.norm.project(x_adv.detach(), x0, self.eps))
+            broken = ~torch.isfinite(x_adv).flatten(1).all(1)
+            if broken.any():  # never hand back a non-finite image
+                x_adv[broken] = x0[broken]
+                warnings.warn(f"{type(self).__name__}: {int(broken.sum())} adversarial image(s) were not "
+                              f"finite and were replaced by the clean image", RuntimeWarning, stacklevel=2)
             with torch.no_grad():
                 logits = self.model(x_adv)
+        finite = torch.isfinite(logits).all(1)
+        if not finite.all():
+            warnings.warn(f"{type(self).__name__}: the model returned logits that are not finite (NaN/inf) "
+                          f"on {int((~finite).sum())} adversarial image(s); they do not count as fooled",
+                          RuntimeWarning, stacklevel=2)
         return AttackResult(
             x_adv=x_adv,
-            success=self.is_success(logits, y0),
+            success=self.is_success(logits, y0) & finite,
             norm=self.norm.size(x_adv - x0),
             steps=steps,
             logits=logits,
@@ -257,9 +336,7 @@ class Attack:
 
     def _check_labels(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.no_grad():
-            logits = self.model(x[:1])
-        if logits.dim() != 2:
-            raise ValueError(f"model must return logits [N, num_classes], got shape {tuple(logits.shape)}")
+            logits = validate_logits(self.model(x[:1]), 1)
         num_classes = logits.shape[1]
         y_min, y_max = y.min().item(), y.max().item()
         if y_min < 0 or y_max >= num_classes:

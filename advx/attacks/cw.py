@@ -48,6 +48,8 @@ class CW(Attack):
         >>> x_adv = atk(x, y)            # x [N, 1, 28, 28] in [0, 1], y [N]
     """
 
+    norms = ("2",)
+
     def __init__(self, model: nn.Module, *, eps: float = 28.0, steps: int = 100, lr: float = 0.1,
                  binary_search_steps: int = 9, initial_const: float = 1e-2, kappa: float = 0.0,
                  norm: str | Norm = "2", bounds: tuple[float, float] = (0.0, 1.0),
@@ -55,18 +57,11 @@ class CW(Attack):
                  generator: torch.Generator | None = None) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator)
-        if self.norm.name != "2":
-            raise ValueError(f"norm must be '2' for CW (an L2 attack), got {norm!r}")
-        check_number("steps", steps, minimum=1, integer=True)
-        check_number("lr", lr, minimum=0, strict=True)
-        check_number("binary_search_steps", binary_search_steps, minimum=1, integer=True)
-        check_number("initial_const", initial_const, minimum=0, strict=True)
-        check_number("kappa", kappa, minimum=0)
-        self.steps = steps
-        self.lr = float(lr)
-        self.binary_search_steps = binary_search_steps
-        self.initial_const = float(initial_const)
-        self.kappa = float(kappa)
+        self.steps = check_number("steps", steps, minimum=1, integer=True)
+        self.lr = check_number("lr", lr, minimum=0, strict=True)
+        self.binary_search_steps = check_number("binary_search_steps", binary_search_steps, minimum=1, integer=True)
+        self.initial_const = check_number("initial_const", initial_const, minimum=0, strict=True)
+        self.kappa = check_number("kappa", kappa, minimum=0)
 
     def _run(self, x, y, generator):
         n = len(x)

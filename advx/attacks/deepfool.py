@@ -43,6 +43,8 @@ class DeepFool(Attack):
         >>> x_adv = atk(x, y)            # x [N, 1, 28, 28] in [0, 1], y [N] true labels
     """
 
+    targetable = False
+
     def __init__(self, model: nn.Module, *, eps: float | None = None, steps: int = 50,
                  overshoot: float = 0.02, num_candidates: int = 10, norm: str | Norm = "2",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
@@ -52,14 +54,9 @@ class DeepFool(Attack):
             eps = 28.0 if norm.name == "2" else 1.0
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator)
-        if self.targeted:
-            raise ValueError("targeted must be False: DeepFool is an untargeted attack, got targeted=True")
-        check_number("steps", steps, minimum=1, integer=True)
-        check_number("overshoot", overshoot, minimum=0)
-        check_number("num_candidates", num_candidates, minimum=2, integer=True)
-        self.steps = steps
-        self.overshoot = float(overshoot)
-        self.num_candidates = num_candidates
+        self.steps = check_number("steps", steps, minimum=1, integer=True)
+        self.overshoot = check_number("overshoot", overshoot, minimum=0)
+        self.num_candidates = check_number("num_candidates", num_candidates, minimum=2, integer=True)
 
     def _run(self, x, y, generator):
         n = len(x)

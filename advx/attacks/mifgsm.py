@@ -45,14 +45,10 @@ class MIFGSM(Attack):
                  seed: int | None = 0, generator: torch.Generator | None = None) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator)
-        check_number("steps", steps, minimum=1, integer=True)
-        check_number("decay", decay, minimum=0)
-        if alpha is None:
-            alpha = self.eps / steps
-        check_number("alpha", alpha, minimum=0, strict=True)
-        self.alpha = float(alpha)
-        self.steps = steps
-        self.decay = float(decay)
+        self.steps = check_number("steps", steps, minimum=1, integer=True)
+        self.decay = check_number("decay", decay, minimum=0)
+        # The default is 0 when eps is 0 (nothing to do); a step size given must be > 0.
+        self.alpha = self.eps / self.steps if alpha is None else check_number("alpha", alpha, minimum=0, strict=True)
 
     def _run(self, x, y, generator):
         x_adv = x.clone()

@@ -52,15 +52,12 @@ class PGD(Attack):
                  seed: int | None = 0, generator: torch.Generator | None = None) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator)
-        check_number("steps", steps, minimum=1, integer=True)
-        check_number("restarts", restarts, minimum=1, integer=True)
-        if alpha is None:
-            alpha = 2.5 * self.eps / steps
-        check_number("alpha", alpha, minimum=0, strict=True)
-        self.alpha = float(alpha)
+        steps = check_number("steps", steps, minimum=1, integer=True)
+        self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
+        # The default is 0 when eps is 0 (nothing to do); a step size given must be > 0.
+        self.alpha = 2.5 * self.eps / steps if alpha is None else check_number("alpha", alpha, minimum=0, strict=True)
         self.steps = steps
         self.random_start = bool(random_start)
-        self.restarts = restarts
         self.early_stop = bool(early_stop)
         if loss not in ("ce", "kl"):
             raise ValueError(f"loss must be 'ce' or 'kl', got {loss!r}")

@@ -56,22 +56,19 @@ class Square(Attack):
         >>> result = atk.run(x, y)       # result.steps: queries per sample
     """
 
+    norms = ("inf",)
+
     def __init__(self, model: nn.Module, *, eps: float = 0.3, queries: int = 1000,
                  p_init: float = 0.8, restarts: int = 1, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator)
-        if self.norm.name != "inf":
-            raise ValueError(f"norm must be 'inf' for Square (this is the Linf attack), got {norm!r}")
-        check_number("queries", queries, minimum=1, integer=True)
-        check_number("p_init", p_init, minimum=0, strict=True)
-        if p_init > 1:
+        self.queries = check_number("queries", queries, minimum=1, integer=True)
+        self.p_init = check_number("p_init", p_init, minimum=0, strict=True)
+        if self.p_init > 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
-        check_number("restarts", restarts, minimum=1, integer=True)
-        self.queries = queries
-        self.p_init = float(p_init)
-        self.restarts = restarts
+        self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
 
     @torch.no_grad()
     def _run(self, x, y, generator):
