@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -240,3 +241,212 @@ def test_bad_types(trained_cnn, batch):
         FGSM(trained_cnn)([[0.0]], batch[1][:1])
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got function"):
         FGSM(lambda x: x)
+
+
+# ------------------------------------------- every registered attack, hostile cases
+from advx import ATTACKS  # noqa: E402
+from advx.evaluate import build_attack  # noqa: E402
+
+# Small budgets so that every attack runs in a blink.
+FAST = dict(steps=5, queries=30, binary_search_steps=2, n_target_classes=2)
+
+
+def attack_class(name):
+    return getattr(ATTACKS[name], "func", ATTACKS[name])
+
+
+def every_attack_and_norm():
+    return [(name, norm) for name in sorted(ATTACKS) for norm in attack_class(name).norms]
+
+
+class SqrtModel(nn.Module):
+    """forward(x) = net(sqrt(x)): the input gradient is infinite wherever a pixel is 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = Linear()
+
+    def forward(self, x):
+        return self.net(x.sqrt())
+
+
+@pytest.mark.parametrize("name,norm", every_attack_and_norm())
+def test_infinite_input_gradients_never_give_nan_images(name, norm, batch):
+    # Before the fix, L2 FGSM/PGD/MI-FGSM/APGD and DeepFool returned NaN images that counted
+    # as successes (success 0.88, norm NaN).
+    x, y = batch[0][:16], batch[1][:16]
+    model = SqrtModel()
+    attack = build_attack(name, model, strict=False, eps=EPS[norm], norm=norm, **FAST)
+    result = attack.run(x, y)
+    assert torch.isfinite(result.x_adv).all()
+    assert torch.isfinite(result.norm).all()
+    assert (result.norm <= attack.eps + 1e-5).all()
+    with torch.no_grad():
+        logits = model(result.x_adv)
+    assert torch.equal(result.success, torch.isfinite(logits).all(1) & (logits.argmax(1) != y))
+
+
+def test_non_finite_gradient_is_sanitised_to_its_limit_direction():
+    from advx.attacks.base import finite_gradient
+
+    grad = torch.tensor([[[[1.0, math.inf, 2.0, -math.inf]]], [[[1.0, math.nan, -3.0, 0.5]]]])
+    clean = finite_gradient(grad)
+    assert torch.equal(clean[0], torch.tensor([[[0.0, 1.0, 0.0, -1.0]]]))  # the infinite entries dominate
+    assert torch.equal(clean[1], torch.tensor([[[1.0, 0.0, -3.0, 0.5]]]))  # NaN carries no direction
+    finite = torch.randn(2, 1, 2, 2)
+    assert finite_gradient(finite) is finite
+
+
+class NaNAboveModel(nn.Module):
+    """Finite logits while every pixel is <= 0.6; NaN logits for an image with a brighter pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = Linear()
+
+    def forward(self, x):
+        z = self.net(x)
+        bright = x.flatten(1).amax(1, keepdim=True) > 0.6
+        return torch.where(bright, torch.full_like(z, math.nan), z)
+
+
+@pytest.mark.parametrize("name,norm", every_attack_and_norm())
+def test_non_finite_logits_are_never_counted_as_fooled(name, norm, batch):
+    x, y = batch[0][:16] * 0.5, batch[1][:16]  # clean images: every pixel <= 0.5
+    model = NaNAboveModel()
+    attack = build_attack(name, model, strict=False, eps=EPS[norm], norm=norm, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = attack.run(x, y)
+    nan_rows = ~torch.isfinite(result.logits).all(1)
+    assert not result.success[nan_rows].any()  # argmax of a NaN row used to count as "fooled"
+    assert torch.isfinite(result.x_adv).all()
+
+
+def test_non_finite_logits_on_adversarial_images_are_reported(batch):
+    x, y = batch[0][:8] * 0.5, batch[1][:8]
+    with pytest.warns(RuntimeWarning, match="not finite .* do not count as fooled"):
+        result = FGSM(NaNAboveModel(), eps=0.3).run(x, y)
+    assert not result.success.any()
+
+
+def test_non_finite_logits_on_clean_images_are_an_error(batch):
+    x, y = batch[0][:4], batch[1][:4]  # MNIST digits reach 1.0: NaN logits already on the clean images
+    with pytest.raises(ValueError, match=r"model returned logits that are not finite \(NaN/inf\) on the clean"):
+        PGD(NaNAboveModel(), eps=0.1).run(x, y)
+
+
+@pytest.mark.parametrize("name,norm", every_attack_and_norm())
+def test_eps_zero_returns_the_clean_images(name, norm, trained_cnn, batch):
+    x, y = batch[0][:8], batch[1][:8]
+    attack = build_attack(name, trained_cnn, strict=False, eps=0.0, norm=norm, **FAST)  # PGD raised here
+    result = attack.run(x, y)
+    assert torch.equal(result.x_adv, x)
+    assert (result.norm == 0).all() and (result.steps == 0).all()
+    with torch.no_grad():
+        assert torch.equal(result.success, trained_cnn(x).argmax(1) != y)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_labels_of_any_integer_dtype(name, dtype, trained_cnn, batch):
+    # int32/int16/uint8 labels passed validation, then crashed inside torch (cross_entropy, gather).
+    x, y = batch[0][:8], batch[1][:8]
+    norm = attack_class(name).norms[0]
+    make = lambda: build_attack(name, trained_cnn, strict=False, eps=EPS[norm], norm=norm, **FAST)  # noqa: E731
+    expected = make().run(x, y)
+    got = make().run(x, y.to(dtype))
+    assert torch.equal(got.x_adv, expected.x_adv) and torch.equal(got.success, expected.success)
+
+
+class TupleOut(nn.Module):
+    def forward(self, x):
+        return Linear()(x), None
+
+
+class DictOut(nn.Module):
+    def forward(self, x):
+        return {"logits": x.flatten(1)[:, :10]}
+
+
+class Rank3Out(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10].unsqueeze(1)
+
+
+class OneClass(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :1]
+
+
+class IntOut(nn.Module):
+    def forward(self, x):
+        return (x.flatten(1)[:, :10] * 10).long()
+
+
+@pytest.mark.parametrize("model,error,message", [
+    (TupleOut(), TypeError, "model must return a logits tensor [N, num_classes], got tuple"),
+    (DictOut(), TypeError, "model must return a logits tensor [N, num_classes], got dict"),
+    (Rank3Out(), ValueError, "model must return logits [N, num_classes] with one row per image, got shape (1, 1, 10) for 1 image(s)"),
+    (OneClass(), ValueError, "model must return logits for at least 2 classes, got shape (1, 1)"),
+    (IntOut(), ValueError, "model must return floating-point logits, got dtype torch.int64"),
+])
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_models_that_do_not_return_logits(name, model, error, message, batch):
+    norm = attack_class(name).norms[0]
+    attack = build_attack(name, model, strict=False, eps=EPS[norm], norm=norm, **FAST)
+    with pytest.raises(error) as info:
+        attack.run(batch[0][:4], torch.zeros(4, dtype=torch.long))
+    assert str(info.value) == message
+
+
+def test_lazy_model_that_is_not_ready(batch):
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(ValueError, match="lazy modules whose weights are not initialised yet.*run one forward pass"):
+        PGD(model, eps=0.1).run(batch[0][:4], batch[1][:4])
+    model(batch[0][:1])  # now it is ready
+    assert PGD(model, eps=0.1, steps=2).run(batch[0][:4], batch[1][:4]).x_adv.shape == (4, 1, 28, 28)
+
+
+@pytest.mark.parametrize("x_dtype,model_dtype", [
+    (torch.float64, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.float64),
+])
+def test_dtype_mismatch_between_images_and_model(x_dtype, model_dtype, batch):
+    model = Linear().to(model_dtype)
+    with pytest.raises(ValueError) as info:
+        PGD(model, eps=0.1).run(batch[0][:4].to(x_dtype), batch[1][:4])
+    assert str(info.value).startswith(f"x has dtype {x_dtype} but the model's weights are {model_dtype}")
+
+
+def test_a_float64_model_on_float64_images_works(batch):
+    model = Linear().double()
+    x = batch[0][:8].double()
+    result = PGD(model, eps=0.1, steps=3).run(x, batch[1][:8])
+    assert result.x_adv.dtype == torch.float64 and (result.norm <= 0.1 + 1e-12).all()
+
+
+def test_numbers_of_other_numeric_types(trained_cnn, batch):
+    import numpy as np
+
+    x, y = batch[0][:8], batch[1][:8]
+    reference = PGD(trained_cnn, eps=0.1, steps=3, alpha=0.05, seed=1)(x, y)
+    for kind in (np.float32, np.float64, lambda v: torch.tensor(v)):
+        attack = PGD(trained_cnn, eps=kind(0.1), steps=np.int64(3), alpha=kind(0.05), seed=np.int32(1))
+        assert type(attack.eps) is float and type(attack.steps) is int and type(attack.seed) is int
+        assert torch.allclose(attack(x, y), reference)
+    assert PGD(trained_cnn, eps=0.1, norm=2.0).norm.name == "2"
+    assert PGD(trained_cnn, eps=0.1, norm=np.inf).norm.name == "inf"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(seed=2**64), "seed must be <= 9223372036854775807, got 18446744073709551616"),
+    (dict(seed=-1), "seed must be >= 0, got -1"),
+    (dict(norm=2.5), "norm must be one of 'inf', '2' (or a Norm object), got 2.5"),
+    (dict(norm=float("nan")), "norm must be one of 'inf', '2' (or a Norm object), got nan"),
+    (dict(steps=torch.tensor([1, 2])), "steps must be an integer, got tensor([1, 2])"),
+    (dict(targeted="yes"), "targeted must be True or False, got 'yes'"),
+])
+def test_numbers_out_of_range_for_their_use(kwargs, message, trained_cnn):
+    with pytest.raises(ValueError) as info:
+        PGD(trained_cnn, **{"eps": 0.3, **kwargs})
+    assert str(info.value) == message

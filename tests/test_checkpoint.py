@@ -80,3 +80,93 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.pt"]  # no temp file left behind
     loaded, _ = load_model(path)
     assert torch.equal(loaded.state_dict()["features.0.weight"], first.state_dict()["features.0.weight"])
+
+
+# ------------------------------------------------------------ faults, issue 10
+def test_zero_byte_checkpoint_is_one_clear_error(tmp_path):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"")  # torch.load's error message is empty: an IndexError before the fix
+    with pytest.raises(CheckpointError, match=r"m.pt is empty \(0 bytes\)"):
+        load_checkpoint(path)
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder, expected a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "m.pt"
+    _save(path)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "version": 2}, path)
+    with pytest.raises(CheckpointError, match="written by a newer advx \\(format version 2\\)"):
+        load_checkpoint(path)
+    torch.save({**ckpt, "version": "1"}, path)
+    with pytest.raises(CheckpointError, match="has no valid format version \\(got '1'\\)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: {**c, "state_dict": [1, 2]}, "'state_dict' must be a dict, got list"),
+    (lambda c: {**c, "config": None}, "'config' must be a dict, got NoneType"),
+    (lambda c: {**c, "state_dict": {**c["state_dict"], "features.0.weight": 3.0}},
+     "state_dict entries that are not tensors: features.0.weight"),
+    (lambda c: {k: v for k, v in c.items() if k != "metrics"}, "'metrics' must be a dict, got NoneType"),
+])
+def test_malformed_contents_are_clear_errors(change, message, tmp_path):
+    path = tmp_path / "m.pt"
+    _save(path)
+    torch.save(change(torch.load(path, weights_only=True)), path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert message in str(info.value)
+
+
+def test_non_finite_weights_are_never_saved_and_never_loaded(tmp_path):
+    path = tmp_path / "good.pt"
+    _save(path, seed=1)
+    before = path.read_bytes()
+    model = seeded_model("small", 2)
+    with torch.no_grad():
+        model.features[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="refusing to save .*not finite.*features.0.weight"):
+        save_checkpoint(path, model, model_name="small")
+    assert path.read_bytes() == before
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["classifier.1.bias"][0] = float("inf")
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="not finite .*classifier.1.bias.*diverged"):
+        load_checkpoint(path)
+
+
+def test_temp_files_of_killed_saves_are_cleaned_up(tmp_path):
+    path = tmp_path / "m.pt"
+    _save(path)
+    dead = 2**22 + 12345  # above any pid this machine hands out (pid_max is at most 2**22)
+    leftovers = [tmp_path / f".m.pt.{dead}.abc123.tmp", tmp_path / ".m.pt.xyz_old.tmp"]  # the old naming too
+    for f in leftovers:
+        f.write_bytes(b"x" * 1000)
+    live = tmp_path / f".m.pt.{os.getpid()}.live.tmp"  # a writer that is still running
+    live.write_bytes(b"y")
+    other = tmp_path / ".other.pt.xyz.tmp"  # another file's temp: not ours to remove
+    other.write_bytes(b"z")
+    _save(path)  # the next save
+    assert not any(f.exists() for f in leftovers)
+    assert live.exists() and other.exists()
+    leftovers[0].write_bytes(b"x")
+    load_checkpoint(path)  # ... or the next load
+    assert not leftovers[0].exists()
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "m.pt"
+        _save(path)
+        assert path.stat().st_mode & 0o777 == 0o644  # mkstemp's 0o600 before the fix
+        path.chmod(0o640)
+        _save(path)
+        assert path.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its permissions
+    finally:
+        os.umask(umask)

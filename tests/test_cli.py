@@ -141,3 +141,117 @@ def test_eval_strong_suite(tiny_checkpoint, tmp_path, capsys):
     assert report["settings"]["attacks"] == ["apgd", "apgd-t", "square"]
     assert report["settings"]["stages"] == "apgd(restarts=2),apgd-t(n_target_classes=3),square(queries=1000)"
     assert list(report["robust_acc_by_attack"]["0.3"]) == ["apgd", "apgd-t", "square"]
+
+
+# ------------------------------------------------------------ faults, issue 10
+def _no_work(*args, **kwargs):
+    raise AssertionError("the work started although the output path is bad")
+
+
+def test_attack_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from advx import cli
+
+    monkeypatch.setattr(cli, "run_attack", _no_work)
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    code = main(["attack", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"--out must be a folder, got {blocker}, which is an existing file" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_eval_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from advx import cli
+
+    monkeypatch.setattr(cli, "evaluate", _no_work)
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker), "--quiet"]) == 2
+    assert "--out must be a folder" in capsys.readouterr().err
+
+
+def test_train_checkpoint_that_is_a_folder_fails_before_training(tmp_path, capsys, monkeypatch):
+    from advx import cli
+
+    monkeypatch.setattr(cli, "train_baseline", _no_work)
+    monkeypatch.setattr(cli, "train_robust", _no_work)
+    for extra in ([], ["--adv", "pgd"]):
+        assert main(["train", "--checkpoint", str(tmp_path), "--quiet"] + extra) == 2
+        err = capsys.readouterr().err
+        assert f"--checkpoint must be a file path, got {tmp_path}, which is an existing folder" in err
+        assert "Traceback" not in err
+
+
+def test_an_os_error_is_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from advx import cli
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "report.json"))
+
+    monkeypatch.setattr(cli, "write_json", full_disk)
+    code = main(["attack", "--checkpoint", str(tiny_checkpoint), "--n", "10", "--steps", "2",
+                 "--data-dir", str(DATA_DIR), "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == f"advx attack: error: No space left on device: {tmp_path / 'report.json'}"
+
+
+def test_zero_byte_checkpoint_on_the_command_line(tmp_path, capsys):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert main(["attack", "--checkpoint", str(empty), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is empty (0 bytes)" in err and "Traceback" not in err
+
+
+def test_diverged_training_keeps_the_good_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    good = tmp_path / "good.pt"
+    good.write_bytes(tiny_checkpoint.read_bytes())
+    for lr, message in (("inf", "--lr must be a finite number, got inf"),
+                        ("1e30", "training diverged: the loss became nan")):
+        code = main(["train", "--lr", lr, "--epochs", "1", "--train-size", "256", "--checkpoint", str(good),
+                     "--data-dir", str(DATA_DIR), "--quiet"])
+        assert code == 2
+        assert message in capsys.readouterr().err
+        assert good.read_bytes() == tiny_checkpoint.read_bytes()  # NaN weights were saved here before
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "--attacks", "fgsm,pgd,fgsm"], "--attacks must name each attack once, got fgsm more than once"),
+    (["eval", "--suite", "strong", "--attacks", "fgsm"], "--suite and --attacks exclude each other"),
+    (["eval", "--attacks", "fgsm", "--steps", "5"], "--steps does not apply to any attack of the cascade (fgsm)"),
+    (["eval", "--eps", "0.1,0.1"], "--eps must not repeat a value, got 0.1 more than once"),
+    (["eval", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["eval", "--n", "20000"], "--n must be <= 10000 (the test images), got 20000"),
+    (["attack", "--n", "10001"], "--n must be <= 10000 (the test images), got 10001"),
+    (["attack", "--seed", str(2**64)], "--seed must be <= 9223372036854775807"),
+    (["train", "--eps", "0.1"], "--eps applies only with --adv fgsm-rs or pgd or trades, got --adv none"),
+    (["train", "--adv", "fgsm-rs", "--steps", "3"], "--steps applies only with --adv pgd or trades, got --adv fgsm-rs"),
+    (["train", "--adv", "pgd", "--beta", "3"], "--beta applies only with --adv trades, got --adv pgd"),
+    (["train", "--resume"], "--resume applies only with --adv"),
+    (["train", "--train-size", "70000"], "--train-size must be <= 60000"),
+])
+def test_conflicting_or_out_of_range_options(argv, message, tiny_checkpoint, tmp_path, capsys):
+    if argv[0] in ("attack", "eval"):
+        argv = argv + ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out")]
+    else:
+        argv = argv + ["--checkpoint", str(tmp_path / "m.pt"), "--epochs", "1"]
+    assert main(argv + ["--data-dir", str(DATA_DIR), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_reused_output_folder_holds_no_stale_files(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet"]
+    assert main(["attack", "--n", "10", "--steps", "2"] + common) == 0
+    (out / "mine.txt").write_text("the user's own file")
+    assert main(["eval", "--attacks", "fgsm", "--eps", "0,0.1", "--n", "20", "--no-checks"] + common) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(report["files"] + ["mine.txt"])
+    assert "examples.png" not in report["files"]  # the attack's picture would have stayed before
+    assert report["robust_acc"]["0"] == report["clean_acc"]
+    assert main(["attack", "--n", "10", "--steps", "2"] + common) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["examples.png", "mine.txt", "report.json"]

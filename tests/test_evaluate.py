@@ -168,3 +168,52 @@ def test_stage_option_the_attack_does_not_take_is_an_error(trained_cnn, data):
         evaluate(trained_cnn, *data, attacks=[("apgd", {"queries": 10})], eps=[0.1], checks=False, progress=False)
     with pytest.raises(ValueError, match="attack must be one of .*got 'nope'"):
         evaluate(trained_cnn, *data, attacks=[("nope", {})], eps=[0.1], checks=False, progress=False)
+
+
+# ------------------------------------------------------------ wrong numbers, issue 10
+def test_without_the_cascade_each_column_is_the_attack_on_its_own(trained_cnn, data):
+    # With nested-eps reuse the survivors carried to the next eps were the worst case over
+    # all attacks, so what PGD broke at 0.1 was charged to FGSM at 0.11.
+    eps = [0.1, 0.11, 0.2]
+    both = evaluate(trained_cnn, *data, attacks=["fgsm", "pgd"], eps=eps, cascade=False, steps=10,
+                    checks=False, progress=False)
+    for name in ("fgsm", "pgd"):
+        alone = evaluate(trained_cnn, *data, attacks=[name], eps=eps, steps=10 if name == "pgd" else None,
+                         checks=False, progress=False)
+        for e in eps:
+            assert both.robust_acc_by_attack[e][name] == alone.robust_acc[e], (name, e)
+    for e in eps:
+        assert both.robust_acc[e] <= min(both.robust_acc_by_attack[e].values())
+    cascade = evaluate(trained_cnn, *data, attacks=["fgsm", "pgd"], eps=eps, steps=10, checks=False, progress=False)
+    assert torch.equal(cascade.records["robust"], both.records["robust"])  # the worst case is the same
+
+
+def test_repeated_attacks_are_rejected(trained_cnn, data):
+    with pytest.raises(ValueError, match="attacks must not repeat an attack, got 'fgsm' more than once"):
+        evaluate(trained_cnn, *data, attacks=["fgsm", "pgd", "fgsm"], eps=[0.1], progress=False)
+
+
+def test_repeated_eps_are_rejected(trained_cnn, data):
+    with pytest.raises(ValueError, match="eps must not repeat a value, got 0.1 more than once"):
+        evaluate(trained_cnn, *data, eps=[0.1, 0.2, 0.1], progress=False)
+
+
+def test_an_option_no_attack_takes_is_an_error(trained_cnn, data):
+    with pytest.raises(ValueError, match=r"steps does not apply to any attack of the cascade \(fgsm\)"):
+        evaluate(trained_cnn, *data, attacks=["fgsm"], steps=10, eps=[0.1], progress=False)
+
+
+def test_eps_zero_is_the_clean_accuracy(trained_cnn, data):
+    ev = evaluate(trained_cnn, *data, attacks=["fgsm", "pgd"], eps=[0, 0.1], steps=5, checks=False, progress=False)
+    assert ev.robust_acc[0.0] == ev.clean_acc
+    assert ev.robust_acc[0.1] < ev.clean_acc
+
+
+def test_labels_of_any_integer_dtype_and_numpy_eps(trained_cnn, data, fast):
+    import numpy as np
+
+    x, y = data
+    other = evaluate(trained_cnn, x, y.to(torch.int32), eps=[np.float64(e) for e in EPS], **SETTINGS)
+    assert torch.equal(other.records["robust"], fast.records["robust"])
+    with pytest.raises(ValueError, match="y must be a tensor of integer class labels, got torch.float32"):
+        evaluate(trained_cnn, x, y.float(), eps=[0.1], progress=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from advx.models import MODELS, build_model
-from advx.train import TrainConfig, accuracy, seeded_model, train
+from advx.train import TrainConfig, TrainingDiverged, accuracy, seeded_model, train, train_baseline
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,30 @@ def test_accuracy_restores_the_mode(trained_cnn, mnist_test):
     acc = accuracy(model, mnist_test.x[:500], mnist_test.y[:500])
     assert model.training
     assert 0.9 < acc <= 1.0
+
+
+# ------------------------------------------------------------ faults, issue 10
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lr=float("inf")), "lr must be a finite number, got inf"),
+    (dict(lr=float("nan")), "lr must be a finite number, got nan"),
+    (dict(weight_decay=float("inf")), "weight_decay must be a finite number, got inf"),
+    (dict(epochs=2.5), "epochs must be an integer, got 2.5"),
+    (dict(seed=2**70), "seed must be <= 9223372036854775807"),
+])
+def test_non_finite_or_out_of_range_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**kwargs)
+    assert message in str(info.value)
+
+
+def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(tmp_path):
+    from advx.checkpoint import save_checkpoint
+    from conftest import DATA_DIR
+
+    path = tmp_path / "good.pt"
+    save_checkpoint(path, seeded_model("small", 0), model_name="small", metrics={"test_acc": 0.99})
+    before = path.read_bytes()
+    config = TrainConfig(epochs=1, batch_size=64, lr=1e30, train_size=512)  # finite, but far too large
+    with pytest.raises(TrainingDiverged, match="training diverged: the loss became nan at epoch 1, step 2"):
+        train_baseline(config, data_dir=DATA_DIR, checkpoint=path, progress=False)
+    assert path.read_bytes() == before  # NaN weights were saved over it before the fix

@@ -39,7 +39,12 @@ def step_checkpoints(steps: int) -> list[int]:
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Untargeted DLR [N] (to ascend): ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)``."""
     top = logits.sort(1, descending=True).values
-    return -(logit_of(logits, y) - largest_other(logits, y)) / (top[:, 0] - top[:, 2] + _TINY)
+    spread = top[:, 0] - top[:, 2] + _TINY
+    # -(z_y - max_other) / spread, written as 1 - (...) / spread: where the true class ranks
+    # third the loss is flat (z_y = z_pi3, max_other = z_pi1), and the sum in the numerator
+    # is then exactly 0 with an exactly zero gradient, instead of two large gradient terms
+    # that cancel down to rounding noise, which an L2 step would scale up to a full step.
+    return 1 - (logit_of(logits, y) - largest_other(logits, y) + spread) / spread
 
 
 def targeted_dlr_loss(logits: torch.Tensor, z_ref: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

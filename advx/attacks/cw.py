@@ -105,10 +105,13 @@ class CW(Attack):
             l2_sq = (x_adv - x).flatten(1).square().sum(1)
             logits = self.model(x_adv)
             gap = self.margin(logits, y)  # the f6 term before clamping
-            objective = l2_sq + const * gap.clamp_min(-self.kappa)
+            reached = (gap.detach() < 0) & (gap.detach() <= -self.kappa)
+            # f6 = max(gap, -kappa), written so that its gradient is that of gap wherever the
+            # goal is not reached: clamp_min passes no gradient at a tie (gap == -kappa == 0),
+            # which left an image whose logits tie exactly where it was.
+            f6 = torch.where(reached, torch.full_like(gap, -self.kappa), gap)
+            objective = l2_sq + const * f6
             (grad,) = torch.autograd.grad(objective.sum(), w)
-        gap = gap.detach()
-        reached = (gap < 0) & (gap <= -self.kappa)
         return grad, x_adv.detach(), l2_sq.detach().sqrt(), reached
 
     def _to_tanh_space(self, x):
