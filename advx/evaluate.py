@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -307,7 +308,9 @@ def evaluate(
     y = y.long()
     if not attacks:
         raise ValueError("attacks must name at least one attack, got an empty list")
-    if isinstance(eps, (str, bytes)) or not eps:
+    if isinstance(eps, numbers.Real) or (isinstance(eps, torch.Tensor) and eps.dim() == 0):
+        eps = [eps]  # one budget
+    if isinstance(eps, (str, bytes)) or not len(eps):
         raise ValueError(f"eps must hold at least one value, got {eps!r}")
     eps = sorted(check_number("eps", e, minimum=0) for e in eps)
     repeated = sorted({e for e in eps if eps.count(e) > 1})

@@ -215,5 +215,7 @@ def test_labels_of_any_integer_dtype_and_numpy_eps(trained_cnn, data, fast):
     x, y = data
     other = evaluate(trained_cnn, x, y.to(torch.int32), eps=[np.float64(e) for e in EPS], **SETTINGS)
     assert torch.equal(other.records["robust"], fast.records["robust"])
+    single = evaluate(trained_cnn, x, y, eps=np.float64(0.1), **SETTINGS)  # one budget, not a list
+    assert list(single.robust_acc) == [0.1]
     with pytest.raises(ValueError, match="y must be a tensor of integer class labels, got torch.float32"):
         evaluate(trained_cnn, x, y.float(), eps=[0.1], progress=False)
