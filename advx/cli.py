@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from advx.attacks import ATTACKS
 from advx.adversarial import KINDS, RobustConfig, last_checkpoint, train_robust
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, CheckpointError, load_model
 from advx.data import DataNotFoundError, load_mnist, prepare_mnist
-from advx.evaluate import SUITES, build_attack, describe, evaluate, run_attack
+from advx.attacks.registry import ATTACKS, SUITES, build_attack, describe
+from advx.evaluate import evaluate, run_attack
 from advx.files import check_output_dir, check_output_file
 from advx.models import MODELS
+from advx.norms import get_norm
 from advx.report import environment, format_table, save_curve, save_examples, write_csv, write_json
 from advx.train import TrainConfig, train_baseline
 
@@ -201,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     header = f"{'eps':>6}  {'worst case':>10}  " + "  ".join(f"{a:>10}" for a in ev.attacks)
     how = ", cumulative over the cascade" if not args.no_cascade else ", each attack on its own"
     lines = [f"clean accuracy {ev.clean_acc:.2%} on {ev.n} test images ({args.checkpoint})",
-             f"robust accuracy ({'Linf' if args.norm == 'inf' else 'L2'}{how}):", header]
+             f"robust accuracy ({get_norm(args.norm).label}{how}):", header]
     for e in ev.eps:
         lines.append(f"{e:>6g}  {ev.robust_acc[e]:>10.2%}  "
                      + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks))
@@ -285,7 +286,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     attack = build_attack(args.attack, model, eps=args.eps, norm=args.norm, targeted=args.targeted,
                           seed=args.seed, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
                           early_stop=args.early_stop or None)
-    out = check_output_dir(args.out or f"runs/{args.attack}-{attack.norm.name}-eps{attack.eps:g}", "--out")
+    budget = "unbounded" if attack.eps is None else f"eps{attack.eps:g}"
+    out = check_output_dir(args.out or f"runs/{args.attack}-{attack.norm.name}-{budget}", "--out")
     test = _test_images(args)
     target = None
     if args.targeted:
@@ -296,7 +298,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
     run = run_attack(model, attack, test.x, test.y, target=target, batch_size=args.batch_size,
                      device=device, progress=not args.quiet)
     s = run.summary()
-    norm_name = "Linf" if attack.norm.name == "inf" else "L2"
     print(format_table([
         ("model", f"{args.checkpoint} ({ckpt['model_name']})"),
         ("attack", repr(attack)),
@@ -305,7 +306,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         ("robust accuracy", f"{s['robust_acc']:.2%}"),
         ("attack success rate", f"{s['success_rate']:.2%} of {s['attacked']} "
                                 f"{'eligible' if args.targeted else 'correctly classified'}"),
-        (f"mean / max {norm_name}", f"{s['mean_norm']:.4f} / {s['max_norm']:.4f}"),
+        (f"mean / max {attack.norm.label}", f"{s['mean_norm']:.4f} / {s['max_norm']:.4f}"),
         ("wall time", f"{s['seconds']:.2f} s ({s['images_per_s']:.0f} images/s)"),
     ], title="advx attack"))
     k = len(run.x_adv)

@@ -7,85 +7,21 @@
 
 from __future__ import annotations
 
-import inspect
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from advx import rng, sanity
-from advx.attacks import ATTACKS, PGD
 from advx.attacks.base import Attack, check_model_ready, frozen, validate_logits
+from advx.attacks.registry import AttackFactory, attack_class, check_options_apply, describe, stage_factory
 from advx.data import iterate_batches
 from advx.norms import get_norm
 from advx.validate import check_number, check_seed
-
-AttackFactory = Callable[[nn.Module, float], Attack]
-
-# Named cascades for ``evaluate(attacks=SUITES[name])`` / ``advx eval --suite NAME``.
-# A stage is an attack name, or ``(name, options)``: settings of the suite that options
-# given to ``evaluate`` (``--steps``, ``--restarts``) override.
-SUITES = {
-    # After AutoAttack: APGD-CE, then targeted APGD-DLR, then the black-box Square attack
-    # on the survivors (the cross-check for gradient masking). The budgets were chosen on
-    # the PGD-trained MNIST model (see scripts/bench_suite.py and the README): for the same
-    # time, restarts of APGD-CE break more images than more target classes or more
-    # Square queries do.
-    "strong": [("apgd", {"restarts": 10}), ("apgd-t", {"n_target_classes": 3}), ("square", {"queries": 1000})],
-}
-
-
-def describe(stages: Sequence, overrides: dict | None = None) -> str:
-    """``"apgd(restarts=10),apgd-t(...),..."``: a cascade in one line, for help and
-    reports; a stage setting that ``overrides`` replaces (not ``None``) shows its new value."""
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-
-    def one(stage):
-        if callable(stage):
-            return getattr(stage, "__name__", "attack")
-        name, preset = _split(stage)
-        settings = ", ".join(f"{k}={overrides.get(k, v)}" for k, v in preset.items())
-        return f"{name}({settings})" if settings else name
-    return ",".join(one(s) for s in stages)
-
-
-def _split(stage) -> tuple[str, dict]:
-    """``"pgd"`` -> ``("pgd", {})``; ``(name, options)`` stays as it is."""
-    return stage if isinstance(stage, tuple) else (stage, {})
-
-
-BLACK_BOX = ("square",)
-
-
-def attack_options(name: str):
-    """The keyword arguments ``ATTACKS[name]`` takes; an unknown name is an error."""
-    if name not in ATTACKS:
-        raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
-    return inspect.signature(ATTACKS[name]).parameters
-
-
-def build_attack(name: str, model: nn.Module, *, strict: bool = True, **options) -> Attack:
-    """Build ``ATTACKS[name]`` with the options its constructor takes.
-
-    Options that are ``None`` are left to the attack's defaults. An option the attack
-    does not take is an error when ``strict`` (``advx attack``), and skipped otherwise
-    (``advx eval``: ``steps`` applies to PGD, not to FGSM, in one cascade).
-    """
-    accepted = attack_options(name)
-    kwargs = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key in accepted:
-            kwargs[key] = value
-        elif strict:
-            raise ValueError(f"{key} does not apply to attack {name!r}")
-    return ATTACKS[name](model, **kwargs)
-
 
 @dataclass
 class AttackRun:
@@ -223,36 +159,6 @@ class Evaluation:
         return rows
 
 
-def _check_options_apply(stages, options: dict) -> None:
-    """An option given (not None) that no attack of the cascade takes is an error, not
-    silently ignored. Factories are opaque: with one among the stages nothing is checked."""
-    if any(callable(stage) for stage in stages):
-        return
-    names = [_split(stage)[0] for stage in stages]
-    for key, value in options.items():
-        if value is not None and not any(key in attack_options(name) for name in names):
-            raise ValueError(f"{key} does not apply to any attack of the cascade ({', '.join(names)})")
-
-
-def _factory(stage, options) -> tuple[str, AttackFactory]:
-    """``(name, factory)`` for a stage: an ``ATTACKS`` name, ``(name, preset options)``
-    or a factory ``f(model, eps) -> Attack``. Options that are not ``None`` win over
-    the preset."""
-    if callable(stage):
-        return getattr(stage, "__name__", "attack"), stage
-    name, preset = _split(stage)
-    accepted = attack_options(name)
-    for key in preset:
-        if key not in accepted:
-            raise ValueError(f"option {key!r} of stage {name!r} does not apply to that attack")
-    merged = {**preset, **{k: v for k, v in options.items() if v is not None}}
-
-    def make(model, eps):
-        return build_attack(name, model, strict=False, eps=eps, **merged)
-
-    return name, make
-
-
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -321,13 +227,13 @@ def evaluate(
     norm = get_norm(norm).name
     options = dict(norm=norm, steps=steps, alpha=alpha, restarts=restarts,
                    early_stop=early_stop or None, seed=seed)
-    stages = [_factory(a, options) for a in attacks]
+    stages = [stage_factory(a, options) for a in attacks]
     names = [name for name, _ in stages]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"attacks must not repeat an attack, got {', '.join(map(repr, repeated))} more than "
                          f"once: each column of the report is one attack")
-    _check_options_apply(attacks, dict(steps=steps, alpha=alpha, restarts=restarts))
+    check_options_apply(attacks, dict(steps=steps, alpha=alpha, restarts=restarts))
     n = len(y)
     start = time.perf_counter()
 
@@ -396,53 +302,8 @@ def evaluate(
                   "device": str(device), "n": n},
     )
     if checks:
-        ev.warnings = run_checks(model, x, y, ev, norm=norm, device=device, seed=seed)
+        ev.warnings = sanity.run_checks(
+            model, x, y, eps=eps, robust_acc=ev.robust_acc, pred_clean=pred_clean, broken_by=broken_by,
+            black_box=[not callable(a) and attack_class(name).black_box for a, name in zip(attacks, names)],
+            norm=norm, device=device, seed=seed)
     return ev
-
-
-def black_box_check(ev: Evaluation) -> str | None:
-    """Flag samples that a black-box attack broke after every white-box attack before it
-    in the list had failed on them: the gradients were misleading (masking)."""
-    black = [a for a, name in enumerate(ev.attacks) if name in BLACK_BOX]
-    white = [a for a, name in enumerate(ev.attacks) if name not in BLACK_BOX]
-    if not black or not white or min(black) < min(white):
-        return None
-    for k, e in enumerate(ev.eps):
-        counts = sum(int((ev.records["broken_by"][k] == a).sum()) for a in black)
-        if counts:
-            return sanity.black_box_warning(counts, e)
-    return None
-
-
-LARGE_EPS = {"inf": 0.5, "2": 14.0}  # Linf 0.5 / L2 14 let an attack turn any digit grey
-
-
-def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ev: Evaluation, *,
-               norm: str = "inf", device="cpu", seed: int = 0, probe: int = 100) -> dict[str, str]:
-    """Run every check of ``advx.sanity`` (on a probe of ``probe`` samples where a check
-    needs to attack) and return ``{check name: warning}`` for those that fired."""
-    xs, ys = x[:probe].to(device), y[:probe].to(device)
-    found = {
-        "logits": sanity.check_logits(model, xs),
-        "deterministic": sanity.check_deterministic(model, xs),
-        "gradients": sanity.check_gradients(model, xs, ys),
-        "monotone": sanity.check_monotone(ev.robust_acc),
-        "black_box": black_box_check(ev),
-    }
-    ok = (ev.records["pred_clean"][:probe] == ev.records["y"][:probe]).to(device)
-    if ok.any():
-        xc, yc = xs[ok], ys[ok]
-        big = LARGE_EPS["inf" if norm in ("inf", "linf", "Linf") else "2"]
-
-        def acc(attack):
-            run = attack.run(xc, yc, generator=rng.SampleRNG.from_ids(seed, range(len(yc)), 7))
-            return (~run.success).float().mean().item() * len(yc) / len(ys)
-
-        found["large_eps"] = sanity.check_large_eps(
-            acc(PGD(model, eps=big, steps=20, norm=norm, early_stop=True)), big)
-        e = max(ev.eps)
-        if ev.robust_acc[e] > 0:
-            weak = acc(PGD(model, eps=e, steps=10, norm=norm, early_stop=True))
-            strong = acc(PGD(model, eps=e, steps=20, restarts=2, norm=norm, early_stop=True))
-            found["stronger_attack"] = sanity.check_stronger_attack(weak, strong)
-    return {k: v for k, v in found.items() if v is not None}

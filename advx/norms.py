@@ -5,29 +5,44 @@ Each norm gives, per sample of a batch [N, C, H, W]:
 - ``random_start(x, eps, generator)``: a random point of the eps-ball around ``x``
   (``generator``: a ``torch.Generator`` or an ``advx.rng.SampleRNG``);
 - ``direction(grad)``: the steepest-ascent direction of unit norm (sign for Linf, grad/||grad||_2 for L2);
-- ``project(x_adv, x, eps)``: the nearest point of the eps-ball around ``x``.
-Clipping to the pixel bounds is done by the attack, not here.
+- ``project(x_adv, x, eps)``: the nearest point of the eps-ball around ``x``;
+and, for reports and for attacks that reason about the geometry:
+- ``label``: how people write it ("Linf", "L2");
+- ``dual``: the exponent q of the dual norm (1 for Linf, 2 for L2): a linear function
+  ``w . delta`` changes by at most ``eps * ||w||_q`` inside the ball;
+- ``diameter(shape, bounds)``: the largest distance between two images of that shape in
+  the pixel box, i.e. a budget that never binds.
+Clipping to the pixel bounds is done by the attack, not here. This is the only module
+that knows a norm by its name.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import Sequence
 
 import torch
 
 from advx import rng
 
-_TINY = 1e-12
+TINY = 1e-12  # guards every division by a norm or a spread that may be 0
 
 
-def _per_sample(t: torch.Tensor) -> tuple[int, ...]:
-    """Shape that broadcasts a [N] tensor over a [N, ...] batch."""
-    return (-1,) + (1,) * (t.dim() - 1)
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [N] tensor viewed as [N, 1, ..., 1], to broadcast over a batch ``like`` [N, ...]."""
+    return values.view((-1,) + (1,) * (like.dim() - 1))
 
 
 class Norm:
     name: str = ""
+    label: str = ""
+    dual: float = 0.0
+
+    def diameter(self, shape: Sequence[int], bounds: tuple[float, float]) -> float:
+        """The largest distance between two images of ``shape`` (one sample, e.g. [1, 28, 28])
+        with pixels in ``bounds``."""
+        raise NotImplementedError
 
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -46,7 +61,10 @@ class Norm:
 
 
 class Linf(Norm):
-    name = "inf"
+    name, label, dual = "inf", "Linf", 1.0
+
+    def diameter(self, shape, bounds):
+        return float(bounds[1] - bounds[0])
 
     def size(self, delta):
         return delta.flatten(1).abs().amax(1)
@@ -63,7 +81,10 @@ class Linf(Norm):
 
 
 class L2(Norm):
-    name = "2"
+    name, label, dual = "2", "L2", 2.0
+
+    def diameter(self, shape, bounds):
+        return float(bounds[1] - bounds[0]) * math.sqrt(math.prod(shape))
 
     def size(self, delta):
         return delta.flatten(1).norm(p=2, dim=1)
@@ -72,18 +93,17 @@ class L2(Norm):
         # Uniform in the ball: a Gaussian direction, radius eps * U^(1/d).
         d = x[0].numel()
         direction = rng.randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(_TINY).view(_per_sample(x))
+        direction = direction / per_sample(direction.flatten(1).norm(dim=1).clamp_min(TINY), x)
         u = rng.rand((len(x),), generator, device=x.device, dtype=x.dtype)
-        return x + direction * (eps * u.pow(1.0 / d)).view(_per_sample(x))
+        return x + direction * per_sample(eps * u.pow(1.0 / d), x)
 
     def direction(self, grad):
-        return grad / grad.flatten(1).norm(dim=1).clamp_min(_TINY).view(_per_sample(grad))
+        return grad / per_sample(grad.flatten(1).norm(dim=1).clamp_min(TINY), grad)
 
     def project(self, x_adv, x, eps):
         delta = x_adv - x
-        norms = delta.flatten(1).norm(dim=1).clamp_min(_TINY)
-        factor = torch.clamp(eps / norms, max=1.0).view(_per_sample(delta))
-        return x + delta * factor
+        norms = delta.flatten(1).norm(dim=1).clamp_min(TINY)
+        return x + delta * per_sample(torch.clamp(eps / norms, max=1.0), delta)
 
 
 NORMS = {"inf": Linf, "linf": Linf, "Linf": Linf, "2": L2, "l2": L2, "L2": L2}

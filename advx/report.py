@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from advx.files import atomic_write
+from advx.norms import TINY, per_sample
 
 
 def environment() -> dict[str, str]:
@@ -72,7 +73,7 @@ def save_examples(
         raise ValueError("save_examples needs at least one image, got an empty batch")
     x, x_adv = x[:n].detach().cpu(), x_adv[:n].detach().cpu()
     delta = x_adv - x
-    peak = delta.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    peak = per_sample(delta.abs().flatten(1).amax(1).clamp_min(TINY), delta)
     delta_img = 0.5 + 0.5 * delta / peak
     rows = [("original", x), ("adversarial", x_adv), ("perturbation (magnified)", delta_img)]
 

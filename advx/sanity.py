@@ -8,12 +8,15 @@ them in the report.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from advx import rng
 from advx.attacks.base import frozen, input_gradient
+from advx.attacks.pgd import PGD
+from advx.norms import get_norm
 
 
 def check_logits(model: nn.Module, x: torch.Tensor) -> str | None:
@@ -86,7 +89,54 @@ def check_stronger_attack(weak_acc: float, strong_acc: float, *, tolerance: floa
     return None
 
 
-def black_box_warning(count: int, eps: float) -> str:
-    """The message for samples that only a black-box (score-based) attack broke."""
-    return (f"the black-box Square attack broke {count} samples at eps={eps:g} that the gradient "
-            f"attacks before it did not: gradients are unreliable here (masking?)")
+def check_black_box(broken_by: torch.Tensor, eps: Sequence[float], black_box: Sequence[bool]) -> str | None:
+    """Flag samples that a black-box attack broke after every white-box attack before it
+    in the cascade had failed on them: the gradients were misleading (masking).
+
+    ``broken_by`` [len(eps), N]: index of the first attack (in cascade order) that broke
+    each sample at each eps, -1 for none; ``black_box[a]``: attack ``a`` uses no gradients."""
+    black = [a for a, flag in enumerate(black_box) if flag]
+    white = [a for a, flag in enumerate(black_box) if not flag]
+    if not black or not white or min(black) < min(white):
+        return None
+    for k, e in enumerate(eps):
+        count = sum(int((broken_by[k] == a).sum()) for a in black)
+        if count:
+            return (f"the black-box Square attack broke {count} samples at eps={e:g} that the gradient "
+                    f"attacks before it did not: gradients are unreliable here (masking?)")
+    return None
+
+
+def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Sequence[float],
+               robust_acc: Mapping[float, float], pred_clean: torch.Tensor, broken_by: torch.Tensor,
+               black_box: Sequence[bool], norm: str = "inf", bounds: tuple[float, float] = (0.0, 1.0),
+               device="cpu", seed: int = 0, probe: int = 100) -> dict[str, str]:
+    """Run every check above on the results of an evaluation (plain values: the eps, the
+    robust accuracy per eps, the clean predictions and ``broken_by`` as ``check_black_box``
+    takes it), attacking a probe of ``probe`` samples where a check needs to, and return
+    ``{check name: warning}`` for those that fired."""
+    norm = get_norm(norm)
+    xs, ys = x[:probe].to(device), y[:probe].to(device)
+    found = {
+        "logits": check_logits(model, xs),
+        "deterministic": check_deterministic(model, xs),
+        "gradients": check_gradients(model, xs, ys),
+        "monotone": check_monotone(robust_acc),
+        "black_box": check_black_box(broken_by, eps, black_box),
+    }
+    ok = (pred_clean[:probe].to(device) == ys)
+    if ok.any():
+        xc, yc = xs[ok], ys[ok]
+        big = norm.diameter(x.shape[1:], bounds) / 2  # half the box: any image can turn grey
+
+        def acc(attack):
+            run = attack.run(xc, yc, generator=rng.SampleRNG.from_ids(seed, range(len(yc)), 7))
+            return (~run.success).float().mean().item() * len(yc) / len(ys)
+
+        found["large_eps"] = check_large_eps(acc(PGD(model, eps=big, steps=20, norm=norm, early_stop=True)), big)
+        e = max(eps)
+        if robust_acc[e] > 0:
+            weak = acc(PGD(model, eps=e, steps=10, norm=norm, early_stop=True))
+            strong = acc(PGD(model, eps=e, steps=20, restarts=2, norm=norm, early_stop=True))
+            found["stronger_attack"] = check_stronger_attack(weak, strong)
+    return {k: v for k, v in found.items() if v is not None}

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from advx import CW, load_mnist, load_model
-from advx.evaluate import SUITES, describe, evaluate
+from advx.attacks.registry import SUITES, describe
+from advx.evaluate import evaluate
 
 
 def robust_acc(model, x, y, x_adv):

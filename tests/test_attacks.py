@@ -245,14 +245,10 @@ def test_bad_types(trained_cnn, batch):
 
 # ------------------------------------------- every registered attack, hostile cases
 from advx import ATTACKS  # noqa: E402
-from advx.evaluate import build_attack  # noqa: E402
+from advx.attacks.registry import attack_class, build_attack  # noqa: E402
 
 # Small budgets so that every attack runs in a blink.
 FAST = dict(steps=5, queries=30, binary_search_steps=2, n_target_classes=2)
-
-
-def attack_class(name):
-    return getattr(ATTACKS[name], "func", ATTACKS[name])
 
 
 def every_attack_and_norm():

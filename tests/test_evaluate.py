@@ -142,22 +142,22 @@ def test_later_attacks_with_nothing_left_to_attack(trained_cnn, data):
 
 
 def test_suite_stage_options_apply_and_explicit_options_win(trained_cnn):
-    from advx.evaluate import _factory
+    from advx.attacks.registry import stage_factory
 
     stage = ("apgd", {"restarts": 5, "n_target_classes": 3})
-    name, make = _factory(stage, dict(steps=None, restarts=None))
+    name, make = stage_factory(stage, dict(steps=None, restarts=None))
     atk = make(trained_cnn, 0.3)
     assert name == "apgd" and atk.restarts == 5 and atk.n_target_classes == 3
-    atk = _factory(stage, dict(steps=7, restarts=2))[1](trained_cnn, 0.3)
+    atk = stage_factory(stage, dict(steps=7, restarts=2))[1](trained_cnn, 0.3)
     assert atk.restarts == 2 and atk.steps == 7 and atk.n_target_classes == 3
 
 
 def test_every_named_suite_builds_and_describes_itself(trained_cnn):
-    from advx.evaluate import SUITES, _factory, describe
+    from advx.attacks.registry import SUITES, describe, stage_factory
 
     for suite in SUITES.values():
         for stage in suite:
-            _factory(stage, {})[1](trained_cnn, 0.3)  # a preset option the attack lacks would raise
+            stage_factory(stage, {})[1](trained_cnn, 0.3)  # a preset option the attack lacks would raise
     assert describe(SUITES["strong"]) == "apgd(restarts=10),apgd-t(n_target_classes=3),square(queries=1000)"
     assert describe(SUITES["strong"], {"restarts": 1, "steps": None}).startswith("apgd(restarts=1),")
     assert describe(["fgsm", ("pgd", {})]) == "fgsm,pgd"

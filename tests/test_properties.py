@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advx import ATTACKS, PGD
-from advx.evaluate import build_attack
+from advx.attacks.registry import build_attack
 from advx.rng import SampleRNG, salt_of
 
 NAMES = sorted(ATTACKS)

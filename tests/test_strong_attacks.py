@@ -50,7 +50,7 @@ def test_invariants(name, bn_model, batch):
     result = attack.run(x, y)
 
     delta = result.x_adv - x
-    assert attack.norm.size(delta).max().item() <= attack.eps + 1e-6
+    assert attack.norm.size(delta).max().item() <= attack.budget(x) + 1e-6
     assert result.x_adv.min().item() >= -1e-6 and result.x_adv.max().item() <= 1 + 1e-6
     after = model.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)

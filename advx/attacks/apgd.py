@@ -20,9 +20,7 @@ from torch import nn
 
 from advx import rng
 from advx.attacks.base import Attack, check_number, largest_other, logit_of
-from advx.norms import Norm
-
-_TINY = 1e-12
+from advx.norms import TINY, Norm, per_sample
 LOSSES = ("ce", "dlr", "dlr-targeted")
 
 
@@ -39,7 +37,7 @@ def step_checkpoints(steps: int) -> list[int]:
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Untargeted DLR [N] (to ascend): ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)``."""
     top = logits.sort(1, descending=True).values
-    spread = top[:, 0] - top[:, 2] + _TINY
+    spread = top[:, 0] - top[:, 2] + TINY
     # -(z_y - max_other) / spread, written as 1 - (...) / spread: where the true class ranks
     # third the loss is flat (z_y = z_pi3, max_other = z_pi1), and the sum in the numerator
     # is then exactly 0 with an exactly zero gradient, instead of two large gradient terms
@@ -51,7 +49,7 @@ def targeted_dlr_loss(logits: torch.Tensor, z_ref: torch.Tensor, target: torch.T
     """Targeted DLR [N] (to ascend): ``-(z_ref - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``;
     ``z_ref`` is the true-class logit (or the largest non-target logit, see ``APGD``)."""
     top = logits.sort(1, descending=True).values
-    return -(z_ref - logit_of(logits, target)) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + _TINY)
+    return -(z_ref - logit_of(logits, target)) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + TINY)
 
 
 class _Run(NamedTuple):
@@ -176,7 +174,7 @@ class APGD(Attack):
         x_cur = self.clip(self.norm.random_start(x, self.eps, generator))
         grad, logits, loss = self._gradient(x_cur, y, target)
         success = self.is_success(logits, y)
-        out = _Run(x_out=torch.where(_per_sample(success), x_cur, x), success=success,
+        out = _Run(x_out=torch.where(per_sample(success, x), x_cur, x), success=success,
                    x_best=x_cur.clone(), loss_best=loss.clone(), loss_start=loss.clone(),
                    steps=torch.full((n,), self.steps, dtype=torch.long, device=x.device))
         # Per-sample state of the samples still running ("active"); out holds the results.
@@ -194,7 +192,7 @@ class APGD(Attack):
         for t in range(1, self.steps + 1):
             if len(active) == 0:
                 break
-            step = _per_sample(st["eta"]) * self.norm.direction(st["grad"])
+            step = per_sample(st["eta"], x) * self.norm.direction(st["grad"])
             z = self._project(st["x_cur"] + step, st["x"])
             if t == 1:
                 x_new = z
@@ -221,7 +219,7 @@ class APGD(Attack):
                 st["eta"] = torch.where(halve, st["eta"] / 2, st["eta"])
                 # Restart from the best point, without momentum from the abandoned path.
                 for key, best in (("x_cur", "x_best"), ("x_prev", "x_best"), ("grad", "grad_best")):
-                    st[key] = torch.where(_per_sample(halve), st[best], st[key])
+                    st[key] = torch.where(per_sample(halve, x), st[best], st[key])
                 st["loss_cur"] = torch.where(halve, st["loss_best"], st["loss_cur"])
                 st["halved_last"], st["loss_best_last"] = halve, st["loss_best"].clone()
                 st["increases"] = torch.zeros_like(st["increases"])
@@ -230,7 +228,7 @@ class APGD(Attack):
                 _store(out, active[reached], st, reached, steps=t)
                 active, st = _keep(active, st, ~reached)
         _store(out, active, st, torch.ones(len(active), dtype=torch.bool, device=x.device))
-        x_out = torch.where(_per_sample(out.success), out.x_out, out.x_best)
+        x_out = torch.where(per_sample(out.success, x), out.x_out, out.x_best)
         return out._replace(x_out=x_out)
 
     # --------------------------------------------------------------- helpers
@@ -256,11 +254,6 @@ class APGD(Attack):
         if num_classes < needed:
             raise ValueError(f"loss={self.loss_name!r} needs a model with at least {needed} classes, "
                              f"got {num_classes}")
-
-
-def _per_sample(t: torch.Tensor) -> torch.Tensor:
-    """A [N] tensor viewed as [N, 1, 1, 1] to broadcast over an image batch."""
-    return t.view(-1, 1, 1, 1)
 
 
 def _keep(active: torch.Tensor, state: dict, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advx import rng
-from advx.norms import Norm, get_norm
+from advx.norms import Norm, get_norm, per_sample
 from advx.validate import check_number, check_seed  # noqa: F401  (check_number: used by the attacks)
 
 
@@ -107,7 +107,7 @@ def finite_gradient(grad: torch.Tensor) -> torch.Tensor:
     if bool(finite.all()):
         return grad
     infinite = torch.isinf(grad)
-    has_inf = infinite.flatten(1).any(1).view(-1, *([1] * (grad.dim() - 1)))
+    has_inf = per_sample(infinite.flatten(1).any(1), grad)
     limit = torch.where(infinite, grad.sign(), torch.zeros_like(grad))
     return torch.where(has_inf, limit, torch.where(finite, grad, torch.zeros_like(grad)))
 
@@ -157,18 +157,21 @@ class Attack:
 
     Call it as ``x_adv = attack(x, y)`` or ``result = attack.run(x, y)``.
 
-    ``norms``: the threat models the attack supports; ``targetable``: whether it has a
-    targeted mode. Both are checked here, so that an attack's constructor need not.
+    Declared abilities, read by the checks here, the registry, the sanity checks and the
+    tests: ``norms``, the threat models the attack supports; ``targetable``, whether it
+    has a targeted mode; ``black_box``, whether it reads only the model's outputs (no
+    gradients).
     """
 
     norms: tuple[str, ...] = ("inf", "2")
     targetable: bool = True
+    black_box: bool = False
 
     def __init__(
         self,
         model: nn.Module,
         *,
-        eps: float,
+        eps: float | None,
         norm: str | Norm = "inf",
         bounds: tuple[float, float] = (0.0, 1.0),
         targeted: bool = False,
@@ -177,7 +180,8 @@ class Attack:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        eps = check_number("eps", eps, minimum=0)
+        # None: no budget (minimum-norm attacks); ``budget`` then gives the box's diameter.
+        eps = None if eps is None else check_number("eps", eps, minimum=0)
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
             raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}")
         low, high = (check_number("bounds", b) for b in bounds)
@@ -225,14 +229,15 @@ class Attack:
         x0 = x.detach().clone()
         y0 = y.detach().to(device=x.device, dtype=torch.long, copy=True)  # any integer dtype
         generator = generator if generator is not None else self.make_generator(x.device)
+        eps = self.budget(x0)
         with frozen(self.model):
             self._check_labels(x0, y0)
-            if self.eps == 0:  # the eps-ball is the point x itself
+            if eps == 0:  # the eps-ball is the point x itself
                 x_adv = x0.clone()
                 steps = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
             else:
                 x_adv, steps = self._run(x0, y0, generator)
-            x_adv = self.clip(self.norm.project(x_adv.detach(), x0, self.eps))
+            x_adv = self.clip(self.norm.project(x_adv.detach(), x0, eps))
             broken = ~torch.isfinite(x_adv).flatten(1).all(1)
             if broken.any():  # never hand back a non-finite image
                 x_adv[broken] = x0[broken]
@@ -252,6 +257,11 @@ class Attack:
             steps=steps,
             logits=logits,
         )
+
+    def budget(self, x: torch.Tensor) -> float:
+        """The eps of a call on images ``x``: ``eps``, or with ``eps=None`` the diameter of
+        the pixel box in the attack's norm (a budget that never binds)."""
+        return self.eps if self.eps is not None else self.norm.diameter(x.shape[1:], self.bounds)
 
     def config(self) -> dict:
         """The attack's hyperparameters as plain values (for reports)."""

@@ -35,8 +35,8 @@ class CW(Attack):
 
     Args:
         eps: an optional L2 budget. CW does not use it; the base class projects the
-            result onto the eps-ball at the end. The default ``28.0 = sqrt(784)`` is
-            the diameter of [0, 1]^784 (an MNIST image), so it never binds there.
+            result onto the eps-ball at the end. The default (``None``) is the diameter
+            of the pixel box for the images given (``Norm.diameter``): it never binds.
         steps: Adam steps per binary-search step. lr: Adam's learning rate on ``w``.
         binary_search_steps: rounds of the search over ``c``. initial_const: first ``c``.
         kappa: confidence margin (>= 0). targeted: ``y`` holds target labels.
@@ -50,7 +50,7 @@ class CW(Attack):
 
     norms = ("2",)
 
-    def __init__(self, model: nn.Module, *, eps: float = 28.0, steps: int = 100, lr: float = 0.1,
+    def __init__(self, model: nn.Module, *, eps: float | None = None, steps: int = 100, lr: float = 0.1,
                  binary_search_steps: int = 9, initial_const: float = 1e-2, kappa: float = 0.0,
                  norm: str | Norm = "2", bounds: tuple[float, float] = (0.0, 1.0),
                  targeted: bool = False, seed: int | None = 0,

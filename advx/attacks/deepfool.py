@@ -14,9 +14,7 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack, check_number, input_gradient
-from advx.norms import Norm, get_norm
-
-_TINY = 1e-12
+from advx.norms import TINY, Norm, per_sample
 # Added to |f_l| in each step, as in the authors' implementation, so that a step
 # lands just past the linearised boundary rather than on it.
 _PAST_BOUNDARY = 1e-4
@@ -30,8 +28,8 @@ class DeepFool(Attack):
 
     Args:
         eps: an optional budget, applied by the base class's final projection. The
-            default (``None``) is ``28.0 = sqrt(784)`` for L2 and ``1.0`` for Linf, the
-            largest distances within [0, 1]^784, so that it never binds on MNIST.
+            default (``None``) is the diameter of the pixel box for the images given
+            (``Norm.diameter``), a budget that never binds.
         steps: most linearisation steps per sample. overshoot: the total perturbation
             is multiplied by ``1 + overshoot``.
         num_candidates: boundaries considered are those of the ``num_candidates``
@@ -49,9 +47,6 @@ class DeepFool(Attack):
                  overshoot: float = 0.02, num_candidates: int = 10, norm: str | Norm = "2",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None) -> None:
-        norm = get_norm(norm)
-        if eps is None:
-            eps = 28.0 if norm.name == "2" else 1.0
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
@@ -103,13 +98,11 @@ class DeepFool(Attack):
     def _step_to_boundary(self, diffs, grads):
         """The minimal step [A, C, H, W] onto the closest linearised boundary."""
         flat = grads.flatten(2)                          # [A, M, D]
-        dual = 2 if self.norm.name == "2" else 1         # dual norm of the threat model
-        w_norm = flat.norm(p=dual, dim=2).clamp_min(_TINY)
+        w_norm = flat.norm(p=self.norm.dual, dim=2).clamp_min(TINY)  # dual norm of the threat model
         distance = diffs.abs() / w_norm                  # [A, M]
         closest = distance.argmin(1)
         rows = torch.arange(len(diffs), device=diffs.device)
         w, f, size = grads[rows, closest], diffs[rows, closest].abs(), w_norm[rows, closest]
-        scale = ((f + _PAST_BOUNDARY) / size).view(-1, *([1] * (w.dim() - 1)))
-        if dual == 2:
-            return scale * w / size.view_as(scale)
-        return scale * w.sign()
+        # The closest boundary is (f + margin) / ||w||_q away; the norm's steepest direction
+        # of unit size (w / ||w||_2, or sign(w) for Linf) covers it in one step.
+        return per_sample((f + _PAST_BOUNDARY) / size, w) * self.norm.direction(w)

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack, check_number
-from advx.norms import Norm
-
-_TINY = 1e-12
+from advx.norms import TINY, Norm, per_sample
 
 
 class MIFGSM(Attack):
@@ -55,8 +53,8 @@ class MIFGSM(Attack):
         momentum = torch.zeros_like(x)
         for _ in range(self.steps):
             grad, _, _ = self.gradient(x_adv, y)
-            l1 = grad.flatten(1).abs().sum(1).clamp_min(_TINY).view(-1, *([1] * (x.dim() - 1)))
-            momentum = self.decay * momentum + grad / l1
+            l1 = grad.flatten(1).abs().sum(1).clamp_min(TINY)
+            momentum = self.decay * momentum + grad / per_sample(l1, grad)
             x_adv = x_adv + self.alpha * self.norm.direction(momentum)
             x_adv = self.clip(self.norm.project(x_adv, x, self.eps))
         return x_adv, torch.full((len(x),), self.steps, dtype=torch.long, device=x.device)

@@ -15,7 +15,7 @@ from torch import nn
 
 from advx import rng
 from advx.attacks.base import Attack, check_number
-from advx.norms import Norm
+from advx.norms import Norm, per_sample
 
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
 # fraction p is halved: the schedule of the paper for Linf.
@@ -57,6 +57,7 @@ class Square(Attack):
     """
 
     norms = ("inf",)
+    black_box = True
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, queries: int = 1000,
                  p_init: float = 0.8, restarts: int = 1, norm: str | Norm = "inf",
@@ -119,7 +120,7 @@ class Square(Attack):
             signs = torch.where(u[:, 2:] < 0.5, -1.0, 1.0).to(x.dtype).view(-1, channels, 1, 1)
             candidate = torch.where(window, self.clip(x0 + self.eps * signs), current)
             # A draw that changes nothing would waste a query: take the other sign.
-            same = (candidate == current).flatten(1).all(1).view(-1, 1, 1, 1)
+            same = per_sample((candidate == current).flatten(1).all(1), candidate)
             candidate = torch.where(window & same, self.clip(x0 - self.eps * signs), candidate)
 
             logits = self.model(candidate)

@@ -1,0 +1,133 @@
+"""The attacks by name: what the CLI and ``advx.evaluate`` build attacks from.
+
+``ATTACKS`` maps a name to a class, or to a ``functools.partial`` of one that fixes the
+objective (``inspect.signature`` works on both: ``build_attack`` reads which options an
+attack takes from it). ``SUITES`` names cascades. Adding an attack is one file under
+``advx/attacks/`` and one line here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Callable, Sequence
+
+from torch import nn
+
+from advx.attacks.apgd import APGD
+from advx.attacks.base import Attack
+from advx.attacks.cw import CW
+from advx.attacks.deepfool import DeepFool
+from advx.attacks.fgsm import FGSM
+from advx.attacks.mifgsm import MIFGSM
+from advx.attacks.pgd import PGD
+from advx.attacks.square import Square
+
+ATTACKS = {
+    "fgsm": FGSM,
+    "pgd": PGD,
+    "mifgsm": MIFGSM,
+    "apgd": APGD,                                        # APGD-CE
+    "apgd-dlr": partial(APGD, loss="dlr"),               # APGD-DLR
+    "apgd-t": partial(APGD, loss="dlr-targeted"),        # APGD-T: targeted DLR over the top classes
+    "cw": CW,
+    "deepfool": DeepFool,
+    "square": Square,
+}
+
+
+def attack_class(name: str) -> type[Attack]:
+    """The class behind ``ATTACKS[name]`` (through a ``partial``), with its declared abilities."""
+    attack_options(name)  # an unknown name is an error
+    entry = ATTACKS[name]
+    return getattr(entry, "func", entry)
+
+
+AttackFactory = Callable[[nn.Module, float], Attack]
+
+# Named cascades for ``evaluate(attacks=SUITES[name])`` / ``advx eval --suite NAME``.
+# A stage is an attack name, or ``(name, options)``: settings of the suite that options
+# given to ``evaluate`` (``--steps``, ``--restarts``) override.
+SUITES = {
+    # After AutoAttack: APGD-CE, then targeted APGD-DLR, then the black-box Square attack
+    # on the survivors (the cross-check for gradient masking). The budgets were chosen on
+    # the PGD-trained MNIST model (see scripts/bench_suite.py and the README): for the same
+    # time, restarts of APGD-CE break more images than more target classes or more
+    # Square queries do.
+    "strong": [("apgd", {"restarts": 10}), ("apgd-t", {"n_target_classes": 3}), ("square", {"queries": 1000})],
+}
+
+
+def describe(stages: Sequence, overrides: dict | None = None) -> str:
+    """``"apgd(restarts=10),apgd-t(...),..."``: a cascade in one line, for help and
+    reports; a stage setting that ``overrides`` replaces (not ``None``) shows its new value."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+
+    def one(stage):
+        if callable(stage):
+            return getattr(stage, "__name__", "attack")
+        name, preset = _split(stage)
+        settings = ", ".join(f"{k}={overrides.get(k, v)}" for k, v in preset.items())
+        return f"{name}({settings})" if settings else name
+    return ",".join(one(s) for s in stages)
+
+
+def _split(stage) -> tuple[str, dict]:
+    """``"pgd"`` -> ``("pgd", {})``; ``(name, options)`` stays as it is."""
+    return stage if isinstance(stage, tuple) else (stage, {})
+
+
+def attack_options(name: str):
+    """The keyword arguments ``ATTACKS[name]`` takes; an unknown name is an error."""
+    if name not in ATTACKS:
+        raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
+    return inspect.signature(ATTACKS[name]).parameters
+
+
+def build_attack(name: str, model: nn.Module, *, strict: bool = True, **options) -> Attack:
+    """Build ``ATTACKS[name]`` with the options its constructor takes.
+
+    Options that are ``None`` are left to the attack's defaults. An option the attack
+    does not take is an error when ``strict`` (``advx attack``), and skipped otherwise
+    (``advx eval``: ``steps`` applies to PGD, not to FGSM, in one cascade).
+    """
+    accepted = attack_options(name)
+    kwargs = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in accepted:
+            kwargs[key] = value
+        elif strict:
+            raise ValueError(f"{key} does not apply to attack {name!r}")
+    return ATTACKS[name](model, **kwargs)
+
+
+def check_options_apply(stages, options: dict) -> None:
+    """An option given (not None) that no attack of the cascade takes is an error, not
+    silently ignored. Factories are opaque: with one among the stages nothing is checked."""
+    if any(callable(stage) for stage in stages):
+        return
+    names = [_split(stage)[0] for stage in stages]
+    for key, value in options.items():
+        if value is not None and not any(key in attack_options(name) for name in names):
+            raise ValueError(f"{key} does not apply to any attack of the cascade ({', '.join(names)})")
+
+
+def stage_factory(stage, options) -> tuple[str, AttackFactory]:
+    """``(name, factory)`` for a stage: an ``ATTACKS`` name, ``(name, preset options)``
+    or a factory ``f(model, eps) -> Attack``. Options that are not ``None`` win over
+    the preset."""
+    if callable(stage):
+        return getattr(stage, "__name__", "attack"), stage
+    name, preset = _split(stage)
+    accepted = attack_options(name)
+    for key in preset:
+        if key not in accepted:
+            raise ValueError(f"option {key!r} of stage {name!r} does not apply to that attack")
+    merged = {**preset, **{k: v for k, v in options.items() if v is not None}}
+
+    def make(model, eps):
+        return build_attack(name, model, strict=False, eps=eps, **merged)
+
+    return name, make
