@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from advx import rng, sanity
 from advx.attacks.base import Attack, check_model_ready, frozen, validate_logits
 from advx.attacks.registry import AttackFactory, attack_class, check_options_apply, describe, stage_factory
-from advx.data import iterate_batches
 from advx.norms import get_norm
 from advx.validate import check_number, check_seed
 

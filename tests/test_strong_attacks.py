@@ -179,7 +179,7 @@ def test_apgd_best_loss_never_below_start(loss, trained_cnn, batch):
     attack = APGD(trained_cnn, eps=0.1, steps=20, loss=loss)  # small eps: many samples survive
     target = (y + 1) % 10 if loss == "dlr-targeted" else None
     with frozen(trained_cnn):
-        run = attack._attack_once(x, y, target, torch.Generator().manual_seed(0))
+        run = attack._run_once(x, y, target, torch.Generator().manual_seed(0))
         logits = trained_cnn(run.x_best)
     assert (run.loss_best >= run.loss_start).all()
     assert (run.loss_best > run.loss_start).float().mean() > 0.9  # it does climb

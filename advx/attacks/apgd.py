@@ -18,8 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from advx import rng
-from advx.attacks.base import Attack, check_number, largest_other, logit_of
+from advx.attacks.base import Attack, Run, check_number, largest_other, logit_of
 from advx.norms import TINY, Norm, per_sample
 LOSSES = ("ce", "dlr", "dlr-targeted")
 
@@ -144,31 +143,20 @@ class APGD(Attack):
         else:
             targets = [None]
 
-        x_adv = x.clone()
-        best_success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        best_score = torch.full((len(x),), -math.inf, dtype=x.dtype, device=x.device)
-        steps_used = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        for target in targets:
-            for _ in range(self.restarts):
-                todo = (~best_success).nonzero().squeeze(1)
-                if len(todo) == 0:
-                    return x_adv, steps_used
-                run = self._attack_once(x[todo], y[todo], None if target is None else target[todo],
-                                        rng.subset(generator, todo))
+        def towards(target):
+            def run(idx, gen):
+                out = self._run_once(x[idx], y[idx], None if target is None else target[idx], gen)
                 if target is None:
-                    score = run.loss_best
+                    score = out.loss_best
                 else:  # targeted losses towards different classes do not compare; DLR does
                     with torch.no_grad():
-                        score = dlr_loss(self.model(run.x_best), y[todo])
-                better = run.success | (score > best_score[todo])  # todo: no success so far
-                idx = todo[better]
-                x_adv[idx] = run.x_out[better]
-                best_success[idx] = run.success[better]
-                best_score[idx] = score[better]
-                steps_used[todo] += run.steps
-        return x_adv, steps_used
+                        score = dlr_loss(self.model(out.x_best), y[idx])
+                return Run(out.x_out, out.success, score, out.steps)
+            return run
 
-    def _attack_once(self, x, y, target, generator) -> _Run:
+        return self.best_of_runs(x, generator, [towards(t) for t in targets for _ in range(self.restarts)])
+
+    def _run_once(self, x, y, target, generator) -> _Run:
         """One APGD run of ``self.steps`` iterations (``target`` only for APGD-T)."""
         n = len(x)
         x_cur = self.clip(self.norm.random_start(x, self.eps, generator))

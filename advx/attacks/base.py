@@ -29,7 +29,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,15 @@ class AttackResult:
     norm: torch.Tensor
     steps: torch.Tensor
     logits: torch.Tensor
+
+
+class Run(NamedTuple):
+    """One run of an attack (a restart, a target class) on some samples, one entry each."""
+
+    x_adv: torch.Tensor    # the run's result
+    success: torch.Tensor  # it reached the goal
+    score: torch.Tensor    # how close it came otherwise: higher is better
+    steps: torch.Tensor    # iterations or queries spent
 
 
 @contextmanager
@@ -279,6 +288,30 @@ class Attack:
     # ------------------------------------------------------- for subclasses
     def _run(self, x: torch.Tensor, y: torch.Tensor, generator: rng.Generator):
         raise NotImplementedError
+
+    def best_of_runs(self, x: torch.Tensor, generator: rng.Generator,
+                     runs: Iterable[Callable[[torch.Tensor, rng.Generator], Run]]):
+        """Several runs (restarts, target classes), the best kept per sample: a success over
+        a failure, else the higher score. Each run goes only to the samples that no run
+        before it has broken: ``run(idx, generator)`` attacks ``x[idx]`` with the streams of
+        those samples. Returns ``(x_best, steps)``: a sample no run reached keeps its
+        best-scoring result; ``steps`` adds up what every run spent on the sample."""
+        x_best = x.clone()
+        success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        score = torch.full((len(x),), -math.inf, dtype=x.dtype, device=x.device)
+        steps = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        for run in runs:
+            todo = (~success).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            result = run(todo, rng.subset(generator, todo))
+            better = result.success | (result.score > score[todo])  # todo: no success so far
+            idx = todo[better]
+            x_best[idx] = result.x_adv[better]
+            success[idx] = result.success[better]
+            score[idx] = result.score[better]
+            steps[todo] += result.steps
+        return x_best, steps
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample objective to *ascend*: CE of the true label, or minus CE of the target."""

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advx import rng
-from advx.attacks.base import Attack, check_number
+from advx.attacks.base import Attack, Run, check_number
 from advx.norms import Norm
 
 
@@ -70,28 +69,17 @@ class PGD(Attack):
         if self.loss_name == "kl":  # the clean prediction the adversary moves away from
             with torch.no_grad():
                 ref = self.model(x).log_softmax(1)
-        x_best, steps_used = self._descend(x, y, ref, generator)
-        if self.restarts == 1:
-            return x_best, steps_used
-        with torch.no_grad():
-            logits = self.model(x_best)
-        best_success, best_loss = self.is_success(logits, y), self._objective(logits, y, ref)
-        for _ in range(self.restarts - 1):
-            todo = (~best_success).nonzero().squeeze(1)
-            if len(todo) == 0:
-                break
-            ref_todo = None if ref is None else ref[todo]
-            x_new, steps_new = self._descend(x[todo], y[todo], ref_todo, rng.subset(generator, todo))
+        if self.restarts == 1:  # nothing to compare: no scoring pass
+            return self._run_once(x, y, ref, generator)
+
+        def restart(idx, gen):
+            ref_idx = None if ref is None else ref[idx]
+            x_new, steps = self._run_once(x[idx], y[idx], ref_idx, gen)
             with torch.no_grad():
                 logits = self.model(x_new)
-            success, loss = self.is_success(logits, y[todo]), self._objective(logits, y[todo], ref_todo)
-            better = success | (loss > best_loss[todo])  # todo holds only failures so far
-            idx = todo[better]
-            x_best[idx] = x_new[better]
-            best_success[idx] = success[better]
-            best_loss[idx] = loss[better]
-            steps_used[todo] += steps_new
-        return x_best, steps_used
+            return Run(x_new, self.is_success(logits, y[idx]), self._objective(logits, y[idx], ref_idx), steps)
+
+        return self.best_of_runs(x, generator, [restart] * self.restarts)
 
     def _objective(self, logits, y, ref):
         """Per-sample value to ascend: ``self.loss`` (CE), or KL(p_clean || p(logits))."""
@@ -99,7 +87,7 @@ class PGD(Attack):
             return self.loss(logits, y)
         return kl_from_clean(ref, logits)
 
-    def _descend(self, x, y, ref, generator):
+    def _run_once(self, x, y, ref, generator):
         """One PGD run; returns ``(x_adv, steps spent per sample)``."""
         if self.random_start:
             x_adv = self.clip(self.norm.random_start(x, self.eps, generator))

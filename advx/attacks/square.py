@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from advx import rng
-from advx.attacks.base import Attack, check_number
+from advx.attacks.base import Attack, Run, check_number
 from advx.norms import Norm, per_sample
 
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
@@ -73,24 +73,13 @@ class Square(Attack):
 
     @torch.no_grad()
     def _run(self, x, y, generator):
-        x_adv = x.clone()
-        best_margin = torch.full((len(x),), math.inf, dtype=x.dtype, device=x.device)
-        success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        queries_used = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        for _ in range(self.restarts):
-            todo = (~success).nonzero().squeeze(1)
-            if len(todo) == 0:
-                break
-            x_new, margin, reached, queries = self._search(x[todo], y[todo], rng.subset(generator, todo))
-            queries_used[todo] += queries
-            better = reached | (margin < best_margin[todo])  # todo: no success so far
-            idx = todo[better]
-            x_adv[idx] = x_new[better]
-            best_margin[idx] = margin[better]
-            success[idx] = reached[better]
-        return x_adv, queries_used
+        def restart(idx, gen):
+            x_new, margin, reached, queries = self._run_once(x[idx], y[idx], gen)
+            return Run(x_new, reached, -margin, queries)  # the lower the margin, the better
 
-    def _search(self, x, y, generator):
+        return self.best_of_runs(x, generator, [restart] * self.restarts)
+
+    def _run_once(self, x, y, generator):
         """One random search; returns ``(x_best, margin, reached, queries)`` per sample."""
         n, channels, height, width = x.shape
         stripes = self._random_signs((n, channels, 1, width), x, generator)
