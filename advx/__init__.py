@@ -8,6 +8,8 @@ an attack takes it with respect to the input image (dL/dX, weights frozen).
     >>> x_adv = PGD(model, eps=0.3, alpha=0.01, steps=40)(x, y)
 """
 
+from importlib import metadata as _metadata
+
 from advx.attacks import APGD, ATTACKS, CW, FGSM, MIFGSM, PGD, Attack, AttackResult, DeepFool, Square
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from advx.data import DataNotFoundError, MNISTSplit, load_mnist
@@ -15,7 +17,12 @@ from advx.models import MODELS, MadryCNN, SmallCNN, build_model
 from advx.norms import L2, Linf, get_norm
 from advx.train import TrainConfig, accuracy, train, train_baseline
 
-__version__ = "0.1.0"
+from advx.evaluate import Evaluation, evaluate, run_attack
+
+try:  # the version is written once, in pyproject.toml
+    __version__ = _metadata.version("advx")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "Square", "Attack", "AttackResult",
@@ -24,4 +31,5 @@ __all__ = [
     "MODELS", "MadryCNN", "SmallCNN", "build_model",
     "L2", "Linf", "get_norm",
     "TrainConfig", "accuracy", "train", "train_baseline",
+    "Evaluation", "evaluate", "run_attack",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -22,8 +21,7 @@ from advx.attacks.registry import ATTACKS, SUITES, build_attack, describe
 from advx.evaluate import evaluate, run_attack
 from advx.files import check_output_dir, check_output_file
 from advx.models import MODELS
-from advx.norms import get_norm
-from advx.report import environment, format_table, save_curve, save_examples, write_csv, write_json
+from advx.report import attack_table, eval_table, format_table, write_attack_outputs, write_eval_outputs
 from advx.train import TrainConfig, train_baseline
 
 
@@ -163,18 +161,6 @@ def _test_images(args: argparse.Namespace):
     return test.head(args.n)
 
 
-# What advx writes into an output folder. A run removes those of them that it did not
-# write, so that a folder reused from an earlier run never shows stale files beside new ones.
-OUTPUTS = ("report.json", "per_sample.csv", "curve.png", "examples.png")
-
-
-def _finish_outputs(out: Path, written: list[str]) -> None:
-    for name in OUTPUTS:
-        if name not in written and (out / name).is_file():
-            (out / name).unlink()
-    print(f"wrote {', '.join(str(out / w) for w in written)}")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.suite and args.attacks is not None:
         raise CLIError(f"--suite and --attacks exclude each other: got --suite {args.suite} "
@@ -199,33 +185,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
                   early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
                   device=device, checks=not args.no_checks, progress=not args.quiet)
-    header = f"{'eps':>6}  {'worst case':>10}  " + "  ".join(f"{a:>10}" for a in ev.attacks)
-    how = ", cumulative over the cascade" if not args.no_cascade else ", each attack on its own"
-    lines = [f"clean accuracy {ev.clean_acc:.2%} on {ev.n} test images ({args.checkpoint})",
-             f"robust accuracy ({get_norm(args.norm).label}{how}):", header]
-    for e in ev.eps:
-        lines.append(f"{e:>6g}  {ev.robust_acc[e]:>10.2%}  "
-                     + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks))
-    lines.append(f"wall time {ev.seconds:.1f} s")
-    print("\n".join(lines))
+    print(eval_table(ev, source=str(args.checkpoint), cascade=not args.no_cascade))
     for name, message in ev.warnings.items():
         print(f"WARNING [{name}]: {message}", file=sys.stderr)
-    written = ["report.json", "per_sample.csv", "curve.png"]
-    write_csv(out / "per_sample.csv", ev.per_sample_rows())
-    save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack,
-               clean_acc=ev.clean_acc, title=f"{ckpt['model_name']} ({args.checkpoint})")
-    write_json(out / "report.json", {
-        "command": "eval", "checkpoint": str(args.checkpoint), "model": ckpt["model_name"],
-        "settings": ev.settings,
-        "clean_acc": ev.clean_acc,
-        "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
-        "robust_acc_by_attack": {f"{e:g}": v for e, v in ev.robust_acc_by_attack.items()},
-        "seconds": ev.seconds,
-        "sanity": {"passed": not ev.warnings, "warnings": ev.warnings},
-        "files": written,
-        "environment": environment(),
-    })
-    _finish_outputs(out, written)
+    written = write_eval_outputs(out, ev, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"])
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0
 
 
@@ -297,33 +261,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     run = run_attack(model, attack, test.x, test.y, target=target, batch_size=args.batch_size,
                      device=device, progress=not args.quiet)
-    s = run.summary()
-    print(format_table([
-        ("model", f"{args.checkpoint} ({ckpt['model_name']})"),
-        ("attack", repr(attack)),
-        ("images", str(s["n"])),
-        ("clean accuracy", f"{s['clean_acc']:.2%}"),
-        ("robust accuracy", f"{s['robust_acc']:.2%}"),
-        ("attack success rate", f"{s['success_rate']:.2%} of {s['attacked']} "
-                                f"{'eligible' if args.targeted else 'correctly classified'}"),
-        (f"mean / max {attack.norm.label}", f"{s['mean_norm']:.4f} / {s['max_norm']:.4f}"),
-        ("wall time", f"{s['seconds']:.2f} s ({s['images_per_s']:.0f} images/s)"),
-    ], title="advx attack"))
-    k = len(run.x_adv)
-    written = ["report.json", "examples.png"]
-    save_examples(out / "examples.png", test.x[:k], run.x_adv, test.y[:k], run.pred_clean[:k], run.pred_adv[:k])
-    write_json(out / "report.json", {
-        "command": "attack",
-        "checkpoint": str(args.checkpoint),
-        "model": ckpt["model_name"],
-        "attack": attack.config(),
-        "n": s["n"], "batch_size": args.batch_size, "seed": args.seed, "device": device,
-        "target_class": args.target_class,
-        "results": s,
-        "files": written,
-        "environment": environment(),
-    })
-    _finish_outputs(out, written)
+    print(attack_table(run, attack, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"]))
+    settings = {"n": len(run.y), "batch_size": args.batch_size, "seed": args.seed, "device": device,
+                "target_class": args.target_class}
+    written = write_attack_outputs(out, run, test.x[:len(run.x_adv)], attack, settings=settings,
+                                   checkpoint=str(args.checkpoint), model_name=ckpt["model_name"])
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0
 
 

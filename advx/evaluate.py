@@ -23,13 +23,13 @@ from advx.norms import get_norm
 from advx.validate import check_number, check_seed
 
 @dataclass
-class AttackRun:
+class DatasetResult:
     """Per-sample record of one attack over a dataset (all tensors [N], on the CPU).
 
     y:         true labels.         target: target labels (targeted) or None.
     pred_clean / pred_adv: predictions on the clean and the attacked images.
     success:   the attack reached its goal on the sample.
-    norm:      perturbation size in the attack's norm.
+    distance:  perturbation size in the attack's norm.
     x_adv:     the first ``keep`` adversarial images (for pictures).
     """
 
@@ -38,7 +38,7 @@ class AttackRun:
     pred_clean: torch.Tensor
     pred_adv: torch.Tensor
     success: torch.Tensor
-    norm: torch.Tensor
+    distance: torch.Tensor
     x_adv: torch.Tensor
     seconds: float
 
@@ -52,7 +52,7 @@ class AttackRun:
         robust = correct & (self.pred_adv == self.y)
         eligible = correct if self.target is None else correct & (self.target != self.y)
         n_eligible = int(eligible.sum())
-        norms = self.norm[eligible]
+        norms = self.distance[eligible]
         return {
             "n": len(self.y),
             "clean_acc": correct.float().mean().item(),
@@ -77,7 +77,7 @@ def run_attack(
     device: str | torch.device = "cpu",
     keep: int = 8,
     progress: bool = True,
-) -> AttackRun:
+) -> DatasetResult:
     """Attack every image of ``x`` [N, 1, 28, 28] (labels ``y`` [N]) batch by batch.
 
     For a targeted attack pass ``target`` [N]. One generator, seeded from the
@@ -92,7 +92,7 @@ def run_attack(
         raise ValueError("the attack is targeted: pass target labels (target=...)")
     generator = attack.make_generator(device)
     goal = y if target is None else target
-    pred_clean, pred_adv, success, norm, kept = [], [], [], [], []
+    pred_clean, pred_adv, success, distance, kept = [], [], [], [], []
     start = time.perf_counter()
     bar = tqdm(total=len(y), desc=type(attack).__name__, unit="img", disable=not progress)
     for first in range(0, len(y), batch_size):
@@ -103,15 +103,15 @@ def run_attack(
         result = attack.run(xb, gb, generator=generator)
         pred_adv.append(result.logits.argmax(1).cpu())
         success.append(result.success.cpu())
-        norm.append(result.norm.cpu())
+        distance.append(result.distance.cpu())
         if sum(len(k) for k in kept) < keep:
             kept.append(result.x_adv[:keep].cpu())
         bar.update(len(yb))
     bar.close()
-    return AttackRun(
+    return DatasetResult(
         y=y.cpu(), target=None if target is None else target.cpu(),
         pred_clean=torch.cat(pred_clean), pred_adv=torch.cat(pred_adv),
-        success=torch.cat(success), norm=torch.cat(norm),
+        success=torch.cat(success), distance=torch.cat(distance),
         x_adv=torch.cat(kept)[:keep], seconds=time.perf_counter() - start,
     )
 
@@ -278,7 +278,7 @@ def evaluate(
                 new = broken_by[k][hit] == -1  # the first attack (in list order) to break it
                 broken_by[k][hit[new]] = a
                 step[k][hit[new]] = result.steps.cpu()[success][new]
-                size[k][hit[new]] = result.norm.cpu()[success][new]
+                size[k][hit[new]] = result.distance.cpu()[success][new]
                 alive[a][hit] = False
                 survivors[hit] = False
                 bar.update(len(chunk))

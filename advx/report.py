@@ -1,4 +1,6 @@
-"""Reports people read: a plain-text table, ``report.json`` and an examples picture."""
+"""Reports people read and scripts parse: plain-text tables, ``report.json``,
+``per_sample.csv``, the examples picture and the eps curve, and the layout of each
+command's output folder."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from advx.files import atomic_write
-from advx.norms import TINY, per_sample
+from advx.norms import TINY, get_norm, per_sample
 
 
 def environment() -> dict[str, str]:
@@ -142,3 +144,87 @@ def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,
     finally:
         plt.close(fig)
     return Path(path)
+
+
+# ------------------------------------------------------------ a command's output folder
+# What advx writes into an output folder. A run removes those of them that it did not
+# write, so that a folder reused from an earlier run never shows stale files beside new ones.
+OUTPUTS = ("report.json", "per_sample.csv", "curve.png", "examples.png")
+
+
+def _remove_stale(out: Path, written: list[str]) -> None:
+    for name in OUTPUTS:
+        if name not in written and (out / name).is_file():
+            (out / name).unlink()
+
+
+def eval_table(ev, *, source: str, cascade: bool = True) -> str:
+    """``advx eval``'s console table: clean accuracy, then robust accuracy per eps, worst
+    case first, then one column per attack. ``ev``: an ``advx.evaluate.Evaluation``."""
+    how = ", cumulative over the cascade" if cascade else ", each attack on its own"
+    label = get_norm(ev.settings.get("norm", "inf")).label
+    lines = [f"clean accuracy {ev.clean_acc:.2%} on {ev.n} test images ({source})",
+             f"robust accuracy ({label}{how}):",
+             f"{'eps':>6}  {'worst case':>10}  " + "  ".join(f"{a:>10}" for a in ev.attacks)]
+    for e in ev.eps:
+        lines.append(f"{e:>6g}  {ev.robust_acc[e]:>10.2%}  "
+                     + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks))
+    lines.append(f"wall time {ev.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def write_eval_outputs(out: Path, ev, *, checkpoint: str, model_name: str) -> list[str]:
+    """``per_sample.csv``, ``curve.png`` and ``report.json`` of an evaluation into ``out``
+    (stale advx files there removed); returns the names written."""
+    written = ["report.json", "per_sample.csv", "curve.png"]
+    write_csv(out / "per_sample.csv", ev.per_sample_rows())
+    save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack,
+               clean_acc=ev.clean_acc, title=f"{model_name} ({checkpoint})")
+    write_json(out / "report.json", {
+        "command": "eval", "checkpoint": checkpoint, "model": model_name,
+        "settings": ev.settings,
+        "clean_acc": ev.clean_acc,
+        "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
+        "robust_acc_by_attack": {f"{e:g}": v for e, v in ev.robust_acc_by_attack.items()},
+        "seconds": ev.seconds,
+        "sanity": {"passed": not ev.warnings, "warnings": ev.warnings},
+        "files": written,
+        "environment": environment(),
+    })
+    _remove_stale(out, written)
+    return written
+
+
+def attack_table(run, attack, *, checkpoint: str, model_name: str) -> str:
+    """``advx attack``'s console table. ``run``: an ``advx.evaluate.DatasetResult``."""
+    s = run.summary()
+    return format_table([
+        ("model", f"{checkpoint} ({model_name})"),
+        ("attack", repr(attack)),
+        ("images", str(s["n"])),
+        ("clean accuracy", f"{s['clean_acc']:.2%}"),
+        ("robust accuracy", f"{s['robust_acc']:.2%}"),
+        ("attack success rate", f"{s['success_rate']:.2%} of {s['attacked']} "
+                                f"{'eligible' if run.target is not None else 'correctly classified'}"),
+        (f"mean / max {attack.norm.label}", f"{s['mean_norm']:.4f} / {s['max_norm']:.4f}"),
+        ("wall time", f"{s['seconds']:.2f} s ({s['images_per_s']:.0f} images/s)"),
+    ], title="advx attack")
+
+
+def write_attack_outputs(out: Path, run, x: torch.Tensor, attack, *, settings: dict, checkpoint: str,
+                         model_name: str) -> list[str]:
+    """``examples.png`` (``x``: the clean images of ``run.x_adv``) and ``report.json`` of
+    one attack over a dataset into ``out`` (stale advx files removed); returns the names."""
+    written = ["report.json", "examples.png"]
+    k = len(run.x_adv)
+    save_examples(out / "examples.png", x[:k], run.x_adv, run.y[:k], run.pred_clean[:k], run.pred_adv[:k])
+    write_json(out / "report.json", {
+        "command": "attack", "checkpoint": checkpoint, "model": model_name,
+        "attack": attack.config(),
+        **settings,
+        "results": run.summary(),
+        "files": written,
+        "environment": environment(),
+    })
+    _remove_stale(out, written)
+    return written

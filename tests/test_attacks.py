@@ -197,7 +197,7 @@ def test_early_stop_freezes_samples_once_fooled(trained_cnn, correct):
     early = PGD(trained_cnn, eps=0.3, alpha=0.01, steps=40, early_stop=True).run(x, y)
     assert early.success.float().mean() >= 0.95
     assert early.steps.float().mean() < 40 and (early.steps[early.success] < 40).all()
-    assert early.norm.mean() < full.norm.mean()  # stopped earlier, closer to x
+    assert early.distance.mean() < full.distance.mean()  # stopped earlier, closer to x
 
 
 # ------------------------------------------------------------------ bad input
@@ -275,8 +275,8 @@ def test_infinite_input_gradients_never_give_nan_images(name, norm, batch):
     attack = build_attack(name, model, strict=False, eps=EPS[norm], norm=norm, **FAST)
     result = attack.run(x, y)
     assert torch.isfinite(result.x_adv).all()
-    assert torch.isfinite(result.norm).all()
-    assert (result.norm <= attack.eps + 1e-5).all()
+    assert torch.isfinite(result.distance).all()
+    assert (result.distance <= attack.eps + 1e-5).all()
     with torch.no_grad():
         logits = model(result.x_adv)
     assert torch.equal(result.success, torch.isfinite(logits).all(1) & (logits.argmax(1) != y))
@@ -338,7 +338,7 @@ def test_eps_zero_returns_the_clean_images(name, norm, trained_cnn, batch):
     attack = build_attack(name, trained_cnn, strict=False, eps=0.0, norm=norm, **FAST)  # PGD raised here
     result = attack.run(x, y)
     assert torch.equal(result.x_adv, x)
-    assert (result.norm == 0).all() and (result.steps == 0).all()
+    assert (result.distance == 0).all() and (result.steps == 0).all()
     with torch.no_grad():
         assert torch.equal(result.success, trained_cnn(x).argmax(1) != y)
 
@@ -418,7 +418,7 @@ def test_a_float64_model_on_float64_images_works(batch):
     model = Linear().double()
     x = batch[0][:8].double()
     result = PGD(model, eps=0.1, steps=3).run(x, batch[1][:8])
-    assert result.x_adv.dtype == torch.float64 and (result.norm <= 0.1 + 1e-12).all()
+    assert result.x_adv.dtype == torch.float64 and (result.distance <= 0.1 + 1e-12).all()
 
 
 def test_numbers_of_other_numeric_types(trained_cnn, batch):

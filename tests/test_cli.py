@@ -184,12 +184,12 @@ def test_train_checkpoint_that_is_a_folder_fails_before_training(tmp_path, capsy
 
 
 def test_an_os_error_is_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    from advx import cli
+    from advx import report
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "report.json"))
 
-    monkeypatch.setattr(cli, "write_json", full_disk)
+    monkeypatch.setattr(report, "write_json", full_disk)
     code = main(["attack", "--checkpoint", str(tiny_checkpoint), "--n", "10", "--steps", "2",
                  "--data-dir", str(DATA_DIR), "--out", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err

@@ -242,7 +242,7 @@ def check_result(case: Case, attack, result) -> None:
         assert torch.equal(result.steps, torch.zeros(n, dtype=torch.long)), "eps = 0 must spend no step"
 
     assert result.steps.shape == (n,) and result.steps.dtype == torch.long and (result.steps >= 0).all()
-    assert torch.equal(result.norm, size)
+    assert torch.equal(result.distance, size)
     reference = copy.deepcopy(case.model).eval()
     with torch.no_grad():
         logits = reference(x_adv)

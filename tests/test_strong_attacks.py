@@ -204,8 +204,8 @@ def test_cw_binary_search_finds_smaller_perturbations(trained_cnn, batch):
     both = fixed.success & searched.success
     assert both.float().mean() > 0.9
     # The first round is the fixed-c run, so no sample can get worse.
-    assert (searched.norm[fixed.success] <= fixed.norm[fixed.success] + 1e-6).all()
-    assert searched.norm[both].median() < 0.9 * fixed.norm[both].median()
+    assert (searched.distance[fixed.success] <= fixed.distance[fixed.success] + 1e-6).all()
+    assert searched.distance[both].median() < 0.9 * fixed.distance[both].median()
 
 
 def test_cw_returns_x_when_it_never_succeeds(trained_cnn, batch):
@@ -231,7 +231,7 @@ def test_deepfool_on_a_linear_classifier_is_the_distance_to_the_hyperplane(norm,
 
     result = DeepFool(model, norm=norm, overshoot=0.02).run(x, y)
     assert result.success.all() and (result.steps == 1).all()
-    assert torch.allclose(result.norm, expected.detach(), rtol=1e-3, atol=2e-4)
+    assert torch.allclose(result.distance, expected.detach(), rtol=1e-3, atol=2e-4)
     direction = w if norm == "2" else w.sign()
     cosine = nn.functional.cosine_similarity((result.x_adv - x).flatten(1), direction.detach(), dim=1)
     assert (cosine > 0.999).all()

@@ -47,7 +47,7 @@ class AttackResult:
     x_adv:   [N, C, H, W] adversarial batch, same dtype/device as the input.
     success: [N] bool, the model's prediction on ``x_adv`` is wrong (untargeted)
              or equals the target (targeted).
-    norm:    [N] size of ``x_adv - x`` in the attack's norm.
+    distance: [N] size of ``x_adv - x`` in the attack's norm.
     steps:   [N] int, gradient steps spent on the sample (with early stop: the
              step at which it first became adversarial).
     logits:  [N, K] the model's logits on ``x_adv``.
@@ -55,7 +55,7 @@ class AttackResult:
 
     x_adv: torch.Tensor
     success: torch.Tensor
-    norm: torch.Tensor
+    distance: torch.Tensor
     steps: torch.Tensor
     logits: torch.Tensor
 
@@ -262,7 +262,7 @@ class Attack:
         return AttackResult(
             x_adv=x_adv,
             success=self.is_success(logits, y0) & finite,
-            norm=self.norm.size(x_adv - x0),
+            distance=self.norm.size(x_adv - x0),
             steps=steps,
             logits=logits,
         )
