@@ -25,20 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from advx.attacks import FGSM, PGD
-from advx.attacks.pgd import kl_from_clean
+from advx.attacks.objectives import trades_loss
 from advx.checkpoint import load_checkpoint, save_checkpoint
 from advx.data import load_mnist
 from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
 from advx.validate import check_number, check_seed
 
 KINDS = ("none", "fgsm-rs", "pgd", "trades")
-
-
-def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
-                beta: float) -> torch.Tensor:
-    """TRADES: ``CE(clean, y) + beta * mean_i KL(p_clean_i || p_adv_i)``."""
-    kl = kl_from_clean(logits_clean.log_softmax(1), logits_adv).mean()
-    return F.cross_entropy(logits_clean, y) + beta * kl
 
 
 class AdversarialLoss:

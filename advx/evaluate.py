@@ -17,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advx import rng, sanity
-from advx.attacks.base import Attack, check_model_ready, frozen, validate_logits
+from advx.attacks.base import Attack, frozen
+from advx.attacks.checks import check_model_ready, validate_logits
 from advx.attacks.registry import AttackFactory, attack_class, check_options_apply, describe, stage_factory
 from advx.norms import get_norm
 from advx.validate import check_number, check_seed

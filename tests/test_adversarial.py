@@ -8,7 +8,8 @@ import torch
 
 from advx import PGD
 from advx import adversarial as adv_mod
-from advx.adversarial import AdversarialLoss, RobustConfig, catastrophic_overfitting, trades_loss, train_robust
+from advx.adversarial import AdversarialLoss, RobustConfig, catastrophic_overfitting, train_robust
+from advx.attacks.objectives import trades_loss
 from advx.checkpoint import load_checkpoint
 from advx.train import TrainConfig, accuracy, train
 

@@ -254,7 +254,7 @@ def check_result(case: Case, attack, result) -> None:
 
 
 def assert_same(a, b) -> None:
-    for field in ("x_adv", "success", "steps", "norm", "logits"):
+    for field in ("x_adv", "success", "steps", "distance", "logits"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
 
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from advx import APGD, ATTACKS, CW, MIFGSM, DeepFool, Square
-from advx.attacks.apgd import dlr_loss, step_checkpoints
+from advx.attacks.apgd import step_checkpoints
+from advx.attacks.objectives import dlr_loss
 from advx.attacks.base import frozen
 
 from conftest import Binarized, Boom, FailsOnCall

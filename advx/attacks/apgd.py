@@ -18,8 +18,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, Run, check_number, largest_other, logit_of
-from advx.norms import TINY, Norm, per_sample
+from advx.attacks.base import Attack, Run, check_number
+from advx.attacks.objectives import dlr_loss, largest_other, logit_of, targeted_dlr_loss
+from advx.norms import Norm, per_sample
 LOSSES = ("ce", "dlr", "dlr-targeted")
 
 
@@ -31,24 +32,6 @@ def step_checkpoints(steps: int) -> list[int]:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     # The small shift keeps e.g. 0.22 * 100 = 22.000000000000004 at 22.
     return sorted({math.ceil(pj * steps - 1e-9) for pj in p[1:] if pj < 1} - {0})
-
-
-def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Untargeted DLR [N] (to ascend): ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)``."""
-    top = logits.sort(1, descending=True).values
-    spread = top[:, 0] - top[:, 2] + TINY
-    # -(z_y - max_other) / spread, written as 1 - (...) / spread: where the true class ranks
-    # third the loss is flat (z_y = z_pi3, max_other = z_pi1), and the sum in the numerator
-    # is then exactly 0 with an exactly zero gradient, instead of two large gradient terms
-    # that cancel down to rounding noise, which an L2 step would scale up to a full step.
-    return 1 - (logit_of(logits, y) - largest_other(logits, y) + spread) / spread
-
-
-def targeted_dlr_loss(logits: torch.Tensor, z_ref: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR [N] (to ascend): ``-(z_ref - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``;
-    ``z_ref`` is the true-class logit (or the largest non-target logit, see ``APGD``)."""
-    top = logits.sort(1, descending=True).values
-    return -(z_ref - logit_of(logits, target)) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + TINY)
 
 
 class _Run(NamedTuple):

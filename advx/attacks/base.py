@@ -10,8 +10,9 @@ weights stay frozen. The base class owns the parts that are easy to get wrong:
 - the caller's ``x`` and ``y`` are never written to;
 - the result is projected onto the eps-ball and clipped to ``bounds`` once more
   at the end, so those two invariants hold whatever a concrete attack does;
-- the sign of the objective is decided once: untargeted attacks ascend the
-  loss of the true label, targeted ones ascend minus the loss of the target;
+- the direction of the objective is decided once, by the goal object
+  (``objectives.py``): untargeted attacks ascend the loss of the true label,
+  targeted ones ascend minus the loss of the target;
 - randomness comes from ``seed`` or an explicit ``torch.Generator``; the global
   RNG is never touched;
 - bad input raises ``ValueError``/``TypeError`` naming the argument, what was
@@ -28,14 +29,14 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from advx import rng
+from advx.attacks.checks import check_model_ready, validate_logits
+from advx.attacks.objectives import goal_for
 from advx.norms import Norm, get_norm, per_sample
 from advx.validate import check_number, check_seed  # noqa: F401  (check_number: used by the attacks)
 
@@ -86,16 +87,6 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
-def logit_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``z_label`` per sample: logits [N, K], labels [N] -> [N]."""
-    return logits.gather(1, labels[:, None]).squeeze(1)
-
-
-def largest_other(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``max_{i != label} z_i`` per sample: logits [N, K], labels [N] -> [N]."""
-    return logits.scatter(1, labels[:, None], -math.inf).amax(1)
-
-
 def input_gradient(loss: torch.Tensor, x: torch.Tensor, *, retain_graph: bool = False) -> torch.Tensor:
     """dloss/dx; zeros where the model's output does not depend on ``x`` through autograd
     (e.g. a hard input quantizer), so that masked gradients do not crash an attack.
@@ -119,45 +110,6 @@ def finite_gradient(grad: torch.Tensor) -> torch.Tensor:
     has_inf = per_sample(infinite.flatten(1).any(1), grad)
     limit = torch.where(infinite, grad.sign(), torch.zeros_like(grad))
     return torch.where(has_inf, limit, torch.where(finite, grad, torch.zeros_like(grad)))
-
-
-def _is_lazy(tensor: torch.Tensor) -> bool:
-    return isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin)
-
-
-def check_model_ready(model: nn.Module, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` when ``model`` cannot take ``x`` as it is: lazy modules whose
-    weights do not exist yet, or weights of another dtype or device than ``x``."""
-    tensors = list(chain(model.parameters(), model.buffers()))
-    lazy = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if _is_lazy(t)]
-    if lazy:
-        raise ValueError(f"model has lazy modules whose weights are not initialised yet ({', '.join(lazy[:3])}): "
-                         f"run one forward pass on a batch of images before attacking it")
-    weights = next((t for t in tensors if t.is_floating_point()), None)
-    if weights is None:
-        return
-    if weights.dtype != x.dtype:
-        raise ValueError(f"x has dtype {x.dtype} but the model's weights are {weights.dtype}: "
-                         f"convert one to the other (e.g. x.to({weights.dtype}))")
-    if weights.device != x.device:
-        raise ValueError(f"x is on device {x.device} but the model's weights are on {weights.device}: "
-                         f"move one to the other (e.g. x.to('{weights.device}'))")
-
-
-def validate_logits(out, n: int) -> torch.Tensor:
-    """The model's output for ``n`` images must be a finite logits tensor [n, K], K >= 2."""
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"model must return a logits tensor [N, num_classes], got {type(out).__name__}")
-    if out.dim() != 2 or out.shape[0] != n:
-        raise ValueError(f"model must return logits [N, num_classes] with one row per image, "
-                         f"got shape {tuple(out.shape)} for {n} image(s)")
-    if out.shape[1] < 2:
-        raise ValueError(f"model must return logits for at least 2 classes, got shape {tuple(out.shape)}")
-    if not out.is_floating_point():
-        raise ValueError(f"model must return floating-point logits, got dtype {out.dtype}")
-    if not torch.isfinite(out).all():
-        raise ValueError("model returned logits that are not finite (NaN/inf) on the clean images")
-    return out
 
 
 class Attack:
@@ -210,13 +162,12 @@ class Attack:
                              f"got {norm!r}")
         self.bounds = (low, high)
         self.targeted = bool(targeted)
+        self.goal = goal_for(self.targeted)  # loss, margin and success derive from it
         if self.targeted and not self.targetable:
             raise ValueError(f"targeted must be False: {type(self).__name__} is an untargeted attack, "
                              f"got targeted=True")
         self.seed = seed
         self.generator = generator
-        # The one place where the direction of the objective is decided.
-        self._sign = -1.0 if self.targeted else 1.0
 
     # ----------------------------------------------------------------- public
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -276,7 +227,7 @@ class Attack:
         """The attack's hyperparameters as plain values (for reports)."""
         out = {"attack": type(self).__name__}
         for key, value in vars(self).items():
-            if key in ("model", "generator") or key.startswith("_"):
+            if key in ("model", "generator", "goal") or key.startswith("_"):
                 continue
             out[key] = value.name if isinstance(value, Norm) else value
         return out
@@ -315,7 +266,7 @@ class Attack:
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample objective to *ascend*: CE of the true label, or minus CE of the target."""
-        return self._sign * F.cross_entropy(logits, y, reduction="none")
+        return self.goal.loss(logits, y)
 
     def gradient(self, x_adv: torch.Tensor, y: torch.Tensor, objective=None):
         """dLoss/dX at ``x_adv`` with the weights frozen: returns ``(grad, logits, loss)``.
@@ -328,14 +279,11 @@ class Attack:
         return grad, logits.detach(), loss.detach()
 
     def margin(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-sample distance from the goal in logit space, to *minimise*; below 0 the goal
-        is reached: ``z_y - max_{i!=y} z_i`` (untargeted) or ``max_{i!=t} z_i - z_t`` (targeted)."""
-        gap = logit_of(logits, y) - largest_other(logits, y)
-        return -gap if self.targeted else gap
+        """Per-sample distance from the goal in logit space, to *minimise* (below 0: reached)."""
+        return self.goal.margin(logits, y)
 
     def is_success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pred = logits.argmax(1)
-        return pred == y if self.targeted else pred != y
+        return self.goal.reached(logits, y)
 
     def clip(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(self.bounds[0], self.bounds[1])
@@ -383,8 +331,7 @@ class Attack:
         num_classes = logits.shape[1]
         y_min, y_max = y.min().item(), y.max().item()
         if y_min < 0 or y_max >= num_classes:
-            what = "target labels" if self.targeted else "labels"
             raise ValueError(
-                f"y must hold {what} in [0, {num_classes - 1}] for this model, "
+                f"y must hold {self.goal.labels} in [0, {num_classes - 1}] for this model, "
                 f"got values in [{y_min}, {y_max}]"
             )

@@ -11,13 +11,8 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack, Run, check_number
+from advx.attacks.objectives import kl_from_clean
 from advx.norms import Norm
-
-
-def kl_from_clean(log_p_clean: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``KL(p_clean || softmax(logits))`` [N], from clean log-probabilities:
-    what the TRADES adversary ascends and the TRADES loss penalises."""
-    return (log_p_clean.exp() * (log_p_clean - logits.log_softmax(1))).sum(1)
 
 
 class PGD(Attack):

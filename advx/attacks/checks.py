@@ -1,0 +1,49 @@
+"""Checks that a model can be attacked as it is: its weights exist and match the images,
+and its output is a finite logits tensor [N, K]. Each failure is a ``ValueError`` (or a
+``TypeError`` for an output that is not a tensor) that says what to change."""
+
+from __future__ import annotations
+
+from itertools import chain
+
+import torch
+from torch import nn
+
+
+def _is_lazy(tensor: torch.Tensor) -> bool:
+    return isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin)
+
+
+def check_model_ready(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` when ``model`` cannot take ``x`` as it is: lazy modules whose
+    weights do not exist yet, or weights of another dtype or device than ``x``."""
+    tensors = list(chain(model.parameters(), model.buffers()))
+    lazy = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if _is_lazy(t)]
+    if lazy:
+        raise ValueError(f"model has lazy modules whose weights are not initialised yet ({', '.join(lazy[:3])}): "
+                         f"run one forward pass on a batch of images before attacking it")
+    weights = next((t for t in tensors if t.is_floating_point()), None)
+    if weights is None:
+        return
+    if weights.dtype != x.dtype:
+        raise ValueError(f"x has dtype {x.dtype} but the model's weights are {weights.dtype}: "
+                         f"convert one to the other (e.g. x.to({weights.dtype}))")
+    if weights.device != x.device:
+        raise ValueError(f"x is on device {x.device} but the model's weights are on {weights.device}: "
+                         f"move one to the other (e.g. x.to('{weights.device}'))")
+
+
+def validate_logits(out, n: int) -> torch.Tensor:
+    """The model's output for ``n`` images must be a finite logits tensor [n, K], K >= 2."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model must return a logits tensor [N, num_classes], got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != n:
+        raise ValueError(f"model must return logits [N, num_classes] with one row per image, "
+                         f"got shape {tuple(out.shape)} for {n} image(s)")
+    if out.shape[1] < 2:
+        raise ValueError(f"model must return logits for at least 2 classes, got shape {tuple(out.shape)}")
+    if not out.is_floating_point():
+        raise ValueError(f"model must return floating-point logits, got dtype {out.dtype}")
+    if not torch.isfinite(out).all():
+        raise ValueError("model returned logits that are not finite (NaN/inf) on the clean images")
+    return out
