@@ -17,7 +17,7 @@ from advx.models import MODELS, MadryCNN, SmallCNN, build_model
 from advx.norms import L2, Linf, get_norm
 from advx.train import TrainConfig, accuracy, train, train_baseline
 
-from advx.evaluate import Evaluation, evaluate, run_attack
+from advx.evaluate import EvalConfig, Evaluation, evaluate, run_attack
 
 try:  # the version is written once, in pyproject.toml
     __version__ = _metadata.version("advx")
@@ -31,5 +31,5 @@ __all__ = [
     "MODELS", "MadryCNN", "SmallCNN", "build_model",
     "L2", "Linf", "get_norm",
     "TrainConfig", "accuracy", "train", "train_baseline",
-    "Evaluation", "evaluate", "run_attack",
+    "EvalConfig", "Evaluation", "evaluate", "run_attack",
 ]

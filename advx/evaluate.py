@@ -126,7 +126,7 @@ class Evaluation:
     robust_acc_by_attack[eps]:  per attack. With ``cascade`` (default) the accuracy
                                 after each stage of the cascade (cumulative, as AutoAttack
                                 reports it); without, each attack on its own.
-    records:                    per-sample columns (see ``per_sample_rows``).
+    records:                    per-sample columns (``report.per_sample_rows`` lays them out).
     warnings:                   sanity-check name -> message, for the checks that fired.
     """
 
@@ -141,45 +141,134 @@ class Evaluation:
     settings: dict = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
 
-    def per_sample_rows(self) -> list[dict]:
-        """One dict per sample: index, label, clean prediction, and for each eps whether it
-        is robust, which attack broke it first (``-`` if none), at which step, and the
-        perturbation norm. A sample broken at a smaller eps keeps that record."""
-        r = {k: v.tolist() for k, v in self.records.items()}  # plain lists: fast to index
-        rows = []
-        for i in range(self.n):
-            row = {"index": i, "label": r["y"][i], "pred_clean": r["pred_clean"][i]}
-            for k, e in enumerate(self.eps):
-                who = r["broken_by"][k][i]
-                row[f"robust@{e:g}"] = int(r["robust"][k][i])
-                row[f"attack@{e:g}"] = self.attacks[who] if who >= 0 else "-"
-                row[f"step@{e:g}"] = r["step"][k][i] if who >= 0 else ""
-                row[f"norm@{e:g}"] = f"{r['norm'][k][i]:.5f}" if who >= 0 else ""
-            rows.append(row)
-        return rows
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``evaluate`` attacks; checked once, held as plain values (as ``TrainConfig``).
+
+    attacks:  names from ``advx.ATTACKS``, ``(name, options)`` pairs such as
+              ``SUITES["strong"]`` holds, or factories ``f(model, eps) -> Attack``; each once.
+    eps:      the budgets (one number or several; sorted, each once). norm: ``"inf"``/``"2"``.
+    steps, alpha, restarts: passed to the attacks that take them (``None``: their own).
+    cascade:  each attack only on the survivors of those before it (the worst case is the
+              same; the per-attack columns become cumulative).
+    reuse_eps: a sample broken at a smaller eps counts as broken at every larger one.
+    early_stop: iterative attacks stop each sample once it is fooled.
+    batch_size, seed, device, checks (the sanity checks), progress (a tqdm bar).
+    """
+
+    attacks: Sequence = ("fgsm", "pgd")
+    eps: Sequence[float] | float = (0.1, 0.3)
+    norm: str = "inf"
+    steps: int | None = None
+    alpha: float | None = None
+    restarts: int | None = None
+    cascade: bool = True
+    reuse_eps: bool = True
+    early_stop: bool = True
+    batch_size: int = 500
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    checks: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attacks, (str, bytes)) or not self.attacks:
+            raise ValueError(f"attacks must name at least one attack, got {self.attacks!r}")
+        eps = self.eps
+        if isinstance(eps, numbers.Real) or (isinstance(eps, torch.Tensor) and eps.dim() == 0):
+            eps = [eps]  # one budget
+        if isinstance(eps, (str, bytes)) or not len(eps):
+            raise ValueError(f"eps must hold at least one value, got {eps!r}")
+        eps = sorted(check_number("eps", e, minimum=0) for e in eps)
+        _no_repeats("eps", [f"{e:g}" for e in eps], "a value")
+        checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm).name,
+                   "batch_size": check_number("batch_size", self.batch_size, minimum=1, integer=True),
+                   "seed": check_seed("seed", self.seed)}
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        _no_repeats("attacks", [name for name, _ in self.stages()], "an attack",
+                    note=": each column of the report is one attack")
+        check_options_apply(self.attacks, dict(steps=self.steps, alpha=self.alpha, restarts=self.restarts))
+
+    def options(self) -> dict:
+        """The options every stage is built with (those an attack does not take are skipped)."""
+        return dict(norm=self.norm, steps=self.steps, alpha=self.alpha, restarts=self.restarts,
+                    early_stop=self.early_stop or None, seed=self.seed)
+
+    def stages(self) -> list[tuple[str, AttackFactory]]:
+        return [stage_factory(a, self.options()) for a in self.attacks]
+
+    def settings(self, n: int) -> dict:
+        """Plain values for the report: what ran, on how many samples."""
+        names = [name for name, _ in self.stages()]
+        return {"attacks": names, "stages": describe(self.attacks, self.options()), "eps": list(self.eps),
+                "norm": self.norm, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
+                "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
+                "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n}
 
 
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    attacks: Sequence[str | tuple[str, dict] | AttackFactory] = ("fgsm", "pgd"),
-    eps: Sequence[float] = (0.1, 0.3),
-    norm: str = "inf",
-    steps: int | None = None,
-    alpha: float | None = None,
-    restarts: int | None = None,
-    cascade: bool = True,
-    reuse_eps: bool = True,
-    early_stop: bool = True,
-    batch_size: int = 500,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    checks: bool = True,
-    progress: bool = True,
-) -> Evaluation:
-    """Robust accuracy of ``model`` on ``x`` [N, 1, 28, 28], ``y`` [N] at each ``eps``.
+def _no_repeats(what: str, names: list[str], kind: str, note: str = "") -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        shown = ", ".join(repr(r) if kind == "an attack" else r for r in repeated)
+        raise ValueError(f"{what} must not repeat {kind}, got {shown} more than once{note}")
+
+
+class _Records:
+    """Per-sample records of a sweep, [len(eps), N] each: the first attack (in cascade
+    order) that broke the sample at that eps (-1: none), at which step, how far it moved."""
+
+    def __init__(self, k_eps: int, n: int) -> None:
+        self.broken_by = torch.full((k_eps, n), -1, dtype=torch.long)
+        self.step = torch.zeros((k_eps, n), dtype=torch.long)
+        self.size = torch.zeros((k_eps, n))
+        self.robust = torch.zeros((k_eps, n), dtype=torch.bool)
+
+    def carry(self, k: int) -> None:
+        """Nested balls: what broke a sample at eps k-1 broke it at eps k too."""
+        for t in (self.broken_by, self.step, self.size):
+            t[k] = t[k - 1]
+
+    def add(self, k: int, a: int, chunk: torch.Tensor, result) -> torch.Tensor:
+        """Record what attack ``a`` broke among the samples ``chunk``; return their indices."""
+        success = result.success.cpu()
+        hit = chunk[success]
+        new = self.broken_by[k][hit] == -1  # the first attack (in list order) to break it
+        self.broken_by[k][hit[new]] = a
+        self.step[k][hit[new]] = result.steps.cpu()[success][new]
+        self.size[k][hit[new]] = result.distance.cpu()[success][new]
+        return hit
+
+
+def _clean_predictions(model: nn.Module, x: torch.Tensor, config: EvalConfig) -> torch.Tensor:
+    check_model_ready(model, x[:1].to(config.device))
+    pred = torch.empty(len(x), dtype=torch.long)
+    with torch.no_grad(), frozen(model):
+        for first in range(0, len(x), config.batch_size):
+            xb = x[first:first + config.batch_size].to(config.device)
+            pred[first:first + len(xb)] = validate_logits(model(xb), len(xb)).argmax(1).cpu()
+    return pred
+
+
+def _labels(x: torch.Tensor, y) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must be a tensor of integer class labels, got "
+                         f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    if len(y) == 0:
+        raise ValueError("x must hold at least one image, got an empty set")
+    return y.long()
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig | None = None,
+             **options) -> Evaluation:
+    """Robust accuracy of ``model`` on ``x`` [N, C, H, W], ``y`` [N] at each eps.
+
+    Settings come as an ``EvalConfig`` or as its fields by keyword (``attacks``, ``eps``,
+    ``norm``, ``steps``, ``alpha``, ``restarts``, ``cascade``, ``reuse_eps``,
+    ``early_stop``, ``batch_size``, ``seed``, ``device``, ``checks``, ``progress``).
 
     A sample counts as robust at eps only if it is correctly classified and survives
     every attack. No work is wasted: only correctly classified samples are attacked;
@@ -188,11 +277,6 @@ def evaluate(
     counted as broken at every larger one (the eps-balls are nested, so its adversarial
     example still qualifies) and is not attacked again; with ``early_stop`` iterative
     attacks stop each sample as soon as it is fooled.
-
-    ``attacks`` are names from ``advx.ATTACKS`` (built with ``norm``, ``steps``,
-    ``alpha``, ``restarts`` where they apply), ``(name, options)`` pairs such as
-    ``SUITES["strong"]`` holds (``steps``/``restarts`` given here win over those
-    options), or factories ``f(model, eps) -> Attack``.
 
     Randomness: each (sample, attack, eps) has its own random stream, seeded from
     ``seed``, the sample's index and the attack's name and eps. The per-sample results
@@ -204,106 +288,56 @@ def evaluate(
         >>> ev = evaluate(model, test.x, test.y, attacks=["fgsm", "pgd"], eps=[0.1, 0.3])
         >>> ev.robust_acc        # {0.1: 0.93, 0.3: 0.0}
     """
-    if len(x) != len(y):
-        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-    if len(y) == 0:
-        raise ValueError("x must hold at least one image, got an empty set")
-    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"y must be a tensor of integer class labels, got "
-                         f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
-    y = y.long()
-    if not attacks:
-        raise ValueError("attacks must name at least one attack, got an empty list")
-    if isinstance(eps, numbers.Real) or (isinstance(eps, torch.Tensor) and eps.dim() == 0):
-        eps = [eps]  # one budget
-    if isinstance(eps, (str, bytes)) or not len(eps):
-        raise ValueError(f"eps must hold at least one value, got {eps!r}")
-    eps = sorted(check_number("eps", e, minimum=0) for e in eps)
-    repeated = sorted({e for e in eps if eps.count(e) > 1})
-    if repeated:
-        raise ValueError(f"eps must not repeat a value, got {', '.join(f'{e:g}' for e in repeated)} more than once")
-    batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
-    seed = check_seed("seed", seed)
-    norm = get_norm(norm).name
-    options = dict(norm=norm, steps=steps, alpha=alpha, restarts=restarts,
-                   early_stop=early_stop or None, seed=seed)
-    stages = [stage_factory(a, options) for a in attacks]
-    names = [name for name, _ in stages]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"attacks must not repeat an attack, got {', '.join(map(repr, repeated))} more than "
-                         f"once: each column of the report is one attack")
-    check_options_apply(attacks, dict(steps=steps, alpha=alpha, restarts=restarts))
-    n = len(y)
+    if config is not None and options:
+        raise ValueError(f"give evaluate either config or options, got both ({', '.join(options)})")
+    config = config if config is not None else EvalConfig(**options)
+    y = _labels(x, y)
+    stages, eps, n = config.stages(), list(config.eps), len(y)
     start = time.perf_counter()
-
-    check_model_ready(model, x[:1].to(device))
-    pred_clean = torch.empty(n, dtype=torch.long)
-    with torch.no_grad(), frozen(model):
-        for first in range(0, n, batch_size):
-            xb = x[first:first + batch_size].to(device)
-            pred_clean[first:first + len(xb)] = validate_logits(model(xb), len(xb)).argmax(1).cpu()
+    pred_clean = _clean_predictions(model, x, config)
     correct = pred_clean == y.cpu()
-
-    k_eps = len(eps)
-    broken_by = torch.full((k_eps, n), -1, dtype=torch.long)
-    step = torch.zeros((k_eps, n), dtype=torch.long)
-    size = torch.zeros((k_eps, n))
-    robust = torch.zeros((k_eps, n), dtype=torch.bool)
-    by_attack: dict[float, dict[str, float]] = {}
-
-    total = k_eps * len(stages) * int(correct.sum())
-    bar = tqdm(total=total, desc="advx eval", unit="sample-attack", disable=not progress)
     n_correct = int(correct.sum())
+    records = _Records(len(eps), n)
+    by_attack: dict[float, dict[str, float]] = {}
+    bar = tqdm(total=len(eps) * len(stages) * n_correct, desc="advx eval", unit="sample-attack",
+               disable=not config.progress)
     # survivors: the worst case, correct and not broken by any attack (at any eps so far,
     # with reuse). alive[a]: not broken by attack a itself, so that without the cascade
     # each column is that attack on its own, exactly as if it had run alone.
-    survivors = correct.clone()
-    alive = [correct.clone() for _ in stages]
+    survivors, alive = correct.clone(), [correct.clone() for _ in stages]
     for k, e in enumerate(eps):
-        if k > 0 and reuse_eps:  # nested balls: broken at a smaller eps is broken here too
-            broken_by[k], step[k], size[k] = broken_by[k - 1].clone(), step[k - 1].clone(), size[k - 1].clone()
+        if k > 0 and config.reuse_eps:
+            records.carry(k)
         else:
-            survivors = correct.clone()
-            alive = [correct.clone() for _ in stages]
+            survivors, alive = correct.clone(), [correct.clone() for _ in stages]
         by_attack[e] = {}
         for a, (name, make) in enumerate(stages):
             attack = make(model, e)
-            idx = (survivors if cascade else alive[a]).nonzero().squeeze(1)
+            idx = (survivors if config.cascade else alive[a]).nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
-            for chunk in idx.split(batch_size) if len(idx) else ():
-                gen = rng.SampleRNG.from_ids(seed, chunk, rng.salt_of(name, e))
-                result = attack.run(x[chunk].to(device), y[chunk].to(device), generator=gen)
-                success = result.success.cpu()
-                hit = chunk[success]
-                new = broken_by[k][hit] == -1  # the first attack (in list order) to break it
-                broken_by[k][hit[new]] = a
-                step[k][hit[new]] = result.steps.cpu()[success][new]
-                size[k][hit[new]] = result.distance.cpu()[success][new]
+            for chunk in idx.split(config.batch_size) if len(idx) else ():
+                gen = rng.SampleRNG.from_ids(config.seed, chunk, rng.salt_of(name, e))
+                result = attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+                hit = records.add(k, a, chunk, result)
                 alive[a][hit] = False
                 survivors[hit] = False
                 bar.update(len(chunk))
-            by_attack[e][name] = (survivors if cascade else alive[a]).float().mean().item()
-        robust[k] = survivors
+            by_attack[e][name] = (survivors if config.cascade else alive[a]).float().mean().item()
+        records.robust[k] = survivors
     bar.close()
 
+    names = [name for name, _ in stages]
     ev = Evaluation(
-        eps=eps, attacks=names, n=n,
-        clean_acc=correct.float().mean().item(),
-        robust_acc={e: robust[k].float().mean().item() for k, e in enumerate(eps)},
+        eps=eps, attacks=names, n=n, clean_acc=correct.float().mean().item(),
+        robust_acc={e: records.robust[k].float().mean().item() for k, e in enumerate(eps)},
         robust_acc_by_attack=by_attack,
-        records={"y": y.cpu(), "pred_clean": pred_clean, "robust": robust,
-                 "broken_by": broken_by, "step": step, "norm": size},
-        seconds=time.perf_counter() - start,
-        settings={"attacks": names, "stages": describe(attacks, options), "eps": eps, "norm": norm,
-                  "steps": steps, "alpha": alpha,
-                  "restarts": restarts, "cascade": cascade, "reuse_eps": reuse_eps,
-                  "early_stop": early_stop, "batch_size": batch_size, "seed": seed,
-                  "device": str(device), "n": n},
+        records={"y": y.cpu(), "pred_clean": pred_clean, "robust": records.robust,
+                 "broken_by": records.broken_by, "step": records.step, "norm": records.size},
+        seconds=time.perf_counter() - start, settings=config.settings(n),
     )
-    if checks:
+    if config.checks:
         ev.warnings = sanity.run_checks(
-            model, x, y, eps=eps, robust_acc=ev.robust_acc, pred_clean=pred_clean, broken_by=broken_by,
-            black_box=[not callable(a) and attack_class(name).black_box for a, name in zip(attacks, names)],
-            norm=norm, device=device, seed=seed)
+            model, x, y, eps=eps, robust_acc=ev.robust_acc, pred_clean=pred_clean, broken_by=records.broken_by,
+            black_box=[not callable(s) and attack_class(name).black_box for s, name in zip(config.attacks, names)],
+            norm=config.norm, device=config.device, seed=config.seed)
     return ev

@@ -173,11 +173,30 @@ def eval_table(ev, *, source: str, cascade: bool = True) -> str:
     return "\n".join(lines)
 
 
+def per_sample_rows(ev) -> list[dict]:
+    """The rows of ``per_sample.csv`` for an ``advx.evaluate.Evaluation``, one dict per
+    sample: index, label, clean prediction, and for each eps whether it is robust, which
+    attack broke it first (``-`` if none), at which step, and the perturbation norm. A
+    sample broken at a smaller eps keeps that record."""
+    r = {k: v.tolist() for k, v in ev.records.items()}  # plain lists: fast to index
+    rows = []
+    for i in range(ev.n):
+        row = {"index": i, "label": r["y"][i], "pred_clean": r["pred_clean"][i]}
+        for k, e in enumerate(ev.eps):
+            who = r["broken_by"][k][i]
+            row[f"robust@{e:g}"] = int(r["robust"][k][i])
+            row[f"attack@{e:g}"] = ev.attacks[who] if who >= 0 else "-"
+            row[f"step@{e:g}"] = r["step"][k][i] if who >= 0 else ""
+            row[f"norm@{e:g}"] = f"{r['norm'][k][i]:.5f}" if who >= 0 else ""
+        rows.append(row)
+    return rows
+
+
 def write_eval_outputs(out: Path, ev, *, checkpoint: str, model_name: str) -> list[str]:
     """``per_sample.csv``, ``curve.png`` and ``report.json`` of an evaluation into ``out``
     (stale advx files there removed); returns the names written."""
     written = ["report.json", "per_sample.csv", "curve.png"]
-    write_csv(out / "per_sample.csv", ev.per_sample_rows())
+    write_csv(out / "per_sample.csv", per_sample_rows(ev))
     save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack,
                clean_acc=ev.clean_acc, title=f"{model_name} ({checkpoint})")
     write_json(out / "report.json", {
