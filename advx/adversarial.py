@@ -178,12 +178,13 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
         state = ckpt["train_state"]
         best = ckpt["metrics"].get("best", best)
 
-    def on_epoch_end(record: dict, train_state: dict) -> None:
+    def on_epoch_end(record: dict, train_state: dict) -> bool:
+        """Save the best and the latest epoch; True (stop) on catastrophic overfitting."""
         nonlocal best
-        if catastrophic_overfitting(train_state["history"]):
-            # Seen with FGSM-RS (Wong et al.) and with few-step, large-step PGD alike: the
-            # model learns to defeat the weak training attack only. Later epochs do not recover.
-            record["stop"] = True
+        # Seen with FGSM-RS (Wong et al.) and with few-step, large-step PGD alike: the
+        # model learns to defeat the weak training attack only. Later epochs do not recover.
+        collapsed = catastrophic_overfitting(train_state["history"])
+        if collapsed:
             warnings.warn(f"catastrophic overfitting at epoch {record['epoch']}: held-out PGD accuracy "
                           f"collapsed to {record['pgd_acc']:.2%}; training stops, the best checkpoint "
                           f"(epoch {best['epoch']}, {best['pgd_acc']:.2%}) is kept", stacklevel=2)
@@ -194,6 +195,7 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
         save_checkpoint(last_path, model, model_name=config.model, config=saved_config,
                         metrics={"best": best, "history": train_state["history"]},
                         extra={"train_state": train_state})
+        return collapsed
 
     history = train(
         model, train_set, test_set, config, loss_fn=loss_fn or clean_loss, device=device,

@@ -102,7 +102,7 @@ def train(
     loss_fn: LossFn = clean_loss,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    on_epoch_end: Callable[[dict, dict], None] | None = None,
+    on_epoch_end: Callable[[dict, dict], bool | None] | None = None,
     epoch_metrics: Callable[[nn.Module], dict] | None = None,
     resume: dict | None = None,
 ) -> list[dict]:
@@ -116,8 +116,8 @@ def train(
     accuracy on a held-out slice); ``on_epoch_end(record, state)`` gets the record and
     the full training state (optimizer, schedule, random streams, history), which
     ``resume=state`` continues from: the final weights then equal those of an
-    uninterrupted run (load the weights into ``model`` first). A hook that sets
-    ``record["stop"] = True`` ends training after that epoch.
+    uninterrupted run (load the weights into ``model`` first). A hook that
+    returns True ends training after that epoch.
 
     Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds``.
     """
@@ -185,9 +185,8 @@ def train(
                 "loss_fn": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else {},
                 "history": [dict(r) for r in history],
             }
-            on_epoch_end(record, state)
-        if record.get("stop"):  # a hook asked to end training here
-            break
+            if on_epoch_end(record, state):  # the hook asks to end training here
+                break
     model.eval()
     return history
 

@@ -139,7 +139,7 @@ def test_training_stops_when_a_hook_asks(mnist_train):
 
     def on_epoch_end(record, state):
         seen.append(record["epoch"])
-        record["stop"] = record["epoch"] == 2
+        return record["epoch"] == 2
 
     history = train(_tiny(), mnist_train.head(128), None, TrainConfig(epochs=5, batch_size=64),
                     on_epoch_end=on_epoch_end, progress=False)
