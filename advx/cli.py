@@ -17,10 +17,11 @@ import torch
 from advx.adversarial import KINDS, RobustConfig, last_checkpoint, train_robust
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, CheckpointError, load_model
 from advx.data import DataNotFoundError, load_mnist, prepare_mnist
-from advx.attacks.registry import ATTACKS, SUITES, build_attack, describe
+from advx.attacks.registry import ATTACKS, SUITES, attack_class, attack_options, build_attack, describe
 from advx.evaluate import evaluate, run_attack
 from advx.files import check_output_dir, check_output_file
 from advx.models import MODELS
+from advx.norms import NORM_NAMES
 from advx.report import attack_table, eval_table, format_table, write_attack_outputs, write_eval_outputs
 from advx.train import TrainConfig, train_baseline
 
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    for add in (_add_data, _add_train, _add_attack, _add_eval):
+        add(sub)
+    return parser
+
+
+def _add_data(sub) -> None:
     dp = sub.add_parser("data", help="put MNIST in the data folder and check it",
                         description="Copy the four MNIST .gz files from --from (or download them with "
                                     "torchvision), verify their contents and print the split sizes. Every "
@@ -62,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to put them (default: $ADVX_DATA or ./data)")
     dp.set_defaults(func=cmd_data)
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a CNN (clean, or adversarially with --adv) and save a checkpoint",
                        description="Train a CNN on MNIST (the weight-gradient loop) and save a checkpoint. "
                                    "With --adv, each batch is first attacked (dL/dX, weights frozen), then "
@@ -93,15 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(t)
     t.set_defaults(func=cmd_train)
 
+
+def _add_attack(sub) -> None:
     a = sub.add_parser("attack", help="attack a trained model and report robust accuracy",
                        description="Run one attack on the first N test images of a trained model; "
                                    "print a table and write report.json and examples.png.")
     a.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="default: pgd")
+    unbounded = [n for n in sorted(ATTACKS) if attack_class(n).minimum_norm]
+    own_norm = {n: attack_options(n)["norm"].default for n in sorted(ATTACKS)}
     a.add_argument("--eps", type=float, default=None,
-                   help="budget in pixel units (default: the attack's own: 0.3 Linf for fgsm/pgd/apgd/"
-                        "square; unbounded for the minimum-norm cw and deepfool)")
-    a.add_argument("--norm", default=None, choices=["inf", "2"],
-                   help="default: the attack's own (inf; 2 for cw)")
+                   help="budget in pixel units (default: the attack's own; unbounded for the "
+                        f"minimum-norm {', '.join(unbounded)})")
+    a.add_argument("--norm", default=None, choices=NORM_NAMES,
+                   help="default: the attack's own (" + ", ".join(f"{norm} for {n}" for n, norm in own_norm.items()
+                                                                 if norm != "inf") + ", else inf)")
     a.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
     a.add_argument("--steps", type=int, default=None, help="iterations (PGD default: 40)")
     a.add_argument("--restarts", type=int, default=None, help="PGD random restarts (default: 1)")
@@ -115,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(a)
     a.set_defaults(func=cmd_attack)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="robust accuracy over the test set at several eps (worst case)",
                        description="Robust accuracy at each eps: a sample counts as robust only if it is "
                                    "correct and survives every attack. Cheap attacks first, survivors "
@@ -127,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a named cascade instead of --attacks (after AutoAttack); strong = "
                         + describe(SUITES["strong"]) + "; --steps/--restarts override its settings")
     e.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="comma-separated budgets (default: 0.05,0.1,0.2,0.3)")
-    e.add_argument("--norm", default="inf", choices=["inf", "2"], help="default: inf")
+    e.add_argument("--norm", default="inf", choices=NORM_NAMES, help="default: inf")
     e.add_argument("--steps", type=int, default=None, help="iterations of iterative attacks (PGD default: 40)")
     e.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
     e.add_argument("--restarts", type=int, default=None, help="random restarts where supported (default: 1)")
@@ -141,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
     _common(e)
     e.set_defaults(func=cmd_eval)
-    return parser
 
 
 def _floats(text: str, option: str) -> list[float]:

@@ -107,6 +107,7 @@ class L2(Norm):
 
 
 NORMS = {"inf": Linf, "linf": Linf, "Linf": Linf, "2": L2, "l2": L2, "L2": L2}
+NORM_NAMES = sorted({cls.name for cls in NORMS.values()})  # "2", "inf": what the CLI offers
 
 
 def get_norm(norm: str | Norm) -> Norm:

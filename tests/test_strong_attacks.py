@@ -111,14 +111,20 @@ def test_bad_hyperparameters(make, message, bn_model):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["mifgsm", "apgd", "apgd-dlr", "apgd-t", "cw", "deepfool", "square"])
+@pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_registered_for_the_cli(name, bn_model):
-    cls = ATTACKS[name]
-    accepted = inspect.signature(cls).parameters
+    from advx.attacks.registry import attack_class
+
+    accepted = inspect.signature(ATTACKS[name]).parameters
     assert {"eps", "norm", "targeted", "seed"} <= set(accepted)
-    norm = {"cw": "2", "deepfool": "2"}.get(name, "inf")
-    attack = cls(bn_model, eps=0.3, norm=norm, targeted=False, seed=0)
-    assert attack.norm.name == norm
+    declared = attack_class(name)
+    assert accepted["norm"].default in declared.norms  # its default norm is one it declares
+    for norm in declared.norms:
+        attack = ATTACKS[name](bn_model, eps=0.3, norm=norm, targeted=False, seed=0)
+        assert attack.norm.name == norm
+    for norm in [n for n in ("inf", "2") if n not in declared.norms]:  # the others are refused
+        with pytest.raises(ValueError, match=f"norm must be .* for {declared.__name__}"):
+            ATTACKS[name](bn_model, eps=0.3, norm=norm)
 
 
 # ------------------------------------------------------ strength on real MNIST

@@ -121,12 +121,14 @@ class Attack:
     Declared abilities, read by the checks here, the registry, the sanity checks and the
     tests: ``norms``, the threat models the attack supports; ``targetable``, whether it
     has a targeted mode; ``black_box``, whether it reads only the model's outputs (no
-    gradients).
+    gradients); ``minimum_norm``, whether it looks for the smallest perturbation (so its
+    default budget is unbounded).
     """
 
     norms: tuple[str, ...] = ("inf", "2")
     targetable: bool = True
     black_box: bool = False
+    minimum_norm: bool = False
 
     def __init__(
         self,

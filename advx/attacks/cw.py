@@ -49,6 +49,7 @@ class CW(Attack):
     """
 
     norms = ("2",)
+    minimum_norm = True
 
     def __init__(self, model: nn.Module, *, eps: float | None = None, steps: int = 100, lr: float = 0.1,
                  binary_search_steps: int = 9, initial_const: float = 1e-2, kappa: float = 0.0,

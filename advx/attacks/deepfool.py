@@ -42,6 +42,7 @@ class DeepFool(Attack):
     """
 
     targetable = False
+    minimum_norm = True
 
     def __init__(self, model: nn.Module, *, eps: float | None = None, steps: int = 50,
                  overshoot: float = 0.02, num_candidates: int = 10, norm: str | Norm = "2",
