@@ -29,7 +29,7 @@ from advx.attacks.objectives import trades_loss
 from advx.checkpoint import load_checkpoint, save_checkpoint
 from advx.data import load_mnist
 from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
-from advx.validate import check_number, check_seed
+from advx.validate import InputError, check_number, check_seed
 
 KINDS = ("none", "fgsm-rs", "pgd", "trades")
 
@@ -44,7 +44,7 @@ class AdversarialLoss:
     def __init__(self, kind: str, *, eps: float, alpha: float | None = None, steps: int = 10,
                  warmup_epochs: float = 0.0, beta: float = 6.0, seed: int = 0) -> None:
         if kind not in KINDS[1:]:
-            raise ValueError(f"adv must be one of {list(KINDS)}, got {kind!r}")
+            raise InputError(f"adv must be one of {list(KINDS)}, got {kind!r}")
         self.kind = kind
         self.eps = check_number("eps", eps, minimum=0)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
@@ -114,7 +114,7 @@ class RobustConfig:
 
     def __post_init__(self) -> None:
         if self.adv not in KINDS:
-            raise ValueError(f"adv must be one of {list(KINDS)}, got {self.adv!r}")
+            raise InputError(f"adv must be one of {list(KINDS)}, got {self.adv!r}")
         checked = {
             "eps": check_number("eps", self.eps, minimum=0),
             "steps": check_number("steps", self.steps, minimum=1, integer=True),
@@ -158,7 +158,7 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
     last_path = last_checkpoint(checkpoint)
     full = load_mnist("train", data_dir)
     if robust.holdout >= len(full):
-        raise ValueError(f"holdout must be < {len(full)} (the training images), got {robust.holdout}")
+        raise InputError(f"holdout must be < {len(full)} (the training images), got {robust.holdout}")
     train_set = training_slice(full.head(len(full) - robust.holdout), config.train_size)
     hx, hy = full.x[-robust.holdout:].to(device), full.y[-robust.holdout:].to(device)
     test_set = load_mnist("test", data_dir)
@@ -172,7 +172,7 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path)
         if ckpt["config"] != saved_config:
-            raise ValueError(f"resume: {last_path} was written with other settings; "
+            raise InputError(f"resume: {last_path} was written with other settings; "
                              f"delete it or use the same options")
         model.load_state_dict(ckpt["state_dict"])
         state = ckpt["train_state"]

@@ -20,6 +20,7 @@ from torch import nn
 
 from advx.files import atomic_write, remove_stale_temps
 from advx.models import MODELS, build_model
+from advx.validate import AdvxError
 
 FORMAT = "advx-checkpoint"
 VERSION = 1
@@ -27,7 +28,7 @@ DEFAULT_CHECKPOINT = Path("checkpoints") / "baseline.pt"
 ROBUST_CHECKPOINT = Path("checkpoints") / "robust.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AdvxError, ValueError):
     """A checkpoint is missing, truncated, or not an advx checkpoint."""
 
 

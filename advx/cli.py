@@ -15,18 +15,19 @@ import time
 import torch
 
 from advx.adversarial import KINDS, RobustConfig, last_checkpoint, train_robust
-from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, CheckpointError, load_model
-from advx.data import DataNotFoundError, load_mnist, prepare_mnist
+from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, load_model
+from advx.data import load_mnist, prepare_mnist
 from advx.attacks.registry import ATTACKS, SUITES, attack_class, attack_options, build_attack, describe
 from advx.evaluate import evaluate, run_attack
 from advx.files import check_output_dir, check_output_file
 from advx.models import MODELS
 from advx.norms import NORM_NAMES
+from advx.validate import AdvxError
 from advx.report import attack_table, eval_table, format_table, write_attack_outputs, write_eval_outputs
 from advx.train import TrainConfig, train_baseline
 
 
-class CLIError(ValueError):
+class CLIError(AdvxError, ValueError):
     """A bad combination of command-line options."""
 
 
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = next(a for a in parser._actions if a.dest == "command").choices.get(args.command)
     try:
         return args.func(args)
-    except (CLIError, CheckpointError, DataNotFoundError, ValueError, TypeError) as err:
+    except AdvxError as err:  # bad input, bad files, a failed run: said in one line
         print(f"advx {args.command}: error: {_name_the_option(str(err), sub)}", file=sys.stderr)
         return 2
     except OSError as err:  # disk full, permission denied, ...: one line, never a traceback

@@ -36,6 +36,7 @@ from typing import Iterator, NamedTuple
 import torch
 
 from advx.files import atomic_write
+from advx.validate import AdvxError, InputError
 
 RAW_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -78,7 +79,7 @@ _SOURCE_REPAIR = "nothing was copied; advx data --from needs a folder holding th
 _CACHE: dict[tuple[str, str], "MNISTSplit"] = {}
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(AdvxError, FileNotFoundError):
     """The MNIST files are missing and could not be downloaded."""
 
 
@@ -100,9 +101,9 @@ class MNISTSplit(NamedTuple):
         if n is None:
             return self
         if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+            raise InputError(f"n must be >= 1, got {n}")
         if n > len(self):
-            raise ValueError(f"n must be <= {len(self)}, got {n}")
+            raise InputError(f"n must be <= {len(self)}, got {n}")
         return MNISTSplit(self.x[:n], self.y[:n])
 
 
@@ -233,7 +234,7 @@ def load_mnist(
         >>> test.x.shape, test.y.shape  # (torch.Size([10000, 1, 28, 28]), torch.Size([10000]))
     """
     if split not in _SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     key = (str(data_dir.resolve()), split)
     if key in _CACHE:
@@ -322,7 +323,7 @@ def iterate_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches by indexing; shuffled when a ``generator`` is given."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     n = len(y)
     if generator is None:
         for start in range(0, n, batch_size):

@@ -21,7 +21,7 @@ from advx.attacks.base import Attack, frozen
 from advx.attacks.checks import check_model_ready, validate_logits
 from advx.attacks.registry import AttackFactory, attack_class, check_options_apply, describe, stage_factory
 from advx.norms import get_norm
-from advx.validate import check_number, check_seed
+from advx.validate import InputError, check_number, check_seed
 
 @dataclass
 class DatasetResult:
@@ -86,11 +86,11 @@ def run_attack(
     """
     batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
     if len(x) != len(y):
-        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        raise InputError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     if target is not None and not attack.targeted:
-        raise ValueError("target was given but the attack is untargeted (targeted=False)")
+        raise InputError("target was given but the attack is untargeted (targeted=False)")
     if attack.targeted and target is None:
-        raise ValueError("the attack is targeted: pass target labels (target=...)")
+        raise InputError("the attack is targeted: pass target labels (target=...)")
     generator = attack.make_generator(device)
     goal = y if target is None else target
     pred_clean, pred_adv, success, distance, kept = [], [], [], [], []
@@ -174,12 +174,12 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.attacks, (str, bytes)) or not self.attacks:
-            raise ValueError(f"attacks must name at least one attack, got {self.attacks!r}")
+            raise InputError(f"attacks must name at least one attack, got {self.attacks!r}")
         eps = self.eps
         if isinstance(eps, numbers.Real) or (isinstance(eps, torch.Tensor) and eps.dim() == 0):
             eps = [eps]  # one budget
         if isinstance(eps, (str, bytes)) or not len(eps):
-            raise ValueError(f"eps must hold at least one value, got {eps!r}")
+            raise InputError(f"eps must hold at least one value, got {eps!r}")
         eps = sorted(check_number("eps", e, minimum=0) for e in eps)
         _no_repeats("eps", [f"{e:g}" for e in eps], "a value")
         checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm).name,
@@ -212,7 +212,7 @@ def _no_repeats(what: str, names: list[str], kind: str, note: str = "") -> None:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         shown = ", ".join(repr(r) if kind == "an attack" else r for r in repeated)
-        raise ValueError(f"{what} must not repeat {kind}, got {shown} more than once{note}")
+        raise InputError(f"{what} must not repeat {kind}, got {shown} more than once{note}")
 
 
 class _Records:
@@ -253,12 +253,12 @@ def _clean_predictions(model: nn.Module, x: torch.Tensor, config: EvalConfig) ->
 
 def _labels(x: torch.Tensor, y) -> torch.Tensor:
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"y must be a tensor of integer class labels, got "
+        raise InputError(f"y must be a tensor of integer class labels, got "
                          f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
     if len(x) != len(y):
-        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        raise InputError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     if len(y) == 0:
-        raise ValueError("x must hold at least one image, got an empty set")
+        raise InputError("x must hold at least one image, got an empty set")
     return y.long()
 
 
@@ -289,7 +289,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         >>> ev.robust_acc        # {0.1: 0.93, 0.3: 0.0}
     """
     if config is not None and options:
-        raise ValueError(f"give evaluate either config or options, got both ({', '.join(options)})")
+        raise InputError(f"give evaluate either config or options, got both ({', '.join(options)})")
     config = config if config is not None else EvalConfig(**options)
     y = _labels(x, y)
     stages, eps, n = config.stages(), list(config.eps), len(y)

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+from advx.validate import InputError
+
 
 def _temp_prefix(path: Path) -> str:
     """Temp files of ``path`` are ``.<name>.<pid>.<random>.tmp`` beside it."""
@@ -95,7 +97,7 @@ def _probe_writable(folder: Path, option: str) -> None:
     os.unlink(probe)
 
 
-class OutputPathError(ValueError):
+class OutputPathError(InputError):
     """An output path that cannot be written; found before any work is done."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import nn
+from advx.validate import InputError
 
 
 class SmallCNN(nn.Module):
@@ -55,5 +56,5 @@ MODELS = {"small": SmallCNN, "madry": MadryCNN}
 def build_model(name: str = "small") -> nn.Module:
     """A fresh, untrained model by name: one of ``MODELS`` ("small", "madry")."""
     if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+        raise InputError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name]()

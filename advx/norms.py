@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from advx import rng
+from advx.validate import InputError
 
 TINY = 1e-12  # guards every division by a norm or a spread that may be 0
 
@@ -118,5 +119,5 @@ def get_norm(norm: str | Norm) -> Norm:
     if isinstance(norm, numbers.Real) and not isinstance(norm, bool):  # 2, 2.0, math.inf, numpy
         norm = {2.0: "2", math.inf: "inf"}.get(float(norm), given)
     if not isinstance(norm, str) or norm not in NORMS:
-        raise ValueError(f"norm must be one of 'inf', '2' (or a Norm object), got {given!r}")
+        raise InputError(f"norm must be one of 'inf', '2' (or a Norm object), got {given!r}")
     return NORMS[norm]()

@@ -16,6 +16,7 @@ import torch
 
 from advx.files import atomic_write
 from advx.norms import TINY, get_norm, per_sample
+from advx.validate import InputError
 
 
 def environment() -> dict[str, str]:
@@ -72,7 +73,7 @@ def save_examples(
 
     n = min(columns, len(x))
     if n == 0:
-        raise ValueError("save_examples needs at least one image, got an empty batch")
+        raise InputError("save_examples needs at least one image, got an empty batch")
     x, x_adv = x[:n].detach().cpu(), x_adv[:n].detach().cpu()
     delta = x_adv - x
     peak = per_sample(delta.abs().flatten(1).amax(1).clamp_min(TINY), delta)

@@ -14,6 +14,7 @@ import zlib
 from typing import Sequence, Union
 
 import torch
+from advx.validate import InputError
 
 _MASK = (1 << 63) - 1
 
@@ -63,7 +64,7 @@ def _draw(fn, shape, generator, device, dtype) -> torch.Tensor:
     """Draw on the generator's device, then move to ``device``."""
     if isinstance(generator, SampleRNG):
         if len(generator) != shape[0]:
-            raise ValueError(f"generator: SampleRNG has {len(generator)} streams, batch has {shape[0]} samples")
+            raise InputError(f"generator: SampleRNG has {len(generator)} streams, batch has {shape[0]} samples")
         if not generator.generators:
             return torch.empty(tuple(shape), dtype=dtype, device=device)
         rows = [fn(tuple(shape[1:]), generator=g, dtype=dtype, device="cpu") for g in generator.generators]

@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from advx.data import MNISTSplit, iterate_batches, load_mnist
 from advx.models import build_model
-from advx.validate import check_number, check_seed
+from advx.validate import AdvxError, InputError, check_number, check_seed
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(AdvxError, ValueError):
     """The loss became NaN or inf: training stops before the weights are saved."""
 
 
@@ -67,7 +67,7 @@ class TrainConfig:
 def training_slice(split: MNISTSplit, train_size: int | None) -> MNISTSplit:
     """The first ``train_size`` images of ``split`` (all when None); more than it holds is an error."""
     if train_size is not None and train_size > len(split):
-        raise ValueError(f"train_size must be <= {len(split)} (the training images available), got {train_size}")
+        raise InputError(f"train_size must be <= {len(split)} (the training images available), got {train_size}")
     return split.head(train_size)
 
 

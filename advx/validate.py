@@ -12,6 +12,20 @@ import numbers
 
 import torch
 
+class AdvxError(Exception):
+    """Base of the errors advx raises for bad input, bad files or a failed run: each says what
+    was expected and what came. The CLI prints these as one line; anything else is a bug
+    and keeps its traceback."""
+
+
+class InputError(AdvxError, ValueError):
+    """A value out of range or of the wrong form."""
+
+
+class InputTypeError(AdvxError, TypeError):
+    """An argument of the wrong type."""
+
+
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes at most 64 bits; keep clear of the sign
 
 
@@ -37,11 +51,11 @@ def check_number(name: str, value, *, minimum: float | None = None, strict: bool
         ok = (isinstance(plain, (int, float)) and not isinstance(plain, bool)
               and math.isfinite(plain))
     if not ok:
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
+        raise InputError(f"{name} must be {kind}, got {value!r}")
     if minimum is not None and (plain <= minimum if strict else plain < minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+        raise InputError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
     if maximum is not None and plain > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+        raise InputError(f"{name} must be <= {maximum}, got {value!r}")
     return int(plain) if integer else float(plain)
 
 

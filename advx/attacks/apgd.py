@@ -21,6 +21,7 @@ from torch import nn
 from advx.attacks.base import Attack, Run, check_number
 from advx.attacks.objectives import dlr_loss, largest_other, logit_of, targeted_dlr_loss
 from advx.norms import Norm, per_sample
+from advx.validate import InputError
 LOSSES = ("ce", "dlr", "dlr-targeted")
 
 
@@ -97,11 +98,11 @@ class APGD(Attack):
         for name, value in (("rho", rho), ("momentum", momentum)):
             check_number(name, value, minimum=0)
             if value > 1:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+                raise InputError(f"{name} must be in [0, 1], got {value!r}")
         if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+            raise InputError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
         if loss == "dlr" and self.targeted:
-            raise ValueError("loss='dlr' is untargeted; with targeted=True use loss='dlr-targeted' "
+            raise InputError("loss='dlr' is untargeted; with targeted=True use loss='dlr-targeted' "
                              "or 'ce', got loss='dlr'")
         self.steps = steps
         self.restarts = restarts
@@ -223,7 +224,7 @@ class APGD(Attack):
     def _check_num_classes(self, num_classes: int) -> None:
         needed = {"ce": 2, "dlr": 3, "dlr-targeted": 4}[self.loss_name]
         if num_classes < needed:
-            raise ValueError(f"loss={self.loss_name!r} needs a model with at least {needed} classes, "
+            raise InputError(f"loss={self.loss_name!r} needs a model with at least {needed} classes, "
                              f"got {num_classes}")
 
 

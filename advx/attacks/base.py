@@ -38,7 +38,7 @@ from advx import rng
 from advx.attacks.checks import check_model_ready, validate_logits
 from advx.attacks.objectives import goal_for
 from advx.norms import Norm, get_norm, per_sample
-from advx.validate import check_number, check_seed  # noqa: F401  (check_number: used by the attacks)
+from advx.validate import InputError, InputTypeError, check_number, check_seed  # noqa: F401  (check_number: used by the attacks)
 
 
 @dataclass
@@ -142,31 +142,31 @@ class Attack:
         generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         # None: no budget (minimum-norm attacks); ``budget`` then gives the box's diameter.
         eps = None if eps is None else check_number("eps", eps, minimum=0)
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-            raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}")
+            raise InputError(f"bounds must be a pair (low, high), got {bounds!r}")
         low, high = (check_number("bounds", b) for b in bounds)
         if not low < high:
-            raise ValueError(f"bounds must have low < high, got {tuple(bounds)!r}")
+            raise InputError(f"bounds must have low < high, got {tuple(bounds)!r}")
         if seed is not None:
             seed = check_seed("seed", seed)
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+            raise InputTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if not any(targeted is v or (not isinstance(targeted, str) and targeted == v) for v in (True, False)):
-            raise ValueError(f"targeted must be True or False, got {targeted!r}")
+            raise InputError(f"targeted must be True or False, got {targeted!r}")
         self.model = model
         self.eps = eps
         self.norm = get_norm(norm)
         if self.norm.name not in self.norms:
-            raise ValueError(f"norm must be {' or '.join(map(repr, self.norms))} for {type(self).__name__}, "
+            raise InputError(f"norm must be {' or '.join(map(repr, self.norms))} for {type(self).__name__}, "
                              f"got {norm!r}")
         self.bounds = (low, high)
         self.targeted = bool(targeted)
         self.goal = goal_for(self.targeted)  # loss, margin and success derive from it
         if self.targeted and not self.targetable:
-            raise ValueError(f"targeted must be False: {type(self).__name__} is an untargeted attack, "
+            raise InputError(f"targeted must be False: {type(self).__name__} is an untargeted attack, "
                              f"got targeted=True")
         self.seed = seed
         self.generator = generator
@@ -186,7 +186,7 @@ class Attack:
         self._check_inputs(x, y)
         check_model_ready(self.model, x)
         if isinstance(generator, rng.SampleRNG) and len(generator) != len(x):
-            raise ValueError(f"generator: SampleRNG must have one stream per sample ({len(x)}), "
+            raise InputError(f"generator: SampleRNG must have one stream per sample ({len(x)}), "
                              f"got {len(generator)}")
         x0 = x.detach().clone()
         y0 = y.detach().to(device=x.device, dtype=torch.long, copy=True)  # any integer dtype
@@ -304,28 +304,30 @@ class Attack:
     # --------------------------------------------------------------- checks
     def _check_inputs(self, x, y) -> None:
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of images [N, C, H, W], got {type(x).__name__}")
+            raise InputTypeError(f"x must be a torch.Tensor of images [N, C, H, W], got {type(x).__name__}")
         if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a torch.Tensor of labels [N], got {type(y).__name__}")
+            raise InputTypeError(f"y must be a torch.Tensor of labels [N], got {type(y).__name__}")
+        if x.is_meta:
+            raise InputError("x must hold data, got a tensor on the meta device")
         if x.dim() != 4:
-            raise ValueError(f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+            raise InputError(f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
         if not x.is_floating_point():
-            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+            raise InputError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         if len(x) == 0:
-            raise ValueError("x must hold at least one image, got an empty batch")
+            raise InputError("x must hold at least one image, got an empty batch")
         if not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).sum().item()
-            raise ValueError(f"x must be finite, got {bad} NaN/inf values")
+            raise InputError(f"x must be finite, got {bad} NaN/inf values")
         lo, hi = self.bounds
         x_min, x_max = x.min().item(), x.max().item()
         if x_min < lo - 1e-6 or x_max > hi + 1e-6:
-            raise ValueError(
+            raise InputError(
                 f"x must lie within bounds {self.bounds}, got values in [{x_min:.4g}, {x_max:.4g}]"
             )
         if y.dim() != 1 or len(y) != len(x):
-            raise ValueError(f"y must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
+            raise InputError(f"y must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+            raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
 
     def _check_labels(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.no_grad():
@@ -333,7 +335,7 @@ class Attack:
         num_classes = logits.shape[1]
         y_min, y_max = y.min().item(), y.max().item()
         if y_min < 0 or y_max >= num_classes:
-            raise ValueError(
+            raise InputError(
                 f"y must hold {self.goal.labels} in [0, {num_classes - 1}] for this model, "
                 f"got values in [{y_min}, {y_max}]"
             )

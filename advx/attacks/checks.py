@@ -8,6 +8,7 @@ from itertools import chain
 
 import torch
 from torch import nn
+from advx.validate import InputError, InputTypeError
 
 
 def _is_lazy(tensor: torch.Tensor) -> bool:
@@ -20,30 +21,30 @@ def check_model_ready(model: nn.Module, x: torch.Tensor) -> None:
     tensors = list(chain(model.parameters(), model.buffers()))
     lazy = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if _is_lazy(t)]
     if lazy:
-        raise ValueError(f"model has lazy modules whose weights are not initialised yet ({', '.join(lazy[:3])}): "
+        raise InputError(f"model has lazy modules whose weights are not initialised yet ({', '.join(lazy[:3])}): "
                          f"run one forward pass on a batch of images before attacking it")
     weights = next((t for t in tensors if t.is_floating_point()), None)
     if weights is None:
         return
     if weights.dtype != x.dtype:
-        raise ValueError(f"x has dtype {x.dtype} but the model's weights are {weights.dtype}: "
+        raise InputError(f"x has dtype {x.dtype} but the model's weights are {weights.dtype}: "
                          f"convert one to the other (e.g. x.to({weights.dtype}))")
     if weights.device != x.device:
-        raise ValueError(f"x is on device {x.device} but the model's weights are on {weights.device}: "
+        raise InputError(f"x is on device {x.device} but the model's weights are on {weights.device}: "
                          f"move one to the other (e.g. x.to('{weights.device}'))")
 
 
 def validate_logits(out, n: int) -> torch.Tensor:
     """The model's output for ``n`` images must be a finite logits tensor [n, K], K >= 2."""
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"model must return a logits tensor [N, num_classes], got {type(out).__name__}")
+        raise InputTypeError(f"model must return a logits tensor [N, num_classes], got {type(out).__name__}")
     if out.dim() != 2 or out.shape[0] != n:
-        raise ValueError(f"model must return logits [N, num_classes] with one row per image, "
+        raise InputError(f"model must return logits [N, num_classes] with one row per image, "
                          f"got shape {tuple(out.shape)} for {n} image(s)")
     if out.shape[1] < 2:
-        raise ValueError(f"model must return logits for at least 2 classes, got shape {tuple(out.shape)}")
+        raise InputError(f"model must return logits for at least 2 classes, got shape {tuple(out.shape)}")
     if not out.is_floating_point():
-        raise ValueError(f"model must return floating-point logits, got dtype {out.dtype}")
+        raise InputError(f"model must return floating-point logits, got dtype {out.dtype}")
     if not torch.isfinite(out).all():
-        raise ValueError("model returned logits that are not finite (NaN/inf) on the clean images")
+        raise InputError("model returned logits that are not finite (NaN/inf) on the clean images")
     return out

@@ -13,6 +13,7 @@ from torch import nn
 from advx.attacks.base import Attack, Run, check_number
 from advx.attacks.objectives import kl_from_clean
 from advx.norms import Norm
+from advx.validate import InputError
 
 
 class PGD(Attack):
@@ -54,9 +55,9 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.early_stop = bool(early_stop)
         if loss not in ("ce", "kl"):
-            raise ValueError(f"loss must be 'ce' or 'kl', got {loss!r}")
+            raise InputError(f"loss must be 'ce' or 'kl', got {loss!r}")
         if loss == "kl" and self.targeted:
-            raise ValueError("loss='kl' (TRADES) is untargeted: targeted must be False")
+            raise InputError("loss='kl' (TRADES) is untargeted: targeted must be False")
         self.loss_name = loss
 
     def _run(self, x, y, generator):

@@ -22,6 +22,7 @@ from advx.attacks.fgsm import FGSM
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.square import Square
+from advx.validate import InputError
 
 ATTACKS = {
     "fgsm": FGSM,
@@ -80,7 +81,7 @@ def _split(stage) -> tuple[str, dict]:
 def attack_options(name: str):
     """The keyword arguments ``ATTACKS[name]`` takes; an unknown name is an error."""
     if name not in ATTACKS:
-        raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
+        raise InputError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
     return inspect.signature(ATTACKS[name]).parameters
 
 
@@ -99,7 +100,7 @@ def build_attack(name: str, model: nn.Module, *, strict: bool = True, **options)
         if key in accepted:
             kwargs[key] = value
         elif strict:
-            raise ValueError(f"{key} does not apply to attack {name!r}")
+            raise InputError(f"{key} does not apply to attack {name!r}")
     return ATTACKS[name](model, **kwargs)
 
 
@@ -111,7 +112,7 @@ def check_options_apply(stages, options: dict) -> None:
     names = [_split(stage)[0] for stage in stages]
     for key, value in options.items():
         if value is not None and not any(key in attack_options(name) for name in names):
-            raise ValueError(f"{key} does not apply to any attack of the cascade ({', '.join(names)})")
+            raise InputError(f"{key} does not apply to any attack of the cascade ({', '.join(names)})")
 
 
 def stage_factory(stage, options) -> tuple[str, AttackFactory]:
@@ -124,7 +125,7 @@ def stage_factory(stage, options) -> tuple[str, AttackFactory]:
     accepted = attack_options(name)
     for key in preset:
         if key not in accepted:
-            raise ValueError(f"option {key!r} of stage {name!r} does not apply to that attack")
+            raise InputError(f"option {key!r} of stage {name!r} does not apply to that attack")
     merged = {**preset, **{k: v for k, v in options.items() if v is not None}}
 
     def make(model, eps):

@@ -16,6 +16,7 @@ from torch import nn
 from advx import rng
 from advx.attacks.base import Attack, Run, check_number
 from advx.norms import Norm, per_sample
+from advx.validate import InputError
 
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
 # fraction p is halved: the schedule of the paper for Linf.
@@ -68,7 +69,7 @@ class Square(Attack):
         self.queries = check_number("queries", queries, minimum=1, integer=True)
         self.p_init = check_number("p_init", p_init, minimum=0, strict=True)
         if self.p_init > 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+            raise InputError(f"p_init must be in (0, 1], got {p_init!r}")
         self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
 
     @torch.no_grad()
