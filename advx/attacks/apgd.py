@@ -13,6 +13,7 @@ of diverse parameter-free attacks" (ICML). Three objectives:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -44,6 +45,31 @@ class _Run(NamedTuple):
     loss_best: torch.Tensor  # its loss
     loss_start: torch.Tensor  # the loss at the starting point
     steps: torch.Tensor      # iterations spent (with early stop: until the goal was reached)
+
+
+@dataclass
+class _State:
+    """Per-sample state of the samples still running in one APGD run."""
+
+    x: torch.Tensor               # the clean images
+    y: torch.Tensor
+    target: torch.Tensor | None   # APGD-T's target class
+    eta: torch.Tensor             # step size
+    x_cur: torch.Tensor
+    x_prev: torch.Tensor
+    grad: torch.Tensor
+    loss_cur: torch.Tensor
+    x_best: torch.Tensor          # the iterate with the highest loss so far
+    loss_best: torch.Tensor
+    grad_best: torch.Tensor
+    increases: torch.Tensor       # steps that raised the loss since the last checkpoint
+    halved_last: torch.Tensor     # eta was halved at the last checkpoint
+    loss_best_last: torch.Tensor  # loss_best at the last checkpoint
+
+    def keep(self, mask: torch.Tensor) -> "_State":
+        """The state of the samples where ``mask`` is True."""
+        return _State(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[mask]
+                         for f in fields(self)})
 
 
 class APGD(Attack):
@@ -149,59 +175,66 @@ class APGD(Attack):
         out = _Run(x_out=torch.where(per_sample(success, x), x_cur, x), success=success,
                    x_best=x_cur.clone(), loss_best=loss.clone(), loss_start=loss.clone(),
                    steps=torch.full((n,), self.steps, dtype=torch.long, device=x.device))
-        # Per-sample state of the samples still running ("active"); out holds the results.
+        # The state of the samples still running (active); out holds the results.
         active = torch.arange(n, device=x.device)
-        st = {"x": x, "y": y, "target": target, "eta": torch.full((n,), 2 * self.eps, dtype=x.dtype, device=x.device),
-              "x_cur": x_cur, "x_prev": x_cur, "grad": grad, "loss_cur": loss,
-              "x_best": x_cur.clone(), "loss_best": loss.clone(), "grad_best": grad.clone(),
-              "increases": torch.zeros(n, dtype=torch.long, device=x.device),
-              "halved_last": torch.zeros(n, dtype=torch.bool, device=x.device),
-              "loss_best_last": loss.clone()}
+        st = _State(x=x, y=y, target=target, eta=torch.full((n,), 2 * self.eps, dtype=x.dtype, device=x.device),
+                    x_cur=x_cur, x_prev=x_cur, grad=grad, loss_cur=loss,
+                    x_best=x_cur.clone(), loss_best=loss.clone(), grad_best=grad.clone(),
+                    increases=torch.zeros(n, dtype=torch.long, device=x.device),
+                    halved_last=torch.zeros(n, dtype=torch.bool, device=x.device), loss_best_last=loss.clone())
         if self.early_stop and success.any():
             out.steps[success] = 0
-            active, st = _keep(active, st, ~success)
+            active, st = active[~success], st.keep(~success)
         last_checkpoint = 0
         for t in range(1, self.steps + 1):
             if len(active) == 0:
                 break
-            step = per_sample(st["eta"], x) * self.norm.direction(st["grad"])
-            z = self._project(st["x_cur"] + step, st["x"])
-            if t == 1:
-                x_new = z
-            else:
-                x_new = self._project(st["x_cur"] + self.momentum * (z - st["x_cur"])
-                                      + (1 - self.momentum) * (st["x_cur"] - st["x_prev"]), st["x"])
-            st["x_prev"], st["x_cur"] = st["x_cur"], x_new
-            st["grad"], logits, loss = self._gradient(x_new, st["y"], st["target"])
-
-            reached = self.is_success(logits, st["y"])
+            x_new, reached = self._advance(st, first=t == 1)
             out.x_out[active[reached]] = x_new[reached]
             out.success[active[reached]] = True
-            st["increases"] += (loss > st["loss_cur"]).long()
-            st["loss_cur"] = loss
-            improved = loss > st["loss_best"]
-            st["x_best"][improved] = x_new[improved]
-            st["grad_best"][improved] = st["grad"][improved]
-            st["loss_best"] = torch.where(improved, loss, st["loss_best"])
-
             if t in self._checkpoints:
-                oscillating = st["increases"] < self.rho * (t - last_checkpoint)
-                stalled = ~st["halved_last"] & (st["loss_best"] <= st["loss_best_last"])
-                halve = oscillating | stalled
-                st["eta"] = torch.where(halve, st["eta"] / 2, st["eta"])
-                # Restart from the best point, without momentum from the abandoned path.
-                for key, best in (("x_cur", "x_best"), ("x_prev", "x_best"), ("grad", "grad_best")):
-                    st[key] = torch.where(per_sample(halve, x), st[best], st[key])
-                st["loss_cur"] = torch.where(halve, st["loss_best"], st["loss_cur"])
-                st["halved_last"], st["loss_best_last"] = halve, st["loss_best"].clone()
-                st["increases"] = torch.zeros_like(st["increases"])
+                self._adapt_step_size(st, t - last_checkpoint)
                 last_checkpoint = t
             if self.early_stop and reached.any():
                 _store(out, active[reached], st, reached, steps=t)
-                active, st = _keep(active, st, ~reached)
+                active, st = active[~reached], st.keep(~reached)
         _store(out, active, st, torch.ones(len(active), dtype=torch.bool, device=x.device))
         x_out = torch.where(per_sample(out.success, x), out.x_out, out.x_best)
         return out._replace(x_out=x_out)
+
+    def _advance(self, st: "_State", *, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration: a step of size eta with momentum (plain on the first), then the
+        loss bookkeeping. Returns the new iterate and which samples it makes reach the goal."""
+        z = self._project(st.x_cur + per_sample(st.eta, st.x) * self.norm.direction(st.grad), st.x)
+        if first:
+            x_new = z
+        else:
+            x_new = self._project(st.x_cur + self.momentum * (z - st.x_cur)
+                                  + (1 - self.momentum) * (st.x_cur - st.x_prev), st.x)
+        st.x_prev, st.x_cur = st.x_cur, x_new
+        st.grad, logits, loss = self._gradient(x_new, st.y, st.target)
+        st.increases += (loss > st.loss_cur).long()
+        st.loss_cur = loss
+        improved = loss > st.loss_best
+        st.x_best[improved] = x_new[improved]
+        st.grad_best[improved] = st.grad[improved]
+        st.loss_best = torch.where(improved, loss, st.loss_best)
+        return x_new, self.is_success(logits, st.y)
+
+    def _adapt_step_size(self, st: "_State", since: int) -> None:
+        """At a checkpoint, ``since`` iterations after the last: halve eta where the loss rose
+        too rarely or stalled, and restart those samples from their best point."""
+        oscillating = st.increases < self.rho * since
+        stalled = ~st.halved_last & (st.loss_best <= st.loss_best_last)
+        halve = oscillating | stalled
+        st.eta = torch.where(halve, st.eta / 2, st.eta)
+        back = per_sample(halve, st.x)  # restart from the best point, without momentum
+        st.x_cur = torch.where(back, st.x_best, st.x_cur)
+        st.x_prev = torch.where(back, st.x_best, st.x_prev)
+        st.grad = torch.where(back, st.grad_best, st.grad)
+        st.loss_cur = torch.where(halve, st.loss_best, st.loss_cur)
+        st.halved_last, st.loss_best_last = halve, st.loss_best.clone()
+        st.increases = torch.zeros_like(st.increases)
 
     # --------------------------------------------------------------- helpers
     def _project(self, x_adv, x):
@@ -228,14 +261,9 @@ class APGD(Attack):
                              f"got {num_classes}")
 
 
-def _keep(active: torch.Tensor, state: dict, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The samples still running, and their state, after dropping ``~mask``."""
-    return active[mask], {k: (None if v is None else v[mask]) for k, v in state.items()}
-
-
-def _store(out: _Run, idx: torch.Tensor, state: dict, mask: torch.Tensor, steps: int | None = None) -> None:
-    """Write the best-loss bookkeeping of ``state[mask]`` into the result rows ``idx``."""
-    out.x_best[idx] = state["x_best"][mask]
-    out.loss_best[idx] = state["loss_best"][mask]
+def _store(out: _Run, idx: torch.Tensor, state: "_State", mask: torch.Tensor, steps: int | None = None) -> None:
+    """Write the best-loss bookkeeping of ``state`` (rows ``mask``) into the result rows ``idx``."""
+    out.x_best[idx] = state.x_best[mask]
+    out.loss_best[idx] = state.loss_best[mask]
     if steps is not None:
         out.steps[idx] = steps
