@@ -19,10 +19,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, Run, check_number
+from advx.attacks.base import Attack, Run
 from advx.attacks.objectives import dlr_loss, largest_other, logit_of, targeted_dlr_loss
 from advx.norms import Norm, per_sample
-from advx.validate import InputError
+from advx.validate import InputError, check_number
 LOSSES = ("ce", "dlr", "dlr-targeted")
 
 

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from advx import rng
-from advx.attacks.checks import check_model_ready, validate_logits
+from advx.attacks.checks import check_batch, check_labels, check_model_ready
 from advx.attacks.objectives import goal_for
 from advx.norms import Norm, get_norm, per_sample
-from advx.validate import InputError, InputTypeError, check_number, check_seed  # noqa: F401  (check_number: used by the attacks)
+from advx.validate import InputError, InputTypeError, check_number, check_seed
 
 
 @dataclass
@@ -183,7 +183,7 @@ class Attack:
         attack's own randomness for this call: a ``torch.Generator``, or an
         ``advx.rng.SampleRNG`` with one stream per sample (what ``advx.evaluate``
         passes, so that a sample's result does not depend on its batch)."""
-        self._check_inputs(x, y)
+        check_batch(x, y, self.bounds)
         check_model_ready(self.model, x)
         if isinstance(generator, rng.SampleRNG) and len(generator) != len(x):
             raise InputError(f"generator: SampleRNG must have one stream per sample ({len(x)}), "
@@ -193,7 +193,7 @@ class Attack:
         generator = generator if generator is not None else self.make_generator(x.device)
         eps = self.budget(x0)
         with frozen(self.model):
-            self._check_labels(x0, y0)
+            check_labels(self.model, x0, y0, self.goal.labels)
             if eps == 0:  # the eps-ball is the point x itself
                 x_adv = x0.clone()
                 steps = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
@@ -301,41 +301,4 @@ class Attack:
             gen.manual_seed(self.seed)
         return gen
 
-    # --------------------------------------------------------------- checks
-    def _check_inputs(self, x, y) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise InputTypeError(f"x must be a torch.Tensor of images [N, C, H, W], got {type(x).__name__}")
-        if not isinstance(y, torch.Tensor):
-            raise InputTypeError(f"y must be a torch.Tensor of labels [N], got {type(y).__name__}")
-        if x.is_meta:
-            raise InputError("x must hold data, got a tensor on the meta device")
-        if x.dim() != 4:
-            raise InputError(f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise InputError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        if len(x) == 0:
-            raise InputError("x must hold at least one image, got an empty batch")
-        if not torch.isfinite(x).all():
-            bad = (~torch.isfinite(x)).sum().item()
-            raise InputError(f"x must be finite, got {bad} NaN/inf values")
-        lo, hi = self.bounds
-        x_min, x_max = x.min().item(), x.max().item()
-        if x_min < lo - 1e-6 or x_max > hi + 1e-6:
-            raise InputError(
-                f"x must lie within bounds {self.bounds}, got values in [{x_min:.4g}, {x_max:.4g}]"
-            )
-        if y.dim() != 1 or len(y) != len(x):
-            raise InputError(f"y must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
-
-    def _check_labels(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        with torch.no_grad():
-            logits = validate_logits(self.model(x[:1]), 1)
-        num_classes = logits.shape[1]
-        y_min, y_max = y.min().item(), y.max().item()
-        if y_min < 0 or y_max >= num_classes:
-            raise InputError(
-                f"y must hold {self.goal.labels} in [0, {num_classes - 1}] for this model, "
-                f"got values in [{y_min}, {y_max}]"
-            )
+    

@@ -18,8 +18,9 @@ import math
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, check_number
+from advx.attacks.base import Attack
 from advx.norms import Norm
+from advx.validate import check_number
 
 # Adam's usual constants (Kingma & Ba, 2015), as in the paper's implementation.
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, check_number
+from advx.attacks.base import Attack
 from advx.norms import TINY, Norm, per_sample
+from advx.validate import check_number
 
 
 class MIFGSM(Attack):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, Run, check_number
+from advx.attacks.base import Attack, Run
 from advx.attacks.objectives import kl_from_clean
 from advx.norms import Norm
-from advx.validate import InputError
+from advx.validate import InputError, check_number
 
 
 class PGD(Attack):

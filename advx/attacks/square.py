@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from advx import rng
-from advx.attacks.base import Attack, Run, check_number
+from advx.attacks.base import Attack, Run
 from advx.norms import Norm, per_sample
-from advx.validate import InputError
+from advx.validate import InputError, check_number
 
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
 # fraction p is halved: the schedule of the paper for Linf.
