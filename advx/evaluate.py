@@ -43,29 +43,6 @@ class DatasetResult:
     x_adv: torch.Tensor
     seconds: float
 
-    def summary(self) -> dict[str, float | int]:
-        """Clean / robust accuracy, success rate on originally-correct samples, norms, speed.
-
-        For a targeted run, samples whose true label already is the target are left out
-        of the success rate.
-        """
-        correct = self.pred_clean == self.y
-        robust = correct & (self.pred_adv == self.y)
-        eligible = correct if self.target is None else correct & (self.target != self.y)
-        n_eligible = int(eligible.sum())
-        norms = self.distance[eligible]
-        return {
-            "n": len(self.y),
-            "clean_acc": correct.float().mean().item(),
-            "robust_acc": robust.float().mean().item(),
-            "attacked": n_eligible,
-            "success_rate": self.success[eligible].float().mean().item() if n_eligible else float("nan"),
-            "mean_norm": norms.mean().item() if n_eligible else float("nan"),
-            "max_norm": norms.max().item() if n_eligible else float("nan"),
-            "seconds": self.seconds,
-            "images_per_s": len(self.y) / self.seconds if self.seconds > 0 else float("inf"),
-        }
-
 
 def run_attack(
     model: nn.Module,
