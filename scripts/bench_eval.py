@@ -15,6 +15,7 @@ in <= 1/5 of its wall time.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 import torch
@@ -48,6 +49,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
+    if importlib.util.find_spec("torchattacks") is None:  # the other side of the benchmark
+        raise SystemExit("this benchmark compares with torchattacks, which is not installed here: give it a "
+                         "virtualenv of its own, see scripts/bench-requirements.txt")
 
     model, _ = load_model(args.checkpoint, args.device)
     test = load_mnist("test", args.data_dir).head(args.n)

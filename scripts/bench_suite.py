@@ -17,6 +17,7 @@ over the correctly classified samples, a failure counting as infinite distance).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -52,6 +53,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
+    if importlib.util.find_spec("torchattacks") is None:  # the other side of the benchmark
+        raise SystemExit("this benchmark compares with torchattacks, which is not installed here: give it a "
+                         "virtualenv of its own, see scripts/bench-requirements.txt")
     import torchattacks
 
     test = load_mnist("test", args.data_dir).head(args.n)
