@@ -148,12 +148,8 @@ def train(
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device), y.to(device)
             loss, logits = loss_fn(model, x, y, epoch=epoch + step / steps_per_epoch)
-            if not torch.isfinite(loss):
-                # Stop before the weights take the step: nothing non-finite is ever saved.
-                raise TrainingDiverged(
-                    f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                    f"(learning rate {scheduler.get_last_lr()[0]:.3g}); no checkpoint was written by this "
-                    f"run after that point. Try a smaller lr")
+            if not torch.isfinite(loss):  # stop before the weights take the step
+                raise _diverged(loss, epoch, step, scheduler.get_last_lr()[0])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # dL/dW: the data are constants here
             optimizer.step()
@@ -178,17 +174,29 @@ def train(
             shown = {k: v for k, v in record.items() if k.endswith("_acc") and v is not None}
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         if on_epoch_end is not None:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "shuffle_rng": shuffle.get_state(),
-                "loss_fn": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else {},
-                "history": [dict(r) for r in history],
-            }
+            state = _training_state(optimizer, scheduler, shuffle, loss_fn, history)
             if on_epoch_end(record, state):  # the hook asks to end training here
                 break
     model.eval()
     return history
+
+
+def _diverged(loss: torch.Tensor, epoch: int, step: int, lr: float) -> TrainingDiverged:
+    """Nothing non-finite is ever saved: training stops before such a step."""
+    return TrainingDiverged(
+        f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+        f"(learning rate {lr:.3g}); no checkpoint was written by this run after that point. Try a smaller lr")
+
+
+def _training_state(optimizer, scheduler, shuffle: torch.Generator, loss_fn, history: list[dict]) -> dict:
+    """Everything ``train(resume=...)`` needs to continue exactly where this epoch ended."""
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "shuffle_rng": shuffle.get_state(),
+        "loss_fn": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else {},
+        "history": [dict(r) for r in history],
+    }
 
 
 def train_baseline(
