@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from advx import rng, sanity
 from advx.attacks.base import Attack, frozen
-from advx.attacks.checks import check_model_ready, validate_logits
+from advx.attacks.checks import check_model_ready, is_integer_labels, validate_logits
 from advx.attacks.registry import AttackFactory, attack_class, check_options_apply, describe, stage_factory
 from advx.norms import get_norm
 from advx.validate import InputError, check_number, check_seed
@@ -176,9 +176,8 @@ class EvalConfig:
     def stages(self) -> list[tuple[str, AttackFactory]]:
         return [stage_factory(a, self.options()) for a in self.attacks]
 
-    def settings(self, n: int) -> dict:
-        """Plain values for the report: what ran, on how many samples."""
-        names = [name for name, _ in self.stages()]
+    def settings(self, names: list[str], n: int) -> dict:
+        """Plain values for the report: what ran (the stages' ``names``), on how many samples."""
         return {"attacks": names, "stages": describe(self.attacks, self.options()), "eps": list(self.eps),
                 "norm": self.norm, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
                 "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
@@ -229,7 +228,7 @@ def _clean_predictions(model: nn.Module, x: torch.Tensor, config: EvalConfig) ->
 
 
 def _labels(x: torch.Tensor, y) -> torch.Tensor:
-    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+    if not is_integer_labels(y):
         raise InputError(f"y must be a tensor of integer class labels, got "
                          f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
     if len(x) != len(y):
@@ -310,7 +309,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         robust_acc_by_attack=by_attack,
         records={"y": y.cpu(), "pred_clean": pred_clean, "robust": records.robust,
                  "broken_by": records.broken_by, "step": records.step, "norm": records.size},
-        seconds=time.perf_counter() - start, settings=config.settings(n),
+        seconds=time.perf_counter() - start, settings=config.settings(names, n),
     )
     if config.checks:
         ev.warnings = sanity.run_checks(

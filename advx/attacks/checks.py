@@ -51,6 +51,11 @@ def validate_logits(out, n: int) -> torch.Tensor:
     return out
 
 
+def is_integer_labels(y) -> bool:
+    """A tensor of integer class labels (any integer dtype; not bool, float or complex)."""
+    return isinstance(y, torch.Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+
+
 def check_batch(x, y, bounds: tuple[float, float]) -> None:
     """``x`` a finite float batch [N, C, H, W] within ``bounds``, ``y`` [N] integer labels."""
     if not isinstance(x, torch.Tensor):
@@ -76,7 +81,7 @@ def check_batch(x, y, bounds: tuple[float, float]) -> None:
         )
     if y.dim() != 1 or len(y) != len(x):
         raise InputError(f"y must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+    if not is_integer_labels(y):
         raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
 
 
