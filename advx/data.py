@@ -22,69 +22,24 @@ into place). Every file is written atomically.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import math
 import os
 import shutil
 import struct
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import torch
 
 from advx.files import atomic_write
-from advx.validate import AdvxError, InputError
+from advx.idx import (RAW_FILES, SOURCE_REPAIR, SPECS, SPLITS, DataCorruptError, DataNotFoundError, contents,
+                      missing_message, present, raw_dir)
+from advx.validate import InputError
 
-RAW_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-
-
-class _Spec(NamedTuple):
-    md5: str  # of the decompressed contents
-    magic: int  # idx magic number: 2049 labels (uint8, 1 dim), 2051 images (uint8, 3 dims)
-    dims: tuple[int, ...]
-
-    @property
-    def header(self) -> int:
-        return 4 + 4 * len(self.dims)
-
-    @property
-    def size(self) -> int:
-        return self.header + math.prod(self.dims)
-
-
-_SPECS = {
-    "train-images-idx3-ubyte": _Spec("6bbc9ace898e44ae57da46a324031adb", 2051, (60000, 28, 28)),
-    "train-labels-idx1-ubyte": _Spec("a25bea736e30d166cdddb491f175f624", 2049, (60000,)),
-    "t10k-images-idx3-ubyte": _Spec("2646ac647ad5339dbf082846283269ea", 2051, (10000, 28, 28)),
-    "t10k-labels-idx1-ubyte": _Spec("27ae3e4e09519cfbb04c329615203637", 2049, (10000,)),
-}
-_SPLITS = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-_REPAIR = (
-    "repair it with: advx data --from DIR (a folder holding the original MNIST files), "
-    "or delete it to download it again"
-)
-_SOURCE_REPAIR = "nothing was copied; advx data --from needs a folder holding the original MNIST files"
+__all__ = ["RAW_FILES", "DataCorruptError", "DataNotFoundError", "MNISTSplit", "default_data_dir",
+           "iterate_batches", "load_mnist", "prepare_mnist"]
 
 _CACHE: dict[tuple[str, str], "MNISTSplit"] = {}
-
-
-class DataNotFoundError(AdvxError, FileNotFoundError):
-    """The MNIST files are missing and could not be downloaded."""
-
-
-class DataCorruptError(DataNotFoundError):
-    """An MNIST file is present but its contents are wrong (truncated, altered, not MNIST)."""
 
 
 class MNISTSplit(NamedTuple):
@@ -111,63 +66,6 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("ADVX_DATA") or "./data")
 
 
-def _raw_dir(data_dir: Path) -> Path:
-    return data_dir / "MNIST" / "raw"
-
-
-def _missing_message(data_dir: Path, cause: BaseException | None = None) -> str:
-    raw = _raw_dir(data_dir)
-    lines = [
-        f"MNIST not found in {raw.resolve()} and it could not be downloaded.",
-        "Put these four files there (torchvision's raw layout):",
-        *[f"  {raw / n}" for n in RAW_FILES],
-        "or point --data-dir / ADVX_DATA at a folder that holds MNIST/raw/ with them,",
-        "or run: advx data --from DIR (a folder holding them).",
-    ]
-    if cause is not None:
-        first = str(cause).strip().splitlines()[:1]
-        lines.append(f"(download failed: {type(cause).__name__}: {first[0] if first else ''})")
-    return "\n".join(lines)
-
-
-def _corrupt(path: Path, found: str, repair: str) -> DataCorruptError:
-    return DataCorruptError(f"MNIST file {path} is corrupt ({found}); {repair}")
-
-
-def _contents(path: Path, name: str, repair: str = _REPAIR, blob: bytes | None = None) -> bytes:
-    """The verified idx contents of ``path`` (``<name>`` or ``<name>.gz``); ``blob`` is
-    the file's bytes when the caller already read them."""
-    spec = _SPECS[name]
-    data = path.read_bytes() if blob is None else blob
-    if path.name.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as err:
-            raise _corrupt(path, f"cannot be decompressed: {err}", repair) from None
-    if len(data) >= 4:
-        (magic,) = struct.unpack_from(">I", data)
-        if magic != spec.magic:
-            raise _corrupt(path, f"idx magic number {magic}, expected {spec.magic}", repair)
-    if len(data) >= spec.header:
-        dims = struct.unpack_from(f">{len(spec.dims)}I", data, 4)
-        if dims != spec.dims:
-            raise _corrupt(path, f"idx dimensions {dims}, expected {spec.dims}", repair)
-    if len(data) != spec.size:
-        raise _corrupt(path, f"{len(data):,} bytes of contents, expected {spec.size:,}", repair)
-    digest = hashlib.md5(data).hexdigest()
-    if digest != spec.md5:
-        raise _corrupt(path, f"contents md5 {digest}, expected {spec.md5}", repair)
-    return data
-
-
-def _present(raw: Path, name: str) -> Path | None:
-    """The file that holds ``name``: its ``.gz`` when present, else the extracted file."""
-    for path in (raw / f"{name}.gz", raw / name):
-        if path.is_file():
-            return path
-    return None
-
-
 def _download(raw: Path, names: list[str], data_dir: Path) -> None:
     """Download ``<name>.gz`` for each name from torchvision's MNIST mirrors into a
     temporary folder, verify it, then write it into ``raw`` atomically. Any failure
@@ -184,7 +82,7 @@ def _download(raw: Path, names: list[str], data_dir: Path) -> None:
                 for mirror in MNIST.mirrors:
                     try:
                         tv_utils.download_url(f"{mirror}{filename}", tmp, filename=filename)
-                        _contents(got, name, repair=f"downloaded from {mirror}")
+                        contents(got, name, repair=f"downloaded from {mirror}")
                         break
                     except Exception as err:  # noqa: BLE001 - try the next mirror
                         errors.append(err)
@@ -195,7 +93,7 @@ def _download(raw: Path, names: list[str], data_dir: Path) -> None:
                     with open(got, "rb") as src:
                         shutil.copyfileobj(src, f)
     except Exception as err:  # noqa: BLE001 - every failure is the same clear error
-        raise DataNotFoundError(_missing_message(data_dir, err)) from None
+        raise DataNotFoundError(missing_message(data_dir, err)) from None
 
 
 def _to_split(images: bytes, labels: bytes) -> MNISTSplit:
@@ -233,21 +131,21 @@ def load_mnist(
         >>> test = load_mnist("test")
         >>> test.x.shape, test.y.shape  # (torch.Size([10000, 1, 28, 28]), torch.Size([10000]))
     """
-    if split not in _SPLITS:
+    if split not in SPLITS:
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     key = (str(data_dir.resolve()), split)
     if key in _CACHE:
         return _CACHE[key]
 
-    raw = _raw_dir(data_dir)
-    names = _SPLITS[split]
-    missing = [n for n in names if _present(raw, n) is None]
+    raw = raw_dir(data_dir)
+    names = SPLITS[split]
+    missing = [n for n in names if present(raw, n) is None]
     if missing:
         if not download:
-            raise DataNotFoundError(_missing_message(data_dir))
+            raise DataNotFoundError(missing_message(data_dir))
         _download(raw, missing, data_dir)
-    images, labels = (_contents(_present(raw, n), n) for n in names)
+    images, labels = (contents(present(raw, n), n) for n in names)
     _CACHE[key] = _to_split(images, labels)
     return _CACHE[key]
 
@@ -256,11 +154,11 @@ def _drop_corrupt_extracted(raw: Path) -> None:
     """Delete extracted files that are corrupt while a good ``.gz`` is beside them
     (call only after the ``.gz`` files were verified): they are derived data, and the
     loader would fall back on them should the ``.gz`` go."""
-    for name in _SPECS:
+    for name in SPECS:
         extracted = raw / name
         if (raw / f"{name}.gz").is_file() and extracted.is_file():
             try:
-                _contents(extracted, name)
+                contents(extracted, name)
             except DataCorruptError:
                 try:
                     extracted.unlink()
@@ -283,10 +181,10 @@ def prepare_mnist(
     afresh, which verifies every file; corrupt extracted files beside good ``.gz``
     files are deleted."""
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    raw = _raw_dir(data_dir)
+    raw = raw_dir(data_dir)
     if source is not None:
         source = Path(source)
-        src = _raw_dir(source) if _raw_dir(source).is_dir() else source
+        src = raw_dir(source) if raw_dir(source).is_dir() else source
         missing = [n for n in RAW_FILES if not (src / n).is_file()]
         if missing:
             raise DataNotFoundError(
@@ -296,7 +194,7 @@ def prepare_mnist(
         for filename in RAW_FILES:
             path = src / filename
             blob = path.read_bytes()
-            _contents(path, filename[: -len(".gz")], _SOURCE_REPAIR, blob=blob)
+            contents(path, filename[: -len(".gz")], SOURCE_REPAIR, blob=blob)
             blobs[filename] = blob
         try:
             for filename, blob in blobs.items():
@@ -307,7 +205,7 @@ def prepare_mnist(
                     f.write(blob)
         except OSError as err:
             raise DataNotFoundError(f"cannot write the MNIST files into {raw}: {err}") from None
-    for split in _SPLITS:  # afresh: the files may have changed since a cached load
+    for split in SPLITS:  # afresh: the files may have changed since a cached load
         _CACHE.pop((str(data_dir.resolve()), split), None)
         load_mnist(split, data_dir)
     _drop_corrupt_extracted(raw)

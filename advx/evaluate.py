@@ -7,21 +7,20 @@
 
 from __future__ import annotations
 
-import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from advx import rng, sanity
-from advx.attacks.base import Attack, frozen
+from advx.attacks.base import Attack
+from advx.attacks.gradients import frozen
 from advx.attacks.checks import check_model_ready, is_integer_labels, validate_logits
-from advx.attacks.registry import AttackFactory, attack_class, check_options_apply, describe, stage_factory
-from advx.norms import get_norm
-from advx.validate import InputError, check_number, check_seed
+from advx.attacks.registry import abilities
+from advx.eval_config import EvalConfig
+from advx.validate import InputError, check_number
 
 @dataclass
 class DatasetResult:
@@ -117,78 +116,6 @@ class Evaluation:
     seconds: float
     settings: dict = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How ``evaluate`` attacks; checked once, held as plain values (as ``TrainConfig``).
-
-    attacks:  names from ``advx.ATTACKS``, ``(name, options)`` pairs such as
-              ``SUITES["strong"]`` holds, or factories ``f(model, eps) -> Attack``; each once.
-    eps:      the budgets (one number or several; sorted, each once). norm: ``"inf"``/``"2"``.
-    steps, alpha, restarts: passed to the attacks that take them (``None``: their own).
-    cascade:  each attack only on the survivors of those before it (the worst case is the
-              same; the per-attack columns become cumulative).
-    reuse_eps: a sample broken at a smaller eps counts as broken at every larger one.
-    early_stop: iterative attacks stop each sample once it is fooled.
-    batch_size, seed, device, checks (the sanity checks), progress (a tqdm bar).
-    """
-
-    attacks: Sequence = ("fgsm", "pgd")
-    eps: Sequence[float] | float = (0.1, 0.3)
-    norm: str = "inf"
-    steps: int | None = None
-    alpha: float | None = None
-    restarts: int | None = None
-    cascade: bool = True
-    reuse_eps: bool = True
-    early_stop: bool = True
-    batch_size: int = 500
-    seed: int = 0
-    device: str | torch.device = "cpu"
-    checks: bool = True
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.attacks, (str, bytes)) or not self.attacks:
-            raise InputError(f"attacks must name at least one attack, got {self.attacks!r}")
-        eps = self.eps
-        if isinstance(eps, numbers.Real) or (isinstance(eps, torch.Tensor) and eps.dim() == 0):
-            eps = [eps]  # one budget
-        if isinstance(eps, (str, bytes)) or not len(eps):
-            raise InputError(f"eps must hold at least one value, got {eps!r}")
-        eps = sorted(check_number("eps", e, minimum=0) for e in eps)
-        _no_repeats("eps", [f"{e:g}" for e in eps], "a value")
-        checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm).name,
-                   "batch_size": check_number("batch_size", self.batch_size, minimum=1, integer=True),
-                   "seed": check_seed("seed", self.seed)}
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
-        _no_repeats("attacks", [name for name, _ in self.stages()], "an attack",
-                    note=": each column of the report is one attack")
-        check_options_apply(self.attacks, dict(steps=self.steps, alpha=self.alpha, restarts=self.restarts))
-
-    def options(self) -> dict:
-        """The options every stage is built with (those an attack does not take are skipped)."""
-        return dict(norm=self.norm, steps=self.steps, alpha=self.alpha, restarts=self.restarts,
-                    early_stop=self.early_stop or None, seed=self.seed)
-
-    def stages(self) -> list[tuple[str, AttackFactory]]:
-        return [stage_factory(a, self.options()) for a in self.attacks]
-
-    def settings(self, names: list[str], n: int) -> dict:
-        """Plain values for the report: what ran (the stages' ``names``), on how many samples."""
-        return {"attacks": names, "stages": describe(self.attacks, self.options()), "eps": list(self.eps),
-                "norm": self.norm, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
-                "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
-                "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n}
-
-
-def _no_repeats(what: str, names: list[str], kind: str, note: str = "") -> None:
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        shown = ", ".join(repr(r) if kind == "an attack" else r for r in repeated)
-        raise InputError(f"{what} must not repeat {kind}, got {shown} more than once{note}")
 
 
 class _Records:
@@ -314,6 +241,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     if config.checks:
         ev.warnings = sanity.run_checks(
             model, x, y, eps=eps, robust_acc=ev.robust_acc, pred_clean=pred_clean, broken_by=records.broken_by,
-            black_box=[not callable(s) and attack_class(name).black_box for s, name in zip(config.attacks, names)],
+            black_box=[not callable(s) and abilities(name).black_box for s, name in zip(config.attacks, names)],
             norm=config.norm, device=config.device, seed=config.seed)
     return ev

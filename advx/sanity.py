@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from advx import rng
-from advx.attacks.base import frozen, input_gradient
+from advx.attacks.gradients import frozen, input_gradient
 from advx.attacks.pgd import PGD
 from advx.norms import get_norm
 

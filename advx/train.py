@@ -138,32 +138,16 @@ def train(
         history = [dict(r) for r in resume["history"]]
     for epoch in range(len(history), config.epochs):
         start = time.perf_counter()
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(
             iterate_batches(train_set.x, train_set.y, config.batch_size, generator=shuffle),
             total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not progress, leave=True, unit="batch",
         )
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(device), y.to(device)
-            loss, logits = loss_fn(model, x, y, epoch=epoch + step / steps_per_epoch)
-            if not torch.isfinite(loss):  # stop before the weights take the step
-                raise _diverged(loss, epoch, step, scheduler.get_last_lr()[0])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # dL/dW: the data are constants here
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
-        bar.close()
+        train_loss, train_acc = _one_epoch(model, bar, steps_per_epoch, loss_fn, optimizer, scheduler, epoch, device)
         record = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "test_acc": accuracy(model, test_set.x, test_set.y) if test_set is not None else None,
             "seconds": time.perf_counter() - start,
         }
@@ -179,6 +163,30 @@ def train(
                 break
     model.eval()
     return history
+
+
+def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, scheduler, epoch: int,
+               device) -> tuple[float, float]:
+    """One pass over the batches of ``bar``, a weight step each: the loop of this module.
+    Returns the epoch's mean training loss and accuracy."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(device), y.to(device)
+        loss, logits = loss_fn(model, x, y, epoch=epoch + step / steps_per_epoch)
+        if not torch.isfinite(loss):  # stop before the weights take the step
+            raise _diverged(loss, epoch, step, scheduler.get_last_lr()[0])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # dL/dW: the data are constants here
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+    bar.close()
+    return loss_sum / seen, correct / seen
 
 
 def _diverged(loss: torch.Tensor, epoch: int, step: int, lr: float) -> TrainingDiverged:

@@ -283,7 +283,7 @@ def test_infinite_input_gradients_never_give_nan_images(name, norm, batch):
 
 
 def test_non_finite_gradient_is_sanitised_to_its_limit_direction():
-    from advx.attacks.base import finite_gradient
+    from advx.attacks.gradients import finite_gradient
 
     grad = torch.tensor([[[[1.0, math.inf, 2.0, -math.inf]]], [[[1.0, math.nan, -3.0, 0.5]]]])
     clean = finite_gradient(grad)

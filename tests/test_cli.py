@@ -149,9 +149,9 @@ def _no_work(*args, **kwargs):
 
 
 def test_attack_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    from advx import cli
+    from advx.cli import attack
 
-    monkeypatch.setattr(cli, "run_attack", _no_work)
+    monkeypatch.setattr(attack, "run_attack", _no_work)
     blocker = tmp_path / "taken"
     blocker.write_text("not a folder")
     code = main(["attack", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker), "--quiet"])
@@ -162,9 +162,9 @@ def test_attack_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_pa
 
 
 def test_eval_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    from advx import cli
+    from advx.cli import eval as eval_command
 
-    monkeypatch.setattr(cli, "evaluate", _no_work)
+    monkeypatch.setattr(eval_command, "evaluate", _no_work)
     blocker = tmp_path / "taken"
     blocker.write_text("x")
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker), "--quiet"]) == 2
@@ -172,10 +172,10 @@ def test_eval_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path
 
 
 def test_train_checkpoint_that_is_a_folder_fails_before_training(tmp_path, capsys, monkeypatch):
-    from advx import cli
+    from advx.cli import train
 
-    monkeypatch.setattr(cli, "train_baseline", _no_work)
-    monkeypatch.setattr(cli, "train_robust", _no_work)
+    monkeypatch.setattr(train, "train_baseline", _no_work)
+    monkeypatch.setattr(train, "train_robust", _no_work)
     for extra in ([], ["--adv", "pgd"]):
         assert main(["train", "--checkpoint", str(tmp_path), "--quiet"] + extra) == 2
         err = capsys.readouterr().err

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advx import ATTACKS, PGD
-from advx.attacks.registry import build_attack
+from advx.attacks.registry import abilities, attack_class, build_attack
 from advx.rng import SampleRNG, salt_of
 
 NAMES = sorted(ATTACKS)
@@ -58,24 +58,14 @@ PROPERTY_SETTINGS = settings(
 
 
 # ------------------------------------------------------------------ capabilities
-def attack_class(name: str) -> type:
-    """The class behind ``ATTACKS[name]`` (a class or a ``functools.partial`` of one)."""
-    return getattr(ATTACKS[name], "func", ATTACKS[name])
-
-
-def preset(name: str) -> dict:
-    """The options that ``ATTACKS[name]`` fixes (``{"loss": "dlr"}`` for APGD-DLR)."""
-    return getattr(ATTACKS[name], "keywords", {})
-
-
 def min_classes(name: str) -> int:
-    """APGD's DLR losses read the 3rd (untargeted) or 4th (targeted) largest logit."""
-    return {"dlr": 3, "dlr-targeted": 4}.get(preset(name).get("loss"), 2)
+    """What the registry declares (APGD's DLR losses read the 3rd or 4th largest logit)."""
+    return abilities(name).min_classes
 
 
 def can_target(name: str) -> bool:
-    """``targetable`` of the class, less APGD-DLR whose loss is untargeted only."""
-    return attack_class(name).targetable and preset(name).get("loss") != "dlr"
+    """What the registry declares (APGD-DLR's loss is untargeted only)."""
+    return abilities(name).targetable
 
 
 # ------------------------------------------------------------------------ models

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack, Run
-from advx.attacks.objectives import dlr_loss, largest_other, logit_of, targeted_dlr_loss
+from advx.attacks.objectives import dlr_loss
 from advx.norms import Norm, per_sample
 from advx.validate import InputError, check_number
 LOSSES = ("ce", "dlr", "dlr-targeted")
@@ -127,9 +127,7 @@ class APGD(Attack):
                 raise InputError(f"{name} must be in [0, 1], got {value!r}")
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
-        if loss == "dlr" and self.targeted:
-            raise InputError("loss='dlr' is untargeted; with targeted=True use loss='dlr-targeted' "
-                             "or 'ce', got loss='dlr'")
+        self._check_targetable(loss=loss)  # loss='dlr' is untargeted; 'dlr-targeted' or 'ce' are not
         self.steps = steps
         self.restarts = restarts
         self.loss_name = loss
@@ -138,20 +136,21 @@ class APGD(Attack):
         self.n_target_classes = n_target_classes
         self.early_stop = bool(early_stop)
         self._checkpoints = frozenset(step_checkpoints(steps))
-        self._over_targets = loss == "dlr-targeted" and not self.targeted
+
+    @classmethod
+    def abilities(cls, **options):
+        loss = options.get("loss", "ce")  # DLR reads the 3rd largest logit, targeted DLR the 4th
+        return super().abilities()._replace(targetable=loss != "dlr",
+                                            min_classes={"ce": 2, "dlr": 3, "dlr-targeted": 4}.get(loss, 2))
 
     # ------------------------------------------------------------------ loop
     def _run(self, x, y, generator):
         with torch.no_grad():
             logits = self.model(x)
         self._check_num_classes(logits.shape[1])
-        if self._over_targets:
-            num_classes = logits.shape[1]
-            ranked = logits.argsort(1, descending=True)
-            ranked = ranked[ranked != y[:, None]].view(len(x), num_classes - 1)
-            targets = [ranked[:, k] for k in range(min(self.n_target_classes, num_classes - 1))]
-        else:
-            targets = [None]
+        targets = [None]
+        if self.loss_name == "dlr-targeted":
+            targets = self.goal.targets_to_try(logits, y, self.n_target_classes)
 
         def towards(target):
             def run(idx, gen):
@@ -246,16 +245,14 @@ class APGD(Attack):
             return self.loss(logits, y)
         if self.loss_name == "dlr":
             return dlr_loss(logits, y)
-        if self.targeted:  # y holds the targets; the true label is unknown here
-            return targeted_dlr_loss(logits, largest_other(logits, y), y)
-        return targeted_dlr_loss(logits, logit_of(logits, y), target)
+        return self.goal.targeted_dlr(logits, y, target)
 
     def _gradient(self, x_adv, y, target):
         """(dLoss/dX, logits, loss) at ``x_adv``; the gradient is taken on the input only."""
         return self.gradient(x_adv, y, lambda logits: self._objective(logits, y, target))
 
     def _check_num_classes(self, num_classes: int) -> None:
-        needed = {"ce": 2, "dlr": 3, "dlr-targeted": 4}[self.loss_name]
+        needed = self.abilities(loss=self.loss_name).min_classes
         if num_classes < needed:
             raise InputError(f"loss={self.loss_name!r} needs a model with at least {needed} classes, "
                              f"got {num_classes}")

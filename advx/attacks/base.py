@@ -27,17 +27,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
 
 from advx import rng
 from advx.attacks.checks import check_batch, check_labels, check_model_ready
+from advx.attacks.gradients import frozen, input_gradient
 from advx.attacks.objectives import goal_for
-from advx.norms import Norm, get_norm, per_sample
+from advx.norms import Norm, get_norm
 from advx.validate import InputError, InputTypeError, check_number, check_seed
 
 
@@ -61,6 +61,16 @@ class AttackResult:
     logits: torch.Tensor
 
 
+class Abilities(NamedTuple):
+    """What an attack class can do (see ``Attack.abilities``)."""
+
+    norms: tuple[str, ...]  # the threat models it supports
+    targetable: bool        # it has a targeted mode
+    black_box: bool         # it reads only the model's outputs (no gradients)
+    minimum_norm: bool      # it looks for the smallest perturbation (default budget unbounded)
+    min_classes: int = 2    # the fewest classes the model must have
+
+
 class Run(NamedTuple):
     """One run of an attack (a restart, a target class) on some samples, one entry each."""
 
@@ -68,48 +78,6 @@ class Run(NamedTuple):
     success: torch.Tensor  # it reached the goal
     score: torch.Tensor    # how close it came otherwise: higher is better
     steps: torch.Tensor    # iterations or queries spent
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
-    modes = [m.training for m in model.modules()]
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
-
-
-def input_gradient(loss: torch.Tensor, x: torch.Tensor, *, retain_graph: bool = False) -> torch.Tensor:
-    """dloss/dx; zeros where the model's output does not depend on ``x`` through autograd
-    (e.g. a hard input quantizer), so that masked gradients do not crash an attack.
-    The result is always finite (see ``finite_gradient``)."""
-    if not loss.requires_grad:
-        return torch.zeros_like(x)
-    (grad,) = torch.autograd.grad(loss, x, allow_unused=True, retain_graph=retain_graph)
-    return torch.zeros_like(x) if grad is None else finite_gradient(grad)
-
-
-def finite_gradient(grad: torch.Tensor) -> torch.Tensor:
-    """A finite stand-in for a gradient with NaN or inf entries (e.g. ``sqrt`` at 0).
-
-    NaN entries carry no direction and become 0. Where a sample's gradient has infinite
-    entries, they dominate every finite one, so its direction is their sign: +-1 there,
-    0 elsewhere. A finite gradient comes back as it is (the same tensor)."""
-    finite = torch.isfinite(grad)
-    if bool(finite.all()):
-        return grad
-    infinite = torch.isinf(grad)
-    has_inf = per_sample(infinite.flatten(1).any(1), grad)
-    limit = torch.where(infinite, grad.sign(), torch.zeros_like(grad))
-    return torch.where(has_inf, limit, torch.where(finite, grad, torch.zeros_like(grad)))
 
 
 class Attack:
@@ -165,9 +133,7 @@ class Attack:
         self.bounds = (low, high)
         self.targeted = bool(targeted)
         self.goal = goal_for(self.targeted)  # loss, margin and success derive from it
-        if self.targeted and not self.targetable:
-            raise InputError(f"targeted must be False: {type(self).__name__} is an untargeted attack, "
-                             f"got targeted=True")
+        self._check_targetable()
         self.seed = seed
         self.generator = generator
 
@@ -219,6 +185,18 @@ class Attack:
             steps=steps,
             logits=logits,
         )
+
+    @classmethod
+    def abilities(cls, **options) -> Abilities:
+        """The declared abilities with constructor ``options`` fixed (``loss="dlr"`` makes
+        APGD untargeted): what the registry, the CLI help and the tests read."""
+        return Abilities(tuple(cls.norms), cls.targetable, cls.black_box, cls.minimum_norm)
+
+    def _check_targetable(self, **options) -> None:
+        if self.targeted and not self.abilities(**options).targetable:
+            what = "".join(f" with {k}={v!r}" for k, v in options.items())
+            raise InputError(f"targeted must be False: {type(self).__name__}{what} is an untargeted attack, "
+                             f"got targeted=True")
 
     def budget(self, x: torch.Tensor) -> float:
         """The eps of a call on images ``x``: ``eps``, or with ``eps=None`` the diameter of

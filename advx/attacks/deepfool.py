@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, input_gradient
+from advx.attacks.base import Attack
+from advx.attacks.gradients import input_gradient
 from advx.norms import TINY, Norm, per_sample
 from advx.validate import check_number
 # Added to |f_l| in each step, as in the authors' implementation, so that a step

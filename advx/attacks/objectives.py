@@ -49,6 +49,18 @@ class Misclassification:
     def reached(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1) != y
 
+    def targets_to_try(self, logits: torch.Tensor, y: torch.Tensor, n: int) -> list[torch.Tensor | None]:
+        """For an attack that runs towards one class at a time (APGD-T): the ``n`` classes
+        with the highest ``logits`` other than ``y`` (at most K - 1), one [N] tensor each."""
+        k = logits.shape[1]
+        ranked = logits.argsort(1, descending=True)
+        ranked = ranked[ranked != y[:, None]].view(len(y), k - 1)
+        return [ranked[:, j] for j in range(min(n, k - 1))]
+
+    def targeted_dlr(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Targeted DLR towards ``target`` with ``y`` the true labels."""
+        return targeted_dlr_loss(logits, logit_of(logits, y), target)
+
 
 class TargetedMisclassification(Misclassification):
     """Targeted goal: ``y`` are the targets; reached when the prediction is the target."""
@@ -59,6 +71,15 @@ class TargetedMisclassification(Misclassification):
 
     def reached(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1) == y
+
+    def targets_to_try(self, logits: torch.Tensor, y: torch.Tensor, n: int) -> list[torch.Tensor | None]:
+        """``y`` already holds the targets: one run, towards them (``None``)."""
+        return [None]
+
+    def targeted_dlr(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """Targeted DLR towards ``y``; the true label is not known here, so the largest
+        non-target logit stands in for ``z_y``."""
+        return targeted_dlr_loss(logits, largest_other(logits, y), y)
 
 
 def goal_for(targeted: bool) -> Misclassification:

@@ -56,9 +56,12 @@ class PGD(Attack):
         self.early_stop = bool(early_stop)
         if loss not in ("ce", "kl"):
             raise InputError(f"loss must be 'ce' or 'kl', got {loss!r}")
-        if loss == "kl" and self.targeted:
-            raise InputError("loss='kl' (TRADES) is untargeted: targeted must be False")
+        self._check_targetable(loss=loss)  # loss='kl' (TRADES) is untargeted
         self.loss_name = loss
+
+    @classmethod
+    def abilities(cls, **options):
+        return super().abilities()._replace(targetable=options.get("loss", "ce") != "kl")
 
     def _run(self, x, y, generator):
         ref = None

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from advx.attacks.apgd import APGD
-from advx.attacks.base import Attack
+from advx.attacks.base import Abilities, Attack
 from advx.attacks.cw import CW
 from advx.attacks.deepfool import DeepFool
 from advx.attacks.fgsm import FGSM
@@ -38,10 +38,15 @@ ATTACKS = {
 
 
 def attack_class(name: str) -> type[Attack]:
-    """The class behind ``ATTACKS[name]`` (through a ``partial``), with its declared abilities."""
+    """The class behind ``ATTACKS[name]`` (through a ``partial``)."""
     attack_options(name)  # an unknown name is an error
     entry = ATTACKS[name]
     return getattr(entry, "func", entry)
+
+
+def abilities(name: str) -> Abilities:
+    """What ``ATTACKS[name]`` can do, with the options its entry fixes (``apgd-dlr`` is untargeted)."""
+    return attack_class(name).abilities(**getattr(ATTACKS[name], "keywords", {}))
 
 
 AttackFactory = Callable[[nn.Module, float], Attack]

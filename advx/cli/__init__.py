@@ -1,0 +1,66 @@
+"""The ``advx`` command line: argparse only; it parses, then calls the library.
+
+    advx data --from DIR            copy MNIST into ./data and check it
+    advx train                      train the baseline CNN (dL/dW), save checkpoints/baseline.pt
+    advx attack --attack pgd        attack it (dL/dX), print a table, write report.json + examples.png
+    advx eval                       robust accuracy over the test set at several eps (worst case)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from advx.cli import attack, data, train
+from advx.cli import eval as eval_command  # (not to shadow the builtin)
+from advx.cli.common import CLIError
+from advx.validate import AdvxError
+
+COMMANDS = (data, train, attack, eval_command)  # each: add(subparsers) and run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advx",
+        description="Adversarial examples on MNIST: train with dL/dW, attack with dL/dX.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add(sub)
+    return parser
+
+
+def _name_the_option(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """The library names its arguments (``eps must be >= 0``); on the command line the user
+    typed an option (``--eps``). Put the option's name in the message where one matches."""
+    head = message.split(" ", 1)[0].rstrip(":")
+    if parser is None or not head.isidentifier():
+        return message
+    for action in parser._actions:
+        if action.dest == head and action.option_strings:
+            return action.option_strings[-1] + message[len(head):]
+    return message
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    sub = next(a for a in parser._actions if a.dest == "command").choices.get(args.command)
+    try:
+        return args.func(args)
+    except AdvxError as err:  # bad input, bad files, a failed run: said in one line
+        print(f"advx {args.command}: error: {_name_the_option(str(err), sub)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, permission denied, ...: one line, never a traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"advx {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"advx {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["CLIError", "build_parser", "main"]

@@ -1,0 +1,5 @@
+import sys
+
+from advx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""``advx train``: train a CNN, clean or adversarially (dL/dW), and save a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from advx.adversarial import KINDS, RobustConfig, last_checkpoint, train_robust
+from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT
+from advx.cli.common import CLIError, common_options, device_named
+from advx.files import check_output_file
+from advx.models import MODELS
+from advx.report import format_table
+from advx.train import TrainConfig, train_baseline
+
+
+def add(sub) -> None:
+    t = sub.add_parser("train", help="train a CNN (clean, or adversarially with --adv) and save a checkpoint",
+                       description="Train a CNN on MNIST (the weight-gradient loop) and save a checkpoint. "
+                                   "With --adv, each batch is first attacked (dL/dX, weights frozen), then "
+                                   "the weights step on the attacked batch.")
+    d = TrainConfig()
+    t.add_argument("--model", default=d.model, choices=sorted(MODELS), help=f"default: {d.model}")
+    t.add_argument("--epochs", type=int, default=d.epochs, help=f"default: {d.epochs}")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
+    t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
+    t.add_argument("--train-size", type=int, default=None, metavar="N",
+                   help="train on the first N images only, for quick trials (default: all 60,000)")
+    t.add_argument("--checkpoint", default=None,
+                   help=f"output (default: {DEFAULT_CHECKPOINT}, or {ROBUST_CHECKPOINT} with --adv)")
+    r = RobustConfig()
+    # The --adv options default to None, so that one given without --adv (or to a kind that
+    # does not use it) is an error instead of being ignored; RobustConfig fills the rest.
+    t.add_argument("--adv", default="none", choices=list(KINDS),
+                   help="adversarial training: the attack that makes each batch (default: none)")
+    t.add_argument("--eps", type=float, default=None, help=f"--adv: Linf budget (default: {r.eps})")
+    t.add_argument("--alpha", type=float, default=None, help="--adv pgd/trades: step size (default: 2.5*eps/steps)")
+    t.add_argument("--steps", type=int, default=None, help=f"--adv pgd/trades: attack steps (default: {r.steps})")
+    t.add_argument("--warmup-epochs", type=float, default=None,
+                   help=f"--adv: ramp eps from 0 over this many epochs (default: {r.warmup_epochs:g})")
+    t.add_argument("--beta", type=float, default=None, help=f"--adv trades: weight of the KL term (default: {r.beta:g})")
+    t.add_argument("--holdout", type=int, default=None,
+                   help=f"--adv: training images held out for the per-epoch PGD check (default: {r.holdout})")
+    t.add_argument("--resume", action="store_true",
+                   help="--adv: continue from <checkpoint>.last.pt if it exists")
+    common_options(t)
+    t.set_defaults(func=run)
+
+
+ADV_OPTIONS = {  # option -> the --adv kinds that use it
+    "eps": ("fgsm-rs", "pgd", "trades"), "warmup_epochs": ("fgsm-rs", "pgd", "trades"),
+    "holdout": ("fgsm-rs", "pgd", "trades"), "resume": ("fgsm-rs", "pgd", "trades"),
+    "alpha": ("pgd", "trades"), "steps": ("pgd", "trades"), "beta": ("trades",),
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    for name, kinds in ADV_OPTIONS.items():
+        if getattr(args, name) not in (None, False) and args.adv not in kinds:
+            option = "--" + name.replace("_", "-")
+            raise CLIError(f"{option} applies only with --adv {' or '.join(kinds)}, got --adv {args.adv}")
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, seed=args.seed, train_size=args.train_size)
+    device = device_named(args.device)
+    adv = args.adv != "none"
+    checkpoint = check_output_file(args.checkpoint or (ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT))
+    if adv:
+        given = {k: getattr(args, k) for k in ("eps", "alpha", "steps", "warmup_epochs", "beta", "holdout")}
+        robust = RobustConfig(adv=args.adv, **{k: v for k, v in given.items() if v is not None})
+        check_output_file(last_checkpoint(checkpoint))
+    what = f"adversarial training ({args.adv}, eps {robust.eps:g})" if adv else "training"
+    print(f"{what}: {config.model} on MNIST, {config.epochs} epochs, seed {config.seed}, {device}")
+    start = time.perf_counter()
+    if adv:
+        _, history = train_robust(config, robust, checkpoint=checkpoint, data_dir=args.data_dir,
+                                  device=device, progress=not args.quiet, resume=args.resume)
+        best = max(history, key=lambda r: r["pgd_acc"])
+        rows = [("best epoch (held-out PGD)", f"{best['epoch']} of {len(history)}"),
+                ("test accuracy (clean)", f"{best['test_acc']:.2%}"),
+                (f"held-out PGD-{robust.eval_steps} accuracy", f"{best['pgd_acc']:.2%} at eps {robust.eps:g}")]
+    else:
+        _, history = train_baseline(config, data_dir=args.data_dir, checkpoint=checkpoint,
+                                    device=device, progress=not args.quiet)
+        rows = [("test accuracy", f"{history[-1]['test_acc']:.2%}")]
+    rows += [("wall time", f"{time.perf_counter() - start:.1f} s"), ("checkpoint", str(checkpoint))]
+    print(format_table(rows, title="robust model" if adv else "baseline"))
+    return 0
