@@ -28,6 +28,7 @@ from advx.attacks import FGSM, PGD
 from advx.attacks.objectives import trades_loss
 from advx.checkpoint import load_checkpoint, save_checkpoint
 from advx.data import load_mnist
+from advx.precision import check_precision
 from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
 from advx.validate import InputError, check_number, check_seed
 
@@ -42,7 +43,8 @@ class AdversarialLoss:
     """
 
     def __init__(self, kind: str, *, eps: float, alpha: float | None = None, steps: int = 10,
-                 warmup_epochs: float = 0.0, beta: float = 6.0, seed: int = 0) -> None:
+                 warmup_epochs: float = 0.0, beta: float = 6.0, seed: int = 0,
+                 precision: str = "fp32") -> None:
         if kind not in KINDS[1:]:
             raise InputError(f"adv must be one of {list(KINDS)}, got {kind!r}")
         self.kind = kind
@@ -52,6 +54,7 @@ class AdversarialLoss:
         self.beta = check_number("beta", beta, minimum=0)
         self.alpha = None if alpha is None else check_number("alpha", alpha, minimum=0, strict=True)
         self.generator = torch.Generator().manual_seed(check_seed("seed", seed))
+        self.precision = check_precision("precision", precision)  # of the attack's search
 
     def eps_at(self, epoch: float) -> float:
         """The eps used at (fractional) ``epoch``: a linear ramp over the warm-up."""
@@ -61,10 +64,11 @@ class AdversarialLoss:
 
     def attack(self, model: nn.Module, eps: float) -> PGD:
         if self.kind == "fgsm-rs":
-            return PGD(model, eps=eps, alpha=1.25 * eps, steps=1, generator=self.generator)
+            return PGD(model, eps=eps, alpha=1.25 * eps, steps=1, generator=self.generator,
+                       precision=self.precision)
         # alpha None: PGD's default, 2.5 * eps / steps
         return PGD(model, eps=eps, alpha=self.alpha, steps=self.steps, generator=self.generator,
-                   loss="kl" if self.kind == "trades" else "ce")
+                   loss="kl" if self.kind == "trades" else "ce", precision=self.precision)
 
     def __call__(self, model, x, y, *, epoch: float):
         eps = self.eps_at(epoch)
@@ -165,7 +169,8 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
 
     model = seeded_model(config.model, config.seed).to(device)
     loss_fn = (AdversarialLoss(robust.adv, eps=robust.eps, alpha=robust.alpha, steps=robust.steps,
-                               warmup_epochs=robust.warmup_epochs, beta=robust.beta, seed=config.seed)
+                               warmup_epochs=robust.warmup_epochs, beta=robust.beta, seed=config.seed,
+                               precision=config.precision)
                if robust.adv != "none" else None)
     state, best = None, {"pgd_acc": -math.inf}
     saved_config = {**asdict(config), **{f"robust_{k}": v for k, v in asdict(robust).items()}}

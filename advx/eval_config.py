@@ -9,8 +9,9 @@ from typing import Sequence
 
 import torch
 
-from advx.attacks.registry import AttackFactory, check_options_apply, describe, stage_factory
+from advx.attacks.registry import AttackFactory, abilities, check_options_apply, describe, stage_factory
 from advx.norms import get_norm
+from advx.precision import check_precision
 from advx.validate import InputError, check_number, check_seed
 
 
@@ -27,6 +28,8 @@ class EvalConfig:
     reuse_eps: a sample broken at a smaller eps counts as broken at every larger one.
     early_stop: iterative attacks stop each sample once it is fooled.
     batch_size, seed, device, checks (the sanity checks), progress (a tqdm bar).
+    precision: the attacks' search (``advx.precision``); an attack that needs fp32 keeps it.
+              Success, the survivors and every figure are decided in fp32.
     """
 
     attacks: Sequence = ("fgsm", "pgd")
@@ -43,6 +46,7 @@ class EvalConfig:
     device: str | torch.device = "cpu"
     checks: bool = True
     progress: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.attacks, (str, bytes)) or not self.attacks:
@@ -56,7 +60,8 @@ class EvalConfig:
         _no_repeats("eps", [f"{e:g}" for e in eps], "a value")
         checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm).name,
                    "batch_size": check_number("batch_size", self.batch_size, minimum=1, integer=True),
-                   "seed": check_seed("seed", self.seed)}
+                   "seed": check_seed("seed", self.seed),
+                   "precision": check_precision("precision", self.precision)}
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         _no_repeats("attacks", [name for name, _ in self.stages()], "an attack",
@@ -69,14 +74,22 @@ class EvalConfig:
                     early_stop=self.early_stop or None, seed=self.seed)
 
     def stages(self) -> list[tuple[str, AttackFactory]]:
-        return [stage_factory(a, self.options()) for a in self.attacks]
+        return [stage_factory(a, {**self.options(), "precision": self._precision_of(a)}) for a in self.attacks]
+
+    def _precision_of(self, stage) -> str | None:
+        """``precision`` for a stage; fp32 for an attack whose search needs it."""
+        if callable(stage) or self.precision in ("fp32", "auto"):
+            return None if callable(stage) else self.precision
+        name = stage if isinstance(stage, str) else stage[0]
+        return self.precision if abilities(name).low_precision else "fp32"
 
     def settings(self, names: list[str], n: int) -> dict:
         """Plain values for the report: what ran (the stages' ``names``), on how many samples."""
         return {"attacks": names, "stages": describe(self.attacks, self.options()), "eps": list(self.eps),
                 "norm": self.norm, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
                 "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
-                "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n}
+                "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n,
+                "precision": self.precision}
 
 
 def _no_repeats(what: str, names: list[str], kind: str, note: str = "") -> None:

@@ -208,6 +208,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     # with reuse). alive[a]: not broken by attack a itself, so that without the cascade
     # each column is that attack on its own, exactly as if it had run alone.
     survivors, alive = correct.clone(), [correct.clone() for _ in stages]
+    precision_used = {}
     for k, e in enumerate(eps):
         if k > 0 and config.reuse_eps:
             records.carry(k)
@@ -216,6 +217,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         by_attack[e] = {}
         for a, (name, make) in enumerate(stages):
             attack = make(model, e)
+            precision_used[name] = attack.resolved_precision(config.device)
             idx = (survivors if config.cascade else alive[a]).nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
             for chunk in idx.split(config.batch_size) if len(idx) else ():
@@ -236,7 +238,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         robust_acc_by_attack=by_attack,
         records={"y": y.cpu(), "pred_clean": pred_clean, "robust": records.robust,
                  "broken_by": records.broken_by, "step": records.step, "norm": records.size},
-        seconds=time.perf_counter() - start, settings=config.settings(names, n),
+        seconds=time.perf_counter() - start,
+        settings={**config.settings(names, n), "precision_used": precision_used},
     )
     if config.checks:
         ev.warnings = sanity.run_checks(

@@ -170,6 +170,10 @@ def eval_table(ev, *, source: str, cascade: bool = True) -> str:
     for e in ev.eps:
         lines.append(f"{e:>6g}  {ev.robust_acc[e]:>10.2%}  "
                      + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks))
+    used = ev.settings.get("precision_used", {})
+    if any(p != "fp32" for p in used.values()):
+        lines.append("search precision " + ", ".join(f"{a} {p}" for a, p in used.items())
+                     + " (success decided in fp32)")
     lines.append(f"wall time {ev.seconds:.1f} s")
     return "\n".join(lines)
 
@@ -250,7 +254,8 @@ def attack_table(run, attack, *, checkpoint: str, model_name: str) -> str:
                                 f"{'eligible' if run.target is not None else 'correctly classified'}"),
         (f"mean / max {attack.norm.label}", f"{s['mean_norm']:.4f} / {s['max_norm']:.4f}"),
         ("wall time", f"{s['seconds']:.2f} s ({s['images_per_s']:.0f} images/s)"),
-    ], title="advx attack")
+    ] + ([("search precision", f"{attack.precision_used} (success decided in fp32)")]
+         if attack.precision_used not in (None, "fp32") else []), title="advx attack")
 
 
 def write_attack_outputs(out: Path, run, x: torch.Tensor, attack, *, settings: dict, checkpoint: str,

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from advx.data import MNISTSplit, iterate_batches, load_mnist
 from advx.models import build_model
+from advx.precision import autocast, check_precision, fast_images, resolve
 from advx.validate import AdvxError, InputError, check_number, check_seed
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     train_size: int | None = None  # first N training images only (None: all 60,000)
+    precision: str = "fp32"  # forward and backward under autocast in bf16/fp16 (see advx.precision)
 
     def __post_init__(self) -> None:
         # Checked and stored as plain numbers (a frozen dataclass: set through object).
@@ -60,6 +62,7 @@ class TrainConfig:
         checked["lr"] = check_number("lr", self.lr, minimum=0, strict=True)
         checked["weight_decay"] = check_number("weight_decay", self.weight_decay, minimum=0)
         checked["seed"] = check_seed("seed", self.seed)
+        checked["precision"] = check_precision("precision", self.precision)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -121,7 +124,10 @@ def train(
 
     Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds``.
     """
-    model.to(device)
+    precision = training_precision(config.precision, device)
+    # Low precision trains in the fast layout for convolutions too; the weights are laid
+    # out as usual again when training ends (see the end of this function).
+    model.to(device, memory_format=torch.channels_last if precision != "fp32" else torch.preserve_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(train_set) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -143,7 +149,8 @@ def train(
             total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not progress, leave=True, unit="batch",
         )
-        train_loss, train_acc = _one_epoch(model, bar, steps_per_epoch, loss_fn, optimizer, scheduler, epoch, device)
+        train_loss, train_acc = _one_epoch(model, bar, steps_per_epoch, loss_fn, optimizer, scheduler, epoch,
+                                           device, precision)
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -161,24 +168,45 @@ def train(
             state = _training_state(optimizer, scheduler, shuffle, loss_fn, history)
             if on_epoch_end(record, state):  # the hook asks to end training here
                 break
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
     return history
 
 
+def training_precision(precision: str, device) -> str:
+    """The precision training runs in on ``device``: ``"auto"`` resolved; fp16 only on a
+    GPU, where a gradient scaler keeps small gradients from flushing to zero."""
+    used = resolve(precision, device)
+    if used == "fp16" and torch.device(device).type != "cuda":
+        raise InputError(f"precision 'fp16' trains only on a CUDA device (with a gradient scaler); "
+                         f"use 'bf16' on {device}, got precision='fp16'")
+    return used
+
+
 def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, scheduler, epoch: int,
-               device) -> tuple[float, float]:
+               device, precision: str) -> tuple[float, float]:
     """One pass over the batches of ``bar``, a weight step each: the loop of this module.
-    Returns the epoch's mean training loss and accuracy."""
+    The forward passes (and so their backward) run in ``precision``; the weights, the
+    optimizer and the loss value stay fp32. Returns the epoch's mean training loss and accuracy."""
     model.train()
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     loss_sum, correct, seen = 0.0, 0, 0
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device), y.to(device)
-        loss, logits = loss_fn(model, x, y, epoch=epoch + step / steps_per_epoch)
+        if precision != "fp32":
+            x = fast_images(x)
+        with autocast(precision, device):
+            loss, logits = loss_fn(model, x, y, epoch=epoch + step / steps_per_epoch)
+        loss = loss.float()
         if not torch.isfinite(loss):  # stop before the weights take the step
             raise _diverged(loss, epoch, step, scheduler.get_last_lr()[0])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # dL/dW: the data are constants here
-        optimizer.step()
+        if scaler is None:
+            loss.backward()  # dL/dW: the data are constants here
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()

@@ -115,9 +115,10 @@ class APGD(Attack):
                  restarts: int = 1, loss: str = "ce", rho: float = 0.75, momentum: float = 0.75,
                  n_target_classes: int = 9, early_stop: bool = False, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
-                 seed: int | None = 0, generator: torch.Generator | None = None) -> None:
+                 seed: int | None = 0, generator: torch.Generator | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator)
+                         seed=seed, generator=generator, precision=precision)
         steps = check_number("steps", steps, minimum=1, integer=True)
         restarts = check_number("restarts", restarts, minimum=1, integer=True)
         n_target_classes = check_number("n_target_classes", n_target_classes, minimum=1, integer=True)
@@ -170,7 +171,7 @@ class APGD(Attack):
         n = len(x)
         x_cur = self.clip(self.norm.random_start(x, self.eps, generator))
         grad, logits, loss = self._gradient(x_cur, y, target)
-        success = self.is_success(logits, y)
+        success = self.confirm(x_cur, logits, y)
         out = _Run(x_out=torch.where(per_sample(success, x), x_cur, x), success=success,
                    x_best=x_cur.clone(), loss_best=loss.clone(), loss_start=loss.clone(),
                    steps=torch.full((n,), self.steps, dtype=torch.long, device=x.device))
@@ -218,7 +219,7 @@ class APGD(Attack):
         st.x_best[improved] = x_new[improved]
         st.grad_best[improved] = st.grad[improved]
         st.loss_best = torch.where(improved, loss, st.loss_best)
-        return x_new, self.is_success(logits, st.y)
+        return x_new, self.confirm(x_new, logits, st.y)
 
     def _adapt_step_size(self, st: "_State", since: int) -> None:
         """At a checkpoint, ``since`` iterations after the last: halve eta where the loss rose

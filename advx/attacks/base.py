@@ -38,6 +38,7 @@ from advx.attacks.checks import check_batch, check_labels, check_model_ready
 from advx.attacks.gradients import frozen, input_gradient
 from advx.attacks.objectives import goal_for
 from advx.norms import Norm, get_norm
+from advx.precision import autocast, check_precision, fast_images, full_precision, resolve, search_layout
 from advx.validate import InputError, InputTypeError, check_number, check_seed
 
 
@@ -69,6 +70,7 @@ class Abilities(NamedTuple):
     black_box: bool         # it reads only the model's outputs (no gradients)
     minimum_norm: bool      # it looks for the smallest perturbation (default budget unbounded)
     min_classes: int = 2    # the fewest classes the model must have
+    low_precision: bool = True  # its search may run in bf16/fp16 (decisions stay fp32)
 
 
 class Run(NamedTuple):
@@ -97,6 +99,7 @@ class Attack:
     targetable: bool = True
     black_box: bool = False
     minimum_norm: bool = False
+    low_precision: bool = True
 
     def __init__(
         self,
@@ -108,6 +111,7 @@ class Attack:
         targeted: bool = False,
         seed: int | None = 0,
         generator: torch.Generator | None = None,
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -136,6 +140,10 @@ class Attack:
         self._check_targetable()
         self.seed = seed
         self.generator = generator
+        self.precision = check_precision("precision", precision)
+        resolve(precision, "cpu", allowed=self.abilities().low_precision)  # refused here, not mid-run
+        self._precision_used: str | None = None  # what the last call resolved it to (not a setting)
+        self._search = "fp32"  # the precision of the search during a call
 
     # ----------------------------------------------------------------- public
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -158,14 +166,23 @@ class Attack:
         y0 = y.detach().to(device=x.device, dtype=torch.long, copy=True)  # any integer dtype
         generator = generator if generator is not None else self.make_generator(x.device)
         eps = self.budget(x0)
-        with frozen(self.model):
+        # Decisions are taken in full precision even inside a caller's autocast region;
+        # only the search (``gradient``) turns it on, when ``precision`` asks for it.
+        with frozen(self.model), full_precision(x0.device):
             check_labels(self.model, x0, y0, self.goal.labels)
+            self._precision_used = self.resolved_precision(x0.device)
             if eps == 0:  # the eps-ball is the point x itself
                 x_adv = x0.clone()
                 steps = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
             else:
-                x_adv, steps = self._run(x0, y0, generator)
-            x_adv = self.clip(self.norm.project(x_adv.detach(), x0, eps))
+                self._search = self._precision_used
+                low = self._search != "fp32"  # low precision: the fast layout too
+                try:
+                    with search_layout(self.model, enabled=low):
+                        x_adv, steps = self._run(fast_images(x0) if low else x0, y0, generator)
+                finally:
+                    self._search = "fp32"
+            x_adv = self.clip(self.norm.project(x_adv.detach(), x0, eps)).contiguous()
             broken = ~torch.isfinite(x_adv).flatten(1).all(1)
             if broken.any():  # never hand back a non-finite image
                 x_adv[broken] = x0[broken]
@@ -186,11 +203,21 @@ class Attack:
             logits=logits,
         )
 
+    @property
+    def precision_used(self) -> str | None:
+        """The precision the last call searched in (``None`` before the first call)."""
+        return self._precision_used
+
+    def resolved_precision(self, device: str | torch.device) -> str:
+        """The precision of this attack's search on ``device`` (``"auto"`` resolved)."""
+        return resolve(self.precision, device, allowed=self.abilities().low_precision)
+
     @classmethod
     def abilities(cls, **options) -> Abilities:
         """The declared abilities with constructor ``options`` fixed (``loss="dlr"`` makes
         APGD untargeted): what the registry, the CLI help and the tests read."""
-        return Abilities(tuple(cls.norms), cls.targetable, cls.black_box, cls.minimum_norm)
+        return Abilities(tuple(cls.norms), cls.targetable, cls.black_box, cls.minimum_norm,
+                         low_precision=cls.low_precision)
 
     def _check_targetable(self, **options) -> None:
         if self.targeted and not self.abilities(**options).targetable:
@@ -250,13 +277,30 @@ class Attack:
 
     def gradient(self, x_adv: torch.Tensor, y: torch.Tensor, objective=None):
         """dLoss/dX at ``x_adv`` with the weights frozen: returns ``(grad, logits, loss)``.
-        ``objective(logits) -> [N]`` replaces ``self.loss(logits, y)`` when given."""
+        ``objective(logits) -> [N]`` replaces ``self.loss(logits, y)`` when given. The
+        forward runs in the search precision (the logits come back as float32); decide
+        success on them only through ``confirm``."""
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self.model(x_adv)
+            with autocast(self._search, x_adv.device):
+                logits = self.model(x_adv)
+            if self._search != "fp32":
+                logits = logits.to(x_adv.dtype)
             loss = self.loss(logits, y) if objective is None else objective(logits)
             grad = input_gradient(loss.sum(), x_adv)
         return grad, logits.detach(), loss.detach()
+
+    def confirm(self, x_adv: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample success of ``x_adv`` for the model as given: ``logits`` from the search
+        decide it in fp32; in low precision the samples they call successful (the only
+        candidates) are checked by a full-precision forward, so no decision rests on them."""
+        hit = self.is_success(logits, y)
+        if self._search == "fp32" or not bool(hit.any()):
+            return hit
+        with torch.no_grad():
+            exact = self.model(x_adv[hit])
+        hit[hit.clone()] = self.is_success(exact, y[hit]) & torch.isfinite(exact).all(1)
+        return hit
 
     def margin(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample distance from the goal in logit space, to *minimise* (below 0: reached)."""

@@ -50,15 +50,17 @@ class CW(Attack):
     """
 
     norms = ("2",)
+    low_precision = False  # not measured in bf16 yet: its search stays fp32
     minimum_norm = True
 
     def __init__(self, model: nn.Module, *, eps: float | None = None, steps: int = 100, lr: float = 0.1,
                  binary_search_steps: int = 9, initial_const: float = 1e-2, kappa: float = 0.0,
                  norm: str | Norm = "2", bounds: tuple[float, float] = (0.0, 1.0),
                  targeted: bool = False, seed: int | None = 0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator)
+                         seed=seed, generator=generator, precision=precision)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
         self.lr = check_number("lr", lr, minimum=0, strict=True)
         self.binary_search_steps = check_number("binary_search_steps", binary_search_steps, minimum=1, integer=True)

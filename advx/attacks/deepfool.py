@@ -44,14 +44,16 @@ class DeepFool(Attack):
     """
 
     targetable = False
+    low_precision = False  # not measured in bf16 yet: its search stays fp32
     minimum_norm = True
 
     def __init__(self, model: nn.Module, *, eps: float | None = None, steps: int = 50,
                  overshoot: float = 0.02, num_candidates: int = 10, norm: str | Norm = "2",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
-                 seed: int | None = 0, generator: torch.Generator | None = None) -> None:
+                 seed: int | None = 0, generator: torch.Generator | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator)
+                         seed=seed, generator=generator, precision=precision)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
         self.overshoot = check_number("overshoot", overshoot, minimum=0)
         self.num_candidates = check_number("num_candidates", num_candidates, minimum=2, integer=True)

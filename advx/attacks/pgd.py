@@ -44,9 +44,10 @@ class PGD(Attack):
                  steps: int = 40, norm: str | Norm = "inf", random_start: bool = True,
                  restarts: int = 1, early_stop: bool = False, loss: str = "ce",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
-                 seed: int | None = 0, generator: torch.Generator | None = None) -> None:
+                 seed: int | None = 0, generator: torch.Generator | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator)
+                         seed=seed, generator=generator, precision=precision)
         steps = check_number("steps", steps, minimum=1, integer=True)
         self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
         # The default is 0 when eps is 0 (nothing to do); a step size given must be > 0.
@@ -104,7 +105,7 @@ class PGD(Attack):
                 objective = lambda logits, ra=ra, ya=ya: self._objective(logits, ya, ra)  # noqa: E731
             grad, logits, _ = self.gradient(xa, ya, objective)
             if self.early_stop:
-                done = self.is_success(logits, ya)
+                done = self.confirm(xa, logits, ya)
                 if done.any():
                     steps_used[active[done]] = step
                     keep = ~done

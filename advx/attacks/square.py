@@ -59,13 +59,15 @@ class Square(Attack):
 
     norms = ("inf",)
     black_box = True
+    low_precision = False  # not measured in bf16 yet: its search stays fp32
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, queries: int = 1000,
                  p_init: float = 0.8, restarts: int = 1, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
-                 seed: int | None = 0, generator: torch.Generator | None = None) -> None:
+                 seed: int | None = 0, generator: torch.Generator | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator)
+                         seed=seed, generator=generator, precision=precision)
         self.queries = check_number("queries", queries, minimum=1, integer=True)
         self.p_init = check_number("p_init", p_init, minimum=0, strict=True)
         if self.p_init > 1:

@@ -8,7 +8,7 @@ import torch
 
 from advx.attacks.registry import ATTACKS, abilities, attack_options, build_attack
 from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
-from advx.cli.common import CLIError, common_options, device_named, test_images
+from advx.cli.common import CLIError, common_options, device_named, precision_option, test_images
 from advx.evaluate import run_attack
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
@@ -37,6 +37,7 @@ def add(sub) -> None:
     a.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"default: {DEFAULT_CHECKPOINT}")
     a.add_argument("--n", type=int, default=1000, help="number of test images (default: 1000)")
     a.add_argument("--batch-size", type=int, default=500, help="default: 500")
+    precision_option(a, "the attack's search (success is always decided in fp32)")
     a.add_argument("--out", default=None, help="output folder (default: runs/<attack>-<norm>-eps<eps>)")
     common_options(a)
     a.set_defaults(func=run)
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     device = device_named(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     attack = build_attack(args.attack, model, eps=args.eps, norm=args.norm, targeted=args.targeted,
-                          seed=args.seed, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
+                          precision=args.precision, seed=args.seed, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
                           early_stop=args.early_stop or None)
     budget = "unbounded" if attack.eps is None else f"eps{attack.eps:g}"
     out = check_output_dir(args.out or f"runs/{args.attack}-{attack.norm.name}-{budget}", "--out")
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                      device=device, progress=not args.quiet)
     print(attack_table(run, attack, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"]))
     settings = {"n": len(run.y), "batch_size": args.batch_size, "seed": args.seed, "device": device,
-                "target_class": args.target_class}
+                "target_class": args.target_class, "precision_used": attack.precision_used}
     written = write_attack_outputs(out, run, test.x[:len(run.x_adv)], attack, settings=settings,
                                    checkpoint=str(args.checkpoint), model_name=ckpt["model_name"])
     print(f"wrote {', '.join(str(out / w) for w in written)}")

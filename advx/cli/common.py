@@ -8,6 +8,7 @@ import argparse
 import torch
 
 from advx.data import load_mnist
+from advx.precision import PRECISIONS
 from advx.validate import AdvxError
 
 
@@ -27,6 +28,12 @@ def common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def precision_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help=f"{what} in bf16/fp16 under autocast; auto: bf16 where the hardware runs it fast "
+                        "(AMX / AVX-512-BF16 CPU, bf16 GPU), else fp32 (default: fp32)")
 
 
 def floats(text: str, option: str) -> list[float]:

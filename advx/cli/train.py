@@ -7,11 +7,11 @@ import time
 
 from advx.adversarial import KINDS, RobustConfig, last_checkpoint, train_robust
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT
-from advx.cli.common import CLIError, common_options, device_named
+from advx.cli.common import CLIError, common_options, device_named, precision_option
 from advx.files import check_output_file
 from advx.models import MODELS
 from advx.report import format_table
-from advx.train import TrainConfig, train_baseline
+from advx.train import TrainConfig, train_baseline, training_precision
 
 
 def add(sub) -> None:
@@ -24,6 +24,7 @@ def add(sub) -> None:
     t.add_argument("--epochs", type=int, default=d.epochs, help=f"default: {d.epochs}")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
     t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
+    precision_option(t, "forward and backward (weights and optimizer stay fp32; fp16 on CUDA only)")
     t.add_argument("--train-size", type=int, default=None, metavar="N",
                    help="train on the first N images only, for quick trials (default: all 60,000)")
     t.add_argument("--checkpoint", default=None,
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             option = "--" + name.replace("_", "-")
             raise CLIError(f"{option} applies only with --adv {' or '.join(kinds)}, got --adv {args.adv}")
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, seed=args.seed, train_size=args.train_size)
+                         lr=args.lr, seed=args.seed, train_size=args.train_size,
+                         precision=args.precision)
     device = device_named(args.device)
     adv = args.adv != "none"
     checkpoint = check_output_file(args.checkpoint or (ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT))
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         robust = RobustConfig(adv=args.adv, **{k: v for k, v in given.items() if v is not None})
         check_output_file(last_checkpoint(checkpoint))
     what = f"adversarial training ({args.adv}, eps {robust.eps:g})" if adv else "training"
-    print(f"{what}: {config.model} on MNIST, {config.epochs} epochs, seed {config.seed}, {device}")
+    precision = training_precision(config.precision, device)
+    print(f"{what}: {config.model} on MNIST, {config.epochs} epochs, seed {config.seed}, {device}, {precision}")
     start = time.perf_counter()
     if adv:
         _, history = train_robust(config, robust, checkpoint=checkpoint, data_dir=args.data_dir,
