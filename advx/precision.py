@@ -95,7 +95,9 @@ def search_layout(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     saved = [(p, p.data) for p in model.parameters() if p.dim() == 4]
     try:
         for p, data in saved:
-            p.data = data.contiguous(memory_format=torch.channels_last)
+            # .to, not .contiguous: with one input channel the default layout already
+            # counts as channels_last for .contiguous, which then changes nothing.
+            p.data = data.to(memory_format=torch.channels_last)
         yield
     finally:
         for p, data in saved:
@@ -104,4 +106,4 @@ def search_layout(model: nn.Module, enabled: bool = True) -> Iterator[None]:
 
 def fast_images(x: torch.Tensor) -> torch.Tensor:
     """A batch of images [N, C, H, W] in the layout ``search_layout`` runs fastest on."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    return x.to(memory_format=torch.channels_last) if x.dim() == 4 else x

@@ -122,7 +122,11 @@ def train(
     uninterrupted run (load the weights into ``model`` first). A hook that
     returns True ends training after that epoch.
 
-    Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds``.
+    ``config.precision`` other than fp32 runs the forward passes (and so the backward)
+    under autocast with the weights in ``channels_last`` layout; the weights, the
+    optimizer state and the reported accuracies stay fp32.
+
+    Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds, precision``.
     """
     precision = training_precision(config.precision, device)
     # Low precision trains in the fast layout for convolutions too; the weights are laid
@@ -157,6 +161,7 @@ def train(
             "train_acc": train_acc,
             "test_acc": accuracy(model, test_set.x, test_set.y) if test_set is not None else None,
             "seconds": time.perf_counter() - start,
+            "precision": precision,  # as resolved on this device
         }
         if epoch_metrics is not None:
             record.update(epoch_metrics(model))

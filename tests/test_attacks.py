@@ -446,3 +446,26 @@ def test_numbers_out_of_range_for_their_use(kwargs, message, trained_cnn):
     with pytest.raises(ValueError) as info:
         PGD(trained_cnn, **{"eps": 0.3, **kwargs})
     assert str(info.value) == message
+
+
+def test_calling_an_attack_skips_the_forward_that_run_spends_on_the_result(trained_cnn, batch):
+    """``attack(x, y)`` (what adversarial training calls) returns the same images as
+    ``run`` without the final forward pass over them."""
+    class Counting(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.rows = model, 0
+
+        def forward(self, x):
+            self.rows += len(x)
+            return self.model(x)
+
+    x, y = batch[0][:32], batch[1][:32]
+    counted = {}
+    for how in ("call", "run"):
+        model = Counting(trained_cnn)
+        attack = PGD(model, eps=0.2, steps=3)
+        x_adv = attack(x, y) if how == "call" else attack.run(x, y).x_adv
+        counted[how] = (model.rows, x_adv)
+    assert torch.equal(counted["call"][1], counted["run"][1])
+    assert counted["run"][0] - counted["call"][0] == len(x)

@@ -255,3 +255,34 @@ def test_a_reused_output_folder_holds_no_stale_files(tiny_checkpoint, tmp_path, 
     assert report["robust_acc"]["0"] == report["clean_acc"]
     assert main(["attack", "--n", "10", "--steps", "2"] + common) == 0
     assert sorted(p.name for p in out.iterdir()) == ["examples.png", "mine.txt", "report.json"]
+
+
+# ------------------------------------------------------------ precision, issue 12
+def test_attack_and_eval_with_precision(tiny_checkpoint, tmp_path, capsys):
+    common = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR), "--quiet", "--n", "40"]
+    assert main(["attack", "--attack", "pgd", "--steps", "3", "--precision", "bf16",
+                 "--out", str(tmp_path / "a"), *common]) == 0
+    assert "search precision     bf16 (success decided in fp32)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["attack"]["precision"] == "bf16" and report["precision_used"] == "bf16"
+
+    assert main(["eval", "--attacks", "fgsm,square", "--eps", "0.2", "--precision", "bf16",
+                 "--out", str(tmp_path / "e"), *common]) == 0
+    assert "search precision fgsm bf16, square fp32 (success decided in fp32)" in capsys.readouterr().out
+    settings = json.loads((tmp_path / "e" / "report.json").read_text())["settings"]
+    assert settings["precision"] == "bf16" and settings["precision_used"] == {"fgsm": "bf16", "square": "fp32"}
+
+
+def test_precision_an_attack_refuses_is_one_clear_line(tiny_checkpoint, tmp_path, capsys):
+    code = main(["attack", "--attack", "square", "--precision", "bf16", "--checkpoint", str(tiny_checkpoint),
+                 "--data-dir", str(DATA_DIR), "--out", str(tmp_path / "s"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "--precision must be 'fp32' or 'auto' for this attack (its search needs fp32), got 'bf16'" in err
+
+
+def test_fp16_training_on_the_cpu_is_refused_before_any_work(tmp_path, capsys):
+    code = main(["train", "--precision", "fp16", "--checkpoint", str(tmp_path / "m.pt"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "precision 'fp16' trains only on a CUDA device" in err
+    assert not (tmp_path / "m.pt").exists()

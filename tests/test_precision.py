@@ -71,6 +71,20 @@ def test_early_stop_keeps_only_samples_broken_in_fp32(precision, trained_cnn, ba
     assert result.success[stopped].all()
 
 
+def test_low_precision_pgd_keeps_what_it_found_on_the_way(trained_cnn, batch):
+    """Without early stop PGD returns its last iterate; in low precision the iterates
+    wander across the fp32 boundary, so the first one an fp32 forward confirms is kept:
+    every sample the early-stopping run breaks (the same iterates up to its stop) stays
+    broken when the run goes on."""
+    x, y = batch
+    model = coarse(trained_cnn)
+    kwargs = dict(eps=0.1, alpha=0.01, steps=30, precision="bf16")
+    stopped = PGD(model, early_stop=True, **kwargs).run(x, y).success
+    full = PGD(model, **kwargs).run(x, y).success
+    assert stopped.sum() >= 20
+    assert not (stopped & ~full).any()
+
+
 def test_a_callers_autocast_region_does_not_change_the_decisions(trained_cnn, batch):
     """Inside the caller's own ``torch.autocast``, the checks and the reported logits
     still come from the model as given."""

@@ -2,7 +2,8 @@
 attack, and ``registry.ATTACKS`` names them."""
 
 from advx.attacks.apgd import APGD
-from advx.attacks.base import Attack, AttackResult
+from advx.attacks.base import Attack
+from advx.attacks.results import AttackResult
 from advx.attacks.gradients import frozen
 from advx.attacks.cw import CW
 from advx.attacks.deepfool import DeepFool

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, Run
+from advx.attacks.base import Attack
+from advx.attacks.results import Run
 from advx.attacks.objectives import dlr_loss
 from advx.norms import Norm, per_sample
 from advx.validate import InputError, check_number

@@ -20,15 +20,18 @@ weights stay frozen. The base class owns the parts that are easy to get wrong:
 - the result is finite: a non-finite input gradient is sanitised (``input_gradient``),
   a sample whose iterate still ends up non-finite is returned unchanged, and a sample
   whose logits are not finite never counts as a success;
-- ``eps = 0`` returns the clean images without running the attack.
+- ``eps = 0`` returns the clean images without running the attack;
+- with ``precision="bf16"``/``"fp16"`` (``advx.precision``) only the search runs under
+  autocast; a success the search sees is checked by an fp32 forward (``confirm``) before
+  it decides anything, and the result (success, logits) comes from the model as given,
+  outside any autocast, the caller's own included.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -37,49 +40,10 @@ from advx import rng
 from advx.attacks.checks import check_batch, check_labels, check_model_ready
 from advx.attacks.gradients import frozen, input_gradient
 from advx.attacks.objectives import goal_for
+from advx.attacks.results import Abilities, AttackResult, Run
 from advx.norms import Norm, get_norm
 from advx.precision import autocast, check_precision, fast_images, full_precision, resolve, search_layout
 from advx.validate import InputError, InputTypeError, check_number, check_seed
-
-
-@dataclass
-class AttackResult:
-    """What ``Attack.run`` returns; every tensor has one entry per sample.
-
-    x_adv:   [N, C, H, W] adversarial batch, same dtype/device as the input.
-    success: [N] bool, the model's prediction on ``x_adv`` is wrong (untargeted)
-             or equals the target (targeted).
-    distance: [N] size of ``x_adv - x`` in the attack's norm.
-    steps:   [N] int, gradient steps spent on the sample (with early stop: the
-             step at which it first became adversarial).
-    logits:  [N, K] the model's logits on ``x_adv``.
-    """
-
-    x_adv: torch.Tensor
-    success: torch.Tensor
-    distance: torch.Tensor
-    steps: torch.Tensor
-    logits: torch.Tensor
-
-
-class Abilities(NamedTuple):
-    """What an attack class can do (see ``Attack.abilities``)."""
-
-    norms: tuple[str, ...]  # the threat models it supports
-    targetable: bool        # it has a targeted mode
-    black_box: bool         # it reads only the model's outputs (no gradients)
-    minimum_norm: bool      # it looks for the smallest perturbation (default budget unbounded)
-    min_classes: int = 2    # the fewest classes the model must have
-    low_precision: bool = True  # its search may run in bf16/fp16 (decisions stay fp32)
-
-
-class Run(NamedTuple):
-    """One run of an attack (a restart, a target class) on some samples, one entry each."""
-
-    x_adv: torch.Tensor    # the run's result
-    success: torch.Tensor  # it reached the goal
-    score: torch.Tensor    # how close it came otherwise: higher is better
-    steps: torch.Tensor    # iterations or queries spent
 
 
 class Attack:
@@ -147,8 +111,9 @@ class Attack:
 
     # ----------------------------------------------------------------- public
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The adversarial batch for images ``x`` [N, C, H, W] and labels ``y`` [N]."""
-        return self.run(x, y).x_adv
+        """The adversarial batch for images ``x`` [N, C, H, W] and labels ``y`` [N]. It skips
+        the forward pass that ``run`` spends on success and logits (what training needs)."""
+        return self._attack_batch(x, y, None)[0]
 
     def run(self, x: torch.Tensor, y: torch.Tensor, *,
             generator: rng.Generator | None = None) -> AttackResult:
@@ -156,7 +121,27 @@ class Attack:
         or the target labels when ``targeted=True``. ``generator`` overrides the
         attack's own randomness for this call: a ``torch.Generator``, or an
         ``advx.rng.SampleRNG`` with one stream per sample (what ``advx.evaluate``
-        passes, so that a sample's result does not depend on its batch)."""
+        passes, so that a sample's result does not depend on its batch). Success and
+        logits come from the model as given, outside any autocast."""
+        x_adv, x0, y0, steps = self._attack_batch(x, y, generator)
+        with frozen(self.model), full_precision(x0.device), torch.no_grad():
+            logits = self.model(x_adv)
+        finite = torch.isfinite(logits).all(1)
+        if not finite.all():
+            warnings.warn(f"{type(self).__name__}: the model returned logits that are not finite (NaN/inf) "
+                          f"on {int((~finite).sum())} adversarial image(s); they do not count as fooled",
+                          RuntimeWarning, stacklevel=2)
+        return AttackResult(
+            x_adv=x_adv,
+            success=self.is_success(logits, y0) & finite,
+            distance=self.norm.size(x_adv - x0),
+            steps=steps,
+            logits=logits,
+        )
+
+    def _attack_batch(self, x, y, generator):
+        """Checks, the search with the weights frozen, the final projection; returns
+        ``(x_adv, x0, y0, steps)`` with ``x0``, ``y0`` private copies of the inputs."""
         check_batch(x, y, self.bounds)
         check_model_ready(self.model, x)
         if isinstance(generator, rng.SampleRNG) and len(generator) != len(x):
@@ -187,21 +172,8 @@ class Attack:
             if broken.any():  # never hand back a non-finite image
                 x_adv[broken] = x0[broken]
                 warnings.warn(f"{type(self).__name__}: {int(broken.sum())} adversarial image(s) were not "
-                              f"finite and were replaced by the clean image", RuntimeWarning, stacklevel=2)
-            with torch.no_grad():
-                logits = self.model(x_adv)
-        finite = torch.isfinite(logits).all(1)
-        if not finite.all():
-            warnings.warn(f"{type(self).__name__}: the model returned logits that are not finite (NaN/inf) "
-                          f"on {int((~finite).sum())} adversarial image(s); they do not count as fooled",
-                          RuntimeWarning, stacklevel=2)
-        return AttackResult(
-            x_adv=x_adv,
-            success=self.is_success(logits, y0) & finite,
-            distance=self.norm.size(x_adv - x0),
-            steps=steps,
-            logits=logits,
-        )
+                              f"finite and were replaced by the clean image", RuntimeWarning, stacklevel=3)
+        return x_adv, x0, y0, steps
 
     @property
     def precision_used(self) -> str | None:
@@ -280,7 +252,10 @@ class Attack:
         ``objective(logits) -> [N]`` replaces ``self.loss(logits, y)`` when given. The
         forward runs in the search precision (the logits come back as float32); decide
         success on them only through ``confirm``."""
-        x_adv = x_adv.detach().requires_grad_(True)
+        x_adv = x_adv.detach()
+        if self._search != "fp32":  # the layout the low-precision convolutions run fastest on
+            x_adv = fast_images(x_adv)
+        x_adv.requires_grad_(True)
         with torch.enable_grad():
             with autocast(self._search, x_adv.device):
                 logits = self.model(x_adv)

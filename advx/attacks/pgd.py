@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advx.attacks.base import Attack, Run
+from advx.attacks.base import Attack
+from advx.attacks.results import Run
 from advx.attacks.objectives import kl_from_clean
-from advx.norms import Norm
+from advx.norms import Norm, per_sample
 from advx.validate import InputError, check_number
 
 
@@ -95,6 +96,11 @@ class PGD(Attack):
             x_adv = x.clone()
         steps_used = torch.full((len(x),), self.steps, dtype=torch.long, device=x.device)
         active = torch.arange(len(x), device=x.device)  # samples still being attacked
+        # In low precision the search's iterates wander across the fp32 boundary: keep the
+        # first iterate an fp32 forward confirms as adversarial (only new candidates are
+        # checked), so that no sample broken along the way is lost at the end.
+        keep_found = self._search != "fp32" and not self.early_stop
+        found, x_found = torch.zeros(len(x), dtype=torch.bool, device=x.device), x_adv.clone()
         for step in range(self.steps):
             everyone = len(active) == len(x)
             xa = x_adv if everyone else x_adv[active]
@@ -104,6 +110,11 @@ class PGD(Attack):
                 ra = ref if everyone else ref[active]
                 objective = lambda logits, ra=ra, ya=ya: self._objective(logits, ya, ra)  # noqa: E731
             grad, logits, _ = self.gradient(xa, ya, objective)
+            if keep_found:  # every sample is active here (no early stop)
+                new = self.is_success(logits, ya) & ~found
+                new[new.clone()] = self.confirm(xa[new], logits[new], ya[new])
+                found |= new
+                x_found[new] = xa[new]
             if self.early_stop:
                 done = self.confirm(xa, logits, ya)
                 if done.any():
@@ -118,4 +129,6 @@ class PGD(Attack):
                 x_adv = stepped
             else:
                 x_adv[active] = stepped
+        if keep_found:
+            x_adv = torch.where(per_sample(found, x_adv), x_found, x_adv)
         return x_adv, steps_used

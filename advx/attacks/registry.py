@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 from torch import nn
 
 from advx.attacks.apgd import APGD
-from advx.attacks.base import Abilities, Attack
+from advx.attacks.base import Attack
+from advx.attacks.results import Abilities
 from advx.attacks.cw import CW
 from advx.attacks.deepfool import DeepFool
 from advx.attacks.fgsm import FGSM

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from advx import rng
-from advx.attacks.base import Attack, Run
+from advx.attacks.base import Attack
+from advx.attacks.results import Run
 from advx.norms import Norm, per_sample
 from advx.validate import InputError, check_number
 

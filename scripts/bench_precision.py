@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Mixed precision side by side: time, robust accuracy and disagreements per precision.
+
+    python scripts/bench_precision.py                                   # PGD-40, baseline + robust
+    python scripts/bench_precision.py --suite                           # + --suite strong (long)
+    python scripts/bench_precision.py --train                           # + baseline training
+    python scripts/bench_precision.py --checkpoints checkpoints/robust.pt --eps 0.3 --precisions fp32,bf16
+
+In one process, on the first --n test images of each checkpoint:
+
+- PGD-40 (alpha 0.01, random start, no early stop: every setting does the same steps):
+  the bare fp32 autograd loop of ``bench_attacks.py`` (the reference), then advx PGD in
+  each precision. "speedup" is the bare loop's time over the run's time; robust accuracy
+  is always judged by the fp32 model; "disagree" counts the samples whose fp32-judged
+  outcome (broken or not) differs from advx's fp32 run.
+- ``--suite``: ``advx.evaluate`` with ``--suite strong`` at eps 0.3 in each precision
+  (early stop, cascade, as ``advx eval`` runs it); speedup over its fp32 run.
+- ``--train``: the baseline recipe (``advx train``) in each precision: wall time and test
+  accuracy, without writing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from advx import PGD, evaluate, load_mnist, load_model
+from advx.attacks import frozen
+from advx.attacks.registry import SUITES
+from advx.precision import PRECISIONS, resolve
+from advx.train import TrainConfig, seeded_model, train, training_slice
+from bench_attacks import bare_pgd, measure
+
+
+def pgd_rows(model, x, y, eps: float, steps: int, precisions: list[str], device: str) -> list[dict]:
+    def bare(n=len(x)):
+        with frozen(model):
+            return bare_pgd(model, x[:n], y[:n], eps=eps, alpha=0.01, steps=steps,
+                            generator=torch.Generator(device=device).manual_seed(0))
+
+    bare(50)  # warm-up
+    for precision in precisions:
+        PGD(model, eps=eps, steps=2, precision=precision).run(x[:50], y[:50])
+    seconds, _, x_bare = measure(bare, device)
+    with torch.no_grad():
+        broken_bare = model(x_bare).argmax(1) != y
+    rows = [{"run": "bare loop fp32", "seconds": seconds, "robust_acc": 1 - broken_bare.float().mean().item()}]
+    reference = None
+    for precision in precisions:
+        attack = PGD(model, eps=eps, alpha=0.01, steps=steps, seed=0, precision=precision)
+        seconds, _, result = measure(lambda: attack.run(x, y), device)
+        broken = result.success
+        reference = broken if reference is None else reference
+        rows.append({"run": f"advx {precision} ({attack.precision_used})", "seconds": seconds,
+                     "robust_acc": 1 - broken.float().mean().item(),
+                     "disagree": int((broken != reference).sum())})
+    for row in rows:
+        row["speedup"] = rows[0]["seconds"] / row["seconds"]
+    return rows
+
+
+def suite_rows(model, x, y, precisions: list[str], device: str) -> list[dict]:
+    rows, reference = [], None
+    for precision in precisions:
+        start = time.perf_counter()
+        ev = evaluate(model, x, y, attacks=SUITES["strong"], eps=[0.3], device=device, precision=precision,
+                      progress=False, checks=False)
+        robust = ev.records["robust"][0]
+        reference = robust if reference is None else reference
+        rows.append({"run": f"strong suite {precision} ({', '.join(sorted(set(ev.settings['precision_used'].values())))})",
+                     "seconds": time.perf_counter() - start, "robust_acc": ev.robust_acc[0.3],
+                     "disagree": int((robust != reference).sum())})
+    for row in rows:
+        row["speedup"] = rows[0]["seconds"] / row["seconds"]
+    return rows
+
+
+def train_rows(precisions: list[str], device: str, data_dir) -> list[dict]:
+    rows = []
+    for precision in precisions:
+        config = TrainConfig(precision=precision)
+        start = time.perf_counter()
+        train_set = training_slice(load_mnist("train", data_dir), config.train_size)
+        model = seeded_model(config.model, config.seed)
+        history = train(model, train_set, load_mnist("test", data_dir), config, device=device, progress=False)
+        rows.append({"run": f"baseline training {precision} ({resolve(precision, device)})",
+                     "seconds": time.perf_counter() - start, "test_acc": history[-1]["test_acc"]})
+    for row in rows:
+        row["speedup"] = rows[0]["seconds"] / row["seconds"]
+    return rows
+
+
+def show(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    for r in rows:
+        acc = f"robust {r['robust_acc']:7.2%}" if "robust_acc" in r else f"test {r['test_acc']:7.2%}"
+        extra = f"  disagree {r['disagree']:4d}" if "disagree" in r else ""
+        print(f"  {r['run']:<34} {r['seconds']:8.2f} s  {acc}  speedup {r['speedup']:5.2f}x{extra}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoints", default="checkpoints/baseline.pt,checkpoints/robust.pt")
+    p.add_argument("--eps", default="0.3,0.1", help="PGD budgets (default: 0.3,0.1)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--precisions", default="fp32,bf16", help=f"from {','.join(PRECISIONS)} (default: fp32,bf16)")
+    p.add_argument("--suite", action="store_true", help="also --suite strong at eps 0.3 (long)")
+    p.add_argument("--train", action="store_true", help="also the baseline training recipe")
+    p.add_argument("--no-pgd", action="store_true", help="skip the PGD comparison")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    args = p.parse_args()
+    precisions = [q.strip() for q in args.precisions.split(",") if q.strip()]
+    if any(q not in PRECISIONS for q in precisions) or not precisions:
+        p.error(f"--precisions must name some of {','.join(PRECISIONS)}, got {args.precisions!r}")
+    precisions = ["fp32"] + [q for q in precisions if q != "fp32"]  # fp32 first: the reference
+
+    print(f"{args.device}, {torch.get_num_threads()} threads, first {args.n} test images")
+    test = load_mnist("test", args.data_dir).head(args.n)
+    x, y = test.x.to(args.device), test.y.to(args.device)
+    report = {}
+    for checkpoint in [c for c in args.checkpoints.split(",") if c]:
+        model, _ = load_model(checkpoint, args.device)
+        if not args.no_pgd:
+            for eps in (float(e) for e in args.eps.split(",")):
+                rows = pgd_rows(model, x, y, eps, args.steps, precisions, args.device)
+                show(f"{checkpoint}: PGD-{args.steps} Linf eps {eps:g}", rows)
+                report[f"{checkpoint} pgd eps {eps:g}"] = rows
+        if args.suite:
+            rows = suite_rows(model, x, y, precisions, args.device)
+            show(f"{checkpoint}: --suite strong, Linf eps 0.3", rows)
+            report[f"{checkpoint} strong"] = rows
+    if args.train:
+        rows = train_rows(precisions, args.device, args.data_dir)
+        show("baseline training (SmallCNN, 3 epochs, 60,000 images)", rows)
+        report["train"] = rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
