@@ -35,6 +35,13 @@ from advx.train import TrainConfig, seeded_model, train, training_slice
 from bench_attacks import bare_pgd, measure
 
 
+def with_speedup(rows: list[dict]) -> list[dict]:
+    """Each row's speedup over the first (the reference) run."""
+    for row in rows:
+        row["speedup"] = rows[0]["seconds"] / row["seconds"]
+    return rows
+
+
 def pgd_rows(model, x, y, eps: float, steps: int, precisions: list[str], device: str) -> list[dict]:
     def bare(n=len(x)):
         with frozen(model):
@@ -57,9 +64,7 @@ def pgd_rows(model, x, y, eps: float, steps: int, precisions: list[str], device:
         rows.append({"run": f"advx {precision} ({attack.precision_used})", "seconds": seconds,
                      "robust_acc": 1 - broken.float().mean().item(),
                      "disagree": int((broken != reference).sum())})
-    for row in rows:
-        row["speedup"] = rows[0]["seconds"] / row["seconds"]
-    return rows
+    return with_speedup(rows)
 
 
 def suite_rows(model, x, y, precisions: list[str], device: str) -> list[dict]:
@@ -73,9 +78,7 @@ def suite_rows(model, x, y, precisions: list[str], device: str) -> list[dict]:
         rows.append({"run": f"strong suite {precision} ({', '.join(sorted(set(ev.settings['precision_used'].values())))})",
                      "seconds": time.perf_counter() - start, "robust_acc": ev.robust_acc[0.3],
                      "disagree": int((robust != reference).sum())})
-    for row in rows:
-        row["speedup"] = rows[0]["seconds"] / row["seconds"]
-    return rows
+    return with_speedup(rows)
 
 
 def train_rows(precisions: list[str], device: str, data_dir) -> list[dict]:
@@ -88,9 +91,7 @@ def train_rows(precisions: list[str], device: str, data_dir) -> list[dict]:
         history = train(model, train_set, load_mnist("test", data_dir), config, device=device, progress=False)
         rows.append({"run": f"baseline training {precision} ({resolve(precision, device)})",
                      "seconds": time.perf_counter() - start, "test_acc": history[-1]["test_acc"]})
-    for row in rows:
-        row["speedup"] = rows[0]["seconds"] / row["seconds"]
-    return rows
+    return with_speedup(rows)
 
 
 def show(title: str, rows: list[dict]) -> None:
