@@ -5,7 +5,8 @@ an attack takes it with respect to the input image (dL/dX, weights frozen).
 
     >>> from advx import PGD, load_model
     >>> model, _ = load_model("checkpoints/baseline.pt")
-    >>> x_adv = PGD(model, eps=0.3, alpha=0.01, steps=40)(x, y)
+    >>> x_adv = PGD(model, eps=0.3, alpha=0.01, steps=40)(x, y)      # an upper bound ...
+    >>> certify(model, x, y, eps=0.1, method="crown").certified    # ... and a proved lower one
 """
 
 from importlib import metadata as _metadata
@@ -18,6 +19,7 @@ from advx.norms import L2, Linf, get_norm
 from advx.train import TrainConfig, accuracy, train, train_baseline
 
 from advx.evaluate import EvalConfig, Evaluation, evaluate, run_attack
+from advx.bounds import Certificate, Certifier, certify
 
 try:  # the version is written once, in pyproject.toml
     __version__ = _metadata.version("advx")
@@ -32,4 +34,5 @@ __all__ = [
     "L2", "Linf", "get_norm",
     "TrainConfig", "accuracy", "train", "train_baseline",
     "EvalConfig", "Evaluation", "evaluate", "run_attack",
+    "Certificate", "Certifier", "certify",
 ]

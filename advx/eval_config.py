@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from advx.bounds.propagate import METHODS
 from advx.attacks.registry import AttackFactory, abilities, check_options_apply, describe, stage_factory
 from advx.norms import get_norm
 from advx.precision import check_precision
@@ -30,6 +31,8 @@ class EvalConfig:
     batch_size, seed, device, checks (the sanity checks), progress (a tqdm bar).
     precision: the attacks' search (``advx.precision``); an attack that needs fp32 keeps it.
               Success, the survivors and every figure are decided in fp32.
+    certify:  also certify every correct sample at every eps with this method of
+              ``advx.bounds`` ("ibp", "crown-ibp", "crown"; None: attacks only), always in fp32.
     """
 
     attacks: Sequence = ("fgsm", "pgd")
@@ -47,6 +50,7 @@ class EvalConfig:
     checks: bool = True
     progress: bool = True
     precision: str = "fp32"
+    certify: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.attacks, (str, bytes)) or not self.attacks:
@@ -58,6 +62,8 @@ class EvalConfig:
             raise InputError(f"eps must hold at least one value, got {eps!r}")
         eps = sorted(check_number("eps", e, minimum=0) for e in eps)
         _no_repeats("eps", [f"{e:g}" for e in eps], "a value")
+        if self.certify is not None and self.certify not in METHODS:
+            raise InputError(f"certify must be one of {list(METHODS)} or None, got {self.certify!r}")
         checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm).name,
                    "batch_size": check_number("batch_size", self.batch_size, minimum=1, integer=True),
                    "seed": check_seed("seed", self.seed),
@@ -89,7 +95,7 @@ class EvalConfig:
                 "norm": self.norm, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
                 "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
                 "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n,
-                "precision": self.precision}
+                "precision": self.precision, "certify": self.certify}
 
 
 def _no_repeats(what: str, names: list[str], kind: str, note: str = "") -> None:

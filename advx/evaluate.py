@@ -19,6 +19,7 @@ from advx.attacks.base import Attack
 from advx.attacks.gradients import frozen
 from advx.attacks.checks import check_model_ready, is_integer_labels, validate_logits
 from advx.attacks.registry import abilities
+from advx.bounds.sweep import certify_sweep, check_sandwich
 from advx.eval_config import EvalConfig
 from advx.validate import InputError, check_number
 
@@ -116,6 +117,7 @@ class Evaluation:
     seconds: float
     settings: dict = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
+    certified_acc: dict[float, float] | None = None  # with certify: the proved lower bounds
 
 
 class _Records:
@@ -171,7 +173,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
 
     Settings come as an ``EvalConfig`` or as its fields by keyword (``attacks``, ``eps``,
     ``norm``, ``steps``, ``alpha``, ``restarts``, ``cascade``, ``reuse_eps``,
-    ``early_stop``, ``batch_size``, ``seed``, ``device``, ``checks``, ``progress``).
+    ``early_stop``, ``batch_size``, ``seed``, ``device``, ``checks``, ``progress``,
+    ``precision``, ``certify``).
 
     A sample counts as robust at eps only if it is correctly classified and survives
     every attack. No work is wasted: only correctly classified samples are attacked;
@@ -180,6 +183,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     counted as broken at every larger one (the eps-balls are nested, so its adversarial
     example still qualifies) and is not attacked again; with ``early_stop`` iterative
     attacks stop each sample as soon as it is fooled.
+
+    With ``certify`` (a method of ``advx.bounds``), every correct sample is also bounded
+    at every eps: ``certified_acc`` <= true robust accuracy <= ``robust_acc``. A sample
+    both certified and broken raises ``advx.bounds.sweep.SoundnessError`` naming it.
 
     Randomness: each (sample, attack, eps) has its own random stream, seeded from
     ``seed``, the sample's index and the attack's name and eps. The per-sample results
@@ -232,14 +239,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     bar.close()
 
     names = [name for name, _ in stages]
+    extra, certified_acc = {}, None
+    if config.certify:  # the lower bounds, checked against the attacks' upper bounds
+        lower = certify_sweep(model, x, y, eps, method=config.certify, norm=config.norm, only=correct,
+                              batch_size=min(config.batch_size, 256), device=config.device,
+                              progress=config.progress)
+        check_sandwich(lower > 0, records.broken_by, correct, eps, names)
+        extra = {"certified": lower > 0, "margin_lb": lower}
+        certified_acc = {e: (lower[k] > 0).float().mean().item() for k, e in enumerate(eps)}
     ev = Evaluation(
         eps=eps, attacks=names, n=n, clean_acc=correct.float().mean().item(),
         robust_acc={e: records.robust[k].float().mean().item() for k, e in enumerate(eps)},
         robust_acc_by_attack=by_attack,
         records={"y": y.cpu(), "pred_clean": pred_clean, "robust": records.robust,
-                 "broken_by": records.broken_by, "step": records.step, "norm": records.size},
+                 "broken_by": records.broken_by, "step": records.step, "norm": records.size, **extra},
         seconds=time.perf_counter() - start,
         settings={**config.settings(names, n), "precision_used": precision_used},
+        certified_acc=certified_acc,
     )
     if config.checks:
         ev.warnings = sanity.run_checks(

@@ -167,9 +167,16 @@ def eval_table(ev, *, source: str, cascade: bool = True) -> str:
     lines = [f"clean accuracy {ev.clean_acc:.2%} on {ev.n} test images ({source})",
              f"robust accuracy ({label}{how}):",
              f"{'eps':>6}  {'worst case':>10}  " + "  ".join(f"{a:>10}" for a in ev.attacks)]
+    cert = ev.certified_acc
+    if cert is not None:  # the interval: certified <= true robust accuracy <= worst case
+        lines[-1] += f"  {'certified':>10}  {'unresolved':>10}"
     for e in ev.eps:
         lines.append(f"{e:>6g}  {ev.robust_acc[e]:>10.2%}  "
-                     + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks))
+                     + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks)
+                     + (f"  {cert[e]:>10.2%}  {ev.robust_acc[e] - cert[e]:>10.2%}" if cert is not None else ""))
+    if cert is not None:
+        lines.append(f"certified by {ev.settings['certify']} (a proved lower bound); the true robust accuracy "
+                     f"lies between it and the worst case")
     used = ev.settings.get("precision_used", {})
     if any(p != "fp32" for p in used.values()):
         lines.append("search precision " + ", ".join(f"{a} {p}" for a, p in used.items())
@@ -193,6 +200,10 @@ def per_sample_rows(ev) -> list[dict]:
             row[f"attack@{e:g}"] = ev.attacks[who] if who >= 0 else "-"
             row[f"step@{e:g}"] = r["step"][k][i] if who >= 0 else ""
             row[f"norm@{e:g}"] = f"{r['norm'][k][i]:.5f}" if who >= 0 else ""
+            if "certified" in r:  # certified (proved), broken (attacked), unresolved or misclassified
+                row[f"margin_lb@{e:g}"] = f"{r['margin_lb'][k][i]:.6g}"
+                row[f"status@{e:g}"] = ("certified" if r["certified"][k][i] else "broken" if who >= 0
+                                        else "unresolved" if r["pred_clean"][i] == r["y"][i] else "misclassified")
         rows.append(row)
     return rows
 
@@ -202,14 +213,21 @@ def write_eval_outputs(out: Path, ev, *, checkpoint: str, model_name: str) -> li
     (stale advx files there removed); returns the names written."""
     written = ["report.json", "per_sample.csv", "curve.png"]
     write_csv(out / "per_sample.csv", per_sample_rows(ev))
-    save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack,
-               clean_acc=ev.clean_acc, title=f"{model_name} ({checkpoint})")
+    title = f"{model_name} ({checkpoint})"
+    if ev.certified_acc is None:
+        save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack, clean_acc=ev.clean_acc,
+                   title=title)
+    else:
+        from advx.bounds.report import save_bounds_curve
+        save_bounds_curve(out / "curve.png", ev.eps, ev.certified_acc, ev.robust_acc, clean_acc=ev.clean_acc,
+                          method=ev.settings["certify"], title=title, by_attack=ev.robust_acc_by_attack)
     write_json(out / "report.json", {
         "command": "eval", "checkpoint": checkpoint, "model": model_name,
         "settings": ev.settings,
         "clean_acc": ev.clean_acc,
         "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
         "robust_acc_by_attack": {f"{e:g}": v for e, v in ev.robust_acc_by_attack.items()},
+        **({} if ev.certified_acc is None else {"certified_acc": {f"{e:g}": v for e, v in ev.certified_acc.items()}}),
         "seconds": ev.seconds,
         "sanity": {"passed": not ev.warnings, "warnings": ev.warnings},
         "files": written,

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import torch
 from PIL import Image
 
 from advx.cli import build_parser, main
@@ -286,3 +287,88 @@ def test_fp16_training_on_the_cpu_is_refused_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "precision 'fp16' trains only on a CUDA device" in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_certify_end_to_end(tiny_checkpoint, tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "cert"
+    code = main(["certify", "--checkpoint", str(tiny_checkpoint), "--eps", "0.002,0.01", "--n", "40",
+                 "--method", "crown-ibp", "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "certified accuracy (crown-ibp, Linf; a proved lower bound)" in text
+    report = json.loads((out / "report.json").read_text())
+    cert = report["certified_acc"]
+    assert set(cert) == {"0.002", "0.01"} and 0 <= cert["0.01"] <= cert["0.002"] <= report["clean_acc"]
+    rows = list(csv.DictReader((out / "per_sample.csv").open()))
+    assert len(rows) == 40 and {"margin_lb@0.002", "certified@0.01"} <= set(rows[0])
+    certified = [int(r["certified@0.002"]) for r in rows]
+    assert sum(certified) / 40 == pytest.approx(cert["0.002"])
+    assert all((float(r["margin_lb@0.002"]) > 0) == bool(c) for r, c in zip(rows, certified))
+    assert Image.open(out / "curve.png").size[0] > 100
+
+
+def test_eval_with_certify_gives_the_interval(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "ev"
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--attacks", "pgd", "--steps", "5", "--eps", "0.002",
+                 "--n", "40", "--certify", "ibp", "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet"])
+    assert code == 0
+    assert "certified  unresolved" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["certify"] == "ibp"
+    assert 0 <= report["certified_acc"]["0.002"] <= report["robust_acc"]["0.002"]
+    header = (out / "per_sample.csv").read_text().splitlines()[0]
+    assert "status@0.002" in header and "margin_lb@0.002" in header
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["certify", "--eps", "-0.1"], "--eps must be comma-separated numbers >= 0"),
+    (["certify", "--eps", "0.1", "--n", "0"], "--n must be >= 1"),
+    (["train", "--adv", "pgd", "--kappa", "0.5"], "--kappa applies only with --adv ibp or crown-ibp"),
+    (["train", "--adv", "ibp", "--kappa", "2"], "--kappa must be <= 1"),
+])
+def test_certify_and_certified_training_options(argv, message, tiny_checkpoint, tmp_path, capsys):
+    extra = ["--checkpoint", str(tiny_checkpoint)] if argv[0] == "certify" else ["--checkpoint", str(tmp_path / "c.pt")]
+    assert main(argv + extra + ["--data-dir", str(DATA_DIR), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_uncertifiable_model_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    from torch import nn
+
+    import advx.models
+    from advx.checkpoint import save_checkpoint
+
+    class Smooth(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(784, 10)
+
+        def forward(self, x):
+            return self.fc(torch.tanh(x.flatten(1)))
+
+    monkeypatch.setitem(advx.models.MODELS, "smooth", Smooth)
+    path = tmp_path / "smooth.pt"
+    save_checkpoint(path, Smooth(), model_name="smooth", config={}, metrics={})
+    code = main(["certify", "--checkpoint", str(path), "--n", "5", "--data-dir", str(DATA_DIR),
+                 "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "tanh" in err and "supported: Conv2d, Linear, ReLU" in err
+
+
+def test_certified_training_command(tmp_path, capsys):
+    from advx.checkpoint import load_checkpoint
+
+    path = tmp_path / "cert.pt"
+    argv = ["train", "--model", "cert", "--adv", "ibp", "--eps", "0.05", "--epochs", "2", "--train-size", "3000",
+            "--holdout", "300", "--warmup-epochs", "1", "--batch-size", "100", "--lr", "2e-3",
+            "--data-dir", str(DATA_DIR), "--checkpoint", str(path), "--quiet"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "certified training (ibp, eps 0.05)" in text and "held-out certified accuracy (IBP)" in text
+    best = load_checkpoint(path)["metrics"]["best"]
+    assert 0 <= best["cert_acc"] <= best["clean_acc_holdout"]
+    assert main(argv + ["--resume"]) == 0  # nothing left to do: the last epoch is on disk
+    assert "held-out certified accuracy" in capsys.readouterr().out

@@ -4,6 +4,7 @@
     advx train                      train the baseline CNN (dL/dW), save checkpoints/baseline.pt
     advx attack --attack pgd        attack it (dL/dX), print a table, write report.json + examples.png
     advx eval                       robust accuracy over the test set at several eps (worst case)
+    advx certify                    certified accuracy: a proved lower bound (bound propagation)
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from advx.cli import attack, data, train
+from advx.cli import attack, certify, data, train
 from advx.cli import eval as eval_command  # (not to shadow the builtin)
 from advx.cli.common import CLIError
 from advx.validate import AdvxError
 
-COMMANDS = (data, train, attack, eval_command)  # each: add(subparsers) and run(args)
+COMMANDS = (data, train, attack, eval_command, certify)  # each: add(subparsers) and run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from advx.attacks.registry import ATTACKS, SUITES, describe
+from advx.bounds.propagate import METHODS
 from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
 from advx.cli.common import CLIError, common_options, device_named, floats, precision_option, test_images
 from advx.evaluate import evaluate
@@ -38,6 +39,9 @@ def add(sub) -> None:
     e.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"default: {DEFAULT_CHECKPOINT}")
     e.add_argument("--n", type=int, default=10000, help="first N test images (default: all 10,000)")
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
+    e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
+                   help="also certify each sample at each eps (ibp, crown-ibp or crown; crown if no METHOD): "
+                        "certified, broken or unresolved, and so the robust accuracy as an interval")
     precision_option(e, "the attacks' search (success, survivors and figures are always decided in fp32)")
     e.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
     common_options(e)
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     ev = evaluate(model, test.x, test.y, attacks=attacks, eps=eps, norm=args.norm, steps=args.steps,
                   alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
                   early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
-                  device=device, checks=not args.no_checks, precision=args.precision, progress=not args.quiet)
+                  device=device, checks=not args.no_checks, precision=args.precision, progress=not args.quiet,
+                  certify=args.certify)
     print(eval_table(ev, source=str(args.checkpoint), cascade=not args.no_cascade))
     for name, message in ev.warnings.items():
         print(f"WARNING [{name}]: {message}", file=sys.stderr)

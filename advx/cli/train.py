@@ -6,6 +6,7 @@ import argparse
 import time
 
 from advx.adversarial import KINDS, RobustConfig, last_checkpoint, train_robust
+from advx.bounds.training import CERTIFIED_KINDS
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT
 from advx.cli.common import CLIError, common_options, device_named, precision_option
 from advx.files import check_output_file
@@ -33,13 +34,19 @@ def add(sub) -> None:
     # The --adv options default to None, so that one given without --adv (or to a kind that
     # does not use it) is an error instead of being ignored; RobustConfig fills the rest.
     t.add_argument("--adv", default="none", choices=list(KINDS),
-                   help="adversarial training: the attack that makes each batch (default: none)")
+                   help="adversarial training: the attack that makes each batch; ibp/crown-ibp: "
+                        "certified training on bounds over the whole ball (default: none)")
     t.add_argument("--eps", type=float, default=None, help=f"--adv: Linf budget (default: {r.eps})")
     t.add_argument("--alpha", type=float, default=None, help="--adv pgd/trades: step size (default: 2.5*eps/steps)")
     t.add_argument("--steps", type=int, default=None, help=f"--adv pgd/trades: attack steps (default: {r.steps})")
     t.add_argument("--warmup-epochs", type=float, default=None,
                    help=f"--adv: ramp eps from 0 over this many epochs (default: {r.warmup_epochs:g})")
     t.add_argument("--beta", type=float, default=None, help=f"--adv trades: weight of the KL term (default: {r.beta:g})")
+    t.add_argument("--ramp-start", type=float, default=None,
+                   help=f"--adv ibp/crown-ibp: clean epochs before the eps ramp (default: {r.ramp_start:g})")
+    t.add_argument("--kappa", type=float, default=None,
+                   help=f"--adv ibp/crown-ibp: final weight of the clean loss, from 1 over the ramp "
+                        f"(default: {r.kappa:g})")
     t.add_argument("--holdout", type=int, default=None,
                    help=f"--adv: training images held out for the per-epoch PGD check (default: {r.holdout})")
     t.add_argument("--resume", action="store_true",
@@ -49,9 +56,9 @@ def add(sub) -> None:
 
 
 ADV_OPTIONS = {  # option -> the --adv kinds that use it
-    "eps": ("fgsm-rs", "pgd", "trades"), "warmup_epochs": ("fgsm-rs", "pgd", "trades"),
-    "holdout": ("fgsm-rs", "pgd", "trades"), "resume": ("fgsm-rs", "pgd", "trades"),
+    "eps": KINDS[1:], "warmup_epochs": KINDS[1:], "holdout": KINDS[1:], "resume": KINDS[1:],
     "alpha": ("pgd", "trades"), "steps": ("pgd", "trades"), "beta": ("trades",),
+    "ramp_start": CERTIFIED_KINDS, "kappa": CERTIFIED_KINDS,
 }
 
 
@@ -67,24 +74,30 @@ def run(args: argparse.Namespace) -> int:
     adv = args.adv != "none"
     checkpoint = check_output_file(args.checkpoint or (ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT))
     if adv:
-        given = {k: getattr(args, k) for k in ("eps", "alpha", "steps", "warmup_epochs", "beta", "holdout")}
+        given = {k: getattr(args, k) for k in ("eps", "alpha", "steps", "warmup_epochs", "beta", "holdout",
+                                               "ramp_start", "kappa")}
         robust = RobustConfig(adv=args.adv, **{k: v for k, v in given.items() if v is not None})
         check_output_file(last_checkpoint(checkpoint))
-    what = f"adversarial training ({args.adv}, eps {robust.eps:g})" if adv else "training"
+    what = (f"{'certified' if robust.certified else 'adversarial'} training ({args.adv}, eps {robust.eps:g})"
+            if adv else "training")
     precision = training_precision(config.precision, device)
     print(f"{what}: {config.model} on MNIST, {config.epochs} epochs, seed {config.seed}, {device}, {precision}")
     start = time.perf_counter()
     if adv:
         _, history = train_robust(config, robust, checkpoint=checkpoint, data_dir=args.data_dir,
                                   device=device, progress=not args.quiet, resume=args.resume)
-        best = max(history, key=lambda r: r["pgd_acc"])
-        rows = [("best epoch (held-out PGD)", f"{best['epoch']} of {len(history)}"),
+        best = max(history, key=lambda r: r[robust.best_key])
+        by = "certified" if robust.certified else "PGD"
+        rows = [(f"best epoch (held-out {by})", f"{best['epoch']} of {len(history)}"),
                 ("test accuracy (clean)", f"{best['test_acc']:.2%}"),
                 (f"held-out PGD-{robust.eval_steps} accuracy", f"{best['pgd_acc']:.2%} at eps {robust.eps:g}")]
+        if robust.certified:
+            rows.append(("held-out certified accuracy (IBP)", f"{best['cert_acc']:.2%} at eps {robust.eps:g}"))
     else:
         _, history = train_baseline(config, data_dir=args.data_dir, checkpoint=checkpoint,
                                     device=device, progress=not args.quiet)
         rows = [("test accuracy", f"{history[-1]['test_acc']:.2%}")]
     rows += [("wall time", f"{time.perf_counter() - start:.1f} s"), ("checkpoint", str(checkpoint))]
-    print(format_table(rows, title="robust model" if adv else "baseline"))
+    title = ("certified model" if robust.certified else "robust model") if adv else "baseline"
+    print(format_table(rows, title=title))
     return 0

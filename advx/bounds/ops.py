@@ -1,0 +1,263 @@
+"""The layers bound propagation understands, each as one small object.
+
+A model is read (``advx.bounds.graph``) into a chain of these ops. Every op maps one
+sample's tensor to the next and knows two things about itself:
+
+- ``interval(l, u)``: elementwise bounds of its output when its input lies in the box
+  ``[l, u]`` (IBP, Gowal et al. 2018);
+- ``backward(A, owner, bias)``: given linear coefficients ``A`` [R, *out] on its *output*
+  (row r belongs to sample ``owner[r]``), coefficients on its *input* that give a sound
+  **lower** bound of ``A . output``, adding the constant part to ``bias`` [R] (CROWN,
+  Zhang et al. 2018). An upper bound of ``c . z`` is minus the lower bound of ``-c . z``.
+
+Affine ops (Linear, Conv2d, eval-mode BatchNorm, AvgPool2d) are exact in both; ReLU and
+MaxPool are relaxed with the pre-activation bounds ``set_bounds(l, u)`` gave them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class Op:
+    """One step of the chain. ``in_shape``/``out_shape``: one sample's shape (no batch)."""
+
+    name = "op"
+    affine = False
+    needs_bounds = False  # a nonlinearity: relaxed with its input's bounds
+
+    def __init__(self, in_shape, out_shape) -> None:
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def interval(self, l: torch.Tensor, u: torch.Tensor):
+        raise NotImplementedError
+
+    def backward(self, A: torch.Tensor, owner: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.in_shape} -> {self.out_shape})"
+
+
+class Affine(Op):
+    """``y = W x + b`` for some linear map W: Linear, Conv2d, BatchNorm (eval), AvgPool."""
+
+    affine = True
+
+    def linear(self, x):          # W x
+        raise NotImplementedError
+
+    def linear_abs(self, r):      # |W| r (r >= 0)
+        raise NotImplementedError
+
+    def transpose(self, A):       # A W, rows of A [R, *out] -> [R, *in]
+        raise NotImplementedError
+
+    def bias_term(self) -> torch.Tensor | None:  # b broadcast to out_shape, or None
+        return None
+
+    def row_norms(self) -> torch.Tensor:
+        """An upper bound of ||W_i||_2 for every output i, [*out_shape] (for L2 balls)."""
+        raise NotImplementedError
+
+    def forward(self, x):
+        y = self.linear(x)
+        b = self.bias_term()
+        return y if b is None else y + b
+
+    def interval(self, l, u):
+        center, radius = (u + l) / 2, (u - l) / 2
+        c = self.forward(center)
+        r = self.linear_abs(radius)
+        return c - r, c + r
+
+    def backward(self, A, owner, bias):
+        b = self.bias_term()
+        if b is not None:
+            bias += (A * b).flatten(1).sum(1)
+        return self.transpose(A)
+
+
+class Linear(Affine):
+    name = "Linear"
+
+    def __init__(self, weight, bias, in_shape, out_shape) -> None:
+        super().__init__(in_shape, out_shape)
+        self.weight, self.bias = weight, bias  # live: the bounds follow the model's weights
+
+    def linear(self, x):
+        return x @ self.weight.T
+
+    def linear_abs(self, r):
+        return r @ self.weight.abs().T
+
+    def transpose(self, A):
+        return A @ self.weight
+
+    def bias_term(self):
+        return self.bias
+
+    def row_norms(self):
+        return self.weight.norm(dim=1)
+
+
+class Conv(Affine):
+    """Conv2d, and AvgPool2d as a depthwise convolution with weights 1/k^2."""
+
+    name = "Conv2d"
+
+    def __init__(self, weight, bias, stride, padding, dilation, groups, in_shape, out_shape, name=None) -> None:
+        super().__init__(in_shape, out_shape)
+        self.weight, self.bias = weight, bias  # live: the bounds follow the model's weights
+        self.kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        self.name = name or self.name
+        # conv_transpose2d may need output_padding to give back the input's exact size
+        probe = F.conv_transpose2d(torch.zeros(1, *self.out_shape, device=self.weight.device), self.weight, **self.kw)
+        self.output_padding = (in_shape[1] - probe.shape[2], in_shape[2] - probe.shape[3])
+
+    def linear(self, x):
+        return F.conv2d(x, self.weight, **self.kw)
+
+    def linear_abs(self, r):
+        return F.conv2d(r, self.weight.abs(), **self.kw)
+
+    def transpose(self, A):
+        R = A.shape[0]
+        out = F.conv_transpose2d(A.reshape(R, *self.out_shape), self.weight,
+                                 output_padding=self.output_padding, **self.kw)
+        return out
+
+    def bias_term(self):
+        return None if self.bias is None else self.bias.view(-1, 1, 1)
+
+    def row_norms(self):
+        per_channel = self.weight.flatten(1).norm(dim=1)  # padding only removes terms
+        return per_channel.view(-1, 1, 1).expand(self.out_shape)
+
+
+class Scale(Affine):
+    """Per-channel ``y = s x + t``: BatchNorm with its running statistics (eval mode)."""
+
+    name = "BatchNorm"
+
+    def __init__(self, bn, in_shape) -> None:
+        super().__init__(in_shape, in_shape)
+        self.bn, self.view = bn, (-1,) + (1,) * (len(in_shape) - 1)
+
+    @property
+    def scale(self):
+        bn = self.bn
+        s = torch.rsqrt(bn.running_var + bn.eps)
+        return (s if bn.weight is None else bn.weight * s).view(self.view)
+
+    @property
+    def shift(self):
+        bn = self.bn
+        return (-bn.running_mean * self.scale.flatten() + (0 if bn.bias is None else bn.bias)).view(self.view)
+
+    def linear(self, x):
+        return x * self.scale
+
+    def linear_abs(self, r):
+        return r * self.scale.abs()
+
+    def transpose(self, A):
+        return A * self.scale
+
+    def bias_term(self):
+        return self.shift
+
+    def row_norms(self):
+        return self.scale.abs().expand(self.out_shape)
+
+
+class Reshape(Op):
+    """Flatten, view, reshape: the values move, nothing else."""
+
+    name = "Reshape"
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.out_shape)
+
+    def interval(self, l, u):
+        return self.forward(l), self.forward(u)
+
+    def backward(self, A, owner, bias):
+        return A.reshape(A.shape[0], *self.in_shape)
+
+
+class ReLU(Op):
+    """CROWN's relaxation of an unstable ReLU (l < 0 < u): above by the chord
+    ``u (x - l) / (u - l)``, below by ``a x`` with the adaptive slope a = 1 if u > -l else 0."""
+
+    name = "ReLU"
+    needs_bounds = True
+
+    def forward(self, x):
+        return torch.relu(x)
+
+    def interval(self, l, u):
+        return torch.relu(l), torch.relu(u)
+
+    def set_bounds(self, l, u) -> None:
+        """Pre-activation bounds of every sample, [N, *in_shape]: fixes the relaxation."""
+        unstable = (l < 0) & (u > 0)
+        chord = torch.where(unstable, u / (u - l).clamp_min(1e-12), (l >= 0).to(l.dtype))
+        self.upper_slope = chord
+        self.upper_offset = torch.where(unstable, -chord * l, torch.zeros_like(l))
+        self.lower_slope = torch.where(unstable, (u > -l).to(l.dtype), (l >= 0).to(l.dtype))
+
+    def backward(self, A, owner, bias):
+        pos, neg = A.clamp_min(0), A.clamp_max(0)
+        bias += (neg * self.upper_offset[owner]).flatten(1).sum(1)
+        return pos * self.lower_slope[owner] + neg * self.upper_slope[owner]
+
+
+class MaxPool(Op):
+    """MaxPool2d (no padding, no dilation), relaxed soundly if loosely: below by the input
+    with the largest lower bound in each window, x_j; above by the same x_j when its lower
+    bound is at least every other input's upper bound (then max = x_j exactly), otherwise
+    by the constant max of the upper bounds."""
+
+    name = "MaxPool2d"
+    needs_bounds = True
+
+    def __init__(self, kernel, stride, in_shape, out_shape) -> None:
+        super().__init__(in_shape, out_shape)
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel, self.stride)
+
+    def interval(self, l, u):
+        return self.forward(l), self.forward(u)
+
+    def _windows(self, t):
+        """[N, C, H, W] -> [N, C, Ho, Wo, k*k], the inputs of each output."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        return t.unfold(2, kh, sh).unfold(3, kw, sw).flatten(-2)
+
+    def set_bounds(self, l, u) -> None:
+        N, (C, H, W) = l.shape[0], self.in_shape
+        wl, wu = self._windows(l), self._windows(u)
+        best_l, j = wl.max(-1)                      # the window's most promising input
+        others_u = wu.scatter(-1, j.unsqueeze(-1), float("-inf")).max(-1).values
+        self.exact = (best_l >= others_u).to(l.dtype)  # x_j dominates: max is x_j
+        self.top = wu.max(-1).values
+        # flat index of x_j in [C*H*W] for each output
+        index = torch.arange(C * H * W, device=l.device).view(1, C, H, W).expand(N, C, H, W)
+        self.index = self._windows(index).gather(-1, j.unsqueeze(-1)).squeeze(-1).flatten(1)
+
+    def backward(self, A, owner, bias):
+        pos, neg = A.clamp_min(0), A.clamp_max(0)
+        exact = self.exact[owner]
+        bias += (neg * (1 - exact) * self.top[owner]).flatten(1).sum(1)
+        coef = (pos + neg * exact).flatten(1)
+        out = torch.zeros(A.shape[0], self.in_shape[0] * self.in_shape[1] * self.in_shape[2],
+                          dtype=A.dtype, device=A.device)
+        out.scatter_add_(1, self.index[owner], coef)
+        return out.view(A.shape[0], *self.in_shape)

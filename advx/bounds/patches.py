@@ -1,0 +1,121 @@
+"""CROWN's intermediate bounds for convolutional layers, computed on receptive fields.
+
+Bounding one neuron of a convolution's output by walking back to the input only ever
+touches its receptive field: a 4x4 window one layer down, 10x10 two layers down. Dense
+back-substitution (``propagate.backward``) would carry whole images of zeros for every
+neuron. Here each row of coefficients is a window ``A`` [R, C, h, w] with its top-left
+corner ``(oy, ox)`` in the current layer (it may hang over the border: those entries
+stand for the zero padding, a constant 0, and are cleared). Conv2d, BatchNorm and ReLU
+are walked this way; at any other op the windows are written into whole images and the
+walk continues densely.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from advx.bounds.ops import Conv, MaxPool, ReLU, Scale
+
+
+def spatial(op) -> bool:
+    return isinstance(op, (Conv, Scale, ReLU, MaxPool)) and len(op.in_shape) == 3 and len(op.out_shape) == 3
+
+
+def windows(t: torch.Tensor, owner, oy, ox, h: int, w: int) -> torch.Tensor:
+    """The windows [R, C, h, w] of the per-sample tensor ``t`` [N, C, H, W] at corners
+    ``(oy, ox)`` of samples ``owner``; zero where a window leaves the image."""
+    H, W = t.shape[2], t.shape[3]
+    pad = max(0, int(-oy.min()), int(-ox.min()), int((oy + h - H).max()), int((ox + w - W).max()))
+    if pad:
+        t = F.pad(t, (pad, pad, pad, pad))
+    iy = (oy + pad).unsqueeze(1) + torch.arange(h, device=t.device)
+    ix = (ox + pad).unsqueeze(1) + torch.arange(w, device=t.device)
+    got = t[owner.view(-1, 1, 1), :, iy.unsqueeze(2), ix.unsqueeze(1)]  # [R, h, w, C]
+    return got.permute(0, 3, 1, 2)
+
+
+def _inside(oy, ox, h: int, w: int, H: int, W: int) -> torch.Tensor:
+    """[R, 1, h, w]: which window entries lie inside an H x W image."""
+    ys = oy.unsqueeze(1) + torch.arange(h, device=oy.device)
+    xs = ox.unsqueeze(1) + torch.arange(w, device=ox.device)
+    return (((ys >= 0) & (ys < H)).unsqueeze(2) & ((xs >= 0) & (xs < W)).unsqueeze(1)).unsqueeze(1)
+
+
+def dense(A, oy, ox, shape) -> torch.Tensor:
+    """The windows written into whole [R, *shape] images (entries outside dropped)."""
+    C, H, W = shape
+    h, w = A.shape[2], A.shape[3]
+    pad = max(0, int(-oy.min()), int(-ox.min()), int((oy + h - H).max()), int((ox + w - W).max()))
+    out = torch.zeros(A.shape[0], C, H + 2 * pad, W + 2 * pad, dtype=A.dtype, device=A.device)
+    iy = (oy + pad).unsqueeze(1) + torch.arange(h, device=A.device)
+    ix = (ox + pad).unsqueeze(1) + torch.arange(w, device=A.device)
+    rows = torch.arange(A.shape[0], device=A.device).view(-1, 1, 1)
+    out[rows, :, iy.unsqueeze(2), ix.unsqueeze(1)] = A.permute(0, 2, 3, 1)
+    return out[:, :, pad:pad + H, pad:pad + W]
+
+
+def walk(chain, start: int, A, owner, oy, ox, bias):
+    """Walk the windows back through the spatial ops ``chain[j:start]`` (from the top) as
+    far as they go; returns ``(j, A, oy, ox)``: the windows now sit at ``chain[j]``'s input."""
+    j = start
+    while j > 0 and spatial(chain[j - 1]):
+        op = chain[j - 1]
+        h, w = A.shape[2], A.shape[3]
+        if isinstance(op, Conv):
+            b = op.bias_term()
+            if b is not None:
+                bias += (A * b.view(1, -1, 1, 1)).flatten(1).sum(1)
+            (sy, sx), (py, px) = _pair(op.kw["stride"]), _pair(op.kw["padding"])
+            A = F.conv_transpose2d(A, op.weight, stride=(sy, sx), dilation=op.kw["dilation"],
+                                   groups=op.kw["groups"])
+            oy, ox = oy * sy - py, ox * sx - px
+            _, H, W = op.in_shape
+            A = A * _inside(oy, ox, A.shape[2], A.shape[3], H, W)  # padding is a constant 0
+        elif isinstance(op, Scale):
+            bias += (A * op.shift).flatten(1).sum(1)
+            A = A * op.scale
+        elif isinstance(op, MaxPool):
+            A, oy, ox = _maxpool(op, A, owner, oy, ox, bias)
+        else:  # ReLU with its relaxation, read off the same windows
+            pos, neg = A.clamp_min(0), A.clamp_max(0)
+            bias += (neg * windows(op.upper_offset, owner, oy, ox, h, w)).flatten(1).sum(1)
+            A = pos * windows(op.lower_slope, owner, oy, ox, h, w) + neg * windows(op.upper_slope, owner, oy, ox, h, w)
+        j -= 1
+    return j, A, oy, ox
+
+
+def _maxpool(op: MaxPool, A, owner, oy, ox, bias):
+    """``MaxPool.backward`` on windows: each output's coefficient goes to the input its
+    relaxation picked, inside the input window under the output window."""
+    (kh, kw), (sh, sw) = op.kernel, op.stride
+    R, C, h, w = A.shape
+    _, H, W = op.in_shape
+    exact = windows(op.exact, owner, oy, ox, h, w)
+    pos, neg = A.clamp_min(0), A.clamp_max(0)
+    bias += (neg * (1 - exact) * windows(op.top, owner, oy, ox, h, w)).flatten(1).sum(1)
+    coef = pos + neg * exact
+    picked = windows(op.index.view(-1, *op.out_shape).to(A.dtype), owner, oy, ox, h, w).long()
+    iy, ix = picked % (H * W) // W - (oy * sh).view(-1, 1, 1, 1), picked % W - (ox * sw).view(-1, 1, 1, 1)
+    hi, wi = (h - 1) * sh + kh, (w - 1) * sw + kw
+    inside = (iy >= 0) & (iy < hi) & (ix >= 0) & (ix < wi)  # outputs hanging over the border
+    local = torch.where(inside, iy * wi + ix, 0) + torch.arange(C, device=A.device).view(1, -1, 1, 1) * hi * wi
+    out = torch.zeros(R, C * hi * wi, dtype=A.dtype, device=A.device)
+    out.scatter_add_(1, local.flatten(1), (coef * inside).flatten(1))
+    return out.view(R, C, hi, wi), oy * sh, ox * sw
+
+
+def input_minimum(ball, A, owner, oy, ox) -> torch.Tensor:
+    """Lower bound of the windows' ``A . x`` over the input set (as ``Ball.minimum``)."""
+    h, w = A.shape[2], A.shape[3]
+    l, u = ball.box()
+    cl, cu = windows(l, owner, oy, ox, h, w), windows(u, owner, oy, ox, h, w)
+    best = ((A * (cu + cl) / 2) - A.abs() * (cu - cl) / 2).flatten(1).sum(1)
+    if ball.norm == "2":
+        x = windows(ball.x, owner, oy, ox, h, w)
+        best = torch.maximum(best, (A * x).flatten(1).sum(1) - ball.eps * A.flatten(1).norm(dim=1))
+    return best
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
