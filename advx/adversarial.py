@@ -38,7 +38,8 @@ from advx.precision import check_precision
 from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
 from advx.validate import InputError, check_number, check_seed
 
-KINDS = ("none", "fgsm-rs", "pgd", "trades", *CERTIFIED_KINDS)
+ATTACK_KINDS = ("fgsm-rs", "pgd", "trades")
+KINDS = ("none", *ATTACK_KINDS, *CERTIFIED_KINDS)
 
 
 class AdversarialLoss:
@@ -51,8 +52,9 @@ class AdversarialLoss:
     def __init__(self, kind: str, *, eps: float, alpha: float | None = None, steps: int = 10,
                  warmup_epochs: float = 0.0, beta: float = 6.0, seed: int = 0,
                  precision: str = "fp32") -> None:
-        if kind not in ("fgsm-rs", "pgd", "trades"):
-            raise InputError(f"adv must be one of 'fgsm-rs', 'pgd', 'trades' for an attack, got {kind!r}")
+        if kind not in ATTACK_KINDS:
+            raise InputError(f"adv must be one of {list(ATTACK_KINDS)} (an attack; for ibp/crown-ibp use "
+                             f"advx.bounds.training.CertifiedLoss), got {kind!r}")
         self.kind = kind
         self.eps = check_number("eps", eps, minimum=0)
         self.steps = check_number("steps", steps, minimum=1, integer=True)

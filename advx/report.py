@@ -132,12 +132,18 @@ def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,
     for name in by_attack[eps[0]]:  # dashed on top, so a line equal to the worst case stays visible
         ax.plot(xs, head + [by_attack[e][name] for e in eps], marker="o", ls="--", label=name,
                 zorder=2)
+    return save_accuracy_axes(fig, ax, path, title)
+
+
+def save_accuracy_axes(fig, ax, path, title: str = "", legend_size=None) -> Path:
+    """Label an accuracy-vs-eps plot, write it as PNG atomically, close it."""
+    import matplotlib.pyplot as plt
     ax.set_xlabel("eps (pixel units)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title or "robust accuracy vs eps")
-    ax.legend()
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     try:
         with atomic_write(path, "wb") as f:
@@ -166,10 +172,9 @@ def eval_table(ev, *, source: str, cascade: bool = True) -> str:
     label = get_norm(ev.settings.get("norm", "inf")).label
     lines = [f"clean accuracy {ev.clean_acc:.2%} on {ev.n} test images ({source})",
              f"robust accuracy ({label}{how}):",
-             f"{'eps':>6}  {'worst case':>10}  " + "  ".join(f"{a:>10}" for a in ev.attacks)]
-    cert = ev.certified_acc
-    if cert is not None:  # the interval: certified <= true robust accuracy <= worst case
-        lines[-1] += f"  {'certified':>10}  {'unresolved':>10}"
+             f"{'eps':>6}  {'worst case':>10}  " + "  ".join(f"{a:>10}" for a in ev.attacks)
+             + (f"  {'certified':>10}  {'unresolved':>10}" if ev.certified_acc is not None else "")]
+    cert = ev.certified_acc  # the interval: certified <= true robust accuracy <= worst case
     for e in ev.eps:
         lines.append(f"{e:>6g}  {ev.robust_acc[e]:>10.2%}  "
                      + "  ".join(f"{ev.robust_acc_by_attack[e][a]:>10.2%}" for a in ev.attacks)

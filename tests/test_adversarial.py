@@ -97,7 +97,7 @@ def test_catastrophic_overfitting_detection():
 
 
 def test_bad_settings():
-    with pytest.raises(ValueError, match=r"adv must be one of \['none', 'fgsm-rs', 'pgd', 'trades'\], got 'free'"):
+    with pytest.raises(ValueError, match=r"adv must be one of \['fgsm-rs', 'pgd', 'trades'\] \(an attack.*got 'free'"):
         AdversarialLoss("free", eps=0.3)
     with pytest.raises(ValueError, match="eps must be >= 0, got -0.3"):
         AdversarialLoss("pgd", eps=-0.3)

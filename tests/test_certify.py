@@ -71,7 +71,7 @@ def into_ball(x, d, eps, norm):
     return (x + d).clamp(0, 1)
 
 
-def smallest_margins(model, x, y, eps, norm, *, points=300, steps=30, seed=0):
+def smallest_margins(model, x, y, eps, norm, *, points=1000, steps=30, seed=0):
     """The smallest margin seen per (sample, class): random points, corners (Linf) or sphere
     points (L2), and a projected-gradient descent on each margin from random starts."""
     g = torch.Generator().manual_seed(seed)

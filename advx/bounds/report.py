@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from advx.report import _remove_stale, environment, write_csv, write_json
+from advx.report import _remove_stale, environment, save_accuracy_axes, write_csv, write_json
 
 
 @dataclass
@@ -79,8 +79,6 @@ def save_bounds_curve(path, eps: Sequence[float], certified: dict, attack: dict 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from advx.files import atomic_write
-
     xs = [0.0, *eps] if eps[0] > 0 else list(eps)
     head = [clean_acc] if eps[0] > 0 else []
     lower = head + [certified[e] for e in eps]
@@ -92,16 +90,4 @@ def save_bounds_curve(path, eps: Sequence[float], certified: dict, attack: dict 
         for name in (by_attack or {}).get(eps[0], {}):
             ax.plot(xs, head + [by_attack[e][name] for e in eps], marker="o", ls="--", lw=1, label=name)
     ax.plot(xs, lower, marker="^", color="tab:green", lw=2, label=f"certified, {method} (lower bound)")
-    ax.set_xlabel("eps (pixel units)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "robust accuracy vs eps")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        with atomic_write(path, "wb") as f:
-            fig.savefig(f, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_accuracy_axes(fig, ax, path, title, legend_size=8)
