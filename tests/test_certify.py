@@ -284,16 +284,17 @@ def test_inputs_outside_the_pixel_bounds_are_refused():
         certify(model, x + 2, y, eps=0.1)
 
 
-def test_certify_leaves_the_model_alone(trained_cnn, batch):
-    model = copy.deepcopy(trained_cnn).train()
+@pytest.mark.parametrize("method", METHODS)
+def test_certify_leaves_the_model_alone(bn_model, batch, method):
+    model = bn_model  # in train mode, with BatchNorm (running statistics) and Dropout
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = batch[0][:20].clone(), batch[1][:20].clone()
-    x0 = x.clone()
-    certify(model, x, y, eps=0.01)
-    assert model.training
+    x0, y0 = x.clone(), y.clone()
+    certify(model, x, y, eps=0.01, method=method)
+    assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
-    assert torch.equal(x, x0)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
 def test_the_sandwich_check_names_the_sample():

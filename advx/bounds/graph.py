@@ -8,8 +8,6 @@ block) is one clear error naming it.
 
 from __future__ import annotations
 
-import operator
-
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -45,12 +43,16 @@ def read_model(model: nn.Module, input_shape) -> list[ops.Op]:
         raise UnsupportedModel(f"cannot certify this model: torch.fx could not trace its forward "
                                f"({type(error).__name__}: {error})") from None
     device = next(model.parameters()).device
+    was_training = model.training
+    graph.eval()  # in train mode the probe would move BatchNorm's running statistics
     try:
         with torch.no_grad():
             ShapeProp(graph).propagate(torch.zeros(1, *input_shape, device=device))
     except Exception as error:
         raise UnsupportedModel(f"cannot certify this model: it does not run on one input of shape "
                                f"{list(input_shape)} ({str(error).splitlines()[0]})") from None
+    finally:
+        model.train(was_training)
     modules = dict(graph.named_modules())
     chain: list[ops.Op] = []
     current = None  # the node whose value flows through the chain
@@ -105,9 +107,7 @@ def _op_of(node, modules, in_shape, out_shape):
         return ops.ReLU(in_shape, out_shape)
     if target is F.dropout:  # certified as in eval mode, where dropout is the identity
         return None
-    if target is operator.getitem or target in (operator.add, operator.mul, torch.cat):
-        raise _unsupported(_describe(node, modules))
-    raise _unsupported(_describe(node, modules))
+    raise _unsupported(_describe(node, modules))  # a sigmoid, an x * 2, a torch.cat, ...
 
 
 def _module_op(module, node, in_shape, out_shape):

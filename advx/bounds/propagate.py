@@ -25,6 +25,7 @@ import torch
 
 from advx.bounds import patches
 from advx.bounds.ops import Op, ReLU
+from advx.validate import InputError
 
 METHODS = ("ibp", "crown-ibp", "crown")
 ROWS_BUDGET = 2**25  # floats in one CROWN chunk of rows (about 128 MB)
@@ -96,7 +97,7 @@ def backward(chain: list[Op], start: int, stop: int, A: torch.Tensor, owner: tor
 def lower_bounds(chain: list[Op], ball: Ball, method: str, spec: torch.Tensor) -> torch.Tensor:
     """Lower bounds of ``spec @ output`` [N, S] for every sample of ``ball``."""
     if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
     N = ball.x.shape[0]
     boxes: list = [ball.box()]  # boxes[i]: bounds of chain[i]'s input
     for i, op in enumerate(chain):
@@ -134,13 +135,13 @@ def _refine(chain, i, l, u, ball, boxes):
     for s in range(0, len(sample), chunk):
         rows_s, rows_p = sample[s:s + chunk], position[s:s + chunk]
         R = len(rows_s)
-        A = torch.zeros(2 * R, l.shape[1], dtype=l.dtype, device=l.device)
-        A[torch.arange(R), rows_p] = 1.0       # lower bound of h_p
-        A[torch.arange(R, 2 * R), rows_p] = -1.0  # lower bound of -h_p: minus an upper bound
         owner = torch.cat([rows_s, rows_s])
         if patches.spatial(chain[i - 1]):  # a convolution's neurons: walk their receptive fields
             found = _patch_rows(chain, i, rows_p.repeat(2), owner, R, ball, boxes, l.dtype)
         else:
+            A = torch.zeros(2 * R, l.shape[1], dtype=l.dtype, device=l.device)
+            A[torch.arange(R), rows_p] = 1.0          # lower bound of h_p
+            A[torch.arange(R, 2 * R), rows_p] = -1.0  # lower bound of -h_p: minus an upper bound
             found = backward(chain, i, 0, A.view(2 * R, *chain[i].in_shape), owner, ball, boxes)
         l[rows_s, rows_p] = torch.maximum(l[rows_s, rows_p], found[:R])
         u[rows_s, rows_p] = torch.minimum(u[rows_s, rows_p], -found[R:])
