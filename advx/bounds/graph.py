@@ -14,6 +14,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from advx.bounds import ops
+from advx.bounds.ops import pair
 from advx.validate import AdvxError
 
 SUPPORTED = ("Conv2d", "Linear", "ReLU", "Flatten / view / reshape", "AvgPool2d", "MaxPool2d",
@@ -132,7 +133,6 @@ def _module_op(module, node, in_shape, out_shape):
     if isinstance(module, nn.AvgPool2d):
         return _avg_pool(module, node, in_shape, out_shape)
     if isinstance(module, nn.MaxPool2d):
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
         if pair(module.padding) != (0, 0) or pair(module.dilation) != (1, 1) or module.ceil_mode:
             raise _unsupported(f"MaxPool2d with padding, dilation or ceil_mode ({node.target})")
         return ops.MaxPool(pair(module.kernel_size), pair(module.stride or module.kernel_size), in_shape, out_shape)
@@ -151,7 +151,6 @@ def _explicit_padding(conv: nn.Conv2d, in_shape, out_shape):
 
 
 def _avg_pool(module: nn.AvgPool2d, node, in_shape, out_shape):
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
     kernel, stride, padding = pair(module.kernel_size), pair(module.stride or module.kernel_size), pair(module.padding)
     if module.ceil_mode or (padding != (0, 0) and not module.count_include_pad) or module.divisor_override:
         raise _unsupported(f"AvgPool2d with ceil_mode, divisor_override or count_include_pad=False "

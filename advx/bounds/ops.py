@@ -20,6 +20,11 @@ import torch
 import torch.nn.functional as F
 
 
+def pair(v) -> tuple:
+    """A kernel size, stride or padding as a (height, width) pair."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 class Op:
     """One step of the chain. ``in_shape``/``out_shape``: one sample's shape (no batch)."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advx.bounds.ops import Conv, MaxPool, ReLU, Scale
+from advx.bounds.ops import Conv, MaxPool, ReLU, Scale, pair
 
 
 def spatial(op) -> bool:
@@ -25,14 +25,20 @@ def spatial(op) -> bool:
 def windows(t: torch.Tensor, owner, oy, ox, h: int, w: int) -> torch.Tensor:
     """The windows [R, C, h, w] of the per-sample tensor ``t`` [N, C, H, W] at corners
     ``(oy, ox)`` of samples ``owner``; zero where a window leaves the image."""
-    H, W = t.shape[2], t.shape[3]
-    pad = max(0, int(-oy.min()), int(-ox.min()), int((oy + h - H).max()), int((ox + w - W).max()))
+    pad, iy, ix = _index(oy, ox, h, w, t.shape[2], t.shape[3])
     if pad:
         t = F.pad(t, (pad, pad, pad, pad))
-    iy = (oy + pad).unsqueeze(1) + torch.arange(h, device=t.device)
-    ix = (ox + pad).unsqueeze(1) + torch.arange(w, device=t.device)
-    got = t[owner.view(-1, 1, 1), :, iy.unsqueeze(2), ix.unsqueeze(1)]  # [R, h, w, C]
+    got = t[owner.view(-1, 1, 1), :, iy, ix]  # [R, h, w, C]
     return got.permute(0, 3, 1, 2)
+
+
+def _index(oy, ox, h: int, w: int, H: int, W: int):
+    """How far an H x W image must be padded to hold every window, and the row [R, h, 1] and
+    column [R, 1, w] indices of the windows in the padded image."""
+    pad = max(0, int(-oy.min()), int(-ox.min()), int((oy + h - H).max()), int((ox + w - W).max()))
+    iy = (oy + pad).unsqueeze(1) + torch.arange(h, device=oy.device)
+    ix = (ox + pad).unsqueeze(1) + torch.arange(w, device=ox.device)
+    return pad, iy.unsqueeze(2), ix.unsqueeze(1)
 
 
 def _inside(oy, ox, h: int, w: int, H: int, W: int) -> torch.Tensor:
@@ -45,13 +51,10 @@ def _inside(oy, ox, h: int, w: int, H: int, W: int) -> torch.Tensor:
 def dense(A, oy, ox, shape) -> torch.Tensor:
     """The windows written into whole [R, *shape] images (entries outside dropped)."""
     C, H, W = shape
-    h, w = A.shape[2], A.shape[3]
-    pad = max(0, int(-oy.min()), int(-ox.min()), int((oy + h - H).max()), int((ox + w - W).max()))
+    pad, iy, ix = _index(oy, ox, A.shape[2], A.shape[3], H, W)
     out = torch.zeros(A.shape[0], C, H + 2 * pad, W + 2 * pad, dtype=A.dtype, device=A.device)
-    iy = (oy + pad).unsqueeze(1) + torch.arange(h, device=A.device)
-    ix = (ox + pad).unsqueeze(1) + torch.arange(w, device=A.device)
     rows = torch.arange(A.shape[0], device=A.device).view(-1, 1, 1)
-    out[rows, :, iy.unsqueeze(2), ix.unsqueeze(1)] = A.permute(0, 2, 3, 1)
+    out[rows, :, iy, ix] = A.permute(0, 2, 3, 1)
     return out[:, :, pad:pad + H, pad:pad + W]
 
 
@@ -66,7 +69,7 @@ def walk(chain, start: int, A, owner, oy, ox, bias):
             b = op.bias_term()
             if b is not None:
                 bias += (A * b.view(1, -1, 1, 1)).flatten(1).sum(1)
-            (sy, sx), (py, px) = _pair(op.kw["stride"]), _pair(op.kw["padding"])
+            (sy, sx), (py, px) = pair(op.kw["stride"]), pair(op.kw["padding"])
             A = F.conv_transpose2d(A, op.weight, stride=(sy, sx), dilation=op.kw["dilation"],
                                    groups=op.kw["groups"])
             oy, ox = oy * sy - py, ox * sx - px
@@ -116,6 +119,3 @@ def input_minimum(ball, A, owner, oy, ox) -> torch.Tensor:
         best = torch.maximum(best, (A * x).flatten(1).sum(1) - ball.eps * A.flatten(1).norm(dim=1))
     return best
 
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)

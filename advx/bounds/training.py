@@ -76,9 +76,3 @@ class CertifiedLoss:
         worst = -self.margins(model, x, y, epoch)  # the worst-case logits, 0 for class y
         worst = worst.masked_fill(F.one_hot(y, worst.shape[1]).bool(), 0.0)
         return kappa * loss + (1 - kappa) * F.cross_entropy(worst, y), logits
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
