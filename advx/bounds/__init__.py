@@ -66,7 +66,10 @@ class Certifier:
         if method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
         self.model, self.method, self.norm = model, method, get_norm(norm).name
-        self.bounds = (float(bounds[0]), float(bounds[1]))
+        low, high = (check_number("bounds", b) for b in bounds)
+        if low >= high:
+            raise InputError(f"bounds must be (lower, upper) with lower < upper, got {tuple(bounds)}")
+        self.bounds = (low, high)
         self.chain = read_model(model, tuple(input_shape))
         self.screen, self.checked = bool(screen), False
 
@@ -89,7 +92,7 @@ class Certifier:
                  progress: bool = False) -> Certificate:
         eps = check_number("eps", eps, minimum=0)
         batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
-        _check_inputs(x, y, self.bounds)
+        _check_inputs(x, y, self.bounds, self.chain[0].in_shape if self.chain else None)
         device = next(self.model.parameters()).device
         if not self.checked:
             self._check_chain(x[:batch_size].to(device))
@@ -140,7 +143,10 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, m
         x, y, eps=eps, batch_size=batch_size, progress=progress)
 
 
-def _check_inputs(x, y, bounds) -> None:
+def _check_inputs(x, y, bounds, shape) -> None:
+    if not isinstance(x, torch.Tensor) or (shape is not None and tuple(x.shape[1:]) != tuple(shape)):
+        raise InputError(f"x must be a tensor [N, {', '.join(map(str, shape or ()))}] (the shape the model was "
+                         f"read with), got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x):
         raise InputError(f"y must be a tensor of {len(x)} labels, got "
                          f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
