@@ -6,7 +6,10 @@ advx's attack classes; nothing here re-implements an attack loop:
 
 - ``"fgsm-rs"``: FGSM from a uniform random start with step 1.25 eps (Wong, Rice &
   Kolter, 2020, "Fast is better than free") = ``PGD(steps=1, alpha=1.25*eps)``;
-- ``"pgd"``:     PGD-k with a random start (Madry et al., 2018);
+- ``"pgd"``:     PGD-k with a random start (Madry et al., 2018), each sample stopped at
+  its first adversarial iterate (``early_stop``; Zhang et al., 2020, "Attacks which do
+  not kill training"): run to the last step, the PGD-5 recipe overfits catastrophically
+  in its 4th epoch; stopped, it does not (docs/robust-training.md);
 - ``"trades"``:  clean CE + beta * KL(p(x) || p(x_adv)), the adversary ascending the KL
   term (Zhang et al., 2019) = ``PGD(loss="kl")``.
 
@@ -28,13 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advx.attacks import FGSM, PGD
+from advx.attacks import PGD
 from advx.attacks.objectives import trades_loss
 from advx.checkpoint import load_checkpoint, save_checkpoint
 from advx.bounds import certify
 from advx.bounds.training import CERTIFIED_KINDS, CertifiedLoss
 from advx.data import load_mnist
 from advx.precision import check_precision
+from advx.probe import catastrophic_overfitting, final_metrics, probe_metrics
 from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
 from advx.validate import InputError, check_number, check_seed
 
@@ -51,7 +55,7 @@ class AdversarialLoss:
 
     def __init__(self, kind: str, *, eps: float, alpha: float | None = None, steps: int = 10,
                  warmup_epochs: float = 0.0, beta: float = 6.0, seed: int = 0,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", early_stop: bool = True) -> None:
         if kind not in ATTACK_KINDS:
             raise InputError(f"adv must be one of {list(ATTACK_KINDS)} (an attack; for ibp/crown-ibp use "
                              f"advx.bounds.training.CertifiedLoss), got {kind!r}")
@@ -63,6 +67,7 @@ class AdversarialLoss:
         self.alpha = None if alpha is None else check_number("alpha", alpha, minimum=0, strict=True)
         self.generator = torch.Generator().manual_seed(check_seed("seed", seed))
         self.precision = check_precision("precision", precision)  # of the attack's search
+        self.early_stop = bool(early_stop)  # "pgd": each sample's first adversarial iterate
 
     def eps_at(self, epoch: float) -> float:
         """The eps used at (fractional) ``epoch``: a linear ramp over the warm-up."""
@@ -71,12 +76,15 @@ class AdversarialLoss:
         return self.eps * min(1.0, epoch / self.warmup_epochs)
 
     def attack(self, model: nn.Module, eps: float) -> PGD:
-        if self.kind == "fgsm-rs":
-            return PGD(model, eps=eps, alpha=1.25 * eps, steps=1, generator=self.generator,
+        if self.kind == "fgsm-rs":  # alpha None: Wong et al.'s 1.25 * eps
+            return PGD(model, eps=eps, alpha=self.alpha or 1.25 * eps, steps=1, generator=self.generator,
                        precision=self.precision)
         # alpha None: PGD's default, 2.5 * eps / steps
+        if self.kind == "trades":  # the KL term has no "adversarial yet" to stop at
+            return PGD(model, eps=eps, alpha=self.alpha, steps=self.steps, generator=self.generator,
+                       loss="kl", precision=self.precision)
         return PGD(model, eps=eps, alpha=self.alpha, steps=self.steps, generator=self.generator,
-                   loss="kl" if self.kind == "trades" else "ce", precision=self.precision)
+                   precision=self.precision, early_stop=self.early_stop)
 
     def __call__(self, model, x, y, *, epoch: float):
         eps = self.eps_at(epoch)
@@ -97,20 +105,6 @@ class AdversarialLoss:
         self.generator.set_state(state["generator"])
 
 
-def catastrophic_overfitting(history: list[dict], *, drop: float = 0.2) -> bool:
-    """The failure mode Wong et al. describe for FGSM training: held-out PGD accuracy
-    collapses while FGSM accuracy rises. Few-step PGD training can fail the same way, with
-    FGSM accuracy staying high while PGD accuracy collapses. True when the last epoch's PGD
-    accuracy fell more than ``drop`` below its best so far and FGSM accuracy either rose or
-    stands more than ``drop`` above PGD accuracy (the model beats only the weak attack)."""
-    if len(history) < 2:
-        return False
-    best_pgd = max(r["pgd_acc"] for r in history[:-1])
-    last, before = history[-1], history[-2]
-    collapsed = last["pgd_acc"] < best_pgd - drop
-    return collapsed and (last["fgsm_acc"] > before["fgsm_acc"] or last["fgsm_acc"] - last["pgd_acc"] > drop)
-
-
 @dataclass(frozen=True)
 class RobustConfig:
     """Adversarial-training settings (saved in the checkpoint)."""
@@ -121,8 +115,10 @@ class RobustConfig:
     steps: int = 10
     warmup_epochs: float = 1.0
     beta: float = 6.0
+    early_stop: bool = True   # pgd: stop each sample at its first adversarial iterate
     holdout: int = 1000
-    eval_steps: int = 20
+    eval_steps: int = 20      # certified kinds: the held-out PGD check's steps
+    final_n: int = 500        # attack kinds: --suite strong on the first N held-out images at the end (0: skip)
     ramp_start: float = 0.0   # certified kinds: clean epochs before the eps ramp
     kappa: float = 0.5        # certified kinds: final weight of the clean loss
 
@@ -133,7 +129,7 @@ class RobustConfig:
     @property
     def best_key(self) -> str:
         """The held-out figure the best checkpoint is chosen by."""
-        return "cert_acc" if self.certified else "pgd_acc"
+        return "cert_acc" if self.certified else "probe_acc"
 
     def __post_init__(self) -> None:
         if self.adv not in KINDS:
@@ -145,25 +141,16 @@ class RobustConfig:
             "beta": check_number("beta", self.beta, minimum=0),
             "holdout": check_number("holdout", self.holdout, minimum=1, integer=True),
             "eval_steps": check_number("eval_steps", self.eval_steps, minimum=1, integer=True),
+            "final_n": check_number("final_n", self.final_n, minimum=0, integer=True),
             "ramp_start": check_number("ramp_start", self.ramp_start, minimum=0),
             "kappa": check_number("kappa", self.kappa, minimum=0, maximum=1),
         }
+        if not isinstance(self.early_stop, bool):
+            raise InputError(f"early_stop must be True or False, got {self.early_stop!r}")
         if self.alpha is not None:
             checked["alpha"] = check_number("alpha", self.alpha, minimum=0, strict=True)
         for name, value in checked.items():  # plain numbers in the (frozen) config
             object.__setattr__(self, name, value)
-
-
-def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                    steps: int, seed: int = 0) -> dict:
-    """Clean, FGSM and PGD accuracy on a held-out slice (the catastrophic-overfitting probe)."""
-    fgsm_x = FGSM(model, eps=eps)(x, y)
-    pgd_x = PGD(model, eps=eps, steps=steps, alpha=2.5 * eps / steps, seed=seed)(x, y)
-    return {
-        "clean_acc_holdout": accuracy(model, x, y),
-        "fgsm_acc": accuracy(model, fgsm_x, y),
-        "pgd_acc": accuracy(model, pgd_x, y),
-    }
 
 
 def certified_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
@@ -190,18 +177,28 @@ def _loss_of(config: TrainConfig, robust: RobustConfig):
         return None
     return AdversarialLoss(robust.adv, eps=robust.eps, alpha=robust.alpha, steps=robust.steps,
                            warmup_epochs=robust.warmup_epochs, beta=robust.beta, seed=config.seed,
-                           precision=config.precision)
+                           precision=config.precision, early_stop=robust.early_stop)
+
+
+def _epoch_metrics(config: TrainConfig, robust: RobustConfig, x: torch.Tensor, y: torch.Tensor):
+    """The held-out check after each epoch: the probe of ``advx.probe`` (attack kinds) or
+    certified and PGD accuracy (certified kinds)."""
+    if robust.certified:
+        return lambda m: certified_metrics(m, x, y, eps=robust.eps, steps=robust.eval_steps, seed=config.seed)
+    return lambda m: probe_metrics(m, x, y, eps=robust.eps, precision=config.precision, seed=config.seed)
 
 
 def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str | Path,
                  data_dir=None, device: str = "cpu", progress: bool = True,
                  resume: bool = False) -> tuple[nn.Module, list[dict]]:
     """Adversarially train ``config.model`` on MNIST minus a held-out slice of the training
-    set; after every epoch measure clean/FGSM/PGD accuracy on that slice (certified kinds:
-    clean, certified and PGD accuracy). Writes ``checkpoint`` (the model with the best
-    held-out PGD accuracy, or certified accuracy for the certified kinds) and
-    ``<checkpoint>.last.pt`` (the latest epoch, with everything needed to resume).
-    Training stops early when held-out PGD accuracy collapses (catastrophic overfitting)."""
+    set; after every epoch measure clean, FGSM and probe accuracy (APGD-CE, then Square:
+    ``advx.probe``) on that slice (certified kinds: clean, certified and PGD accuracy).
+    Writes ``checkpoint`` (the model with the best held-out probe accuracy, or certified
+    accuracy for the certified kinds) and ``<checkpoint>.last.pt`` (the latest epoch, with
+    everything needed to resume). Training stops early when the probe collapses
+    (catastrophic overfitting). At the end, attack kinds run ``--suite strong`` on the first
+    ``robust.final_n`` held-out images and store it in the checkpoint as ``metrics["final"]``."""
     checkpoint = Path(checkpoint)
     last_path = last_checkpoint(checkpoint)
     full = load_mnist("train", data_dir)
@@ -224,31 +221,34 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
         state = ckpt["train_state"]
         best = ckpt["metrics"].get("best", best)
 
+    def save(path, weights, metrics, **extra):
+        save_checkpoint(path, weights, model_name=config.model, config=saved_config, metrics=metrics, **extra)
+
     def on_epoch_end(record: dict, train_state: dict) -> bool:
         """Save the best and the latest epoch; True (stop) on catastrophic overfitting."""
         nonlocal best
         # Seen with FGSM-RS (Wong et al.) and with few-step, large-step PGD alike: the
         # model learns to defeat the weak training attack only. Later epochs do not recover.
-        collapsed = not robust.certified and catastrophic_overfitting(train_state["history"])
+        collapsed = not robust.certified and catastrophic_overfitting(train_state["history"], key=key)
         if collapsed:
-            warnings.warn(f"catastrophic overfitting at epoch {record['epoch']}: held-out PGD accuracy "
-                          f"collapsed to {record['pgd_acc']:.2%}; training stops, the best checkpoint "
-                          f"(epoch {best['epoch']}, {best['pgd_acc']:.2%}) is kept", stacklevel=2)
+            warnings.warn(f"catastrophic overfitting at epoch {record['epoch']}: held-out {key} "
+                          f"collapsed to {record[key]:.2%}; training stops, the best checkpoint "
+                          f"(epoch {best['epoch']}, {best[key]:.2%}) is kept", stacklevel=2)
         if record[key] > best[key]:
             best = dict(record)
-            save_checkpoint(checkpoint, model, model_name=config.model, config=saved_config,
-                            metrics={"best": best, "history": train_state["history"]})
-        save_checkpoint(last_path, model, model_name=config.model, config=saved_config,
-                        metrics={"best": best, "history": train_state["history"]},
-                        extra={"train_state": train_state})
+            save(checkpoint, model, {"best": best, "history": train_state["history"]})
+        save(last_path, model, {"best": best, "history": train_state["history"]}, extra={"train_state": train_state})
         return collapsed
 
-    history = train(
-        model, train_set, test_set, config, loss_fn=loss_fn or clean_loss, device=device,
-        progress=progress, on_epoch_end=on_epoch_end, resume=state,
-        epoch_metrics=lambda m: (certified_metrics if robust.certified else heldout_metrics)(
-            m, hx, hy, eps=robust.eps, steps=robust.eval_steps, seed=config.seed),
-    )
-    best_model = seeded_model(config.model, config.seed)
-    best_model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
-    return best_model.to(device).eval(), history
+    history = train(model, train_set, test_set, config, loss_fn=loss_fn or clean_loss, device=device,
+                    progress=progress, on_epoch_end=on_epoch_end, resume=state,
+                    epoch_metrics=_epoch_metrics(config, robust, hx, hy))
+    best_model = seeded_model(config.model, config.seed).to(device)
+    saved = load_checkpoint(checkpoint)
+    best_model.load_state_dict(saved["state_dict"])
+    if not robust.certified and robust.final_n > 0:
+        n = min(robust.final_n, robust.holdout)
+        final = final_metrics(best_model.eval(), hx[:n], hy[:n], eps=robust.eps, precision=config.precision,
+                              seed=config.seed, progress=progress)
+        save(checkpoint, best_model, {**saved["metrics"], "final": final})
+    return best_model.eval(), history

@@ -25,14 +25,9 @@ def environment() -> dict[str, str]:
 
     from advx import __version__
 
-    return {
-        "advx": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "threads": str(torch.get_num_threads()),
-    }
+    return {"advx": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform(),
+            "threads": str(torch.get_num_threads())}
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
@@ -213,9 +208,10 @@ def per_sample_rows(ev) -> list[dict]:
     return rows
 
 
-def write_eval_outputs(out: Path, ev, *, checkpoint: str, model_name: str) -> list[str]:
+def write_eval_outputs(out: Path, ev, *, checkpoint: str, model_name: str, training_final=None) -> list[str]:
     """``per_sample.csv``, ``curve.png`` and ``report.json`` of an evaluation into ``out``
-    (stale advx files there removed); returns the names written."""
+    (stale files removed); returns the names written. ``training_final``: the checkpoint's
+    own figure from its training (``advx.probe.final_metrics``)."""
     written = ["report.json", "per_sample.csv", "curve.png"]
     write_csv(out / "per_sample.csv", per_sample_rows(ev))
     title = f"{model_name} ({checkpoint})"
@@ -234,6 +230,7 @@ def write_eval_outputs(out: Path, ev, *, checkpoint: str, model_name: str) -> li
         "robust_acc_by_attack": {f"{e:g}": v for e, v in ev.robust_acc_by_attack.items()},
         **({} if ev.certified_acc is None else {"certified_acc": {f"{e:g}": v for e, v in ev.certified_acc.items()}}),
         "seconds": ev.seconds,
+        **({"training_final": training_final} if training_final else {}),
         "sanity": {"passed": not ev.warnings, "warnings": ev.warnings},
         "files": written,
         "environment": environment(),

@@ -10,11 +10,14 @@ In one process, on the first --n test images of each checkpoint:
 
 - PGD-40 (alpha 0.01, random start, no early stop: every setting does the same steps):
   the bare fp32 autograd loop of ``bench_attacks.py`` (the reference), then advx PGD in
-  each precision. "speedup" is the bare loop's time over the run's time; robust accuracy
-  is always judged by the fp32 model; "disagree" counts the samples whose fp32-judged
-  outcome (broken or not) differs from advx's fp32 run.
+  each precision (with ``--seeds 0,1,2``, each seed: PGD's own spread beside the
+  precision's effect). "speedup" is the bare loop's time over the run's time; robust
+  accuracy is always judged by the fp32 model; "disagree" counts the samples whose
+  fp32-judged outcome (broken or not) differs from advx's fp32 run with the same seed.
 - ``--suite``: ``advx.evaluate`` with ``--suite strong`` at eps 0.3 in each precision
   (early stop, cascade, as ``advx eval`` runs it); speedup over its fp32 run.
+- ``--square Q``: Square (Q queries) in fp32 and with its search forced into bf16 (Square
+  declares ``low_precision = False``; this is the measurement behind that).
 - ``--train``: the baseline recipe (``advx train``) in each precision: wall time and test
   accuracy, without writing a checkpoint.
 """
@@ -28,7 +31,7 @@ import time
 import torch
 
 from advx import PGD, evaluate, load_mnist, load_model
-from advx.attacks import frozen
+from advx.attacks import Square, frozen
 from advx.attacks.registry import SUITES
 from advx.precision import PRECISIONS, resolve
 from advx.train import TrainConfig, seeded_model, train, training_slice
@@ -42,7 +45,8 @@ def with_speedup(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def pgd_rows(model, x, y, eps: float, steps: int, precisions: list[str], device: str) -> list[dict]:
+def pgd_rows(model, x, y, eps: float, steps: int, precisions: list[str], device: str,
+             seeds: list[int]) -> list[dict]:
     def bare(n=len(x)):
         with frozen(model):
             return bare_pgd(model, x[:n], y[:n], eps=eps, alpha=0.01, steps=steps,
@@ -55,16 +59,27 @@ def pgd_rows(model, x, y, eps: float, steps: int, precisions: list[str], device:
     with torch.no_grad():
         broken_bare = model(x_bare).argmax(1) != y
     rows = [{"run": "bare loop fp32", "seconds": seconds, "robust_acc": 1 - broken_bare.float().mean().item()}]
-    reference = None
+    reference = {}
     for precision in precisions:
-        attack = PGD(model, eps=eps, alpha=0.01, steps=steps, seed=0, precision=precision)
-        seconds, _, result = measure(lambda: attack.run(x, y), device)
-        broken = result.success
-        reference = broken if reference is None else reference
-        rows.append({"run": f"advx {precision} ({attack.precision_used})", "seconds": seconds,
-                     "robust_acc": 1 - broken.float().mean().item(),
-                     "disagree": int((broken != reference).sum())})
+        for seed in seeds:  # PGD's own seed-to-seed spread, next to the precision's effect
+            attack = PGD(model, eps=eps, alpha=0.01, steps=steps, seed=seed, precision=precision)
+            seconds, _, result = measure(lambda: attack.run(x, y), device)
+            broken = result.success
+            reference.setdefault(seed, broken)  # the fp32 run of the same seed
+            rows.append({"run": f"advx {precision} ({attack.precision_used}) seed {seed}", "seconds": seconds,
+                         "robust_acc": 1 - broken.float().mean().item(),
+                         "disagree": int((broken != reference[seed]).sum())})
     return with_speedup(rows)
+
+
+def mean_by_precision(rows: list[dict], precisions: list[str]) -> list[str]:
+    """One line per precision: robust accuracy averaged over the seeds."""
+    lines = []
+    for precision in precisions:
+        accs = [r["robust_acc"] for r in rows if r["run"].startswith(f"advx {precision} ")]
+        lines.append(f"  mean over {len(accs)} seed(s), {precision}: robust {sum(accs) / len(accs):7.2%} "
+                     f"(min {min(accs):.2%}, max {max(accs):.2%})")
+    return lines
 
 
 def suite_rows(model, x, y, precisions: list[str], device: str) -> list[dict]:
@@ -81,10 +96,27 @@ def suite_rows(model, x, y, precisions: list[str], device: str) -> list[dict]:
     return with_speedup(rows)
 
 
-def train_rows(precisions: list[str], device: str, data_dir) -> list[dict]:
+def square_rows(model, x, y, queries: int, device: str) -> list[dict]:
+    """Square at eps 0.3 with its search forced into bf16 (it declares fp32: this is the
+    measurement behind that)."""
+    class LowPrecisionSquare(Square):
+        low_precision = True
+
+    rows, reference = [], None
+    for precision in ("fp32", "bf16"):
+        attack = LowPrecisionSquare(model, eps=0.3, queries=queries, seed=0, precision=precision)
+        seconds, _, result = measure(lambda: attack.run(x, y), device)
+        reference = result.success if reference is None else reference
+        rows.append({"run": f"square {precision} ({queries} queries)", "seconds": seconds,
+                     "robust_acc": 1 - result.success.float().mean().item(),
+                     "disagree": int((result.success != reference).sum())})
+    return with_speedup(rows)
+
+
+def train_rows(precisions: list[str], device: str, data_dir, epochs: int) -> list[dict]:
     rows = []
     for precision in precisions:
-        config = TrainConfig(precision=precision)
+        config = TrainConfig(precision=precision, epochs=epochs)
         start = time.perf_counter()
         train_set = training_slice(load_mnist("train", data_dir), config.train_size)
         model = seeded_model(config.model, config.seed)
@@ -108,9 +140,13 @@ def main() -> None:
     p.add_argument("--eps", default="0.3,0.1", help="PGD budgets (default: 0.3,0.1)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seeds", default="0", help="PGD seeds, each run in every precision (default: 0)")
+    p.add_argument("--train-epochs", type=int, default=3, help="--train: epochs of the recipe (default: 3)")
     p.add_argument("--precisions", default="fp32,bf16", help=f"from {','.join(PRECISIONS)} (default: fp32,bf16)")
     p.add_argument("--suite", action="store_true", help="also --suite strong at eps 0.3 (long)")
     p.add_argument("--train", action="store_true", help="also the baseline training recipe")
+    p.add_argument("--square", type=int, default=0, metavar="QUERIES",
+                   help="also Square at eps 0.3 with this many queries, fp32 against a forced bf16 search")
     p.add_argument("--no-pgd", action="store_true", help="skip the PGD comparison")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--data-dir", default=None)
@@ -120,6 +156,12 @@ def main() -> None:
     if any(q not in PRECISIONS for q in precisions) or not precisions:
         p.error(f"--precisions must name some of {','.join(PRECISIONS)}, got {args.precisions!r}")
     precisions = ["fp32"] + [q for q in precisions if q != "fp32"]  # fp32 first: the reference
+    try:
+        seeds = [int(q) for q in args.seeds.split(",") if q.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
 
     print(f"{args.device}, {torch.get_num_threads()} threads, first {args.n} test images")
     test = load_mnist("test", args.data_dir).head(args.n)
@@ -129,16 +171,21 @@ def main() -> None:
         model, _ = load_model(checkpoint, args.device)
         if not args.no_pgd:
             for eps in (float(e) for e in args.eps.split(",")):
-                rows = pgd_rows(model, x, y, eps, args.steps, precisions, args.device)
+                rows = pgd_rows(model, x, y, eps, args.steps, precisions, args.device, seeds)
                 show(f"{checkpoint}: PGD-{args.steps} Linf eps {eps:g}", rows)
+                print("\n".join(mean_by_precision(rows, precisions)), flush=True)
                 report[f"{checkpoint} pgd eps {eps:g}"] = rows
+        if args.square:
+            rows = square_rows(model, x, y, args.square, args.device)
+            show(f"{checkpoint}: Square Linf eps 0.3", rows)
+            report[f"{checkpoint} square"] = rows
         if args.suite:
             rows = suite_rows(model, x, y, precisions, args.device)
             show(f"{checkpoint}: --suite strong, Linf eps 0.3", rows)
             report[f"{checkpoint} strong"] = rows
     if args.train:
-        rows = train_rows(precisions, args.device, args.data_dir)
-        show("baseline training (SmallCNN, 3 epochs, 60,000 images)", rows)
+        rows = train_rows(precisions, args.device, args.data_dir, args.train_epochs)
+        show(f"baseline training (SmallCNN, {args.train_epochs} epochs, 60,000 images)", rows)
         report["train"] = rows
     if args.json:
         with open(args.json, "w") as f:

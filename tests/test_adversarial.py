@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -83,17 +84,44 @@ def test_trades_loss_equals_its_formula():
 
 
 def test_catastrophic_overfitting_detection():
-    healthy = [{"pgd_acc": 0.70, "fgsm_acc": 0.80}, {"pgd_acc": 0.80, "fgsm_acc": 0.85},
-               {"pgd_acc": 0.82, "fgsm_acc": 0.86}]
-    collapsed = healthy[:2] + [{"pgd_acc": 0.05, "fgsm_acc": 0.95}]
+    healthy = [{"probe_acc": 0.70, "fgsm_acc": 0.80}, {"probe_acc": 0.80, "fgsm_acc": 0.85},
+               {"probe_acc": 0.82, "fgsm_acc": 0.86}]
+    collapsed = healthy[:2] + [{"probe_acc": 0.05, "fgsm_acc": 0.95}]
     assert not catastrophic_overfitting(healthy)
     assert catastrophic_overfitting(collapsed)
     assert not catastrophic_overfitting(healthy[:1])
-    # Seen in this project's PGD-5 training run: both fall, FGSM stays far above PGD.
-    pgd_collapse = healthy[:2] + [{"pgd_acc": 0.09, "fgsm_acc": 0.80}]
+    # Seen in this project's PGD-5 training run: both fall, FGSM stays far above the probe.
+    pgd_collapse = healthy[:2] + [{"probe_acc": 0.09, "fgsm_acc": 0.80}]
     assert catastrophic_overfitting(pgd_collapse)
-    worse_everywhere = healthy[:2] + [{"pgd_acc": 0.50, "fgsm_acc": 0.55}]  # plain divergence
+    worse_everywhere = healthy[:2] + [{"probe_acc": 0.50, "fgsm_acc": 0.55}]  # plain divergence
     assert not catastrophic_overfitting(worse_everywhere)
+    # Masked from the start: FGSM leaves most images standing, the probe breaks them.
+    assert catastrophic_overfitting([{"probe_acc": 0.02, "fgsm_acc": 0.98}])
+    assert not catastrophic_overfitting([{"probe_acc": 0.0, "fgsm_acc": 0.10}])  # merely weak
+    # The figure it watches is a parameter (the certified kinds' history has no probe).
+    renamed = [{("pgd_acc" if k == "probe_acc" else k): v for k, v in r.items()} for r in collapsed]
+    assert catastrophic_overfitting(renamed, key="pgd_acc")
+
+
+@pytest.mark.parametrize("eps, alpha, collapses", [(0.3, 0.6, True), (0.1, None, False)])
+def test_collapse_detector_on_real_runs(eps, alpha, collapses, tmp_path):
+    """FGSM-RS with a step of 2 eps at eps 0.3 on 2,000 images masks the gradient within two
+    epochs (held-out FGSM accuracy 99 %, the APGD/Square probe 1 %); the default step at
+    eps 0.1 trains a model the probe agrees with. The detector stops the first, not the second."""
+    config = TrainConfig(epochs=3, batch_size=50, train_size=2000)
+    robust = RobustConfig(adv="fgsm-rs", eps=eps, alpha=alpha, warmup_epochs=0, holdout=200, final_n=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, history = train_robust(config, robust, checkpoint=tmp_path / "m.pt", data_dir=DATA_DIR, progress=False)
+    fired = [str(w.message) for w in caught if "catastrophic overfitting" in str(w.message)]
+    last = history[-1]
+    if collapses:
+        assert len(fired) == 1 and len(history) < config.epochs  # training stopped there
+        assert last["fgsm_acc"] > 0.8 and last["probe_acc"] < 0.2
+        assert load_checkpoint(tmp_path / "m.pt")["metrics"]["best"]["epoch"] < last["epoch"]
+    else:
+        assert not fired and len(history) == config.epochs
+        assert last["probe_acc"] > 0.5 and last["fgsm_acc"] - last["probe_acc"] < 0.1
 
 
 def test_bad_settings():
@@ -107,12 +135,12 @@ def test_bad_settings():
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     config = TrainConfig(epochs=2, batch_size=100, train_size=600, seed=3)
-    robust = RobustConfig(adv="pgd", eps=0.2, steps=2, warmup_epochs=1, holdout=100, eval_steps=2)
+    robust = RobustConfig(adv="pgd", eps=0.2, steps=2, warmup_epochs=1, holdout=100, final_n=0)
     common = dict(data_dir=DATA_DIR, progress=False)
     train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
     uninterrupted = load_checkpoint(tmp_path / "a.last.pt")
 
-    real = adv_mod.heldout_metrics
+    real = adv_mod.probe_metrics
     calls = []
 
     def crash_in_epoch_two(*args, **kwargs):
@@ -121,11 +149,11 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt("power cut")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(adv_mod, "heldout_metrics", crash_in_epoch_two)
+    monkeypatch.setattr(adv_mod, "probe_metrics", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train_robust(config, robust, checkpoint=tmp_path / "b.pt", **common)
     assert len(load_checkpoint(tmp_path / "b.last.pt")["metrics"]["history"]) == 1
-    monkeypatch.setattr(adv_mod, "heldout_metrics", real)
+    monkeypatch.setattr(adv_mod, "probe_metrics", real)
     train_robust(config, robust, checkpoint=tmp_path / "b.pt", resume=True, **common)
     resumed = load_checkpoint(tmp_path / "b.last.pt")
     assert len(resumed["metrics"]["history"]) == 2

@@ -1,6 +1,7 @@
 """The CLI is a thin layer: call ``main(argv)`` and check exit codes, output and files."""
 
 import json
+import re
 import time
 
 import pytest
@@ -124,12 +125,27 @@ def test_adversarial_training_command(tmp_path, capsys):
 
     path = tmp_path / "robust.pt"
     code = main(["train", "--adv", "fgsm-rs", "--epochs", "1", "--train-size", "500", "--holdout", "100",
-                 "--batch-size", "100", "--checkpoint", str(path), "--data-dir", str(DATA_DIR), "--quiet"])
+                 "--batch-size", "100", "--final-n", "30", "--checkpoint", str(path), "--data-dir", str(DATA_DIR),
+                 "--quiet"])
     assert code == 0
-    assert "held-out PGD-20 accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "held-out probe (APGD-CE, Square)" in out
     ckpt = load_checkpoint(path)
     assert ckpt["config"]["robust_adv"] == "fgsm-rs"
-    assert {"pgd_acc", "fgsm_acc", "clean_acc_holdout"} <= set(ckpt["metrics"]["best"])
+    assert {"probe_acc", "apgd_acc", "fgsm_acc", "clean_acc_holdout"} <= set(ckpt["metrics"]["best"])
+    best = ckpt["metrics"]["best"]
+    assert best["probe_acc"] <= best["apgd_acc"] <= best["clean_acc_holdout"]  # a cascade only removes
+    final = ckpt["metrics"]["final"]  # the strong suite on the held-out images, kept with the weights
+    assert (final["suite"], final["n"], final["eps"]) == ("strong", 30, 0.3)
+    assert final["robust_acc"] <= final["clean_acc"]
+    assert re.search(rf"held-out --suite strong \(n=30\) +{final['robust_acc']:.2%} at eps 0.3", out)
+    # advx eval shows that figure beside its own, and keeps it in report.json.
+    code = main(["eval", "--checkpoint", str(path), "--eps", "0.3", "--n", "20", "--data-dir", str(DATA_DIR),
+                 "--out", str(tmp_path / "ev"), "--no-checks", "--quiet"])
+    assert code == 0
+    assert (f"the checkpoint's own figure (end of its training): --suite strong {final['robust_acc']:.2%} "
+            f"at eps 0.3 on 30 held-out training images") in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "report.json").read_text())["training_final"] == final
     assert "train_state" in load_checkpoint(tmp_path / "robust.last.pt")
 
 

@@ -204,12 +204,9 @@ class Attack:
 
     def config(self) -> dict:
         """The attack's hyperparameters as plain values (for reports)."""
-        out = {"attack": type(self).__name__}
-        for key, value in vars(self).items():
-            if key in ("model", "generator", "goal") or key.startswith("_"):
-                continue
-            out[key] = value.name if isinstance(value, Norm) else value
-        return out
+        return {"attack": type(self).__name__,
+                **{k: (v.name if isinstance(v, Norm) else v) for k, v in vars(self).items()
+                   if k not in ("model", "generator", "goal") and not k.startswith("_")}}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "attack")
@@ -257,13 +254,16 @@ class Attack:
             x_adv = fast_images(x_adv)
         x_adv.requires_grad_(True)
         with torch.enable_grad():
-            with autocast(self._search, x_adv.device):
-                logits = self.model(x_adv)
-            if self._search != "fp32":
-                logits = logits.to(x_adv.dtype)
+            logits = self.search_logits(x_adv)
             loss = self.loss(logits, y) if objective is None else objective(logits)
             grad = input_gradient(loss.sum(), x_adv)
         return grad, logits.detach(), loss.detach()
+
+    def search_logits(self, x_adv: torch.Tensor) -> torch.Tensor:
+        """A forward of the search in the search precision, as float32 (the images come in
+        the fast layout): a black-box query; decide success on it only through ``confirm``."""
+        with autocast(self._search, x_adv.device):
+            return self.model(x_adv).to(x_adv.dtype)
 
     def confirm(self, x_adv: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample success of ``x_adv`` for the model as given: ``logits`` from the search

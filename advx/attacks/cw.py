@@ -50,7 +50,7 @@ class CW(Attack):
     """
 
     norms = ("2",)
-    low_precision = False  # not measured in bf16 yet: its search stays fp32
+    low_precision = False  # fp32 only: its loop decides on the logits at every step (no bf16 path)
     minimum_norm = True
 
     def __init__(self, model: nn.Module, *, eps: float | None = None, steps: int = 100, lr: float = 0.1,

@@ -74,8 +74,13 @@ def run(args: argparse.Namespace) -> int:
                   device=device, checks=not args.no_checks, precision=args.precision, progress=not args.quiet,
                   certify=args.certify)
     print(eval_table(ev, source=str(args.checkpoint), cascade=not args.no_cascade))
+    final = ckpt.get("metrics", {}).get("final")
+    if final:  # what its own training measured, beside this run's figures
+        print(f"the checkpoint's own figure (end of its training): --suite {final['suite']} "
+              f"{final['robust_acc']:.2%} at eps {final['eps']:g} on {final['n']} {final['images']}")
     for name, message in ev.warnings.items():
         print(f"WARNING [{name}]: {message}", file=sys.stderr)
-    written = write_eval_outputs(out, ev, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"])
+    written = write_eval_outputs(out, ev, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"],
+                                 training_final=final)
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from advx.adversarial import KINDS, RobustConfig, last_checkpoint, train_robust
+from advx.adversarial import ATTACK_KINDS, KINDS, RobustConfig, last_checkpoint, train_robust
 from advx.bounds.training import CERTIFIED_KINDS
-from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT
+from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, load_checkpoint
 from advx.cli.common import CLIError, common_options, device_named, precision_option
 from advx.files import check_output_file
 from advx.models import MODELS
@@ -37,11 +37,16 @@ def add(sub) -> None:
                    help="adversarial training: the attack that makes each batch; ibp/crown-ibp: "
                         "certified training on bounds over the whole ball (default: none)")
     t.add_argument("--eps", type=float, default=None, help=f"--adv: Linf budget (default: {r.eps})")
-    t.add_argument("--alpha", type=float, default=None, help="--adv pgd/trades: step size (default: 2.5*eps/steps)")
+    t.add_argument("--alpha", type=float, default=None,
+                   help="--adv fgsm-rs/pgd/trades: step size (default: 1.25*eps for fgsm-rs, 2.5*eps/steps otherwise)")
     t.add_argument("--steps", type=int, default=None, help=f"--adv pgd/trades: attack steps (default: {r.steps})")
     t.add_argument("--warmup-epochs", type=float, default=None,
                    help=f"--adv: ramp eps from 0 over this many epochs (default: {r.warmup_epochs:g})")
-    t.add_argument("--beta", type=float, default=None, help=f"--adv trades: weight of the KL term (default: {r.beta:g})")
+    t.add_argument("--no-early-stop", action="store_true",
+                   help="--adv pgd: run every step on every sample (default: stop each sample at its "
+                        "first adversarial iterate; without, the PGD-5 recipe overfits catastrophically)")
+    t.add_argument("--beta", type=float, default=None,
+                   help=f"--adv trades: weight of the KL term (default: {r.beta:g})")
     t.add_argument("--ramp-start", type=float, default=None,
                    help=f"--adv ibp/crown-ibp: clean epochs before the eps ramp (default: {r.ramp_start:g})")
     t.add_argument("--kappa", type=float, default=None,
@@ -49,6 +54,9 @@ def add(sub) -> None:
                         f"(default: {r.kappa:g})")
     t.add_argument("--holdout", type=int, default=None,
                    help=f"--adv: training images held out for the per-epoch PGD check (default: {r.holdout})")
+    t.add_argument("--final-n", type=int, default=None, metavar="N",
+                   help=f"--adv fgsm-rs/pgd/trades: at the end, --suite strong on the first N held-out images, "
+                        f"stored in the checkpoint (0: skip; default: {r.final_n})")
     t.add_argument("--resume", action="store_true",
                    help="--adv: continue from <checkpoint>.last.pt if it exists")
     common_options(t)
@@ -57,8 +65,9 @@ def add(sub) -> None:
 
 ADV_OPTIONS = {  # option -> the --adv kinds that use it
     "eps": KINDS[1:], "warmup_epochs": KINDS[1:], "holdout": KINDS[1:], "resume": KINDS[1:],
-    "alpha": ("pgd", "trades"), "steps": ("pgd", "trades"), "beta": ("trades",),
-    "ramp_start": CERTIFIED_KINDS, "kappa": CERTIFIED_KINDS,
+    "alpha": ATTACK_KINDS, "steps": ("pgd", "trades"), "beta": ("trades",),
+    "ramp_start": CERTIFIED_KINDS, "kappa": CERTIFIED_KINDS, "final_n": ATTACK_KINDS,
+    "no_early_stop": ("pgd",),
 }
 
 
@@ -75,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = check_output_file(args.checkpoint or (ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT))
     if adv:
         given = {k: getattr(args, k) for k in ("eps", "alpha", "steps", "warmup_epochs", "beta", "holdout",
-                                               "ramp_start", "kappa")}
+                                               "ramp_start", "kappa", "final_n")}
+        given["early_stop"] = False if args.no_early_stop else None
         robust = RobustConfig(adv=args.adv, **{k: v for k, v in given.items() if v is not None})
         check_output_file(last_checkpoint(checkpoint))
     what = (f"{'certified' if robust.certified else 'adversarial'} training ({args.adv}, eps {robust.eps:g})"
@@ -86,13 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if adv:
         _, history = train_robust(config, robust, checkpoint=checkpoint, data_dir=args.data_dir,
                                   device=device, progress=not args.quiet, resume=args.resume)
-        best = max(history, key=lambda r: r[robust.best_key])
-        by = "certified" if robust.certified else "PGD"
-        rows = [(f"best epoch (held-out {by})", f"{best['epoch']} of {len(history)}"),
-                ("test accuracy (clean)", f"{best['test_acc']:.2%}"),
-                (f"held-out PGD-{robust.eval_steps} accuracy", f"{best['pgd_acc']:.2%} at eps {robust.eps:g}")]
-        if robust.certified:
-            rows.append(("held-out certified accuracy (IBP)", f"{best['cert_acc']:.2%} at eps {robust.eps:g}"))
+        rows = _robust_rows(robust, history, checkpoint)
     else:
         _, history = train_baseline(config, data_dir=args.data_dir, checkpoint=checkpoint,
                                     device=device, progress=not args.quiet)
@@ -101,3 +105,21 @@ def run(args: argparse.Namespace) -> int:
     title = ("certified model" if robust.certified else "robust model") if adv else "baseline"
     print(format_table(rows, title=title))
     return 0
+
+
+def _robust_rows(robust, history: list[dict], checkpoint) -> list[tuple[str, str]]:
+    """The summary of adversarial or certified training: the best epoch's held-out figures
+    and the final strong-suite figure stored in the checkpoint."""
+    best = max(history, key=lambda r: r[robust.best_key])
+    eps, by = f"at eps {robust.eps:g}", "certified" if robust.certified else "probe"
+    rows = [(f"best epoch (held-out {by})", f"{best['epoch']} of {len(history)}"),
+            ("test accuracy (clean)", f"{best['test_acc']:.2%}")]
+    if robust.certified:
+        return rows + [(f"held-out PGD-{robust.eval_steps} accuracy", f"{best['pgd_acc']:.2%} {eps}"),
+                       ("held-out certified accuracy (IBP)", f"{best['cert_acc']:.2%} {eps}")]
+    rows += [("held-out FGSM accuracy", f"{best['fgsm_acc']:.2%} {eps}"),
+             ("held-out probe (APGD-CE, Square)", f"{best['probe_acc']:.2%} {eps}")]
+    final = load_checkpoint(checkpoint)["metrics"].get("final")
+    if final:
+        rows.append((f"held-out --suite strong (n={final['n']})", f"{final['robust_acc']:.2%} {eps}"))
+    return rows
