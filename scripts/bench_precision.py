@@ -18,6 +18,7 @@ In one process, on the first --n test images of each checkpoint:
   (early stop, cascade, as ``advx eval`` runs it); speedup over its fp32 run.
 - ``--square Q``: Square (Q queries) in fp32 and with its search forced into bf16 (Square
   declares ``low_precision = False``; this is the measurement behind that).
+- ``--adv-train N``: one epoch of the robust recipe's PGD-5 training on N images per precision.
 - ``--train``: the baseline recipe (``advx train``) in each precision: wall time and test
   accuracy, without writing a checkpoint.
 """
@@ -31,6 +32,7 @@ import time
 import torch
 
 from advx import PGD, evaluate, load_mnist, load_model
+from advx.adversarial import AdversarialLoss
 from advx.attacks import Square, frozen
 from advx.attacks.registry import SUITES
 from advx.precision import PRECISIONS, resolve
@@ -126,10 +128,27 @@ def train_rows(precisions: list[str], device: str, data_dir, epochs: int) -> lis
     return with_speedup(rows)
 
 
+def adv_train_rows(precisions: list[str], device: str, data_dir, n: int) -> list[dict]:
+    """One epoch of the robust recipe's adversarial training (PGD-5 at eps 0.3, early stop)
+    on the first ``n`` training images, nothing else timed (no held-out probe, no test)."""
+    rows = []
+    train_set = training_slice(load_mnist("train", data_dir), n)
+    for precision in precisions:
+        config = TrainConfig(precision=precision, epochs=1)
+        model = seeded_model(config.model, config.seed)
+        loss_fn = AdversarialLoss("pgd", eps=0.3, steps=5, precision=precision)
+        start = time.perf_counter()
+        history = train(model, train_set, None, config, loss_fn=loss_fn, device=device, progress=False)
+        rows.append({"run": f"PGD-5 training {precision} ({resolve(precision, device)})",
+                     "seconds": time.perf_counter() - start, "train_acc": history[-1]["train_acc"]})
+    return with_speedup(rows)
+
+
 def show(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     for r in rows:
-        acc = f"robust {r['robust_acc']:7.2%}" if "robust_acc" in r else f"test {r['test_acc']:7.2%}"
+        name = next(k for k in ("robust_acc", "test_acc", "train_acc") if k in r)
+        acc = f"{name.split('_')[0]} {r[name]:7.2%}"
         extra = f"  disagree {r['disagree']:4d}" if "disagree" in r else ""
         print(f"  {r['run']:<34} {r['seconds']:8.2f} s  {acc}  speedup {r['speedup']:5.2f}x{extra}", flush=True)
 
@@ -147,6 +166,8 @@ def main() -> None:
     p.add_argument("--train", action="store_true", help="also the baseline training recipe")
     p.add_argument("--square", type=int, default=0, metavar="QUERIES",
                    help="also Square at eps 0.3 with this many queries, fp32 against a forced bf16 search")
+    p.add_argument("--adv-train", type=int, default=0, metavar="N",
+                   help="also one epoch of the robust recipe's PGD-5 training on the first N training images")
     p.add_argument("--no-pgd", action="store_true", help="skip the PGD comparison")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--data-dir", default=None)
@@ -187,6 +208,10 @@ def main() -> None:
         rows = train_rows(precisions, args.device, args.data_dir, args.train_epochs)
         show(f"baseline training (SmallCNN, {args.train_epochs} epochs, 60,000 images)", rows)
         report["train"] = rows
+    if args.adv_train:
+        rows = adv_train_rows(precisions, args.device, args.data_dir, args.adv_train)
+        show(f"adversarial training (PGD-5, eps 0.3, 1 epoch on {args.adv_train} images)", rows)
+        report["adv_train"] = rows
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -297,5 +297,3 @@ class Attack:
         else:
             gen.manual_seed(self.seed)
         return gen
-
-    
