@@ -103,12 +103,12 @@ def test_catastrophic_overfitting_detection():
     assert catastrophic_overfitting(renamed, key="pgd_acc")
 
 
-@pytest.mark.parametrize("eps, alpha, collapses", [(0.3, 0.6, True), (0.1, None, False)])
-def test_collapse_detector_on_real_runs(eps, alpha, collapses, tmp_path):
+@pytest.mark.parametrize("eps, alpha, epochs, collapses", [(0.3, 0.6, 3, True), (0.1, None, 2, False)])
+def test_collapse_detector_on_real_runs(eps, alpha, epochs, collapses, tmp_path):
     """FGSM-RS with a step of 2 eps at eps 0.3 on 2,000 images masks the gradient within two
     epochs (held-out FGSM accuracy 99 %, the APGD/Square probe 1 %); the default step at
     eps 0.1 trains a model the probe agrees with. The detector stops the first, not the second."""
-    config = TrainConfig(epochs=3, batch_size=50, train_size=2000)
+    config = TrainConfig(epochs=epochs, batch_size=50, train_size=2000)
     robust = RobustConfig(adv="fgsm-rs", eps=eps, alpha=alpha, warmup_epochs=0, holdout=200, final_n=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
