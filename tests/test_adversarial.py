@@ -66,6 +66,17 @@ def test_fgsm_rs_is_one_pgd_step_of_1_25_eps():
     assert (atk.steps, atk.alpha, atk.random_start) == (1, pytest.approx(0.25), True)
 
 
+def test_pgd_training_stops_each_sample_at_its_first_adversarial_iterate():
+    model = _tiny()
+    assert AdversarialLoss("pgd", eps=0.3, steps=5).attack(model, 0.3).early_stop  # the default
+    assert not AdversarialLoss("pgd", eps=0.3, steps=5, early_stop=False).attack(model, 0.3).early_stop
+    assert not AdversarialLoss("trades", eps=0.3, steps=5).attack(model, 0.3).early_stop  # KL: no "fooled yet"
+    assert AdversarialLoss("fgsm-rs", eps=0.2, alpha=0.4).attack(model, 0.2).alpha == pytest.approx(0.4)
+    assert RobustConfig().early_stop and not RobustConfig(early_stop=False).early_stop
+    with pytest.raises(ValueError, match="early_stop must be True or False, got 'no'"):
+        RobustConfig(early_stop="no")
+
+
 def test_eps_warmup_ramps_linearly():
     loss = AdversarialLoss("pgd", eps=0.3, warmup_epochs=2)
     assert loss.eps_at(0) == 0 and loss.eps_at(1) == pytest.approx(0.15) and loss.eps_at(5) == 0.3

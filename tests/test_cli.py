@@ -247,6 +247,9 @@ def test_diverged_training_keeps_the_good_checkpoint(tiny_checkpoint, tmp_path, 
     (["train", "--adv", "fgsm-rs", "--steps", "3"], "--steps applies only with --adv pgd or trades, got --adv fgsm-rs"),
     (["train", "--adv", "pgd", "--beta", "3"], "--beta applies only with --adv trades, got --adv pgd"),
     (["train", "--resume"], "--resume applies only with --adv"),
+    (["train", "--adv", "trades", "--no-early-stop"], "--no-early-stop applies only with --adv pgd, got --adv trades"),
+    (["train", "--final-n", "5"], "--final-n applies only with --adv fgsm-rs or pgd or trades, got --adv none"),
+    (["train", "--adv", "pgd", "--final-n", "-1"], "--final-n must be >= 0, got -1"),
     (["train", "--train-size", "70000"], "--train-size must be <= 60000"),
 ])
 def test_conflicting_or_out_of_range_options(argv, message, tiny_checkpoint, tmp_path, capsys):
