@@ -11,11 +11,11 @@ an attack takes it with respect to the input image (dL/dX, weights frozen).
 
 from importlib import metadata as _metadata
 
-from advx.attacks import APGD, ATTACKS, CW, FGSM, MIFGSM, PGD, Attack, AttackResult, DeepFool, Square
+from advx.attacks import APGD, ATTACKS, CW, FAB, FGSM, FMN, MIFGSM, PGD, Attack, AttackResult, DeepFool, Square
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from advx.data import DataNotFoundError, MNISTSplit, load_mnist
 from advx.models import MODELS, MadryCNN, SmallCNN, build_model
-from advx.norms import L2, Linf, get_norm
+from advx.norms import L1, L2, Linf, get_norm
 from advx.train import TrainConfig, accuracy, train, train_baseline
 
 from advx.evaluate import EvalConfig, Evaluation, evaluate, run_attack
@@ -27,11 +27,11 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
     __version__ = "0+unknown"
 
 __all__ = [
-    "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "Square", "Attack", "AttackResult",
+    "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN", "Square", "Attack", "AttackResult",
     "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint",
     "DataNotFoundError", "MNISTSplit", "load_mnist",
     "MODELS", "MadryCNN", "SmallCNN", "build_model",
-    "L2", "Linf", "get_norm",
+    "L1", "L2", "Linf", "get_norm",
     "TrainConfig", "accuracy", "train", "train_baseline",
     "EvalConfig", "Evaluation", "evaluate", "run_attack",
     "Certificate", "Certifier", "certify",

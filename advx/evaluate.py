@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -146,6 +148,45 @@ class _Records:
         return hit
 
 
+class _Distances:
+    """What a minimum-norm attack found per sample, each sample attacked once: a sample is
+    broken at eps iff its adversarial example is at distance <= eps, so one run answers
+    every eps (its random stream does not depend on eps either)."""
+
+    def __init__(self, n: int) -> None:
+        self.done = torch.zeros(n, dtype=torch.bool)
+        self.success = torch.zeros(n, dtype=torch.bool)
+        self.distance = torch.full((n,), math.inf)
+        self.steps = torch.zeros(n, dtype=torch.long)
+
+    def run(self, attack: Attack, name: str, x, y, idx: torch.Tensor, config: EvalConfig) -> None:
+        """Attack the samples of ``idx`` not attacked yet."""
+        todo = idx[~self.done[idx]]
+        for chunk in todo.split(config.batch_size) if len(todo) else ():
+            gen = rng.SampleRNG.from_ids(config.seed, chunk, rng.salt_of(name, "minimum-norm"))
+            result = attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+            self.success[chunk], self.distance[chunk] = result.success.cpu(), result.distance.cpu()
+            self.steps[chunk], self.done[chunk] = result.steps.cpu(), True
+
+    def at(self, idx: torch.Tensor, eps: float) -> SimpleNamespace:
+        """The samples of ``idx`` as a result at ``eps`` (what ``_Records.add`` reads)."""
+        return SimpleNamespace(success=self.success[idx] & (self.distance[idx] <= eps),
+                               steps=self.steps[idx], distance=self.distance[idx])
+
+
+def _stage_results(attack: Attack, name: str, eps: float, x, y, idx: torch.Tensor, config: EvalConfig,
+                   distances: _Distances | None):
+    """``(chunk, result)`` for the samples ``idx`` at ``eps``: batch by batch, each sample with
+    its own random stream; for a minimum-norm attack (``distances``) from its one run."""
+    if distances is not None:
+        distances.run(attack, name, x, y, idx, config)
+        yield idx, distances.at(idx, eps)
+        return
+    for chunk in idx.split(config.batch_size) if len(idx) else ():
+        gen = rng.SampleRNG.from_ids(config.seed, chunk, rng.salt_of(name, eps))
+        yield chunk, attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+
+
 def _clean_predictions(model: nn.Module, x: torch.Tensor, config: EvalConfig) -> torch.Tensor:
     check_model_ready(model, x[:1].to(config.device))
     pred = torch.empty(len(x), dtype=torch.long)
@@ -182,7 +223,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     (list cheap attacks first); with ``reuse_eps`` a sample broken at a smaller eps is
     counted as broken at every larger one (the eps-balls are nested, so its adversarial
     example still qualifies) and is not attacked again; with ``early_stop`` iterative
-    attacks stop each sample as soon as it is fooled.
+    attacks stop each sample as soon as it is fooled. A minimum-norm attack (FAB, FMN,
+    CW, DeepFool) runs once per sample, with no budget: the sample is broken at every eps
+    at least as large as the distance of the adversarial example it found.
 
     With ``certify`` (a method of ``advx.bounds``), every correct sample is also bounded
     at every eps: ``certified_acc`` <= true robust accuracy <= ``robust_acc``. A sample
@@ -216,6 +259,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     # each column is that attack on its own, exactly as if it had run alone.
     survivors, alive = correct.clone(), [correct.clone() for _ in stages]
     precision_used = {}
+    # minimum-norm attacks run once per sample, whatever the number of eps
+    once = {a: _Distances(n) for a, stage in enumerate(config.attacks)
+            if not callable(stage) and abilities(stage if isinstance(stage, str) else stage[0]).minimum_norm}
     for k, e in enumerate(eps):
         if k > 0 and config.reuse_eps:
             records.carry(k)
@@ -223,13 +269,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
             survivors, alive = correct.clone(), [correct.clone() for _ in stages]
         by_attack[e] = {}
         for a, (name, make) in enumerate(stages):
-            attack = make(model, e)
+            attack = make(model, None if a in once else e)
             precision_used[name] = attack.resolved_precision(config.device)
             idx = (survivors if config.cascade else alive[a]).nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
-            for chunk in idx.split(config.batch_size) if len(idx) else ():
-                gen = rng.SampleRNG.from_ids(config.seed, chunk, rng.salt_of(name, e))
-                result = attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+            for chunk, result in _stage_results(attack, name, e, x, y, idx, config, once.get(a)):
                 hit = records.add(k, a, chunk, result)
                 alive[a][hit] = False
                 survivors[hit] = False

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from advx.attacks import FGSM
-from advx.attacks.registry import SUITES, describe
+from advx.attacks.registry import describe, suite
 from advx.evaluate import evaluate
 from advx.train import accuracy
 
@@ -47,9 +47,9 @@ def final_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
                   precision: str = "fp32", seed: int = 0, progress: bool = False) -> dict:
     """``--suite strong`` at ``eps`` on held-out images: the figure a trained model
     carries in its checkpoint."""
-    ev = evaluate(model, x, y, attacks=SUITES["strong"], eps=[eps], seed=seed, precision=precision,
+    ev = evaluate(model, x, y, attacks=suite("strong"), eps=[eps], seed=seed, precision=precision,
                   device=_device(model), progress=progress, checks=False)
-    return {"suite": "strong", "attacks": describe(SUITES["strong"]), "eps": eps, "n": len(y),
+    return {"suite": "strong", "attacks": describe(suite("strong")), "eps": eps, "n": len(y),
             "clean_acc": ev.clean_acc, "robust_acc": ev.robust_acc[eps],
             "robust_acc_by_attack": dict(ev.robust_acc_by_attack[eps]), "seconds": ev.seconds,
             "precision_used": dict(ev.settings.get("precision_used", {})),

@@ -34,7 +34,7 @@ import torch
 from advx import PGD, evaluate, load_mnist, load_model
 from advx.adversarial import AdversarialLoss
 from advx.attacks import Square, frozen
-from advx.attacks.registry import SUITES
+from advx.attacks.registry import suite
 from advx.precision import PRECISIONS, resolve
 from advx.train import TrainConfig, seeded_model, train, training_slice
 from bench_attacks import bare_pgd, measure
@@ -88,7 +88,7 @@ def suite_rows(model, x, y, precisions: list[str], device: str) -> list[dict]:
     rows, reference = [], None
     for precision in precisions:
         start = time.perf_counter()
-        ev = evaluate(model, x, y, attacks=SUITES["strong"], eps=[0.3], device=device, precision=precision,
+        ev = evaluate(model, x, y, attacks=suite("strong"), eps=[0.3], device=device, precision=precision,
                       progress=False, checks=False)
         robust = ev.records["robust"][0]
         reference = robust if reference is None else reference

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from advx import CW, load_mnist, load_model
-from advx.attacks.registry import SUITES, describe
+from advx.attacks.registry import describe, suite
 from advx.evaluate import evaluate
 
 
@@ -66,7 +66,7 @@ def main() -> None:
             continue
         model, _ = load_model(path)
         start = time.perf_counter()
-        ev = evaluate(model, test.x, test.y, attacks=SUITES["strong"], eps=[args.eps],
+        ev = evaluate(model, test.x, test.y, attacks=suite("strong"), eps=[args.eps],
                       batch_size=args.batch_size, checks=False, progress=False)
         advx_s = time.perf_counter() - start
 
@@ -99,7 +99,7 @@ def main() -> None:
 
     print(f"\nLinf eps={args.eps}, first {args.n} MNIST test images, cpu, {torch.get_num_threads()} threads, "
           f"batch {args.batch_size}")
-    print(f"advx --suite strong = {describe(SUITES['strong'])}")
+    print(f"advx --suite strong = {describe(suite('strong'))}")
     print(f"{'model':<28} {'clean':>7} {'advx strong':>12} {'s':>7} {'AutoAttack':>11} {'s':>7} {'time ratio':>10}")
     for path, clean, a_acc, a_s, t_acc, t_s, _ in rows:
         print(f"{path:<28} {clean:>7.2%} {a_acc:>12.2%} {a_s:>7.1f} {t_acc:>11.2%} {t_s:>7.1f} {a_s / t_s:>10.3f}")

@@ -153,13 +153,17 @@ def test_suite_stage_options_apply_and_explicit_options_win(trained_cnn):
 
 
 def test_every_named_suite_builds_and_describes_itself(trained_cnn):
-    from advx.attacks.registry import SUITES, describe, stage_factory
+    from advx.attacks.registry import SUITES, describe, stage_factory, suite
 
-    for suite in SUITES.values():
-        for stage in suite:
-            stage_factory(stage, {})[1](trained_cnn, 0.3)  # a preset option the attack lacks would raise
-    assert describe(SUITES["strong"]) == "apgd(restarts=10),apgd-t(n_target_classes=3),square(queries=1000)"
-    assert describe(SUITES["strong"], {"restarts": 1, "steps": None}).startswith("apgd(restarts=1),")
+    for name, per_norm in SUITES.items():
+        assert sorted(per_norm) == ["1", "2", "inf"]  # every threat model has its cascade
+        for norm in per_norm:
+            for stage in suite(name, norm):  # a preset option the attack lacks would raise, a norm it lacks too
+                stage_factory(stage, {"norm": norm})[1](trained_cnn, 0.3)
+    assert describe(suite("strong")) == "apgd(restarts=10),apgd-t(n_target_classes=3),square(queries=1000)"
+    assert describe(suite("strong"), {"restarts": 1, "steps": None}).startswith("apgd(restarts=1),")
+    with pytest.raises(ValueError, match="suite must be one of"):
+        suite("weak")
     assert describe(["fgsm", ("pgd", {})]) == "fgsm,pgd"
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from advx.norms import L2, Linf, get_norm
+from advx.norms import L1, L2, Linf, get_norm
 
 
 @pytest.fixture
@@ -9,7 +9,7 @@ def x():
     return torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("norm,eps", [(Linf(), 0.1), (L2(), 1.5)])
+@pytest.mark.parametrize("norm,eps", [(Linf(), 0.1), (L2(), 1.5), (L1(), 8.0)])
 def test_random_start_and_projection_stay_in_the_ball(norm, eps, x):
     gen = torch.Generator().manual_seed(0)
     start = norm.random_start(x, eps, gen)
@@ -33,5 +33,6 @@ def test_get_norm_names():
     assert isinstance(get_norm("inf"), Linf) and isinstance(get_norm("linf"), Linf)
     assert isinstance(get_norm("2"), L2) and isinstance(get_norm(2), L2)
     assert isinstance(get_norm(float("inf")), Linf)
-    with pytest.raises(ValueError, match="norm must be one of 'inf', '2'"):
-        get_norm("l1")
+    assert isinstance(get_norm("1"), L1) and isinstance(get_norm(1), L1) and isinstance(get_norm("l1"), L1)
+    with pytest.raises(ValueError, match="norm must be one of 'inf', '2', '1'"):
+        get_norm("l3")

@@ -38,6 +38,7 @@ from torch import nn
 
 from advx import ATTACKS, PGD
 from advx.attacks.registry import abilities, attack_class, build_attack
+from advx.norms import get_norm
 from advx.rng import SampleRNG, salt_of
 
 NAMES = sorted(ATTACKS)
@@ -172,8 +173,8 @@ def cases(draw, name: str, dtypes=(torch.float32, torch.float64), min_batch: int
         st.tuples(st.floats(-2, 1), st.floats(0.05, 3)).map(lambda t: (t[0], t[0] + t[1])),
     ))
     norm = draw(st.sampled_from(cls.norms))
-    # eps in units of the box's width (Linf) or diameter (L2): from a tiny to a non-binding budget.
-    scale = (high - low) * (1.0 if norm == "inf" else math.sqrt(channels * height * width))
+    # eps in units of the box's diameter in the norm: from a tiny to a non-binding budget.
+    scale = get_norm(norm).diameter((channels, height, width), (low, high))
     zero = draw(st.integers(0, 5)) == 3  # eps = 0 in about one example in six
     eps = 0.0 if zero else draw(st.floats(0.002, 1.5)) * scale
 

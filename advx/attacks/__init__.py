@@ -7,11 +7,13 @@ from advx.attacks.results import AttackResult
 from advx.attacks.gradients import frozen
 from advx.attacks.cw import CW
 from advx.attacks.deepfool import DeepFool
+from advx.attacks.fab import FAB
 from advx.attacks.fgsm import FGSM
+from advx.attacks.fmn import FMN
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.registry import ATTACKS, SUITES
 from advx.attacks.square import Square
 
-__all__ = ["Attack", "AttackResult", "frozen", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool",
+__all__ = ["Attack", "AttackResult", "frozen", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN",
            "Square", "ATTACKS", "SUITES"]

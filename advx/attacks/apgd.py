@@ -1,13 +1,13 @@
 """APGD: step-size-free PGD with momentum, checkpoints and restarts from the best point.
 
 Croce & Hein (2020), "Reliable evaluation of adversarial robustness with an ensemble
-of diverse parameter-free attacks" (ICML). Three objectives:
+of diverse parameter-free attacks" (ICML). Three objectives (``objectives.py``): ``"ce"``
+(APGD-CE), ``"dlr"``, the Difference of Logits Ratio, invariant to shifting and scaling the
+logits (APGD-DLR, untargeted only), and ``"dlr-targeted"`` (two uses, see ``APGD``).
 
-- ``"ce"``: cross-entropy (APGD-CE; with ``targeted=True`` minus the CE of the target);
-- ``"dlr"``: the Difference of Logits Ratio, invariant to shifting and scaling the logits
-  ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)`` (APGD-DLR, untargeted only);
-- ``"dlr-targeted"``: the targeted DLR ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``,
-  where ``pi`` sorts the logits in decreasing order. Used two ways (see ``APGD``).
+L1 (Croce & Hein 2021, "Mind the box: l1-APGD for sparse adversarial attacks on image
+classifiers", ICML): steps along the sign of the largest gradients (a share of the pixels
+that adapts), never along pixels the box would clip; the exact projection on ball and box.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from advx.attacks.objectives import dlr_loss
 from advx.norms import Norm, per_sample
 from advx.validate import InputError, check_number
 LOSSES = ("ce", "dlr", "dlr-targeted")
+# Sparse norms: phases at a radius of (scale * eps) for a share of the steps, each starting
+# from the last one's point ("Mind the box"; AutoAttack's L1 ``use_largereps``).
+LARGE_REPS = ((3.0, 0.3), (2.0, 0.3), (1.5, 0.2), (1.0, 0.2))
 
 
 def step_checkpoints(steps: int) -> list[int]:
@@ -44,7 +47,6 @@ class _Run(NamedTuple):
     success: torch.Tensor    # some iterate reached the goal
     x_best: torch.Tensor     # the iterate with the highest loss
     loss_best: torch.Tensor  # its loss
-    loss_start: torch.Tensor  # the loss at the starting point
     steps: torch.Tensor      # iterations spent (with early stop: until the goal was reached)
 
 
@@ -53,6 +55,7 @@ class _State:
     """Per-sample state of the samples still running in one APGD run."""
 
     x: torch.Tensor               # the clean images
+    radius: torch.Tensor          # eps of this phase
     y: torch.Tensor
     target: torch.Tensor | None   # APGD-T's target class
     eta: torch.Tensor             # step size
@@ -66,6 +69,16 @@ class _State:
     increases: torch.Tensor       # steps that raised the loss since the last checkpoint
     halved_last: torch.Tensor     # eta was halved at the last checkpoint
     loss_best_last: torch.Tensor  # loss_best at the last checkpoint
+    share: torch.Tensor           # L1: the share of the pixels a step moves
+    support_last: torch.Tensor    # L1: pixels changed by x_best at the last checkpoint
+
+    def back_to_best(self, mask: torch.Tensor) -> None:
+        """Restart the samples of ``mask`` from their best point, without momentum."""
+        back = per_sample(mask, self.x)
+        self.x_cur = torch.where(back, self.x_best, self.x_cur)
+        self.x_prev = torch.where(back, self.x_best, self.x_prev)
+        self.grad = torch.where(back, self.grad_best, self.grad)
+        self.loss_cur = torch.where(mask, self.loss_best, self.loss_cur)
 
     def keep(self, mask: torch.Tensor) -> "_State":
         """The state of the samples where ``mask`` is True."""
@@ -82,28 +95,27 @@ class APGD(Attack):
     At each checkpoint ``w_j`` (see ``step_checkpoints``) a sample's ``eta`` is halved
     when the loss rose in fewer than ``rho * (w_j - w_{j-1})`` of the steps since the
     last checkpoint, or when neither ``eta`` nor the best loss changed since then;
-    a sample whose ``eta`` is halved restarts from its best-loss point.
+    a sample whose ``eta`` is halved restarts from its best-loss point. L1 ("Mind the box"):
+    no momentum, ``eta = eps`` first, a step moves the largest 20% of the gradient, then every
+    4% of the steps the share adapts (``_adapt_sparsity``), in the phases of ``LARGE_REPS``.
 
     Per sample, the last iterate that reached the goal is returned; if none did, the
     iterate with the highest loss. Restarts (and target classes) run only on samples
     not yet broken; ``steps`` in the result counts the iterations spent per sample.
 
-    Modes (``loss`` x ``targeted``):
-        ``loss="ce"`` / ``"dlr"``, ``targeted=False``: APGD-CE / APGD-DLR, ``y`` true labels.
-        ``loss="ce"``, ``targeted=True``: ``y`` are targets, ascend minus their CE.
-        ``loss="dlr-targeted"``, ``targeted=False`` (APGD-T): ``y`` are true labels; the
-            goal is untargeted, reached by running targeted DLR towards each of the
-            ``n_target_classes`` classes with the highest clean logits other than ``y``
-            (at most K - 1), one after the other, each only on samples not broken yet.
-        ``loss="dlr-targeted"``, ``targeted=True``: ``y`` are targets; the true label is
-            not known here, so ``z_y`` in the targeted DLR is the largest non-target logit.
+    Modes: ``loss="ce"``/``"dlr"`` untargeted: APGD-CE/APGD-DLR; ``loss="ce"``, ``targeted``:
+    ``y`` are targets, ascend minus their CE; ``loss="dlr-targeted"`` untargeted (APGD-T):
+    targeted DLR towards each of the ``n_target_classes`` classes with the highest clean
+    logits other than ``y``, one after the other, each on the samples not broken yet;
+    ``loss="dlr-targeted"``, ``targeted``: ``y`` are targets, the largest non-target logit
+    stands in for ``z_y`` (the true label is not known).
 
     Args:
         eps: budget in pixel units. steps: iterations per run. restarts: runs per
             target class. loss: ``"ce"``, ``"dlr"`` or ``"dlr-targeted"``.
         rho: fraction of loss-increasing steps below which ``eta`` is halved.
         momentum: weight ``alpha`` of the new step (``1 - alpha`` on the last one).
-        n_target_classes: target classes tried by APGD-T. norm: ``"inf"`` or ``"2"``.
+        n_target_classes: target classes tried by APGD-T. norm: ``"inf"``, ``"2"`` or ``"1"``.
         early_stop: drop each sample from the run as soon as it reaches the goal (what
             ``advx.evaluate`` asks for; the result is then its first adversarial iterate).
 
@@ -111,6 +123,8 @@ class APGD(Attack):
         >>> atk = APGD(model, eps=0.3, steps=100, loss="dlr")
         >>> x_adv = atk(x, y)            # x [N, 1, 28, 28] in [0, 1], y [N]
     """
+
+    norms = ("inf", "2", "1")
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, steps: int = 100,
                  restarts: int = 1, loss: str = "ce", rho: float = 0.75, momentum: float = 0.75,
@@ -168,35 +182,54 @@ class APGD(Attack):
         return self.best_of_runs(x, generator, [towards(t) for t in targets for _ in range(self.restarts)])
 
     def _run_once(self, x, y, target, generator) -> _Run:
-        """One APGD run of ``self.steps`` iterations (``target`` only for APGD-T)."""
-        n = len(x)
-        x_cur = self.clip(self.norm.random_start(x, self.eps, generator))
+        """One APGD run of ``self.steps`` iterations (``target`` only for APGD-T). For a sparse
+        norm, in phases of a shrinking radius (``LARGE_REPS``), each from the last one's point."""
+        if not self.norm.sparse:
+            start = self.clip(self.norm.random_start(x, self.eps, generator))
+            return self._phase(x, y, target, start, self.eps, self.steps, final=True)
+        plan = [(scale, max(1, round(share * self.steps))) for scale, share in LARGE_REPS]
+        start, spent = self.clip(self.norm.random_start(x, plan[0][0] * self.eps, generator)), 0
+        for k, (scale, steps) in enumerate(plan):
+            eps = scale * self.eps
+            out = self._phase(x, y, target, self.norm.project(start, x, eps, self.bounds), eps, steps,
+                              final=k == len(plan) - 1)
+            start, spent = out.x_out, spent + out.steps
+        return out._replace(steps=spent)
+
+    def _phase(self, x, y, target, x_cur, eps, steps, *, final) -> _Run:
+        """``steps`` iterations from ``x_cur`` in the ball of radius ``eps``; early stop (when
+        asked) only in the ``final`` phase, the one whose radius is the attack's."""
+        n, stop = len(x), self.early_stop and final
         grad, logits, loss = self._gradient(x_cur, y, target)
         success = self.confirm(x_cur, logits, y)
         out = _Run(x_out=torch.where(per_sample(success, x), x_cur, x), success=success,
-                   x_best=x_cur.clone(), loss_best=loss.clone(), loss_start=loss.clone(),
-                   steps=torch.full((n,), self.steps, dtype=torch.long, device=x.device))
+                   x_best=x_cur.clone(), loss_best=loss.clone(),
+                   steps=torch.full((n,), steps, dtype=torch.long, device=x.device))
         # The state of the samples still running (active); out holds the results.
         active = torch.arange(n, device=x.device)
-        st = _State(x=x, y=y, target=target, eta=torch.full((n,), 2 * self.eps, dtype=x.dtype, device=x.device),
+        sparse, zeros = self.norm.sparse, torch.zeros(n, dtype=x.dtype, device=x.device)
+        st = _State(x=x, y=y, target=target, radius=zeros + eps, eta=zeros + (1 if sparse else 2) * eps,
                     x_cur=x_cur, x_prev=x_cur, grad=grad, loss_cur=loss,
                     x_best=x_cur.clone(), loss_best=loss.clone(), grad_best=grad.clone(),
                     increases=torch.zeros(n, dtype=torch.long, device=x.device),
-                    halved_last=torch.zeros(n, dtype=torch.bool, device=x.device), loss_best_last=loss.clone())
-        if self.early_stop and success.any():
+                    halved_last=torch.zeros(n, dtype=torch.bool, device=x.device), loss_best_last=loss.clone(),
+                    share=zeros + 0.2, support_last=zeros + x[0].numel())
+        if stop and success.any():
             out.steps[success] = 0
             active, st = active[~success], st.keep(~success)
-        last_checkpoint = 0
-        for t in range(1, self.steps + 1):
+        last_checkpoint, checkpoints, every = 0, self._checkpoints, max(int(0.04 * steps), 1)
+        for t in range(1, steps + 1):
             if len(active) == 0:
                 break
-            x_new, reached = self._advance(st, first=t == 1)
+            x_new, reached = self._advance(st, first=t == 1 or sparse)  # L1 steps without momentum
             out.x_out[active[reached]] = x_new[reached]
             out.success[active[reached]] = True
-            if t in self._checkpoints:
+            if sparse and t % every == 0:
+                self._adapt_sparsity(st)
+            elif not sparse and t in checkpoints:
                 self._adapt_step_size(st, t - last_checkpoint)
                 last_checkpoint = t
-            if self.early_stop and reached.any():
+            if stop and reached.any():
                 _store(out, active[reached], st, reached, steps=t)
                 active, st = active[~reached], st.keep(~reached)
         _store(out, active, st, torch.ones(len(active), dtype=torch.bool, device=x.device))
@@ -206,12 +239,13 @@ class APGD(Attack):
     def _advance(self, st: "_State", *, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration: a step of size eta with momentum (plain on the first), then the
         loss bookkeeping. Returns the new iterate and which samples it makes reach the goal."""
-        z = self._project(st.x_cur + per_sample(st.eta, st.x) * self.norm.direction(st.grad), st.x)
+        direction = self.norm.direction_in_box(st.grad, st.x_cur, self.bounds, st.share)
+        z = self._project(st.x_cur + per_sample(st.eta, st.x) * direction, st)
         if first:
             x_new = z
         else:
             x_new = self._project(st.x_cur + self.momentum * (z - st.x_cur)
-                                  + (1 - self.momentum) * (st.x_cur - st.x_prev), st.x)
+                                  + (1 - self.momentum) * (st.x_cur - st.x_prev), st)
         st.x_prev, st.x_cur = st.x_cur, x_new
         st.grad, logits, loss = self._gradient(x_new, st.y, st.target)
         st.increases += (loss > st.loss_cur).long()
@@ -229,17 +263,24 @@ class APGD(Attack):
         stalled = ~st.halved_last & (st.loss_best <= st.loss_best_last)
         halve = oscillating | stalled
         st.eta = torch.where(halve, st.eta / 2, st.eta)
-        back = per_sample(halve, st.x)  # restart from the best point, without momentum
-        st.x_cur = torch.where(back, st.x_best, st.x_cur)
-        st.x_prev = torch.where(back, st.x_best, st.x_prev)
-        st.grad = torch.where(back, st.grad_best, st.grad)
-        st.loss_cur = torch.where(halve, st.loss_best, st.loss_cur)
+        st.back_to_best(halve)
         st.halved_last, st.loss_best_last = halve, st.loss_best.clone()
         st.increases = torch.zeros_like(st.increases)
 
+    def _adapt_sparsity(self, st: "_State") -> None:
+        """L1: a step moves the support of the best point / 1.5; eta shrinks by 1.5 (down to a
+        tenth of the radius) while that support does not, and is reset to the radius (from
+        the best point) when it shrank by 5%."""
+        support = ((st.x_best - st.x).flatten(1) != 0).sum(1).to(st.eta.dtype)
+        shrunk = support < 0.95 * st.support_last
+        st.share = (support / st.x[0].numel() / 1.5).clamp_min(1e-6)
+        st.eta = torch.where(shrunk, st.radius, torch.maximum(st.eta / 1.5, st.radius / 10))
+        st.support_last = support
+        st.back_to_best(shrunk)
+
     # --------------------------------------------------------------- helpers
-    def _project(self, x_adv, x):
-        return self.clip(self.norm.project(x_adv, x, self.eps))
+    def _project(self, x_adv, st: "_State"):
+        return self.norm.project(x_adv, st.x, st.radius, self.bounds)
 
     def _objective(self, logits, y, target):
         """Per-sample loss to ascend for this mode."""

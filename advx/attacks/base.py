@@ -167,7 +167,7 @@ class Attack:
                         x_adv, steps = self._run(fast_images(x0) if low else x0, y0, generator)
                 finally:
                     self._search = "fp32"
-            x_adv = self.clip(self.norm.project(x_adv.detach(), x0, eps)).contiguous()
+            x_adv = self.norm.project(x_adv.detach(), x0, eps, self.bounds).contiguous()
             broken = ~torch.isfinite(x_adv).flatten(1).all(1)
             if broken.any():  # never hand back a non-finite image
                 x_adv[broken] = x0[broken]

@@ -18,14 +18,17 @@ class FGSM(Attack):
 
     Args:
         model: classifier returning logits.
-        eps: perturbation budget in pixel units (Linf, or L2 with ``norm="2"``).
-        norm: ``"inf"`` (FGSM) or ``"2"`` (FGM).
+        eps: perturbation budget in pixel units (in the norm of ``norm``).
+        norm: ``"inf"`` (FGSM), ``"2"`` (FGM) or ``"1"`` (one sparse step: the sign of the
+            largest 5% of the gradient, as the L1 norm's ``direction_in_box`` gives it).
         bounds: valid pixel range. targeted: descend the loss of target labels ``y``.
 
     Example:
         >>> atk = FGSM(model, eps=0.1)
         >>> x_adv = atk(x, y)            # x [N, 1, 28, 28] in [0, 1], y [N]
     """
+
+    norms = ("inf", "2", "1")
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
@@ -36,5 +39,5 @@ class FGSM(Attack):
 
     def _run(self, x, y, generator):
         grad, _, _ = self.gradient(x, y)
-        x_adv = self.clip(x + self.eps * self.norm.direction(grad))
+        x_adv = self.clip(x + self.eps * self.norm.direction_in_box(grad, x, self.bounds))
         return x_adv, torch.ones(len(x), dtype=torch.long, device=x.device)

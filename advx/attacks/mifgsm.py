@@ -58,5 +58,5 @@ class MIFGSM(Attack):
             l1 = grad.flatten(1).abs().sum(1).clamp_min(TINY)
             momentum = self.decay * momentum + grad / per_sample(l1, grad)
             x_adv = x_adv + self.alpha * self.norm.direction(momentum)
-            x_adv = self.clip(self.norm.project(x_adv, x, self.eps))
+            x_adv = self.norm.project(x_adv, x, self.eps, self.bounds)
         return x_adv, torch.full((len(x),), self.steps, dtype=torch.long, device=x.device)

@@ -2,7 +2,8 @@
 
 Madry, Makelov, Schmidt, Tsipras & Vladu (2018), "Towards Deep Learning Models
 Resistant to Adversarial Attacks". Linf steps follow sign(grad); L2 steps follow
-grad / ||grad||_2 (the norm object decides).
+grad / ||grad||_2, L1 steps the sign of the largest gradients (Tramer & Boneh 2019's
+sparse L1 descent); the norm object decides.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class PGD(Attack):
 
     Args:
         eps: budget in pixel units. alpha: step size (default ``2.5 * eps / steps``).
-        steps: gradient steps per restart. norm: ``"inf"`` or ``"2"``.
+        steps: gradient steps per restart. norm: ``"inf"``, ``"2"`` or ``"1"``.
         random_start: start from a uniform point of the eps-ball (default on).
         restarts: independent runs; the best per *sample* is kept (a success over
             a failure, else the higher loss). Restarts after the first only run
@@ -40,6 +41,8 @@ class PGD(Attack):
         >>> x_adv = atk(x, y)
         >>> atk.run(x, y).success.float().mean()  # attack success rate
     """
+
+    norms = ("inf", "2", "1")
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, alpha: float | None = None,
                  steps: int = 40, norm: str | Norm = "inf", random_start: bool = True,
@@ -124,7 +127,8 @@ class PGD(Attack):
                     if len(active) == 0:
                         break
             x0 = x if len(active) == len(x) else x[active]
-            stepped = self.clip(self.norm.project(xa + self.alpha * self.norm.direction(grad), x0, self.eps))
+            step = self.norm.direction_in_box(grad, xa, self.bounds)
+            stepped = self.norm.project(xa + self.alpha * step, x0, self.eps, self.bounds)
             if len(active) == len(x):
                 x_adv = stepped
             else:

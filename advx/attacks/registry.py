@@ -19,10 +19,13 @@ from advx.attacks.base import Attack
 from advx.attacks.results import Abilities
 from advx.attacks.cw import CW
 from advx.attacks.deepfool import DeepFool
+from advx.attacks.fab import FAB
 from advx.attacks.fgsm import FGSM
+from advx.attacks.fmn import FMN
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.square import Square
+from advx.norms import get_norm
 from advx.validate import InputError
 
 ATTACKS = {
@@ -34,6 +37,9 @@ ATTACKS = {
     "apgd-t": partial(APGD, loss="dlr-targeted"),        # APGD-T: targeted DLR over the top classes
     "cw": CW,
     "deepfool": DeepFool,
+    "fab": FAB,                                          # FAB: the closest of every class's boundaries
+    "fab-t": partial(FAB, n_target_classes=9),           # FAB-T: one target class at a time
+    "fmn": FMN,
     "square": Square,
 }
 
@@ -52,17 +58,28 @@ def abilities(name: str) -> Abilities:
 
 AttackFactory = Callable[[nn.Module, float], Attack]
 
-# Named cascades for ``evaluate(attacks=SUITES[name])`` / ``advx eval --suite NAME``.
-# A stage is an attack name, or ``(name, options)``: settings of the suite that options
-# given to ``evaluate`` (``--steps``, ``--restarts``) override.
+# Named cascades for ``evaluate(attacks=suite(name, norm))`` / ``advx eval --suite NAME``, one
+# per threat model. A stage is an attack name, or ``(name, options)``: settings of the suite
+# that options given to ``evaluate`` (``--steps``, ``--restarts``) override.
 SUITES = {
-    # After AutoAttack: APGD-CE, then targeted APGD-DLR, then the black-box Square attack
-    # on the survivors (the cross-check for gradient masking). The budgets were chosen on
-    # the PGD-trained MNIST model (see scripts/bench_suite.py and the README): for the same
-    # time, restarts of APGD-CE break more images than more target classes or more
-    # Square queries do.
-    "strong": [("apgd", {"restarts": 10}), ("apgd-t", {"n_target_classes": 3}), ("square", {"queries": 1000})],
+    # After AutoAttack: APGD-CE, then targeted APGD-DLR, then an attack of another kind on
+    # the survivors (the black-box Square for Linf, the minimum-norm FMN for L2 and L1: a
+    # cross-check for gradient masking). The budgets were chosen by measurement on the
+    # PGD-trained MNIST model (scripts/bench_suite.py, the README): for Linf, at equal time,
+    # restarts of APGD-CE broke more images than more target classes or Square queries did.
+    "strong": {
+        "inf": [("apgd", {"restarts": 10}), ("apgd-t", {"n_target_classes": 3}), ("square", {"queries": 1000})],
+        "2": [("apgd", {"restarts": 5}), ("apgd-t", {"n_target_classes": 3}), ("fmn", {"steps": 500})],
+        "1": [("apgd", {"restarts": 5}), ("apgd-t", {"n_target_classes": 3}), ("fmn", {"steps": 500})],
+    },
 }
+
+
+def suite(name: str, norm: str = "inf") -> list:
+    """The stages of ``SUITES[name]`` for the threat model ``norm``."""
+    if name not in SUITES:
+        raise InputError(f"suite must be one of {sorted(SUITES)}, got {name!r}")
+    return list(SUITES[name][get_norm(norm).name])
 
 
 def describe(stages: Sequence, overrides: dict | None = None) -> str:

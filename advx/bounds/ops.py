@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from advx.norms import get_norm
+
 
 def pair(v) -> tuple:
     """A kernel size, stride or padding as a (height, width) pair."""
@@ -266,3 +268,9 @@ class MaxPool(Op):
                           dtype=A.dtype, device=A.device)
         out.scatter_add_(1, self.index[owner], coef)
         return out.view(A.shape[0], *self.in_shape)
+
+
+def ball_minimum(A: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """min of ``A[r] . h`` over ``||h - x[r]|| <= eps``: ``A . x - eps * ||A||_q`` (q the dual norm)."""
+    dual = get_norm(norm).dual
+    return (A * x).flatten(1).sum(1) - eps * torch.linalg.vector_norm(A.flatten(1), ord=dual, dim=1)

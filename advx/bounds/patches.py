@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advx.bounds.ops import Conv, MaxPool, ReLU, Scale, pair
+from advx.bounds.ops import Conv, MaxPool, ReLU, Scale, ball_minimum, pair
 
 
 def spatial(op) -> bool:
@@ -114,8 +114,7 @@ def input_minimum(ball, A, owner, oy, ox) -> torch.Tensor:
     l, u = ball.box()
     cl, cu = windows(l, owner, oy, ox, h, w), windows(u, owner, oy, ox, h, w)
     best = ((A * (cu + cl) / 2) - A.abs() * (cu - cl) / 2).flatten(1).sum(1)
-    if ball.norm == "2":
-        x = windows(ball.x, owner, oy, ox, h, w)
-        best = torch.maximum(best, (A * x).flatten(1).sum(1) - ball.eps * A.flatten(1).norm(dim=1))
+    if ball.norm != "inf":
+        best = torch.maximum(best, ball_minimum(A, windows(ball.x, owner, oy, ox, h, w), ball.eps, ball.norm))
     return best
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from advx.bounds import patches
-from advx.bounds.ops import Op, ReLU
+from advx.bounds.ops import Op, ReLU, ball_minimum
 from advx.validate import InputError
 
 METHODS = ("ibp", "crown-ibp", "crown")
@@ -33,7 +33,7 @@ ROWS_BUDGET = 2**25  # floats in one CROWN chunk of rows (about 128 MB)
 
 @dataclass
 class Ball:
-    """The eps-ball (``norm`` "inf" or "2") around ``x`` [N, ...] within the pixel box."""
+    """The eps-ball (``norm`` "inf", "2" or "1") around ``x`` [N, ...] within the pixel box."""
 
     x: torch.Tensor
     eps: float
@@ -42,16 +42,15 @@ class Ball:
     upper: float = 1.0
 
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A box holding the set (for L2: the Linf box of the same eps, a superset)."""
+        """A box holding the set (for L2 and L1: the Linf box of the same eps, a superset)."""
         return (self.x - self.eps).clamp(self.lower, self.upper), (self.x + self.eps).clamp(self.lower, self.upper)
 
     def minimum(self, A: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """A lower bound, tight for Linf, of ``A[r] . x`` over the set of sample ``owner[r]``."""
         l, u = self.box()
         best = box_minimum(A, l[owner], u[owner])
-        if self.norm == "2":  # the ball alone, without the pixel box: also sound, take the better
-            ball = (A * self.x[owner]).flatten(1).sum(1) - self.eps * A.flatten(1).norm(dim=1)
-            best = torch.maximum(best, ball)
+        if self.norm != "inf":  # the ball alone, without the pixel box: also sound, take the better
+            best = torch.maximum(best, ball_minimum(A, self.x[owner], self.eps, self.norm))
         return best
 
 

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import torch
 
+from advx.norms import get_norm
+
 from advx.report import _remove_stale, environment, save_accuracy_axes, write_csv, write_json
 
 
@@ -36,7 +38,7 @@ class CertifyRun:
 
 def certify_table(run: CertifyRun, *, source: str) -> str:
     lines = [f"clean accuracy {run.clean_acc:.2%} on {len(run.y)} test images ({source})",
-             f"certified accuracy ({run.method}, {'Linf' if run.norm == 'inf' else 'L2'}; a proved lower bound):",
+             f"certified accuracy ({run.method}, {get_norm(run.norm).label}; a proved lower bound):",
              f"{'eps':>6}  {'certified':>10}  {'seconds':>8}  {'images/s':>9}"]
     for e in run.eps:
         rate = len(run.y) / run.seconds[e] if run.seconds[e] > 0 else float("inf")

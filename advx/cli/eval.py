@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from advx.attacks.registry import ATTACKS, SUITES, describe
+from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, suite
 from advx.bounds.propagate import METHODS
 from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
 from advx.cli.common import CLIError, common_options, device_named, floats, precision_option, test_images
 from advx.evaluate import evaluate
 from advx.files import check_output_dir
-from advx.norms import NORM_NAMES
-from advx.report import eval_table, write_eval_outputs
+from advx.norms import NORM_NAMES, get_norm
+from advx.report import environment, eval_table, write_eval_outputs, write_json
+
+# The budgets of the curve per threat model: Linf's usual ones, and a quarter to all of the
+# standard MNIST budget for L2 (2) and L1 (10).
+DEFAULT_EPS = {"inf": "0.05,0.1,0.2,0.3", "2": "0.5,1,1.5,2", "1": "2.5,5,7.5,10"}
 
 
 def add(sub) -> None:
@@ -25,10 +29,15 @@ def add(sub) -> None:
                    help=f"comma-separated, cheapest first, each at most once, from {','.join(sorted(ATTACKS))} "
                         f"(default: fgsm,pgd)")
     e.add_argument("--suite", default=None, choices=sorted(SUITES),
-                   help="a named cascade instead of --attacks (after AutoAttack); strong = "
-                        + describe(SUITES["strong"]) + "; --steps/--restarts override its settings")
-    e.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="comma-separated budgets (default: 0.05,0.1,0.2,0.3)")
-    e.add_argument("--norm", default="inf", choices=NORM_NAMES, help="default: inf")
+                   help="a named cascade instead of --attacks (after AutoAttack), one per norm; strong = "
+                        + "; ".join(f"{get_norm(n).label}: {describe(suite('strong', n))}" for n in NORM_NAMES)
+                        + "; --steps/--restarts override its settings")
+    e.add_argument("--eps", default=None,
+                   help="comma-separated budgets (default per norm: "
+                        + "; ".join(f"{n}: {v}" for n, v in DEFAULT_EPS.items()) + "; with several norms, the defaults)")
+    e.add_argument("--norm", default="inf",
+                   help=f"threat model, or several comma-separated for one report per norm, from {','.join(NORM_NAMES)} "
+                        "(default: inf)")
     e.add_argument("--steps", type=int, default=None, help="iterations of iterative attacks (PGD default: 40)")
     e.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
     e.add_argument("--restarts", type=int, default=None, help="random restarts where supported (default: 1)")
@@ -52,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.suite and args.attacks is not None:
         raise CLIError(f"--suite and --attacks exclude each other: got --suite {args.suite} "
                        f"and --attacks {args.attacks}")
-    if args.suite:
-        attacks = SUITES[args.suite]
-    else:
+    attacks = None
+    if not args.suite:
         text = args.attacks if args.attacks is not None else "fgsm,pgd"
         attacks = [a.strip() for a in text.split(",") if a.strip()]
         unknown = [a for a in attacks if a not in ATTACKS]
@@ -63,24 +71,64 @@ def run(args: argparse.Namespace) -> int:
         repeated = sorted({a for a in attacks if attacks.count(a) > 1})
         if repeated:
             raise CLIError(f"--attacks must name each attack once, got {', '.join(repeated)} more than once")
-    eps = floats(args.eps, "--eps")
+    norms = [n.strip() for n in args.norm.split(",") if n.strip()]
+    if not norms or any(n not in NORM_NAMES for n in norms) or len(set(norms)) < len(norms):
+        raise CLIError(f"--norm must name each threat model at most once, from {','.join(NORM_NAMES)}, "
+                       f"got {args.norm!r}")
+    if len(norms) > 1 and args.eps is not None:
+        raise CLIError(f"--eps applies to one --norm; with several norms ({args.norm}) each is evaluated at "
+                       f"its default budgets ({'; '.join(f'{n}: {DEFAULT_EPS[n]}' for n in norms)}), "
+                       f"got --eps {args.eps}")
+    for norm in norms:  # an attack that does not know a norm: an error now, not after an hour
+        stages = suite(args.suite, norm) if args.suite else attacks
+        lacking = [s if isinstance(s, str) else s[0] for s in stages
+                   if norm not in abilities(s if isinstance(s, str) else s[0]).norms]
+        if lacking:
+            raise CLIError(f"--attacks: {', '.join(lacking)} cannot attack in --norm {norm}")
     out = check_output_dir(args.out, "--out")
     device = device_named(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     test = test_images(args)
-    ev = evaluate(model, test.x, test.y, attacks=attacks, eps=eps, norm=args.norm, steps=args.steps,
-                  alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
-                  early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
-                  device=device, checks=not args.no_checks, precision=args.precision, progress=not args.quiet,
-                  certify=args.certify)
-    print(eval_table(ev, source=str(args.checkpoint), cascade=not args.no_cascade))
     final = ckpt.get("metrics", {}).get("final")
+    results = {}
+    for norm in norms:
+        eps = floats(args.eps or DEFAULT_EPS[norm], "--eps")
+        ev = evaluate(model, test.x, test.y, attacks=suite(args.suite, norm) if args.suite else attacks, eps=eps,
+                      norm=norm, steps=args.steps, alpha=args.alpha, restarts=args.restarts,
+                      cascade=not args.no_cascade, early_stop=not args.no_early_stop, batch_size=args.batch_size,
+                      seed=args.seed, device=device, checks=not args.no_checks, precision=args.precision,
+                      progress=not args.quiet, certify=args.certify)
+        print(eval_table(ev, source=str(args.checkpoint), cascade=not args.no_cascade))
+        for name, message in ev.warnings.items():
+            print(f"WARNING [{get_norm(norm).label}, {name}]: {message}", file=sys.stderr)
+        folder = out if len(norms) == 1 else out / get_norm(norm).label
+        folder.mkdir(parents=True, exist_ok=True)
+        written = write_eval_outputs(folder, ev, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"],
+                                     training_final=final)
+        results[norm] = (ev, [str(folder / w) for w in written])
     if final:  # what its own training measured, beside this run's figures
         print(f"the checkpoint's own figure (end of its training): --suite {final['suite']} "
               f"{final['robust_acc']:.2%} at eps {final['eps']:g} on {final['n']} {final['images']}")
-    for name, message in ev.warnings.items():
-        print(f"WARNING [{name}]: {message}", file=sys.stderr)
-    written = write_eval_outputs(out, ev, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"],
-                                 training_final=final)
-    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    if len(norms) > 1:
+        print(norms_table(results))
+        write_json(out / "report.json", {
+            "command": "eval", "checkpoint": str(args.checkpoint), "model": ckpt["model_name"],
+            "norms": {get_norm(n).label: {"eps": ev.eps, "clean_acc": ev.clean_acc, "attacks": ev.attacks,
+                                          "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
+                                          "files": files}
+                      for n, (ev, files) in results.items()},
+            "environment": environment()})
+    print(f"wrote {', '.join(f for _, files in results.values() for f in files)}"
+          + (f", {out / 'report.json'}" if len(norms) > 1 else ""))
     return 0
+
+
+def norms_table(results: dict) -> str:
+    """One line per norm: its worst case at its largest budget, and which attack got there."""
+    lines = ["worst case per threat model (the largest budget of each):",
+             f"{'norm':>5}  {'eps':>6}  {'clean':>8}  {'robust':>8}  attacks"]
+    for norm, (ev, _) in results.items():
+        e = ev.eps[-1]
+        lines.append(f"{get_norm(norm).label:>5}  {e:>6g}  {ev.clean_acc:>8.2%}  {ev.robust_acc[e]:>8.2%}  "
+                     + ",".join(ev.attacks))
+    return "\n".join(lines)
