@@ -22,7 +22,7 @@ class EvalConfig:
 
     attacks:  names from ``advx.ATTACKS``, ``(name, options)`` pairs such as
               ``SUITES["strong"]`` holds, or factories ``f(model, eps) -> Attack``; each once.
-    eps:      the budgets (one number or several; sorted, each once). norm: ``"inf"``/``"2"``.
+    eps:      the budgets (one number or several; sorted, each once). norm: ``"inf"``/``"2"``/``"1"``.
     steps, alpha, restarts: passed to the attacks that take them (``None``: their own).
     cascade:  each attack only on the survivors of those before it (the worst case is the
               same; the per-attack columns become cumulative).

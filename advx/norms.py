@@ -86,8 +86,8 @@ class Norm:
         sign = torch.where(c < 0, -1.0, 1.0).to(w.dtype).unsqueeze(1)
         w, c = w * sign, c.abs()  # now c >= 0: move along +w
         cap = torch.where(w > 0, upper, -lower).clamp_min(0)  # how far each coordinate may go along sign(w)
-        delta = self._to_hyperplane(w, c, cap)
-        return delta * torch.where(w >= 0, 1.0, -1.0).to(w.dtype) * sign
+        delta = self._to_hyperplane(w, c, cap)  # the same delta: (sign w) . delta = |c| <=> w . delta = c
+        return delta * torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
 
     def _to_hyperplane(self, w, c, cap):
         """``|delta|`` per coordinate for ``c >= 0``; the sign of ``w`` is applied by the caller."""

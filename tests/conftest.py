@@ -89,6 +89,16 @@ def batch(mnist_test):
     return mnist_test.x[:200].clone(), mnist_test.y[:200].clone()
 
 
+@pytest.fixture(scope="session")
+def clean(trained_cnn, batch):
+    """The images among the first 100 of ``batch`` that ``trained_cnn`` classifies correctly."""
+    x, y = batch[0][:100], batch[1][:100]
+    with torch.no_grad():
+        right = trained_cnn(x).argmax(1) == y
+    assert right.sum() >= 90
+    return x[right], y[right]
+
+
 @pytest.fixture
 def bn_model():
     """An untrained CNN with BatchNorm and Dropout (buffers and train/eval behaviour matter)."""

@@ -160,6 +160,23 @@ def test_eval_strong_suite(tiny_checkpoint, tmp_path, capsys):
     assert list(report["robust_acc_by_attack"]["0.3"]) == ["apgd", "apgd-t", "square"]
 
 
+def test_eval_several_norms_one_report(tiny_checkpoint, tmp_path, capsys):
+    code = main(["eval", "--norm", "inf,2,1", "--attacks", "apgd,fmn", "--steps", "5", "--n", "12",
+                 "--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR), "--out", str(tmp_path),
+                 "--no-checks", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["norms"]) == ["Linf", "L2", "L1"]
+    for label, eps in (("Linf", "0.3"), ("L2", "2"), ("L1", "10")):  # each norm at its default budgets
+        one = json.loads((tmp_path / label / "report.json").read_text())
+        assert one["settings"]["norm"] == {"Linf": "inf", "L2": "2", "L1": "1"}[label]
+        assert report["norms"][label]["robust_acc"][eps] == one["robust_acc"][eps]
+        assert (tmp_path / label / "per_sample.csv").exists()
+        assert re.search(rf"^ +{label} +{eps} +[\d.]+% +[\d.]+% +apgd,fmn$", out, re.M)
+    assert "robust accuracy (L1, cumulative over the cascade)" in out
+
+
 # ------------------------------------------------------------ faults, issue 10
 def _no_work(*args, **kwargs):
     raise AssertionError("the work started although the output path is bad")
@@ -240,6 +257,10 @@ def test_diverged_training_keeps_the_good_checkpoint(tiny_checkpoint, tmp_path, 
     (["eval", "--attacks", "fgsm", "--steps", "5"], "--steps does not apply to any attack of the cascade (fgsm)"),
     (["eval", "--eps", "0.1,0.1"], "--eps must not repeat a value, got 0.1 more than once"),
     (["eval", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["eval", "--norm", "inf,3"], "--norm must name each threat model at most once, from inf,2,1, got 'inf,3'"),
+    (["eval", "--norm", "2,2"], "--norm must name each threat model at most once"),
+    (["eval", "--norm", "inf,1", "--eps", "0.3"], "--eps applies to one --norm; with several norms (inf,1)"),
+    (["eval", "--norm", "2", "--attacks", "apgd,square"], "--attacks: square cannot attack in --norm 2"),
     (["eval", "--n", "20000"], "--n must be <= 10000 (the test images), got 20000"),
     (["attack", "--n", "10001"], "--n must be <= 10000 (the test images), got 10001"),
     (["attack", "--seed", str(2**64)], "--seed must be <= 9223372036854775807"),

@@ -10,17 +10,6 @@ from advx.attacks.fmn import FMN
 from conftest import Binarized
 
 NORMS = ["inf", "2", "1"]
-N_IMAGES = 100
-
-
-@pytest.fixture(scope="module")
-def clean(trained_cnn, batch):
-    """The first ``N_IMAGES`` test images that the model classifies correctly."""
-    x, y = batch[0][:N_IMAGES], batch[1][:N_IMAGES]
-    with torch.no_grad():
-        right = trained_cnn(x).argmax(1) == y
-    assert right.sum() >= 0.9 * N_IMAGES
-    return x[right], y[right]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Bound propagation over a chain of ops: IBP, CROWN-IBP and CROWN.
 
-The input set is the eps-ball around each image (Linf or L2) intersected with the pixel
+The input set is the eps-ball around each image (Linf, L2 or L1) intersected with the pixel
 box. The quantity bounded is the *margin* ``z_y - z_j`` for every class j: the
 specification is folded into the last affine layer (for IBP as well), which is much
 tighter than bounding the logits one by one.

@@ -12,7 +12,7 @@ from advx.cli.common import CLIError, common_options, device_named, floats, prec
 from advx.evaluate import evaluate
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES, get_norm
-from advx.report import environment, eval_table, write_eval_outputs, write_json
+from advx.report import _remove_stale, environment, eval_table, write_eval_outputs, write_json
 
 # The budgets of the curve per threat model: Linf's usual ones, and a quarter to all of the
 # standard MNIST budget for L2 (2) and L1 (10).
@@ -58,33 +58,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.suite and args.attacks is not None:
-        raise CLIError(f"--suite and --attacks exclude each other: got --suite {args.suite} "
-                       f"and --attacks {args.attacks}")
-    attacks = None
-    if not args.suite:
-        text = args.attacks if args.attacks is not None else "fgsm,pgd"
-        attacks = [a.strip() for a in text.split(",") if a.strip()]
-        unknown = [a for a in attacks if a not in ATTACKS]
-        if not attacks or unknown:
-            raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {text!r}")
-        repeated = sorted({a for a in attacks if attacks.count(a) > 1})
-        if repeated:
-            raise CLIError(f"--attacks must name each attack once, got {', '.join(repeated)} more than once")
-    norms = [n.strip() for n in args.norm.split(",") if n.strip()]
-    if not norms or any(n not in NORM_NAMES for n in norms) or len(set(norms)) < len(norms):
-        raise CLIError(f"--norm must name each threat model at most once, from {','.join(NORM_NAMES)}, "
-                       f"got {args.norm!r}")
-    if len(norms) > 1 and args.eps is not None:
-        raise CLIError(f"--eps applies to one --norm; with several norms ({args.norm}) each is evaluated at "
-                       f"its default budgets ({'; '.join(f'{n}: {DEFAULT_EPS[n]}' for n in norms)}), "
-                       f"got --eps {args.eps}")
-    for norm in norms:  # an attack that does not know a norm: an error now, not after an hour
-        stages = suite(args.suite, norm) if args.suite else attacks
-        lacking = [s if isinstance(s, str) else s[0] for s in stages
-                   if norm not in abilities(s if isinstance(s, str) else s[0]).norms]
-        if lacking:
-            raise CLIError(f"--attacks: {', '.join(lacking)} cannot attack in --norm {norm}")
+    attacks, norms = _attacks(args), _norms(args)
     out = check_output_dir(args.out, "--out")
     device = device_named(args.device)
     model, ckpt = load_model(args.checkpoint, device)
@@ -92,12 +66,12 @@ def run(args: argparse.Namespace) -> int:
     final = ckpt.get("metrics", {}).get("final")
     results = {}
     for norm in norms:
-        eps = floats(args.eps or DEFAULT_EPS[norm], "--eps")
-        ev = evaluate(model, test.x, test.y, attacks=suite(args.suite, norm) if args.suite else attacks, eps=eps,
-                      norm=norm, steps=args.steps, alpha=args.alpha, restarts=args.restarts,
-                      cascade=not args.no_cascade, early_stop=not args.no_early_stop, batch_size=args.batch_size,
-                      seed=args.seed, device=device, checks=not args.no_checks, precision=args.precision,
-                      progress=not args.quiet, certify=args.certify)
+        ev = evaluate(model, test.x, test.y, attacks=suite(args.suite, norm) if args.suite else attacks,
+                      eps=floats(args.eps or DEFAULT_EPS[norm], "--eps"), norm=norm, steps=args.steps,
+                      alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
+                      early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed, device=device,
+                      checks=not args.no_checks, precision=args.precision, progress=not args.quiet,
+                      certify=args.certify)
         print(eval_table(ev, source=str(args.checkpoint), cascade=not args.no_cascade))
         for name, message in ev.warnings.items():
             print(f"WARNING [{get_norm(norm).label}, {name}]: {message}", file=sys.stderr)
@@ -109,18 +83,55 @@ def run(args: argparse.Namespace) -> int:
     if final:  # what its own training measured, beside this run's figures
         print(f"the checkpoint's own figure (end of its training): --suite {final['suite']} "
               f"{final['robust_acc']:.2%} at eps {final['eps']:g} on {final['n']} {final['images']}")
+    written = [f for _, files in results.values() for f in files]
     if len(norms) > 1:
         print(norms_table(results))
-        write_json(out / "report.json", {
+        written.append(str(write_json(out / "report.json", {
             "command": "eval", "checkpoint": str(args.checkpoint), "model": ckpt["model_name"],
             "norms": {get_norm(n).label: {"eps": ev.eps, "clean_acc": ev.clean_acc, "attacks": ev.attacks,
                                           "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
                                           "files": files}
                       for n, (ev, files) in results.items()},
-            "environment": environment()})
-    print(f"wrote {', '.join(f for _, files in results.values() for f in files)}"
-          + (f", {out / 'report.json'}" if len(norms) > 1 else ""))
+            "environment": environment()})))
+        _remove_stale(out, ["report.json"])  # a single-norm run's files left there before
+    print(f"wrote {', '.join(written)}")
     return 0
+
+
+def _attacks(args: argparse.Namespace) -> list[str] | None:
+    """The names of ``--attacks`` (None with ``--suite``), checked."""
+    if args.suite and args.attacks is not None:
+        raise CLIError(f"--suite and --attacks exclude each other: got --suite {args.suite} "
+                       f"and --attacks {args.attacks}")
+    if args.suite:
+        return None
+    text = args.attacks if args.attacks is not None else "fgsm,pgd"
+    attacks = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if not attacks or unknown:
+        raise CLIError(f"--attacks must name attacks from {','.join(sorted(ATTACKS))}, got {text!r}")
+    repeated = sorted({a for a in attacks if attacks.count(a) > 1})
+    if repeated:
+        raise CLIError(f"--attacks must name each attack once, got {', '.join(repeated)} more than once")
+    return attacks
+
+
+def _norms(args: argparse.Namespace) -> list[str]:
+    """The threat models of ``--norm``, checked against ``--eps`` and the attacks, before any work."""
+    norms = [n.strip() for n in args.norm.split(",") if n.strip()]
+    if not norms or any(n not in NORM_NAMES for n in norms) or len(set(norms)) < len(norms):
+        raise CLIError(f"--norm must name each threat model at most once, from {','.join(NORM_NAMES)}, "
+                       f"got {args.norm!r}")
+    if len(norms) > 1 and args.eps is not None:
+        raise CLIError(f"--eps applies to one --norm; with several norms ({args.norm}) each is evaluated at "
+                       f"its default budgets ({'; '.join(f'{n}: {DEFAULT_EPS[n]}' for n in norms)}), "
+                       f"got --eps {args.eps}")
+    for norm in norms:
+        names = [s if isinstance(s, str) else s[0] for s in (suite(args.suite, norm) if args.suite else _attacks(args))]
+        lacking = [name for name in names if norm not in abilities(name).norms]
+        if lacking:
+            raise CLIError(f"--attacks: {', '.join(lacking)} cannot attack in --norm {norm}")
+    return norms
 
 
 def norms_table(results: dict) -> str:
