@@ -71,7 +71,7 @@ SUITES = {
     # L1: APGD-L1 with restarts, APGD-T, then FMN.
     "strong": {
         "inf": [("apgd", {"restarts": 10}), ("apgd-t", {"n_target_classes": 3}), ("square", {"queries": 1000})],
-        "2": [("apgd", {}), ("fab", {"steps": 50, "restarts": 2}), ("fmn", {"steps": 200})],
+        "2": [("apgd", {}), ("fab", {"steps": 50}), ("fmn", {"steps": 200})],
         "1": [("apgd", {"restarts": 5}), ("apgd-t", {"n_target_classes": 3}), ("fmn", {"steps": 500})],
     },
 }
