@@ -10,7 +10,8 @@ from typing import Sequence
 import torch
 
 from advx.bounds.propagate import METHODS
-from advx.attacks.registry import AttackFactory, abilities, check_options_apply, describe, stage_factory
+from advx.attacks.registry import (AttackFactory, abilities, check_options_apply, describe, stage_factory,
+                                   stage_name)
 from advx.norms import get_norm
 from advx.precision import check_precision
 from advx.validate import InputError, check_number, check_seed
@@ -86,8 +87,7 @@ class EvalConfig:
         """``precision`` for a stage; fp32 for an attack whose search needs it."""
         if callable(stage) or self.precision in ("fp32", "auto"):
             return None if callable(stage) else self.precision
-        name = stage if isinstance(stage, str) else stage[0]
-        return self.precision if abilities(name).low_precision else "fp32"
+        return self.precision if abilities(stage_name(stage)).low_precision else "fp32"
 
     def settings(self, names: list[str], n: int) -> dict:
         """Plain values for the report: what ran (the stages' ``names``), on how many samples."""

@@ -20,7 +20,7 @@ from advx import rng, sanity
 from advx.attacks.base import Attack
 from advx.attacks.gradients import frozen
 from advx.attacks.checks import check_model_ready, is_integer_labels, validate_logits
-from advx.attacks.registry import abilities
+from advx.attacks.registry import abilities, stage_name
 from advx.bounds.sweep import certify_sweep, check_sandwich
 from advx.eval_config import EvalConfig
 from advx.validate import InputError, check_number
@@ -261,7 +261,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     precision_used = {}
     # minimum-norm attacks run once per sample, whatever the number of eps
     once = {a: _Distances(n) for a, stage in enumerate(config.attacks)
-            if not callable(stage) and abilities(stage if isinstance(stage, str) else stage[0]).minimum_norm}
+            if not callable(stage) and abilities(stage_name(stage)).minimum_norm}
     for k, e in enumerate(eps):
         if k > 0 and config.reuse_eps:
             records.carry(k)

@@ -243,9 +243,6 @@ class L1(Norm):
         out = x + (out * torch.clamp(eps / out.abs().sum(1).clamp_min(TINY), max=1.0).unsqueeze(1)).view_as(x)
         return out if bounds is None else out.clamp(*bounds)  # x + (high - x) may round past high
 
-    def _project_ball(self, delta, eps):  # unused: project is exact with or without a box
-        raise NotImplementedError
-
     def _to_hyperplane(self, w, c, cap):
         # Fractional knapsack: fill the coordinates with the largest |w_i| up to their caps.
         a = w.abs()

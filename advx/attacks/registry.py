@@ -98,6 +98,11 @@ def describe(stages: Sequence, overrides: dict | None = None) -> str:
     return ",".join(one(s) for s in stages)
 
 
+def stage_name(stage) -> str:
+    """The attack name of a stage (``"pgd"`` or ``("pgd", options)``)."""
+    return _split(stage)[0]
+
+
 def _split(stage) -> tuple[str, dict]:
     """``"pgd"`` -> ``("pgd", {})``; ``(name, options)`` stays as it is."""
     return stage if isinstance(stage, tuple) else (stage, {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, suite
+from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, stage_name, suite
 from advx.bounds.propagate import METHODS
 from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
 from advx.cli.common import CLIError, common_options, device_named, floats, precision_option, test_images
@@ -127,7 +127,7 @@ def _norms(args: argparse.Namespace) -> list[str]:
                        f"its default budgets ({'; '.join(f'{n}: {DEFAULT_EPS[n]}' for n in norms)}), "
                        f"got --eps {args.eps}")
     for norm in norms:
-        names = [s if isinstance(s, str) else s[0] for s in (suite(args.suite, norm) if args.suite else _attacks(args))]
+        names = [stage_name(s) for s in (suite(args.suite, norm) if args.suite else _attacks(args))]
         lacking = [name for name in names if norm not in abilities(name).norms]
         if lacking:
             raise CLIError(f"--attacks: {', '.join(lacking)} cannot attack in --norm {norm}")
