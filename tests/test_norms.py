@@ -119,3 +119,9 @@ def test_l1_random_start_is_in_the_ball_and_spread():
     size = L1().size(start - x)
     assert (size <= 3.0 + 1e-5).all() and size.min() > 0
     assert 0.8 < (size / 3.0).mean() < 1.0  # uniform in the ball: E[r] = d / (d + 1) of the radius
+
+
+@pytest.mark.parametrize("sparsity", [0, -0.1, 1.5])
+def test_l1_sparsity_out_of_range_is_an_error_naming_it(sparsity):
+    with pytest.raises(ValueError, match=f"sparsity must be in \\(0, 1\\], got {sparsity}"):
+        L1(sparsity=sparsity)
