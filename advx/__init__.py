@@ -13,8 +13,10 @@ from importlib import metadata as _metadata
 
 from advx.attacks import APGD, ATTACKS, CW, FAB, FGSM, FMN, MIFGSM, PGD, Attack, AttackResult, DeepFool, Square
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from advx.data import DataNotFoundError, MNISTSplit, load_mnist
-from advx.models import MODELS, MadryCNN, SmallCNN, build_model
+from advx.data import DataNotFoundError, MNISTSplit, Split, load_dataset, load_mnist
+from advx.datasets import DATASETS, Dataset, get_dataset
+from advx.loading import ModelLoadError, check_classifier, load_exported, model_from_import
+from advx.models import MODELS, MadryCNN, Normalized, SmallCNN, build_model
 from advx.norms import L1, L2, Linf, get_norm
 from advx.train import TrainConfig, accuracy, train, train_baseline
 
@@ -29,8 +31,10 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
 __all__ = [
     "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN", "Square", "Attack", "AttackResult",
     "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint",
-    "DataNotFoundError", "MNISTSplit", "load_mnist",
-    "MODELS", "MadryCNN", "SmallCNN", "build_model",
+    "DataNotFoundError", "MNISTSplit", "Split", "load_dataset", "load_mnist",
+    "DATASETS", "Dataset", "get_dataset",
+    "ModelLoadError", "check_classifier", "load_exported", "model_from_import",
+    "MODELS", "MadryCNN", "Normalized", "SmallCNN", "build_model",
     "L1", "L2", "Linf", "get_norm",
     "TrainConfig", "accuracy", "train", "train_baseline",
     "EvalConfig", "Evaluation", "evaluate", "run_attack",

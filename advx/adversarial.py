@@ -36,7 +36,7 @@ from advx.attacks.objectives import trades_loss
 from advx.checkpoint import load_checkpoint, save_checkpoint
 from advx.bounds import certify
 from advx.bounds.training import CERTIFIED_KINDS, CertifiedLoss
-from advx.data import load_mnist
+from advx.data import load_dataset
 from advx.precision import check_precision
 from advx.probe import catastrophic_overfitting, final_metrics, probe_metrics
 from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
@@ -191,7 +191,7 @@ def _epoch_metrics(config: TrainConfig, robust: RobustConfig, x: torch.Tensor, y
 def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str | Path,
                  data_dir=None, device: str = "cpu", progress: bool = True,
                  resume: bool = False) -> tuple[nn.Module, list[dict]]:
-    """Adversarially train ``config.model`` on MNIST minus a held-out slice of the training
+    """Adversarially train ``config.model`` on ``config.dataset``'s training set minus a held-out slice of the training
     set; after every epoch measure clean, FGSM and probe accuracy (APGD-CE, then Square:
     ``advx.probe``) on that slice (certified kinds: clean, certified and PGD accuracy).
     Writes ``checkpoint`` (the model with the best held-out probe accuracy, or certified
@@ -201,14 +201,15 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
     ``robust.final_n`` held-out images and store it in the checkpoint as ``metrics["final"]``."""
     checkpoint = Path(checkpoint)
     last_path = last_checkpoint(checkpoint)
-    full = load_mnist("train", data_dir)
+    full = load_dataset(config.dataset, "train", data_dir)
     if robust.holdout >= len(full):
         raise InputError(f"holdout must be < {len(full)} (the training images), got {robust.holdout}")
     train_set = training_slice(full.head(len(full) - robust.holdout), config.train_size)
     hx, hy = full.x[-robust.holdout:].to(device), full.y[-robust.holdout:].to(device)
-    test_set = load_mnist("test", data_dir)
+    test_set = load_dataset(config.dataset, "test", data_dir)
+    shape = tuple(full.x.shape[1:])
 
-    model = seeded_model(config.model, config.seed).to(device)
+    model = seeded_model(config.model, config.seed, config.dataset, shape).to(device)
     loss_fn, key = _loss_of(config, robust), robust.best_key
     state, best = None, {key: -math.inf}
     saved_config = {**asdict(config), **{f"robust_{k}": v for k, v in asdict(robust).items()}}
@@ -222,7 +223,8 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
         best = ckpt["metrics"].get("best", best)
 
     def save(path, weights, metrics, **extra):
-        save_checkpoint(path, weights, model_name=config.model, config=saved_config, metrics=metrics, **extra)
+        save_checkpoint(path, weights, model_name=config.model, dataset=config.dataset, input_shape=shape,
+                        config=saved_config, metrics=metrics, **extra)
 
     def on_epoch_end(record: dict, train_state: dict) -> bool:
         """Save the best and the latest epoch; True (stop) on catastrophic overfitting."""
@@ -243,7 +245,7 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
     history = train(model, train_set, test_set, config, loss_fn=loss_fn or clean_loss, device=device,
                     progress=progress, on_epoch_end=on_epoch_end, resume=state,
                     epoch_metrics=_epoch_metrics(config, robust, hx, hy))
-    best_model = seeded_model(config.model, config.seed).to(device)
+    best_model = seeded_model(config.model, config.seed, config.dataset, shape).to(device)
     saved = load_checkpoint(checkpoint)
     best_model.load_state_dict(saved["state_dict"])
     if not robust.certified and robust.final_n > 0:

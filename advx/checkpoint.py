@@ -3,7 +3,11 @@
 A checkpoint is a plain dict::
 
     {"format": "advx-checkpoint", "version": 1, "model_name": "small",
+     "dataset": "mnist", "input_shape": [1, 28, 28], "num_classes": 10,
      "state_dict": {...}, "config": {...}, "metrics": {...}}
+
+``dataset``, ``input_shape`` and ``num_classes`` say what the model was trained on (a
+checkpoint written before they existed is an MNIST one).
 
 ``config`` and ``metrics`` hold only plain values (str, int, float, bool, None,
 lists and dicts of them), so the safe unpickler can read them back.
@@ -19,7 +23,8 @@ import torch
 from torch import nn
 
 from advx.files import atomic_write, remove_stale_temps
-from advx.models import MODELS, build_model
+from advx.datasets import DATASET_NAMES, get_dataset
+from advx.models import MNIST_SHAPE, MODELS, build_model
 from advx.validate import AdvxError
 
 FORMAT = "advx-checkpoint"
@@ -37,6 +42,8 @@ def save_checkpoint(
     model: nn.Module,
     *,
     model_name: str,
+    dataset: str = "mnist",
+    input_shape=MNIST_SHAPE,
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
@@ -57,6 +64,9 @@ def save_checkpoint(
         "format": FORMAT,
         "version": VERSION,
         "model_name": model_name,
+        "dataset": get_dataset(dataset).name,
+        "input_shape": [int(v) for v in input_shape],
+        "num_classes": get_dataset(dataset).num_classes,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": dict(config or {}),
         "metrics": dict(metrics or {}),
@@ -115,7 +125,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint: {path} names model {ckpt.get('model_name')!r}, expected one of {sorted(MODELS)}"
         )
-    expected = {"state_dict": dict, "config": dict, "metrics": dict}
+    ckpt.setdefault("dataset", "mnist")  # written before Fashion-MNIST
+    ckpt.setdefault("input_shape", list(MNIST_SHAPE))
+    ckpt.setdefault("num_classes", 10)
+    if ckpt["dataset"] not in DATASET_NAMES:
+        raise CheckpointError(f"checkpoint: {path} names dataset {ckpt['dataset']!r}, expected one of {DATASET_NAMES}")
+    expected = {"state_dict": dict, "config": dict, "metrics": dict, "input_shape": list, "num_classes": int}
     for key, kind in expected.items():
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"checkpoint: {path} is malformed: {key!r} must be a {kind.__name__}, "
@@ -134,7 +149,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Build the model a checkpoint names, load its weights, put it in eval mode on ``device``."""
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["model_name"])
+    model = build_model(ckpt["model_name"], num_classes=ckpt["num_classes"], input_shape=ckpt["input_shape"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError, TypeError, ValueError) as err:

@@ -1,7 +1,7 @@
-"""The four MNIST idx files: their names, the checksums and headers of their contents,
-and the check that every read goes through (``contents``). A file is good when its
-decompressed contents have the right md5, idx header and size; anything else is a
-``DataCorruptError`` that names the file and says how to repair it."""
+"""The four idx files of a dataset: the checksums and headers of their contents, and the
+check that every read goes through (``contents``). A file is good when its decompressed
+contents have the right md5, idx header and size; anything else is a ``DataCorruptError``
+that names the file and says how to repair it."""
 
 from __future__ import annotations
 
@@ -13,15 +13,11 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
+from advx.datasets import DATASETS, IDX_NAMES, LABEL_FILES, RAW_FILES, SPLITS, Dataset, get_dataset
 from advx.validate import AdvxError
 
-
-RAW_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
+__all__ = ["IDX_NAMES", "RAW_FILES", "SPLITS", "DataCorruptError", "DataNotFoundError", "contents", "present",
+           "raw_dir", "spec"]
 
 
 class Spec(NamedTuple):
@@ -38,42 +34,47 @@ class Spec(NamedTuple):
         return self.header + math.prod(self.dims)
 
 
-SPECS = {
-    "train-images-idx3-ubyte": Spec("6bbc9ace898e44ae57da46a324031adb", 2051, (60000, 28, 28)),
-    "train-labels-idx1-ubyte": Spec("a25bea736e30d166cdddb491f175f624", 2049, (60000,)),
-    "t10k-images-idx3-ubyte": Spec("2646ac647ad5339dbf082846283269ea", 2051, (10000, 28, 28)),
-    "t10k-labels-idx1-ubyte": Spec("27ae3e4e09519cfbb04c329615203637", 2049, (10000,)),
-}
-SPLITS = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-REPAIR = (
-    "repair it with: advx data --from DIR (a folder holding the original MNIST files), "
-    "or delete it to download it again"
-)
-SOURCE_REPAIR = "nothing was copied; advx data --from needs a folder holding the original MNIST files"
+# Both datasets: 60,000 training and 10,000 test images of 28x28 pixels.
+_DIMS = {"train-images-idx3-ubyte": (60000, 28, 28), "train-labels-idx1-ubyte": (60000,),
+         "t10k-images-idx3-ubyte": (10000, 28, 28), "t10k-labels-idx1-ubyte": (10000,)}
+
+
+def spec(dataset: "str | Dataset", name: str) -> Spec:
+    """What the idx file ``name`` of ``dataset`` must hold."""
+    dataset = get_dataset(dataset)
+    return Spec(dataset.md5[name], 2049 if name in LABEL_FILES.values() else 2051, _DIMS[name])
+
+
+def repair(dataset: Dataset) -> str:
+    return (f"repair it with: advx data --from DIR --dataset {dataset.name} (a folder holding the original "
+            f"{dataset.title} files), or delete it to download it again")
+
+
+def source_repair(dataset: Dataset) -> str:
+    return (f"nothing was copied; advx data --from needs a folder holding the original "
+            f"{dataset.title} files")
+
 
 class DataNotFoundError(AdvxError, FileNotFoundError):
-    """The MNIST files are missing and could not be downloaded."""
+    """A dataset's files are missing and could not be downloaded."""
 
 
 class DataCorruptError(DataNotFoundError):
-    """An MNIST file is present but its contents are wrong (truncated, altered, not MNIST)."""
+    """A dataset's file is present but its contents are wrong (truncated, altered, another dataset)."""
 
 
-def raw_dir(data_dir: Path) -> Path:
-    return data_dir / "MNIST" / "raw"
+def raw_dir(data_dir: Path, dataset: "str | Dataset" = "mnist") -> Path:
+    return data_dir / get_dataset(dataset).folder / "raw"
 
 
-def missing_message(data_dir: Path, cause: BaseException | None = None) -> str:
-    raw = raw_dir(data_dir)
+def missing_message(data_dir: Path, dataset: Dataset, cause: BaseException | None = None) -> str:
+    raw = raw_dir(data_dir, dataset)
     lines = [
-        f"MNIST not found in {raw.resolve()} and it could not be downloaded.",
+        f"{dataset.title} not found in {raw.resolve()} and it could not be downloaded.",
         "Put these four files there (torchvision's raw layout):",
         *[f"  {raw / n}" for n in RAW_FILES],
-        "or point --data-dir / ADVX_DATA at a folder that holds MNIST/raw/ with them,",
-        "or run: advx data --from DIR (a folder holding them).",
+        f"or point --data-dir / ADVX_DATA at a folder that holds {dataset.folder}/raw/ with them,",
+        f"or run: advx data --from DIR --dataset {dataset.name} (a folder holding them).",
     ]
     if cause is not None:
         first = str(cause).strip().splitlines()[:1]
@@ -81,33 +82,37 @@ def missing_message(data_dir: Path, cause: BaseException | None = None) -> str:
     return "\n".join(lines)
 
 
-def corrupt(path: Path, found: str, repair: str) -> DataCorruptError:
-    return DataCorruptError(f"MNIST file {path} is corrupt ({found}); {repair}")
+def contents(path: Path, name: str, dataset: "str | Dataset" = "mnist", repair_hint: str | None = None,
+             blob: bytes | None = None) -> bytes:
+    """The verified idx contents of ``path`` (``<name>`` or ``<name>.gz``) of ``dataset``;
+    ``blob`` is the file's bytes when the caller already read them."""
+    dataset = get_dataset(dataset)
+    expected, hint = spec(dataset, name), repair_hint or repair(dataset)
 
+    def corrupt(found: str) -> DataCorruptError:
+        return DataCorruptError(f"{dataset.title} file {path} is corrupt ({found}); {hint}")
 
-def contents(path: Path, name: str, repair: str = REPAIR, blob: bytes | None = None) -> bytes:
-    """The verified idx contents of ``path`` (``<name>`` or ``<name>.gz``); ``blob`` is
-    the file's bytes when the caller already read them."""
-    spec = SPECS[name]
     data = path.read_bytes() if blob is None else blob
     if path.name.endswith(".gz"):
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as err:
-            raise corrupt(path, f"cannot be decompressed: {err}", repair) from None
+            raise corrupt(f"cannot be decompressed: {err}") from None
     if len(data) >= 4:
         (magic,) = struct.unpack_from(">I", data)
-        if magic != spec.magic:
-            raise corrupt(path, f"idx magic number {magic}, expected {spec.magic}", repair)
-    if len(data) >= spec.header:
-        dims = struct.unpack_from(f">{len(spec.dims)}I", data, 4)
-        if dims != spec.dims:
-            raise corrupt(path, f"idx dimensions {dims}, expected {spec.dims}", repair)
-    if len(data) != spec.size:
-        raise corrupt(path, f"{len(data):,} bytes of contents, expected {spec.size:,}", repair)
+        if magic != expected.magic:
+            raise corrupt(f"idx magic number {magic}, expected {expected.magic}")
+    if len(data) >= expected.header:
+        dims = struct.unpack_from(f">{len(expected.dims)}I", data, 4)
+        if dims != expected.dims:
+            raise corrupt(f"idx dimensions {dims}, expected {expected.dims}")
+    if len(data) != expected.size:
+        raise corrupt(f"{len(data):,} bytes of contents, expected {expected.size:,}")
     digest = hashlib.md5(data).hexdigest()
-    if digest != spec.md5:
-        raise corrupt(path, f"contents md5 {digest}, expected {spec.md5}", repair)
+    if digest != expected.md5:
+        other = [d.title for d in DATASETS.values() if d is not dataset and d.md5[name] == digest]
+        raise corrupt(f"contents md5 {digest}, expected {expected.md5}"
+                      + (f": these are the {other[0]} files" if other else ""))
     return data
 
 

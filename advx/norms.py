@@ -45,7 +45,6 @@ class Norm:
     name: str = ""
     label: str = ""
     dual: float = 0.0
-    mnist_eps: float = 0.0  # the standard MNIST budget (Croce & Hein; Maini et al.)
     sparse: bool = False    # steps move a share of the coordinates (``direction_in_box``)
 
     def diameter(self, shape: Sequence[int], bounds: tuple[float, float]) -> float:
@@ -121,7 +120,7 @@ def solve_piecewise(m: torch.Tensor, p: torch.Tensor, q: torch.Tensor, target: t
 
 
 class Linf(Norm):
-    name, label, dual, mnist_eps = "inf", "Linf", 1.0, 0.3
+    name, label, dual = "inf", "Linf", 1.0
 
     def diameter(self, shape, bounds):
         return float(bounds[1] - bounds[0])
@@ -147,7 +146,7 @@ class Linf(Norm):
 
 
 class L2(Norm):
-    name, label, dual, mnist_eps = "2", "L2", 2.0, 2.0
+    name, label, dual = "2", "L2", 2.0
 
     def diameter(self, shape, bounds):
         return float(bounds[1] - bounds[0]) * math.sqrt(math.prod(shape))
@@ -181,7 +180,7 @@ class L1(Norm):
     """L1: sparse perturbations (a few pixels changed a lot). ``sparsity``: the share of the
     coordinates that ``direction`` moves (the largest gradients), after Tramer & Boneh (2019)."""
 
-    name, label, dual, mnist_eps, sparse = "1", "L1", math.inf, 10.0, True
+    name, label, dual, sparse = "1", "L1", math.inf, True
 
     def __init__(self, sparsity: float = 0.05) -> None:
         if not 0 < sparsity <= 1:

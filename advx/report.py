@@ -1,6 +1,6 @@
-"""Reports people read and scripts parse: plain-text tables, ``report.json``,
-``per_sample.csv``, the examples picture and the eps curve, and the layout of each
-command's output folder."""
+"""Reports people read and scripts parse: plain-text tables, ``report.json`` and
+``per_sample.csv``, and the layout of each command's output folder (the pictures:
+``advx.figures``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import torch
 
 from advx.files import atomic_write
-from advx.norms import TINY, get_norm, per_sample
-from advx.validate import InputError
+from advx.figures import save_curve, save_examples
+from advx.norms import get_norm
 
 
 def environment() -> dict[str, str]:
@@ -46,105 +46,12 @@ def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> s
     return "\n".join(lines)
 
 
-def save_examples(
-    path: str | os.PathLike,
-    x: torch.Tensor,
-    x_adv: torch.Tensor,
-    y: torch.Tensor,
-    pred_clean: torch.Tensor,
-    pred_adv: torch.Tensor,
-    *,
-    columns: int = 8,
-    scale: int = 3,
-) -> Path:
-    """Save a PNG grid: originals (top row), adversarials (middle), and the perturbation
-    magnified to the full grey range (bottom, mid-grey = 0). Each column is captioned
-    with the true label and both predictions.
-
-    x, x_adv: [N, 1, H, W] in [0, 1]; y, pred_clean, pred_adv: [N].
-    """
-    from PIL import Image, ImageDraw, ImageFont
-    from torchvision.transforms.functional import to_pil_image
-
-    n = min(columns, len(x))
-    if n == 0:
-        raise InputError("save_examples needs at least one image, got an empty batch")
-    x, x_adv = x[:n].detach().cpu(), x_adv[:n].detach().cpu()
-    delta = x_adv - x
-    peak = per_sample(delta.abs().flatten(1).amax(1).clamp_min(TINY), delta)
-    delta_img = 0.5 + 0.5 * delta / peak
-    rows = [("original", x), ("adversarial", x_adv), ("perturbation (magnified)", delta_img)]
-
-    h, w = x.shape[-2] * scale, x.shape[-1] * scale
-    pad, caption = 6, 30
-    font = ImageFont.load_default()
-    canvas = Image.new("RGB", (pad + n * (w + pad), len(rows) * (h + caption + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for r, (name, imgs) in enumerate(rows):
-        top = pad + r * (h + caption + pad)
-        draw.text((pad, top), name, fill="black", font=font)
-        for c in range(n):
-            left = pad + c * (w + pad)
-            tile = to_pil_image(imgs[c].clamp(0, 1)).resize((w, h), Image.NEAREST).convert("RGB")
-            canvas.paste(tile, (left, top + caption))
-            if r == 0:
-                text, colour = f"y={int(y[c])} p={int(pred_clean[c])}", "black"
-            elif r == 1:
-                fooled = int(pred_adv[c]) != int(y[c])
-                text, colour = f"pred {int(pred_adv[c])}", ("red" if fooled else "green")
-            else:
-                text, colour = f"max {float(peak[c]):.2f}", "black"
-            draw.text((left, top + 14), text, fill=colour, font=font)
-    with atomic_write(path, "wb") as f:
-        canvas.save(f, format="PNG")
-    return Path(path)
-
-
 def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     """Write rows (dicts with the same keys) as CSV, atomically."""
     with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows(rows)
-    return Path(path)
-
-
-def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,
-               by_attack: dict, *, clean_acc: float, title: str = "") -> Path:
-    """Robust accuracy vs eps: one line per attack and the worst case, starting from the
-    clean accuracy at eps = 0."""
-    import matplotlib  # imported here: it is slow to import and only this function needs it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_zero = eps[0] > 0  # the clean accuracy is the point at eps = 0
-    xs = [0.0, *eps] if with_zero else list(eps)
-    head = [clean_acc] if with_zero else []
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(xs, head + [robust_acc[e] for e in eps], marker="s", color="black", lw=3,
-            label="worst case", zorder=1)
-    for name in by_attack[eps[0]]:  # dashed on top, so a line equal to the worst case stays visible
-        ax.plot(xs, head + [by_attack[e][name] for e in eps], marker="o", ls="--", label=name,
-                zorder=2)
-    return save_accuracy_axes(fig, ax, path, title)
-
-
-def save_accuracy_axes(fig, ax, path, title: str = "", legend_size=None) -> Path:
-    """Label an accuracy-vs-eps plot, write it as PNG atomically, close it."""
-    import matplotlib.pyplot as plt
-    ax.set_xlabel("eps (pixel units)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "robust accuracy vs eps")
-    ax.legend(fontsize=legend_size)
-    fig.tight_layout()
-    try:
-        with atomic_write(path, "wb") as f:
-            fig.savefig(f, format="png")
-    finally:
-        plt.close(fig)
     return Path(path)
 
 
@@ -185,7 +92,18 @@ def eval_table(ev, *, source: str, cascade: bool = True) -> str:
     return "\n".join(lines)
 
 
-def per_sample_rows(ev) -> list[dict]:
+def source_title(source: dict) -> str:
+    """``"small (checkpoints/baseline.pt)"``: a picture's title for the model ``source`` describes."""
+    where = source.get("checkpoint")
+    return f"{source['model']} ({where}), {source['dataset']}" if where else f"{source['model']}, {source['dataset']}"
+
+
+def label_columns(label: int, pred: int, classes: Sequence[str] | None) -> dict:
+    """The first columns of a ``per_sample.csv`` row: label, its class name, clean prediction."""
+    return {"label": label, **({"class": classes[label]} if classes else {}), "pred_clean": pred}
+
+
+def per_sample_rows(ev, classes: Sequence[str] | None = None) -> list[dict]:
     """The rows of ``per_sample.csv`` for an ``advx.evaluate.Evaluation``, one dict per
     sample: index, label, clean prediction, and for each eps whether it is robust, which
     attack broke it first (``-`` if none), at which step, and the perturbation norm. A
@@ -193,7 +111,7 @@ def per_sample_rows(ev) -> list[dict]:
     r = {k: v.tolist() for k, v in ev.records.items()}  # plain lists: fast to index
     rows = []
     for i in range(ev.n):
-        row = {"index": i, "label": r["y"][i], "pred_clean": r["pred_clean"][i]}
+        row = {"index": i, **label_columns(r["y"][i], r["pred_clean"][i], classes)}
         for k, e in enumerate(ev.eps):
             who = r["broken_by"][k][i]
             row[f"robust@{e:g}"] = int(r["robust"][k][i])
@@ -208,13 +126,14 @@ def per_sample_rows(ev) -> list[dict]:
     return rows
 
 
-def write_eval_outputs(out: Path, ev, *, checkpoint: str, model_name: str, training_final=None) -> list[str]:
+def write_eval_outputs(out: Path, ev, *, source: dict, training_final=None) -> list[str]:
     """``per_sample.csv``, ``curve.png`` and ``report.json`` of an evaluation into ``out``
-    (stale files removed); returns the names written. ``training_final``: the checkpoint's
-    own figure from its training (``advx.probe.final_metrics``)."""
+    (stale files removed); returns the names written. ``source``: the model, where it came
+    from, its dataset and class names (report.json's first fields). ``training_final``: the
+    checkpoint's own figure from its training (``advx.probe.final_metrics``)."""
     written = ["report.json", "per_sample.csv", "curve.png"]
-    write_csv(out / "per_sample.csv", per_sample_rows(ev))
-    title = f"{model_name} ({checkpoint})"
+    write_csv(out / "per_sample.csv", per_sample_rows(ev, source.get("classes")))
+    title = source_title(source)
     if ev.certified_acc is None:
         save_curve(out / "curve.png", ev.eps, ev.robust_acc, ev.robust_acc_by_attack, clean_acc=ev.clean_acc,
                    title=title)
@@ -223,7 +142,7 @@ def write_eval_outputs(out: Path, ev, *, checkpoint: str, model_name: str, train
         save_bounds_curve(out / "curve.png", ev.eps, ev.certified_acc, ev.robust_acc, clean_acc=ev.clean_acc,
                           method=ev.settings["certify"], title=title, by_attack=ev.robust_acc_by_attack)
     write_json(out / "report.json", {
-        "command": "eval", "checkpoint": checkpoint, "model": model_name,
+        "command": "eval", **source,
         "settings": ev.settings,
         "clean_acc": ev.clean_acc,
         "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
@@ -261,11 +180,11 @@ def attack_summary(run) -> dict[str, float | int]:
     }
 
 
-def attack_table(run, attack, *, checkpoint: str, model_name: str) -> str:
+def attack_table(run, attack, *, source: dict) -> str:
     """``advx attack``'s console table. ``run``: an ``advx.evaluate.DatasetResult``."""
     s = attack_summary(run)
     return format_table([
-        ("model", f"{checkpoint} ({model_name})"),
+        ("model", source_title(source)),
         ("attack", repr(attack)),
         ("images", str(s["n"])),
         ("clean accuracy", f"{s['clean_acc']:.2%}"),
@@ -278,15 +197,15 @@ def attack_table(run, attack, *, checkpoint: str, model_name: str) -> str:
          if attack.precision_used not in (None, "fp32") else []), title="advx attack")
 
 
-def write_attack_outputs(out: Path, run, x: torch.Tensor, attack, *, settings: dict, checkpoint: str,
-                         model_name: str) -> list[str]:
+def write_attack_outputs(out: Path, run, x: torch.Tensor, attack, *, settings: dict, source: dict) -> list[str]:
     """``examples.png`` (``x``: the clean images of ``run.x_adv``) and ``report.json`` of
     one attack over a dataset into ``out`` (stale advx files removed); returns the names."""
     written = ["report.json", "examples.png"]
     k = len(run.x_adv)
-    save_examples(out / "examples.png", x[:k], run.x_adv, run.y[:k], run.pred_clean[:k], run.pred_adv[:k])
+    save_examples(out / "examples.png", x[:k], run.x_adv, run.y[:k], run.pred_clean[:k], run.pred_adv[:k],
+                  classes=source.get("classes"))
     write_json(out / "report.json", {
-        "command": "attack", "checkpoint": checkpoint, "model": model_name,
+        "command": "attack", **source,
         "attack": attack.config(),
         **settings,
         "results": attack_summary(run),

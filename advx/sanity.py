@@ -57,6 +57,19 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return None
 
 
+def check_clean_accuracy(clean_acc: float, num_classes: int, *, normalized: bool = False) -> str | None:
+    """Clean accuracy near chance (under twice it) says the model does not see the input it
+    was trained on: most often a missing or wrong input normalization."""
+    chance = 1.0 / num_classes
+    if clean_acc >= 2 * chance:
+        return None
+    given = ("check the --mean/--std given (the model's training normalization, per channel)" if normalized
+             else "if the model was trained on normalized images, pass its --mean/--std "
+                  "(advx.models.Normalized)")
+    return (f"clean accuracy {clean_acc:.2%} is near chance ({chance:.2%} for {num_classes} classes): is the input "
+            f"normalization right? advx feeds pixels in [0, 1]; {given}; or the model was trained on another dataset")
+
+
 def check_monotone(robust_by_eps: Mapping[float, float]) -> str | None:
     """Robust accuracy must fall as eps grows; if it rises, or stays flat over the whole
     sweep while it is above zero, the attack is not working."""
@@ -117,7 +130,10 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Seque
     ``{check name: warning}`` for those that fired."""
     norm = get_norm(norm)
     xs, ys = x[:probe].to(device), y[:probe].to(device)
+    with torch.no_grad(), frozen(model):
+        classes = model(xs[:1]).shape[1]
     found = {
+        "clean": check_clean_accuracy((pred_clean.cpu() == y.cpu()).float().mean().item(), classes),
         "logits": check_logits(model, xs),
         "deterministic": check_deterministic(model, xs),
         "gradients": check_gradients(model, xs, ys),

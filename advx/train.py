@@ -18,7 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from advx.data import MNISTSplit, iterate_batches, load_mnist
+from advx.data import Split, iterate_batches, load_dataset
+from advx.datasets import get_dataset
 from advx.models import build_model
 from advx.precision import autocast, check_precision, fast_images, resolve
 from advx.validate import AdvxError, InputError, check_number, check_seed
@@ -47,6 +48,7 @@ class TrainConfig:
     """Everything that decides the trained weights (saved in the checkpoint)."""
 
     model: str = "small"
+    dataset: str = "mnist"  # a name from advx.datasets.DATASETS
     epochs: int = 3
     batch_size: int = 128
     lr: float = 3e-3
@@ -63,22 +65,24 @@ class TrainConfig:
         checked["weight_decay"] = check_number("weight_decay", self.weight_decay, minimum=0)
         checked["seed"] = check_seed("seed", self.seed)
         checked["precision"] = check_precision("precision", self.precision)
+        checked["dataset"] = get_dataset(self.dataset).name
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
 
-def training_slice(split: MNISTSplit, train_size: int | None) -> MNISTSplit:
+def training_slice(split: Split, train_size: int | None) -> Split:
     """The first ``train_size`` images of ``split`` (all when None); more than it holds is an error."""
     if train_size is not None and train_size > len(split):
         raise InputError(f"train_size must be <= {len(split)} (the training images available), got {train_size}")
     return split.head(train_size)
 
 
-def seeded_model(name: str, seed: int) -> nn.Module:
-    """Build a model whose initial weights depend only on ``seed`` (global RNG left as it was)."""
+def seeded_model(name: str, seed: int, dataset: str = "mnist", input_shape=(1, 28, 28)) -> nn.Module:
+    """Build a model for ``dataset``'s classes and images of ``input_shape`` whose initial
+    weights depend only on ``seed`` (global RNG left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(name)
+        return build_model(name, num_classes=get_dataset(dataset).num_classes, input_shape=input_shape)
 
 
 @torch.no_grad()
@@ -98,8 +102,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
 
 def train(
     model: nn.Module,
-    train_set: MNISTSplit,
-    test_set: MNISTSplit | None,
+    train_set: Split,
+    test_set: Split | None,
     config: TrainConfig,
     *,
     loss_fn: LossFn = clean_loss,
@@ -248,14 +252,16 @@ def train_baseline(
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[nn.Module, list[dict]]:
-    """Load MNIST, train ``config.model`` on the clean data, save the checkpoint. The recipe
-    behind ``scripts/train_baseline.py`` and ``advx train``."""
-    train_set = training_slice(load_mnist("train", data_dir), config.train_size)
-    test_set = load_mnist("test", data_dir)
-    model = seeded_model(config.model, config.seed)
+    """Load ``config.dataset``, train ``config.model`` on the clean data, save the checkpoint.
+    The recipe behind ``scripts/train_baseline.py`` and ``advx train``."""
+    train_set = training_slice(load_dataset(config.dataset, "train", data_dir), config.train_size)
+    test_set = load_dataset(config.dataset, "test", data_dir)
+    shape = tuple(train_set.x.shape[1:])
+    model = seeded_model(config.model, config.seed, config.dataset, shape)
     start = time.perf_counter()
     history = train(model, train_set, test_set, config, device=device, progress=progress)
     wall = time.perf_counter() - start
     metrics = {"test_acc": history[-1]["test_acc"], "train_seconds": wall, "history": history}
-    save_checkpoint(checkpoint, model, model_name=config.model, config=asdict(config), metrics=metrics)
+    save_checkpoint(checkpoint, model, model_name=config.model, dataset=config.dataset, input_shape=shape,
+                    config=asdict(config), metrics=metrics)
     return model, history

@@ -18,7 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from advx import PGD, load_mnist, load_model
+from advx import PGD, load_model
+from advx.data import load_dataset
 from advx.attacks import frozen
 
 
@@ -78,8 +79,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
 
-    model, _ = load_model(args.checkpoint, args.device)
-    test = load_mnist("test", args.data_dir).head(args.n)
+    model, ckpt = load_model(args.checkpoint, args.device)
+    test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's dataset
     x, y = test.x.to(args.device), test.y.to(args.device)
     attack = PGD(model, eps=args.eps, alpha=args.alpha, steps=args.steps, seed=0)
 

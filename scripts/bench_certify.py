@@ -22,7 +22,7 @@ import torch
 
 from advx import load_model
 from advx.bounds import Certifier, patches
-from advx.data import load_mnist
+from advx.data import load_dataset
 
 
 @contextmanager
@@ -51,8 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-dense", action="store_true", help="skip the slow dense CROWN side")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $ADVX_DATA or ./data)")
     args = p.parse_args(argv)
-    model, _ = load_model(args.checkpoint)
-    test = load_mnist("test", args.data_dir).head(args.n)
+    model, ckpt = load_model(args.checkpoint)
+    test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's dataset
     x, y = test.x, test.y
     print(f"{args.checkpoint}: {args.n} test images, Linf eps {args.eps:g}, {torch.get_num_threads()} threads")
     runs = {}

@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from advx import load_mnist, load_model
+from advx import load_model
+from advx.data import load_dataset
 from advx.evaluate import evaluate
 
 
@@ -53,8 +54,8 @@ def main() -> None:
         raise SystemExit("this benchmark compares with torchattacks, which is not installed here: give it a "
                          "virtualenv of its own, see scripts/bench-requirements.txt")
 
-    model, _ = load_model(args.checkpoint, args.device)
-    test = load_mnist("test", args.data_dir).head(args.n)
+    model, ckpt = load_model(args.checkpoint, args.device)
+    test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's dataset
     rows = []
     for eps in [float(e) for e in args.eps.split(",")]:
         start = time.perf_counter()

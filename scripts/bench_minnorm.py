@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from advx import FAB, FMN, evaluate, load_mnist, load_model
+from advx import FAB, FMN, evaluate, load_model
+from advx.data import load_dataset
 from advx.norms import get_norm
 
 TORCHATTACKS_NORM = {"inf": "Linf", "2": "L2", "1": "L1"}
@@ -78,9 +79,9 @@ def main() -> None:
     have = importlib.util.find_spec("torchattacks") is not None
     if not have:
         print("torchattacks is not installed: advx rows only (see the docstring for its venv)")
-    test = load_mnist("test")
     for checkpoint in args.checkpoints.split(","):
-        model, _ = load_model(checkpoint)
+        model, ckpt = load_model(checkpoint)
+        test = load_dataset(ckpt["dataset"], "test")  # the checkpoint's dataset
         model.eval()
         x, y = test.x[:args.n], test.y[:args.n]
         with torch.no_grad():

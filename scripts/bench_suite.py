@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from advx import CW, load_mnist, load_model
+from advx import CW, load_model
+from advx.data import load_dataset
+from advx.datasets import get_dataset
 from advx.attacks.registry import describe, suite
 from advx.evaluate import evaluate
 from advx.norms import get_norm
@@ -67,7 +69,7 @@ def main() -> None:
     p.add_argument("--checkpoints", default="checkpoints/baseline.pt,checkpoints/robust.pt")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--norm", default="inf", choices=["inf", "2", "1"])
-    p.add_argument("--eps", type=float, default=None, help="default: the norm's MNIST budget (0.3, 2, 10)")
+    p.add_argument("--eps", type=float, default=None, help="default: the standard budget of the checkpoint's dataset in the norm (MNIST: 0.3, 2, 10)")
     p.add_argument("--cw-n", type=int, default=200, help="images for the CW comparison (0: skip it)")
     p.add_argument("--cw-search", type=int, default=5, help="advx CW binary-search steps")
     p.add_argument("--cw-steps", type=int, default=100, help="advx CW iterations per search step")
@@ -75,19 +77,20 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
     norm = get_norm(args.norm)
-    args.eps = norm.mnist_eps if args.eps is None else args.eps
     if importlib.util.find_spec("torchattacks") is None:  # the other side of the benchmark
         raise SystemExit("this benchmark compares with torchattacks, which is not installed here: give it a "
                          "virtualenv of its own, see scripts/bench-requirements.txt")
     import torchattacks
 
-    test = load_mnist("test", args.data_dir).head(args.n)
     rows, cw_rows = [], []
+    given_eps = args.eps
     for path in args.checkpoints.split(","):
         if not Path(path).exists():
             print(f"skipping {path}: not found")
             continue
-        model, _ = load_model(path)
+        model, ckpt = load_model(path)
+        test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's dataset
+        args.eps = get_dataset(ckpt["dataset"]).eps[norm.name] if given_eps is None else given_eps
         start = time.perf_counter()
         ev = evaluate(model, test.x, test.y, attacks=suite("strong", args.norm), eps=[args.eps], norm=args.norm,
                       batch_size=args.batch_size, checks=False, progress=False)
@@ -125,7 +128,7 @@ def main() -> None:
         cw_rows.append((path, len(y), iters, *median_l2(model, x, y, ours), ours_s,
                         *median_l2(model, x, y, theirs), theirs_s))
 
-    print(f"\n{norm.label} eps={args.eps:g}, first {args.n} MNIST test images, cpu, {torch.get_num_threads()} "
+    print(f"\n{norm.label} eps={args.eps:g}, first {args.n} test images, cpu, {torch.get_num_threads()} "
           f"threads, batch {args.batch_size}")
     print(f"advx --suite strong = {describe(suite('strong', args.norm))}")
     reference = "FAB+EAD L1" if args.norm == "1" else "AutoAttack"

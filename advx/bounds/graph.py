@@ -15,10 +15,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from advx.bounds import ops
 from advx.bounds.ops import pair
+from advx.models import InputNormalization
 from advx.validate import AdvxError
 
 SUPPORTED = ("Conv2d", "Linear", "ReLU", "Flatten / view / reshape", "AvgPool2d", "MaxPool2d",
-             "BatchNorm1d/2d (eval mode)", "Dropout (eval mode)", "Identity")
+             "BatchNorm1d/2d (eval mode)", "Dropout (eval mode)", "Identity", "advx.models.Normalized")
 
 
 class UnsupportedModel(AdvxError, ValueError):
@@ -39,7 +40,7 @@ def read_model(model: nn.Module, input_shape) -> list[ops.Op]:
     (e.g. (1, 28, 28)) as in eval mode (BatchNorm with its running statistics, no dropout).
     The ops hold the model's own parameters, so the chain follows later weight steps."""
     try:
-        graph = fx.symbolic_trace(model)
+        graph = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as error:  # data-dependent control flow and the like
         raise UnsupportedModel(f"cannot certify this model: torch.fx could not trace its forward "
                                f"({type(error).__name__}: {error})") from None
@@ -77,6 +78,13 @@ def read_model(model: nn.Module, input_shape) -> list[ops.Op]:
             chain.append(op)
         current = node
     return chain
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with an input normalization read as one layer (not a sub and a div)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, InputNormalization) or super().is_leaf_module(m, qualname)
 
 
 def _is_size(node) -> bool:
@@ -126,6 +134,8 @@ def _module_op(module, node, in_shape, out_shape):
         padding = _explicit_padding(module, in_shape, out_shape)
         return ops.Conv(module.weight, module.bias, module.stride, padding, module.dilation, module.groups,
                         in_shape, out_shape)
+    if isinstance(module, InputNormalization):
+        return ops.Scale(module, in_shape)
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         if module.running_mean is None:
             raise _unsupported(f"BatchNorm without running statistics ({node.target})")

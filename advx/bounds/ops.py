@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from advx.norms import get_norm
 
@@ -147,24 +148,30 @@ class Conv(Affine):
 
 
 class Scale(Affine):
-    """Per-channel ``y = s x + t``: BatchNorm with its running statistics (eval mode)."""
+    """Per-channel ``y = s x + t``: BatchNorm with its running statistics (eval mode), or an
+    input normalization (``advx.models.InputNormalization``: its ``affine()`` gives ``s`` and ``t``)."""
 
-    name = "BatchNorm"
-
-    def __init__(self, bn, in_shape) -> None:
+    def __init__(self, module, in_shape) -> None:
         super().__init__(in_shape, in_shape)
-        self.bn, self.view = bn, (-1,) + (1,) * (len(in_shape) - 1)
+        self.module, self.view = module, (-1,) + (1,) * (len(in_shape) - 1)
+        self.name = "BatchNorm" if isinstance(module, nn.modules.batchnorm._BatchNorm) else "Normalized"
+
+    def _affine(self):
+        """``(s, t)`` flat per channel, read afresh (so the op follows weight steps)."""
+        m = self.module
+        if self.name == "Normalized":
+            return m.affine()
+        s = torch.rsqrt(m.running_var + m.eps)
+        s = s if m.weight is None else m.weight * s
+        return s, -m.running_mean * s + (0 if m.bias is None else m.bias)
 
     @property
     def scale(self):
-        bn = self.bn
-        s = torch.rsqrt(bn.running_var + bn.eps)
-        return (s if bn.weight is None else bn.weight * s).view(self.view)
+        return self._affine()[0].view(self.view)
 
     @property
     def shift(self):
-        bn = self.bn
-        return (-bn.running_mean * self.scale.flatten() + (0 if bn.bias is None else bn.bias)).view(self.view)
+        return self._affine()[1].view(self.view)
 
     def linear(self, x):
         return x * self.scale

@@ -12,7 +12,8 @@ import torch
 
 from advx.norms import get_norm
 
-from advx.report import _remove_stale, environment, save_accuracy_axes, write_csv, write_json
+from advx.figures import save_accuracy_axes
+from advx.report import _remove_stale, environment, label_columns, source_title, write_csv, write_json
 
 
 @dataclass
@@ -46,21 +47,21 @@ def certify_table(run: CertifyRun, *, source: str) -> str:
     return "\n".join(lines)
 
 
-def write_certify_outputs(out: Path, run: CertifyRun, *, checkpoint: str, model_name: str) -> list[str]:
+def write_certify_outputs(out: Path, run: CertifyRun, *, source: dict) -> list[str]:
     written = ["report.json", "per_sample.csv", "curve.png"]
     rows = []
     lower = {e: run.lower[e].tolist() for e in run.eps}
     for i in range(len(run.y)):
-        row = {"index": i, "label": int(run.y[i]), "pred_clean": int(run.pred_clean[i])}
+        row = {"index": i, **label_columns(int(run.y[i]), int(run.pred_clean[i]), source.get("classes"))}
         for e in run.eps:
             row[f"certified@{e:g}"] = int(lower[e][i] > 0)
             row[f"margin_lb@{e:g}"] = f"{lower[e][i]:.6g}"
         rows.append(row)
     write_csv(out / "per_sample.csv", rows)
     save_bounds_curve(out / "curve.png", run.eps, {e: run.certified_acc(e) for e in run.eps}, None,
-                      clean_acc=run.clean_acc, method=run.method, title=f"{model_name} ({checkpoint})")
+                      clean_acc=run.clean_acc, method=run.method, title=source_title(source))
     write_json(out / "report.json", {
-        "command": "certify", "checkpoint": checkpoint, "model": model_name,
+        "command": "certify", **source,
         "settings": run.settings, "clean_acc": run.clean_acc,
         "certified_acc": {f"{e:g}": run.certified_acc(e) for e in run.eps},
         "seconds": {f"{e:g}": s for e, s in run.seconds.items()},

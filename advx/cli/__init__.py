@@ -1,10 +1,13 @@
 """The ``advx`` command line: argparse only; it parses, then calls the library.
 
-    advx data --from DIR            copy MNIST into ./data and check it
+    advx data --from DIR            copy MNIST and Fashion-MNIST into ./data and check them
     advx train                      train the baseline CNN (dL/dW), save checkpoints/baseline.pt
     advx attack --attack pgd        attack it (dL/dX), print a table, write report.json + examples.png
     advx eval                       robust accuracy over the test set at several eps (worst case)
     advx certify                    certified accuracy: a proved lower bound (bound propagation)
+
+attack, eval and certify take an advx checkpoint (--checkpoint) or your own model (--model
+MODULE:NAME with --weights, or --model FILE.pt2), behind its normalization (--mean/--std).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ COMMANDS = (data, train, attack, eval_command, certify)  # each: add(subparsers)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="advx",
-        description="Adversarial examples on MNIST: train with dL/dW, attack with dL/dX.",
+        description="Adversarial examples on MNIST and Fashion-MNIST: train with dL/dW, attack with dL/dX, "
+                    "certify with bounds. Attack, evaluate or certify advx checkpoints or your own models.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:

@@ -7,8 +7,8 @@ import argparse
 import torch
 
 from advx.attacks.registry import ATTACKS, abilities, attack_options, build_attack
-from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
-from advx.cli.common import CLIError, common_options, device_named, precision_option, test_images
+from advx.cli.common import (CLIError, check_model_options, common_options, device_named, load_subject, model_options,
+                             precision_option)
 from advx.evaluate import run_attack
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
@@ -23,8 +23,8 @@ def add(sub) -> None:
     unbounded = [n for n in sorted(ATTACKS) if abilities(n).minimum_norm]
     own_norm = {n: attack_options(n)["norm"].default for n in sorted(ATTACKS)}
     a.add_argument("--eps", type=float, default=None,
-                   help="budget in pixel units (default: the attack's own; unbounded for the "
-                        f"minimum-norm {', '.join(unbounded)})")
+                   help="budget in pixel units (default: the dataset's standard one in the norm, e.g. MNIST "
+                        f"Linf 0.3, Fashion-MNIST Linf 0.1; unbounded for the minimum-norm {', '.join(unbounded)})")
     a.add_argument("--norm", default=None, choices=NORM_NAMES,
                    help="default: the attack's own (" + ", ".join(f"{norm} for {n}" for n, norm in own_norm.items()
                                                                  if norm != "inf") + ", else inf)")
@@ -34,11 +34,11 @@ def add(sub) -> None:
     a.add_argument("--early-stop", action="store_true", help="PGD: stop each sample once it is fooled")
     a.add_argument("--targeted", action="store_true", help="push every image to --target-class")
     a.add_argument("--target-class", type=int, default=None, help="target label for --targeted")
-    a.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"default: {DEFAULT_CHECKPOINT}")
     a.add_argument("--n", type=int, default=1000, help="number of test images (default: 1000)")
     a.add_argument("--batch-size", type=int, default=500, help="default: 500")
     precision_option(a, "the attack's search (success is always decided in fp32)")
     a.add_argument("--out", default=None, help="output folder (default: runs/<attack>-<norm>-eps<eps>)")
+    model_options(a)
     common_options(a)
     a.set_defaults(func=run)
 
@@ -46,28 +46,33 @@ def add(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.targeted != (args.target_class is not None):
         raise CLIError("--targeted and --target-class K go together (got only one of them)")
+    check_model_options(args)
     if args.out is not None:
         check_output_dir(args.out, "--out")
     device = device_named(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
-    attack = build_attack(args.attack, model, eps=args.eps, norm=args.norm, targeted=args.targeted,
-                          precision=args.precision, seed=args.seed, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
-                          early_stop=args.early_stop or None)
+    subject, test = load_subject(args, device)
+    norm = args.norm or attack_options(args.attack)["norm"].default
+    eps = args.eps
+    if eps is None and not abilities(args.attack).minimum_norm:
+        eps = subject.dataset.eps[norm]  # the dataset's standard budget in this norm
+    attack = build_attack(args.attack, subject.model, eps=eps, norm=args.norm, targeted=args.targeted,
+                          precision=args.precision, seed=args.seed, alpha=args.alpha, steps=args.steps,
+                          restarts=args.restarts, early_stop=args.early_stop or None)
     budget = "unbounded" if attack.eps is None else f"eps{attack.eps:g}"
     out = check_output_dir(args.out or f"runs/{args.attack}-{attack.norm.name}-{budget}", "--out")
-    test = test_images(args)
     target = None
     if args.targeted:
-        if not 0 <= args.target_class <= 9:
-            raise CLIError(f"--target-class must be in [0, 9], got {args.target_class}")
+        classes = subject.dataset.num_classes
+        if not 0 <= args.target_class < classes:
+            raise CLIError(f"--target-class must be in [0, {classes - 1}], got {args.target_class}")
         target = torch.full_like(test.y, args.target_class)
 
-    run = run_attack(model, attack, test.x, test.y, target=target, batch_size=args.batch_size,
+    run = run_attack(subject.model, attack, test.x, test.y, target=target, batch_size=args.batch_size,
                      device=device, progress=not args.quiet)
-    print(attack_table(run, attack, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"]))
+    print(attack_table(run, attack, source=subject.source))
     settings = {"n": len(run.y), "batch_size": args.batch_size, "seed": args.seed, "device": device,
                 "target_class": args.target_class, "precision_used": attack.precision_used}
     written = write_attack_outputs(out, run, test.x[:len(run.x_adv)], attack, settings=settings,
-                                   checkpoint=str(args.checkpoint), model_name=ckpt["model_name"])
+                                   source=subject.source)
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0

@@ -9,8 +9,8 @@ import torch
 
 from advx.bounds import METHODS, Certifier
 from advx.bounds.report import CertifyRun, certify_table, write_certify_outputs
-from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
-from advx.cli.common import CLIError, common_options, device_named, floats, test_images
+from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
+                             model_options)
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
 
@@ -21,28 +21,34 @@ def add(sub) -> None:
                                    "ibp, crown-ibp or crown). A sample is certified when every bound is "
                                    "positive: no input in the ball changes its class. Writes report.json, "
                                    "per_sample.csv (each sample's margin bound) and curve.png.")
-    c.add_argument("--eps", default="0.1,0.3", help="comma-separated budgets (default: 0.1,0.3)")
+    c.add_argument("--eps", default=None,
+                   help="comma-separated budgets (default: a third and all of the dataset's standard budget "
+                        "in the norm: MNIST Linf 0.1,0.3)")
     c.add_argument("--norm", default="inf", choices=NORM_NAMES, help="default: inf")
     c.add_argument("--method", default="crown", choices=METHODS,
                    help="ibp: fast, loose; crown: tightest, slowest (default: crown)")
-    c.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"default: {DEFAULT_CHECKPOINT}")
     c.add_argument("--n", type=int, default=10000, help="first N test images (default: all 10,000)")
     c.add_argument("--batch-size", type=int, default=256, help="default: 256")
     c.add_argument("--out", default="runs/certify", help="output folder (default: runs/certify)")
+    model_options(c)
     common_options(c)
     c.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    eps = sorted(set(floats(args.eps, "--eps")))
-    if not eps or min(eps) < 0:
+    eps = sorted(set(floats(args.eps, "--eps"))) if args.eps is not None else None
+    if eps is not None and (not eps or min(eps) < 0):
         raise CLIError(f"--eps must be comma-separated numbers >= 0, got {args.eps!r}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_model_options(args)
     out = check_output_dir(args.out, "--out")
     device = device_named(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
-    test = test_images(args)
+    subject, test = load_subject(args, device)
+    model = subject.model
+    if eps is None:
+        standard = subject.dataset.eps[args.norm]
+        eps = [float(f"{standard / 3:.3g}"), standard]
     certifier = Certifier(model, tuple(test.x.shape[1:]), method=args.method, norm=args.norm)
     with torch.no_grad():
         pred = torch.cat([model(xb.to(device)).argmax(1).cpu() for xb in test.x.split(1000)])
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"method": args.method, "eps": eps, "norm": certifier.norm, "n": len(test.y),
                 "batch_size": args.batch_size, "device": device, "precision": "fp32"}
     result = CertifyRun(eps, args.method, certifier.norm, test.y, pred, lower, seconds, settings)
-    print(certify_table(result, source=str(args.checkpoint)))
-    written = write_certify_outputs(out, result, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"])
+    print(certify_table(result, source=subject.title))
+    written = write_certify_outputs(out, result, source=subject.source)
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0

@@ -1,14 +1,23 @@
-"""What the commands share: the CLI's own error, the options every command takes, and
-the small parsers of option values."""
+"""What the commands share: the CLI's own error, the options every command takes, the
+model a command works on (an advx checkpoint, or the user's own: ``advx.loading``), and the
+small parsers of option values."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from advx.data import load_mnist
+from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
+from advx.data import Split, load_dataset
+from advx.datasets import DATASET_NAMES, Dataset, get_dataset
+from advx.loading import check_classifier, load_exported, model_from_import
+from advx.models import Normalized
 from advx.precision import PRECISIONS
+from advx.sanity import check_clean_accuracy
 from advx.validate import AdvxError
 
 
@@ -24,7 +33,7 @@ def device_named(name: str) -> str:
 
 def common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
-                   help="folder holding MNIST/raw/*.gz (default: $ADVX_DATA or ./data)")
+                   help="folder holding MNIST/raw/ and FashionMNIST/raw/ (default: $ADVX_DATA or ./data)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -36,6 +45,25 @@ def precision_option(p: argparse.ArgumentParser, what: str) -> None:
                         "(AMX / AVX-512-BF16 CPU, bf16 GPU), else fp32 (default: fp32)")
 
 
+def model_options(p: argparse.ArgumentParser) -> None:
+    """The model to work on and the data it classifies (attack, eval, certify)."""
+    g = p.add_argument_group("the model: an advx checkpoint, or your own (see the README's 'Bring your own model')")
+    g.add_argument("--checkpoint", default=None,
+                   help=f"an advx checkpoint (default: {DEFAULT_CHECKPOINT}, unless --model is given)")
+    g.add_argument("--model", default=None, metavar="MODULE:NAME|FILE.pt2",
+                   help="your own model instead: an import string to a function or class that returns the "
+                        "nn.Module (my_pkg.nets:build, or nets.py:build), or a torch.export program (.pt2)")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="with --model MODULE:NAME: a state_dict to load into it (torch.save(model.state_dict()); "
+                        "read with weights_only=True)")
+    g.add_argument("--mean", default=None,
+                   help="the model's input normalization, one value per channel (e.g. 0.1307): attacks and eps "
+                        "stay in pixel space [0, 1], the model sees (x - mean) / std; with --std")
+    g.add_argument("--std", default=None, help="see --mean (e.g. 0.3081)")
+    g.add_argument("--dataset", default=None, choices=DATASET_NAMES,
+                   help="the test images (default: the checkpoint's dataset; mnist with --model)")
+
+
 def floats(text: str, option: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -43,11 +71,84 @@ def floats(text: str, option: str) -> list[float]:
         raise CLIError(f"{option} must be comma-separated numbers, got {text!r}") from None
 
 
-def test_images(args: argparse.Namespace):
-    """The first ``--n`` test images; more than the test set holds is an error."""
+def test_images(args: argparse.Namespace, dataset: "str | Dataset" = "mnist") -> Split:
+    """The first ``--n`` test images of ``dataset``; more than the test set holds is an error."""
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
-    test = load_mnist("test", args.data_dir)
+    test = load_dataset(dataset, "test", args.data_dir)
     if args.n > len(test):
         raise CLIError(f"--n must be <= {len(test)} (the test images), got {args.n}")
     return test.head(args.n)
+
+
+@dataclass
+class Subject:
+    """The model a command works on, on ``device`` in eval mode, and where it came from."""
+
+    model: nn.Module
+    dataset: Dataset
+    source: dict  # report.json's first fields: checkpoint, model, dataset, classes, normalization
+    final: dict | None = None  # an advx checkpoint's own end-of-training figure
+
+    @property
+    def title(self) -> str:
+        return self.source["checkpoint"] or self.source["model"]
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """The model options' combinations, checked before any work."""
+    if args.model is not None and args.checkpoint is not None:
+        raise CLIError(f"--model and --checkpoint exclude each other (an advx checkpoint, or your own model): "
+                       f"got --model {args.model} and --checkpoint {args.checkpoint}")
+    if args.weights is not None and (args.model is None or args.model.endswith(".pt2")):
+        raise CLIError(f"--weights goes with --model MODULE:NAME (an exported .pt2 holds its weights), "
+                       f"got --weights {args.weights} with {'--model ' + args.model if args.model else 'no --model'}")
+    if (args.mean is None) != (args.std is None):
+        raise CLIError(f"--mean and --std go together, got only {'--mean' if args.std is None else '--std'}")
+
+
+def load_subject(args: argparse.Namespace, device: str) -> tuple[Subject, Split]:
+    """Load the model the options name and the first ``--n`` test images of its dataset;
+    check that it classifies them (logits ``[N, classes]``), print its clean accuracy up
+    front and warn when that is near chance (a wrong normalization, most often)."""
+    check_model_options(args)
+    final = None
+    if args.model is not None:
+        if args.model.endswith(".pt2"):
+            model, checkpoint = load_exported(args.model), args.model
+        else:
+            model, checkpoint = model_from_import(args.model, args.weights), args.weights
+        dataset = get_dataset(args.dataset or "mnist")
+    else:
+        checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
+        model, ckpt = load_model(checkpoint, device)
+        if args.dataset is not None and args.dataset != ckpt["dataset"]:
+            raise CLIError(f"--dataset {args.dataset} does not match the checkpoint: {checkpoint} was trained on "
+                           f"{ckpt['dataset']} (leave --dataset out to use it)")
+        dataset, final = get_dataset(ckpt["dataset"]), ckpt["metrics"].get("final")
+    normalization = None
+    if args.mean is not None:
+        normalization = {"mean": floats(args.mean, "--mean"), "std": floats(args.std, "--std")}
+        model = Normalized(model, **normalization)
+    model = model.to(device).eval()
+    test = test_images(args, dataset)
+    check_classifier(model, test.x[:2].to(device), dataset.num_classes,
+                     what=f"--model {args.model}" if args.model else f"--checkpoint {checkpoint}")
+    source = {"checkpoint": checkpoint, "model": args.model or ckpt["model_name"], "dataset": dataset.name,
+              "classes": list(dataset.classes), "normalization": normalization}
+    subject = Subject(model, dataset, source, final)
+    acc = clean_accuracy(model, test, device)
+    print(f"{subject.title}: clean accuracy {acc:.2%} on the first {len(test.y):,} {dataset.title} test images"
+          + (f" (normalized: mean {normalization['mean']}, std {normalization['std']})" if normalization else ""))
+    warning = check_clean_accuracy(acc, dataset.num_classes, normalized=normalization is not None)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    return subject, test
+
+
+@torch.no_grad()
+def clean_accuracy(model: nn.Module, test: Split, device: str, batch_size: int = 1000) -> float:
+    correct = sum((model(xb.to(device)).argmax(1).cpu() == yb).sum().item()
+                  for xb, yb in zip(test.x.split(batch_size), test.y.split(batch_size)))
+    return correct / len(test.y)
+

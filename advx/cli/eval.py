@@ -7,16 +7,19 @@ import sys
 
 from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, stage_name, suite
 from advx.bounds.propagate import METHODS
-from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
-from advx.cli.common import CLIError, common_options, device_named, floats, precision_option, test_images
+from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
+                             model_options, precision_option)
+from advx.datasets import DATASETS
 from advx.evaluate import evaluate
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES, get_norm
 from advx.report import _remove_stale, environment, eval_table, write_eval_outputs, write_json
 
-# The budgets of the curve per threat model: Linf's usual ones, and a quarter to all of the
-# standard MNIST budget for L2 (2) and L1 (10).
-DEFAULT_EPS = {"inf": "0.05,0.1,0.2,0.3", "2": "0.5,1,1.5,2", "1": "2.5,5,7.5,10"}
+
+
+def default_eps(dataset: str, norm: str) -> str:
+    """The budgets of the curve: ``advx.datasets``' ``curve`` of the dataset in the norm."""
+    return ",".join(f"{e:g}" for e in DATASETS[dataset].curve[norm])
 
 
 def add(sub) -> None:
@@ -33,8 +36,9 @@ def add(sub) -> None:
                         + "; ".join(f"{get_norm(n).label}: {describe(suite('strong', n))}" for n in NORM_NAMES)
                         + "; --steps/--restarts override its settings")
     e.add_argument("--eps", default=None,
-                   help="comma-separated budgets (default per norm: "
-                        + "; ".join(f"{n}: {v}" for n, v in DEFAULT_EPS.items()) + "; with several norms, the defaults)")
+                   help="comma-separated budgets (default per dataset and norm: "
+                        + "; ".join(f"{d} {n}: {default_eps(d, n)}" for d in DATASETS for n in NORM_NAMES)
+                        + "; with several norms, the defaults)")
     e.add_argument("--norm", default="inf",
                    help=f"threat model, or several comma-separated for one report per norm, from {','.join(NORM_NAMES)} "
                         "(default: inf)")
@@ -45,7 +49,6 @@ def add(sub) -> None:
                    help="run every attack on every correct sample (slower; per-attack figures standalone)")
     e.add_argument("--no-early-stop", action="store_true", help="run every step even on fooled samples")
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
-    e.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help=f"default: {DEFAULT_CHECKPOINT}")
     e.add_argument("--n", type=int, default=10000, help="first N test images (default: all 10,000)")
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
@@ -53,32 +56,32 @@ def add(sub) -> None:
                         "certified, broken or unresolved, and so the robust accuracy as an interval")
     precision_option(e, "the attacks' search (success, survivors and figures are always decided in fp32)")
     e.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+    model_options(e)
     common_options(e)
     e.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     attacks, norms = _attacks(args), _norms(args)
+    check_model_options(args)
     out = check_output_dir(args.out, "--out")
     device = device_named(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
-    test = test_images(args)
-    final = ckpt.get("metrics", {}).get("final")
+    subject, test = load_subject(args, device)
+    final = subject.final
     results = {}
     for norm in norms:
-        ev = evaluate(model, test.x, test.y, attacks=suite(args.suite, norm) if args.suite else attacks,
-                      eps=floats(args.eps or DEFAULT_EPS[norm], "--eps"), norm=norm, steps=args.steps,
+        ev = evaluate(subject.model, test.x, test.y, attacks=suite(args.suite, norm) if args.suite else attacks,
+                      eps=floats(args.eps or default_eps(subject.dataset.name, norm), "--eps"), norm=norm, steps=args.steps,
                       alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
                       early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed, device=device,
                       checks=not args.no_checks, precision=args.precision, progress=not args.quiet,
                       certify=args.certify)
-        print(eval_table(ev, source=str(args.checkpoint), cascade=not args.no_cascade))
+        print(eval_table(ev, source=subject.title, cascade=not args.no_cascade))
         for name, message in ev.warnings.items():
             print(f"WARNING [{get_norm(norm).label}, {name}]: {message}", file=sys.stderr)
         folder = out if len(norms) == 1 else out / get_norm(norm).label
         folder.mkdir(parents=True, exist_ok=True)
-        written = write_eval_outputs(folder, ev, checkpoint=str(args.checkpoint), model_name=ckpt["model_name"],
-                                     training_final=final)
+        written = write_eval_outputs(folder, ev, source=subject.source, training_final=final)
         results[norm] = (ev, [str(folder / w) for w in written])
     if final:  # what its own training measured, beside this run's figures
         print(f"the checkpoint's own figure (end of its training): --suite {final['suite']} "
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if len(norms) > 1:
         print(norms_table(results))
         written.append(str(write_json(out / "report.json", {
-            "command": "eval", "checkpoint": str(args.checkpoint), "model": ckpt["model_name"],
+            "command": "eval", **subject.source,
             "norms": {get_norm(n).label: {"eps": ev.eps, "clean_acc": ev.clean_acc, "attacks": ev.attacks,
                                           "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
                                           "files": files}
@@ -124,7 +127,7 @@ def _norms(args: argparse.Namespace) -> list[str]:
                        f"got {args.norm!r}")
     if len(norms) > 1 and args.eps is not None:
         raise CLIError(f"--eps applies to one --norm; with several norms ({args.norm}) each is evaluated at "
-                       f"its default budgets ({'; '.join(f'{n}: {DEFAULT_EPS[n]}' for n in norms)}), "
+                       f"its default budgets (MNIST: {'; '.join(f'{n}: ' + default_eps('mnist', n) for n in norms)}), "
                        f"got --eps {args.eps}")
     for norm in norms:
         names = [stage_name(s) for s in (suite(args.suite, norm) if args.suite else _attacks(args))]

@@ -9,6 +9,7 @@ from advx.adversarial import ATTACK_KINDS, KINDS, RobustConfig, last_checkpoint,
 from advx.bounds.training import CERTIFIED_KINDS
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, load_checkpoint
 from advx.cli.common import CLIError, common_options, device_named, precision_option
+from advx.datasets import DATASET_NAMES, DATASETS, get_dataset
 from advx.files import check_output_file
 from advx.models import MODELS
 from advx.report import format_table
@@ -17,11 +18,13 @@ from advx.train import TrainConfig, train_baseline, training_precision
 
 def add(sub) -> None:
     t = sub.add_parser("train", help="train a CNN (clean, or adversarially with --adv) and save a checkpoint",
-                       description="Train a CNN on MNIST (the weight-gradient loop) and save a checkpoint. "
+                       description="Train a CNN on MNIST or Fashion-MNIST (the weight-gradient loop) and save a "
+                                   "checkpoint (it records the dataset). "
                                    "With --adv, each batch is first attacked (dL/dX, weights frozen), then "
                                    "the weights step on the attacked batch.")
     d = TrainConfig()
     t.add_argument("--model", default=d.model, choices=sorted(MODELS), help=f"default: {d.model}")
+    t.add_argument("--dataset", default=d.dataset, choices=DATASET_NAMES, help=f"default: {d.dataset}")
     t.add_argument("--epochs", type=int, default=d.epochs, help=f"default: {d.epochs}")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
     t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
@@ -36,7 +39,9 @@ def add(sub) -> None:
     t.add_argument("--adv", default="none", choices=list(KINDS),
                    help="adversarial training: the attack that makes each batch; ibp/crown-ibp: "
                         "certified training on bounds over the whole ball (default: none)")
-    t.add_argument("--eps", type=float, default=None, help=f"--adv: Linf budget (default: {r.eps})")
+    t.add_argument("--eps", type=float, default=None,
+                   help="--adv: Linf budget (default: the dataset's standard one: "
+                        + ", ".join(f"{d.title} {d.eps['inf']:g}" for d in DATASETS.values()) + ")")
     t.add_argument("--alpha", type=float, default=None,
                    help="--adv fgsm-rs/pgd/trades: step size (default: 1.25*eps for fgsm-rs, 2.5*eps/steps otherwise)")
     t.add_argument("--steps", type=int, default=None, help=f"--adv pgd/trades: attack steps (default: {r.steps})")
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) not in (None, False) and args.adv not in kinds:
             option = "--" + name.replace("_", "-")
             raise CLIError(f"{option} applies only with --adv {' or '.join(kinds)}, got --adv {args.adv}")
-    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+    config = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, train_size=args.train_size,
                          precision=args.precision)
     device = device_named(args.device)
@@ -86,12 +91,14 @@ def run(args: argparse.Namespace) -> int:
         given = {k: getattr(args, k) for k in ("eps", "alpha", "steps", "warmup_epochs", "beta", "holdout",
                                                "ramp_start", "kappa", "final_n")}
         given["early_stop"] = False if args.no_early_stop else None
+        if given["eps"] is None:
+            given["eps"] = get_dataset(args.dataset).eps["inf"]
         robust = RobustConfig(adv=args.adv, **{k: v for k, v in given.items() if v is not None})
         check_output_file(last_checkpoint(checkpoint))
     what = (f"{'certified' if robust.certified else 'adversarial'} training ({args.adv}, eps {robust.eps:g})"
             if adv else "training")
     precision = training_precision(config.precision, device)
-    print(f"{what}: {config.model} on MNIST, {config.epochs} epochs, seed {config.seed}, {device}, {precision}")
+    print(f"{what}: {config.model} on {get_dataset(config.dataset).title}, {config.epochs} epochs, seed {config.seed}, {device}, {precision}")
     start = time.perf_counter()
     if adv:
         _, history = train_robust(config, robust, checkpoint=checkpoint, data_dir=args.data_dir,
