@@ -28,7 +28,9 @@ class Dataset:
     """One dataset: ``name`` (``--dataset``), ``title`` (for people), ``folder`` (under the
     data folder), ``md5`` of each idx file's contents, ``classes`` (index -> name),
     ``eps`` (the standard budget per norm) and ``curve`` (``advx eval``'s default budgets
-    per norm), ``source`` (the torchvision class whose mirrors serve the files)."""
+    per norm), ``source`` (the torchvision class whose mirrors serve the files) and
+    ``normalization`` (the usual ``(mean, std)`` of its pixels, which models trained on
+    normalized images of it most often use)."""
 
     name: str
     title: str
@@ -38,6 +40,7 @@ class Dataset:
     eps: dict
     curve: dict
     source: str
+    normalization: tuple
     citation: str
 
     @property
@@ -46,7 +49,7 @@ class Dataset:
 
 
 MNIST = Dataset(
-    name="mnist", title="MNIST", folder="MNIST", source="MNIST",
+    name="mnist", title="MNIST", folder="MNIST", source="MNIST", normalization=(0.1307, 0.3081),
     md5={"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
          "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
          "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
@@ -60,6 +63,7 @@ MNIST = Dataset(
 
 FASHION_MNIST = Dataset(
     name="fashion-mnist", title="Fashion-MNIST", folder="FashionMNIST", source="FashionMNIST",
+    normalization=(0.2860, 0.3530),
     md5={"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
          "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
          "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",

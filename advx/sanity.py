@@ -70,6 +70,30 @@ def check_clean_accuracy(clean_acc: float, num_classes: int, *, normalized: bool
             f"normalization right? advx feeds pixels in [0, 1]; {given}; or the model was trained on another dataset")
 
 
+def check_normalization(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, given: tuple | None,
+                        candidates: Sequence[tuple | None]) -> str | None:
+    """The clean accuracy under each candidate input normalization (``(mean, std)``, or None
+    for the pixels as they are) against the one ``given``: when another one classifies
+    clearly more images (10 points or more), the model most likely expects that one."""
+    def acc(normalization) -> float:
+        with torch.no_grad(), frozen(model):
+            z = x if normalization is None else (x - normalization[0]) / normalization[1]
+            return (model(z).argmax(1) == y).float().mean().item()
+
+    others = [c for c in candidates if c != given]
+    if not others:
+        return None
+    ours = acc(given)
+    best_acc, best = max(((acc(c), c) for c in others), key=lambda pair: pair[0])
+    if best_acc < ours + 0.10:
+        return None
+    now = "as pixels in [0, 1]" if given is None else f"with --mean {given[0]:g} --std {given[1]:g}"
+    fix = ("leave out --mean/--std" if best is None else f"pass --mean {best[0]:g} --std {best[1]:g}")
+    return (f"the model classifies {best_acc:.2%} of the first {len(y)} images "
+            f"{'as pixels in [0, 1]' if best is None else f'normalized with mean {best[0]:g}, std {best[1]:g}'}, "
+            f"against {ours:.2%} {now}: it most likely expects that input; {fix}")
+
+
 def check_monotone(robust_by_eps: Mapping[float, float]) -> str | None:
     """Robust accuracy must fall as eps grows; if it rises, or stays flat over the whole
     sweep while it is above zero, the attack is not working."""

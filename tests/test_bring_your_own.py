@@ -45,6 +45,13 @@ class ExpectsNormalized(Net):
         return super().forward(z * {STD} + {MEAN})
 
 
+class ExpectsMinusOneToOne(Net):
+    """Trained, in effect, on (x - 0.5) / 0.5, the common [-1, 1] convention."""
+
+    def forward(self, z):
+        return super().forward(z * 0.5 + 0.5)
+
+
 def build():
     return Net()
 
@@ -147,9 +154,38 @@ def test_mean_std_gives_the_model_its_input_and_a_wrong_one_is_flagged(user_modu
     assert forgot["clean_acc"] < 0.2
     assert "near chance" in err and "normalization" in err and "--mean/--std" in err
 
-    code, out, err = run(eval_args(folder / "wrong", *model, "--mean", "0.1307", "--std", "0.3081"), capsys)
+    code, out, err = run(eval_args(folder / "wrong", *model, "--mean", "0.9", "--std", "0.9"), capsys)
     assert code == 0
     assert "near chance" in err and "check the --mean/--std given" in err
+
+
+def test_a_model_expecting_a_usual_normalization_is_told_which(user_module, capsys, monkeypatch):
+    """Not near chance, but far below what the model does on the input it expects: advx
+    tries the usual normalizations (the dataset's, and [-1, 1]) and names the one that fits."""
+    folder, name = user_module
+    monkeypatch.chdir(folder)
+    code, out, err = run(eval_args(folder / "run", "--model", f"{name}:ExpectsMinusOneToOne", "--weights",
+                                   "weights.pt"), capsys)
+    assert code == 0
+    assert "near chance" not in err and "it most likely expects that input; pass --mean 0.5 --std 0.5" in err
+    code, out, err = run(eval_args(folder / "run", "--model", f"{name}:ExpectsMinusOneToOne", "--weights",
+                                   "weights.pt", "--mean", "0.5", "--std", "0.5"), capsys)
+    assert code == 0 and "WARNING" not in err
+
+
+def test_check_normalization_names_the_candidate_that_fits(trained_cnn, mnist_test):
+    from advx.sanity import check_normalization
+
+    expects = nn.Sequential(nn.Identity())
+    expects.forward = lambda z: trained_cnn(z * 0.5 + 0.5)  # trained, in effect, on [-1, 1]
+    x, y = mnist_test.x[:300], mnist_test.y[:300]
+    candidates = [None, (0.1307, 0.3081), (0.5, 0.5)]
+    warning = check_normalization(expects, x, y, given=None, candidates=candidates)
+    assert warning is not None and "pass --mean 0.5 --std 0.5" in warning and "as pixels in [0, 1]" in warning
+    assert check_normalization(expects, x, y, given=(0.5, 0.5), candidates=candidates) is None
+    assert check_normalization(trained_cnn, x, y, given=None, candidates=candidates) is None
+    warning = check_normalization(trained_cnn, x, y, given=(0.5, 0.5), candidates=candidates)
+    assert warning is not None and "leave out --mean/--std" in warning
 
 
 def test_eps_stays_in_pixel_space_behind_a_normalization(trained_cnn, mnist_test):

@@ -17,7 +17,7 @@ from advx.datasets import DATASET_NAMES, Dataset, get_dataset
 from advx.loading import check_classifier, load_exported, model_from_import
 from advx.models import Normalized
 from advx.precision import PRECISIONS
-from advx.sanity import check_clean_accuracy
+from advx.sanity import check_clean_accuracy, check_normalization
 from advx.validate import AdvxError
 
 
@@ -140,9 +140,13 @@ def load_subject(args: argparse.Namespace, device: str) -> tuple[Subject, Split]
     acc = clean_accuracy(model, test, device)
     print(f"{subject.title}: clean accuracy {acc:.2%} on the first {len(test.y):,} {dataset.title} test images"
           + (f" (normalized: mean {normalization['mean']}, std {normalization['std']})" if normalization else ""))
-    warning = check_clean_accuracy(acc, dataset.num_classes, normalized=normalization is not None)
-    if warning:
-        print(f"WARNING: {warning}", file=sys.stderr)
+    given = None if normalization is None else tuple(v[0] for v in normalization.values())
+    x, y = test.x[:500].to(device), test.y[:500].to(device)
+    candidates = [None, dataset.normalization, (0.5, 0.5)] if given is None or len(normalization["mean"]) == 1 else []
+    for warning in (check_clean_accuracy(acc, dataset.num_classes, normalized=normalization is not None),
+                    check_normalization(model.model if given else model, x, y, given=given, candidates=candidates)):
+        if warning:
+            print(f"WARNING: {warning}", file=sys.stderr)
     return subject, test
 
 

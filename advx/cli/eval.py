@@ -16,7 +16,6 @@ from advx.norms import NORM_NAMES, get_norm
 from advx.report import _remove_stale, environment, eval_table, write_eval_outputs, write_json
 
 
-
 def default_eps(dataset: str, norm: str) -> str:
     """The budgets of the curve: ``advx.datasets``' ``curve`` of the dataset in the norm."""
     return ",".join(f"{e:g}" for e in DATASETS[dataset].curve[norm])
