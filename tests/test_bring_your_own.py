@@ -120,6 +120,10 @@ def test_eval_an_exported_program_end_to_end(trained_cnn, mnist_test, tmp_path, 
     assert report["clean_acc"] > 0.9 and report["robust_acc"]["0.3"] < report["clean_acc"]
 
     # The attacks treat it as any module: the same images break as on the original model.
+    code, out, err = run(["certify", "--model", str(tmp_path / "tiny.pt2"), "--n", "5", "--data-dir", str(DATA_DIR),
+                          "--out", str(tmp_path / "c"), "--quiet"], capsys)
+    assert code == 2 and "cannot certify an exported program" in err and "--model MODULE:NAME --weights" in err
+
     exported = load_exported(tmp_path / "tiny.pt2")
     x, y = mnist_test.x[:20], mnist_test.y[:20]
     a = PGD(exported, eps=0.1, steps=5).run(x, y)

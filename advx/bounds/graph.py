@@ -15,6 +15,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from advx.bounds import ops
 from advx.bounds.ops import pair
+from advx.loading import Exported
 from advx.models import InputNormalization
 from advx.validate import AdvxError
 
@@ -39,6 +40,10 @@ def read_model(model: nn.Module, input_shape) -> list[ops.Op]:
     """The chain of ``advx.bounds.ops`` computing ``model`` on one sample of ``input_shape``
     (e.g. (1, 28, 28)) as in eval mode (BatchNorm with its running statistics, no dropout).
     The ops hold the model's own parameters, so the chain follows later weight steps."""
+    if any(isinstance(m, Exported) for m in model.modules()):
+        raise UnsupportedModel("cannot certify an exported program (torch.export, .pt2): its graph holds aten "
+                               "operations, not a chain of modules; certify the module itself (--model "
+                               "MODULE:NAME --weights FILE)")
     try:
         graph = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as error:  # data-dependent control flow and the like
