@@ -159,11 +159,11 @@ class _Distances:
         self.distance = torch.full((n,), math.inf)
         self.steps = torch.zeros(n, dtype=torch.long)
 
-    def run(self, attack: Attack, name: str, x, y, idx: torch.Tensor, config: EvalConfig) -> None:
-        """Attack the samples of ``idx`` not attacked yet."""
+    def run(self, attack: Attack, name: str, x, y, idx: torch.Tensor, config: EvalConfig, ids: torch.Tensor) -> None:
+        """Attack the samples of ``idx`` not attacked yet (``ids``: their random streams' ids)."""
         todo = idx[~self.done[idx]]
         for chunk in todo.split(config.batch_size) if len(todo) else ():
-            gen = rng.SampleRNG.from_ids(config.seed, chunk, rng.salt_of(name, "minimum-norm"))
+            gen = rng.SampleRNG.from_ids(config.seed, ids[chunk], rng.salt_of(name, "minimum-norm"))
             result = attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
             self.success[chunk], self.distance[chunk] = result.success.cpu(), result.distance.cpu()
             self.steps[chunk], self.done[chunk] = result.steps.cpu(), True
@@ -175,15 +175,16 @@ class _Distances:
 
 
 def _stage_results(attack: Attack, name: str, eps: float, x, y, idx: torch.Tensor, config: EvalConfig,
-                   distances: _Distances | None):
+                   distances: _Distances | None, ids: torch.Tensor):
     """``(chunk, result)`` for the samples ``idx`` at ``eps``: batch by batch, each sample with
-    its own random stream; for a minimum-norm attack (``distances``) from its one run."""
+    its own random stream (seeded by its id in ``ids``); for a minimum-norm attack
+    (``distances``) from its one run."""
     if distances is not None:
-        distances.run(attack, name, x, y, idx, config)
+        distances.run(attack, name, x, y, idx, config, ids)
         yield idx, distances.at(idx, eps)
         return
     for chunk in idx.split(config.batch_size) if len(idx) else ():
-        gen = rng.SampleRNG.from_ids(config.seed, chunk, rng.salt_of(name, eps))
+        gen = rng.SampleRNG.from_ids(config.seed, ids[chunk], rng.salt_of(name, eps))
         yield chunk, attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
 
 
@@ -208,8 +209,8 @@ def _labels(x: torch.Tensor, y) -> torch.Tensor:
     return y.long()
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig | None = None,
-             **options) -> Evaluation:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig | None = None, *,
+             sample_ids: torch.Tensor | None = None, **options) -> Evaluation:
     """Robust accuracy of ``model`` on ``x`` [N, C, H, W], ``y`` [N] at each eps.
 
     Settings come as an ``EvalConfig`` or as its fields by keyword (``attacks``, ``eps``,
@@ -232,7 +233,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     both certified and broken raises ``advx.bounds.sweep.SoundnessError`` naming it.
 
     Randomness: each (sample, attack, eps) has its own random stream, seeded from
-    ``seed``, the sample's index and the attack's name and eps. The per-sample results
+    ``seed``, the sample's id (its index, or ``sample_ids[i]``: a shard of a larger set
+    passes its samples' indices in that set, so its results are those of the whole run)
+    and the attack's name and eps. The per-sample results
     therefore do not depend on the batch size or on which other samples are attacked
     alongside; only float rounding (results of batched convolutions differ in the last
     bits across batch sizes) can flip a sample that sits exactly at a decision boundary.
@@ -246,6 +249,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     config = config if config is not None else EvalConfig(**options)
     y = _labels(x, y)
     stages, eps, n = config.stages(), list(config.eps), len(y)
+    ids = torch.arange(n) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long).cpu()
+    if ids.shape != (n,):
+        raise InputError(f"sample_ids must hold one id per image ({n}), got shape {list(ids.shape)}")
     start = time.perf_counter()
     pred_clean = _clean_predictions(model, x, config)
     correct = pred_clean == y.cpu()
@@ -273,7 +279,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
             precision_used[name] = attack.resolved_precision(config.device)
             idx = (survivors if config.cascade else alive[a]).nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
-            for chunk, result in _stage_results(attack, name, e, x, y, idx, config, once.get(a)):
+            for chunk, result in _stage_results(attack, name, e, x, y, idx, config, once.get(a), ids):
                 hit = records.add(k, a, chunk, result)
                 alive[a][hit] = False
                 survivors[hit] = False

@@ -107,10 +107,11 @@ def check_model_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--mean and --std go together, got only {'--mean' if args.std is None else '--std'}")
 
 
-def load_subject(args: argparse.Namespace, device: str) -> tuple[Subject, Split]:
+def load_subject(args: argparse.Namespace, device: str, verbose: bool = True) -> tuple[Subject, Split]:
     """Load the model the options name and the first ``--n`` test images of its dataset;
     check that it classifies them (logits ``[N, classes]``), print its clean accuracy up
-    front and warn when that is near chance (a wrong normalization, most often)."""
+    front and warn when that is near chance or another usual normalization fits better (a
+    wrong normalization, most often). ``verbose=False`` (ranks other than 0) prints nothing."""
     check_model_options(args)
     final = None
     if args.model is not None:
@@ -137,6 +138,8 @@ def load_subject(args: argparse.Namespace, device: str) -> tuple[Subject, Split]
     source = {"checkpoint": checkpoint, "model": args.model or ckpt["model_name"], "dataset": dataset.name,
               "classes": list(dataset.classes), "normalization": normalization}
     subject = Subject(model, dataset, source, final)
+    if not verbose:
+        return subject, test
     acc = clean_accuracy(model, test, device)
     print(f"{subject.title}: clean accuracy {acc:.2%} on the first {len(test.y):,} {dataset.title} test images"
           + (f" (normalized: mean {normalization['mean']}, std {normalization['std']})" if normalization else ""))

@@ -10,7 +10,8 @@ from advx.bounds.propagate import METHODS
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
                              model_options, precision_option)
 from advx.datasets import DATASETS
-from advx.evaluate import evaluate
+from advx import distributed
+from advx.eval_config import EvalConfig
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES, get_norm
 from advx.report import _remove_stale, environment, eval_table, write_eval_outputs, write_json
@@ -48,7 +49,8 @@ def add(sub) -> None:
                    help="run every attack on every correct sample (slower; per-attack figures standalone)")
     e.add_argument("--no-early-stop", action="store_true", help="run every step even on fooled samples")
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
-    e.add_argument("--n", type=int, default=10000, help="first N test images (default: all 10,000)")
+    e.add_argument("--images", "--n", dest="n", type=int, default=10000,
+                   help="first N test images (default: all 10,000; under torchrun write --images: torchrun takes --n for its own)")
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
                    help="also certify each sample at each eps (ibp, crown-ibp or crown; crown if no METHOD): "
@@ -64,17 +66,21 @@ def run(args: argparse.Namespace) -> int:
     attacks, norms = _attacks(args), _norms(args)
     check_model_options(args)
     out = check_output_dir(args.out, "--out")
-    device = device_named(args.device)
-    subject, test = load_subject(args, device)
+    device = distributed.init(device_named(args.device))  # under torchrun: this rank's device
+    rank, _ = distributed.world()
+    subject, test = load_subject(args, device, verbose=rank == 0)
     final = subject.final
     results = {}
     for norm in norms:
-        ev = evaluate(subject.model, test.x, test.y, attacks=suite(args.suite, norm) if args.suite else attacks,
-                      eps=floats(args.eps or default_eps(subject.dataset.name, norm), "--eps"), norm=norm, steps=args.steps,
-                      alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
-                      early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed, device=device,
-                      checks=not args.no_checks, precision=args.precision, progress=not args.quiet,
-                      certify=args.certify)
+        config = EvalConfig(attacks=suite(args.suite, norm) if args.suite else attacks,
+                            eps=floats(args.eps or default_eps(subject.dataset.name, norm), "--eps"), norm=norm,
+                            steps=args.steps, alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
+                            early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
+                            device=device, checks=not args.no_checks, precision=args.precision,
+                            progress=not args.quiet, certify=args.certify)
+        ev = distributed.evaluate_sharded(subject.model, test.x, test.y, config)
+        if ev is None:  # another rank's shard: rank 0 reports
+            continue
         print(eval_table(ev, source=subject.title, cascade=not args.no_cascade))
         for name, message in ev.warnings.items():
             print(f"WARNING [{get_norm(norm).label}, {name}]: {message}", file=sys.stderr)
@@ -82,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         written = write_eval_outputs(folder, ev, source=subject.source, training_final=final)
         results[norm] = (ev, [str(folder / w) for w in written])
+    if rank != 0:
+        return 0
     if final:  # what its own training measured, beside this run's figures
         print(f"the checkpoint's own figure (end of its training): --suite {final['suite']} "
               f"{final['robust_acc']:.2%} at eps {final['eps']:g} on {final['n']} {final['images']}")
