@@ -9,7 +9,8 @@ does not depend on the number of ranks. Rank 0 gathers the shards' per-sample re
 merges them into one ``Evaluation``, then runs the sanity checks on the whole set: its
 report is that of a single-process run.
 
-Not yet: resuming a killed run, data-parallel training (issue 17 asks for both).
+With ``--resume`` the ranks share one ``advx.resume.ChunkStore``: a rank that died redoes
+only its missing chunks. Not yet: data-parallel training (issue 17 asks for it).
 """
 
 from __future__ import annotations
@@ -56,16 +57,24 @@ def shard(n: int, rank: int, size: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
-def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig) -> Evaluation | None:
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig,
+                     store=None) -> Evaluation | None:
     """``evaluate`` over all ranks: each attacks its shard; rank 0 returns the merged
-    ``Evaluation`` (the others None). Without a process group it is ``evaluate``."""
+    ``Evaluation`` (the others None). Without a process group it is ``evaluate``.
+    ``store``: an ``advx.resume.ChunkStore`` the ranks share."""
     rank, size = world()
     if size == 1:
-        return evaluate(model, x, y, config)
+        return evaluate(model, x, y, config, store=store)
     part = shard(len(y), rank, size)
     own = evaluate(model, x[part.start:part.stop], y[part.start:part.stop],
                    replace(config, checks=False, progress=config.progress and rank == 0),
-                   sample_ids=torch.arange(part.start, part.stop))
+                   sample_ids=torch.arange(part.start, part.stop), store=store)
     gathered = [None] * size
     dist.gather_object(_portable(own), gathered if rank == 0 else None, dst=0)
     if rank != 0:

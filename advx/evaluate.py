@@ -159,12 +159,12 @@ class _Distances:
         self.distance = torch.full((n,), math.inf)
         self.steps = torch.zeros(n, dtype=torch.long)
 
-    def run(self, attack: Attack, name: str, x, y, idx: torch.Tensor, config: EvalConfig, ids: torch.Tensor) -> None:
+    def run(self, attack: Attack, name: str, x, y, idx: torch.Tensor, config: EvalConfig, ids: torch.Tensor,
+            store=None) -> None:
         """Attack the samples of ``idx`` not attacked yet (``ids``: their random streams' ids)."""
         todo = idx[~self.done[idx]]
         for chunk in todo.split(config.batch_size) if len(todo) else ():
-            gen = rng.SampleRNG.from_ids(config.seed, ids[chunk], rng.salt_of(name, "minimum-norm"))
-            result = attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+            result = _run_chunk(attack, (name, "minimum-norm"), x, y, chunk, config, ids, store)
             self.success[chunk], self.distance[chunk] = result.success.cpu(), result.distance.cpu()
             self.steps[chunk], self.done[chunk] = result.steps.cpu(), True
 
@@ -174,18 +174,26 @@ class _Distances:
                                steps=self.steps[idx], distance=self.distance[idx])
 
 
+def _run_chunk(attack: Attack, salt: tuple, x, y, chunk: torch.Tensor, config: EvalConfig, ids: torch.Tensor, store):
+    """``attack.run`` on the samples ``chunk``, each with its own random stream; from the
+    ``store`` (``advx.resume``) when an earlier, killed run got that far."""
+    def run():
+        gen = rng.SampleRNG.from_ids(config.seed, ids[chunk], rng.salt_of(*salt))
+        return attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+    return run() if store is None else store.run("-".join(map(str, salt)), ids[chunk], run)
+
+
 def _stage_results(attack: Attack, name: str, eps: float, x, y, idx: torch.Tensor, config: EvalConfig,
-                   distances: _Distances | None, ids: torch.Tensor):
+                   distances: _Distances | None, ids: torch.Tensor, store=None):
     """``(chunk, result)`` for the samples ``idx`` at ``eps``: batch by batch, each sample with
     its own random stream (seeded by its id in ``ids``); for a minimum-norm attack
     (``distances``) from its one run."""
     if distances is not None:
-        distances.run(attack, name, x, y, idx, config, ids)
+        distances.run(attack, name, x, y, idx, config, ids, store)
         yield idx, distances.at(idx, eps)
         return
     for chunk in idx.split(config.batch_size) if len(idx) else ():
-        gen = rng.SampleRNG.from_ids(config.seed, ids[chunk], rng.salt_of(name, eps))
-        yield chunk, attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+        yield chunk, _run_chunk(attack, (name, eps), x, y, chunk, config, ids, store)
 
 
 def _clean_predictions(model: nn.Module, x: torch.Tensor, config: EvalConfig) -> torch.Tensor:
@@ -210,7 +218,7 @@ def _labels(x: torch.Tensor, y) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig | None = None, *,
-             sample_ids: torch.Tensor | None = None, **options) -> Evaluation:
+             sample_ids: torch.Tensor | None = None, store=None, **options) -> Evaluation:
     """Robust accuracy of ``model`` on ``x`` [N, C, H, W], ``y`` [N] at each eps.
 
     Settings come as an ``EvalConfig`` or as its fields by keyword (``attacks``, ``eps``,
@@ -235,7 +243,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     Randomness: each (sample, attack, eps) has its own random stream, seeded from
     ``seed``, the sample's id (its index, or ``sample_ids[i]``: a shard of a larger set
     passes its samples' indices in that set, so its results are those of the whole run)
-    and the attack's name and eps. The per-sample results
+    and the attack's name and eps. ``store`` (an ``advx.resume.ChunkStore``) keeps every
+    chunk's results as it completes, and replays them when a killed run is resumed. The per-sample results
     therefore do not depend on the batch size or on which other samples are attacked
     alongside; only float rounding (results of batched convolutions differ in the last
     bits across batch sizes) can flip a sample that sits exactly at a decision boundary.
@@ -279,7 +288,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
             precision_used[name] = attack.resolved_precision(config.device)
             idx = (survivors if config.cascade else alive[a]).nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
-            for chunk, result in _stage_results(attack, name, e, x, y, idx, config, once.get(a), ids):
+            for chunk, result in _stage_results(attack, name, e, x, y, idx, config, once.get(a), ids, store):
                 hit = records.add(k, a, chunk, result)
                 alive[a][hit] = False
                 survivors[hit] = False

@@ -2,8 +2,10 @@
 figure, and a 2-rank gloo run under torchrun writes the per_sample.csv of one process."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -45,7 +47,7 @@ def test_merged_shards_are_the_whole_evaluation(trained_cnn, mnist_test):
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("dist") / "tiny.pt"
-    assert main(["train", "--epochs", "1", "--train-size", "3000", "--data-dir", str(DATA_DIR),
+    assert main(["train", "--epochs", "2", "--train-size", "6000", "--batch-size", "64", "--data-dir", str(DATA_DIR),
                  "--checkpoint", str(path), "--quiet"]) == 0
     return path
 
@@ -62,3 +64,66 @@ def test_two_gloo_ranks_write_the_per_sample_csv_of_one_process(small_checkpoint
     assert run.stdout.count("robust accuracy") == 1  # rank 0 reports, once
     one, two = ((tmp_path / d / "per_sample.csv").read_text() for d in ("one", "two"))
     assert one == two and len(one.splitlines()) == 51
+
+
+# ------------------------------------------------------------------ resuming a killed run
+
+
+def _eval_args(checkpoint, out, *more):
+    return ["eval", "--checkpoint", str(checkpoint), "--attacks", "fgsm,pgd,fmn", "--steps", "10", "--eps", "0.1,0.2",
+            "--images", "160", "--batch-size", "8", "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet",
+            "--no-checks", *more]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    assert main(_eval_args(small_checkpoint, out)) == 0
+    assert not (out / ".resume").exists()  # a complete run leaves no chunks behind
+    return (out / "per_sample.csv").read_text()
+
+
+@pytest.mark.parametrize("after", [1, 8, 25])
+def test_a_run_killed_at_any_point_resumes_to_the_same_results(after, small_checkpoint, uninterrupted, tmp_path,
+                                                              capsys):
+    """SIGKILL once ``after`` chunk files exist, then --resume: the per-sample results are
+    those of the uninterrupted run, and the chunks written before the kill were reused."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "advx", *_eval_args(small_checkpoint, out)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and len(list((out / ".resume").glob("*.pt"))) < after:
+            time.sleep(0.005)
+        proc.kill()  # SIGKILL: no cleanup, possibly mid-write
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    written = len(list((out / ".resume").glob("*.pt")))
+    assert written >= after and not (out / "per_sample.csv").exists()
+
+    assert main(_eval_args(small_checkpoint, out, "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert f"resumed: {written} chunks" in printed or f"resumed: {written - 1} chunks" in printed
+    assert (out / "per_sample.csv").read_text() == uninterrupted
+
+
+def test_a_damaged_chunk_is_computed_again_and_changed_settings_are_refused(small_checkpoint, uninterrupted,
+                                                                            tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "advx", *_eval_args(small_checkpoint, out)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and len(list((out / ".resume").glob("*.pt"))) < 4:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(timeout=60)
+    chunks = sorted((out / ".resume").glob("*.pt"))
+    chunks[0].write_bytes(chunks[0].read_bytes()[:100])  # truncated: must not be taken for complete
+    chunks[1].write_bytes(b"not a torch file")
+
+    assert main(_eval_args(small_checkpoint, out, "--resume", "--seed", "1")) == 2
+    err = capsys.readouterr().err
+    assert "resume:" in err and "other settings (config changed)" in err and "without --resume" in err
+    assert main(_eval_args(small_checkpoint, out, "--resume")) == 0
+    assert (out / "per_sample.csv").read_text() == uninterrupted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
 from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, stage_name, suite
 from advx.bounds.propagate import METHODS
@@ -12,6 +13,7 @@ from advx.cli.common import (CLIError, check_model_options, common_options, devi
 from advx.datasets import DATASETS
 from advx import distributed
 from advx.eval_config import EvalConfig
+from advx.resume import ChunkStore, digest
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES, get_norm
 from advx.report import _remove_stale, environment, eval_table, write_eval_outputs, write_json
@@ -57,6 +59,9 @@ def add(sub) -> None:
                         "certified, broken or unresolved, and so the robust accuracy as an interval")
     precision_option(e, "the attacks' search (success, survivors and figures are always decided in fp32)")
     e.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+    e.add_argument("--resume", action="store_true",
+                   help="continue a killed run of the same command from the results it had written "
+                        "(<out>/.resume/; other settings are refused); without it a run starts afresh")
     model_options(e)
     common_options(e)
     e.set_defaults(func=run)
@@ -78,15 +83,20 @@ def run(args: argparse.Namespace) -> int:
                             early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
                             device=device, checks=not args.no_checks, precision=args.precision,
                             progress=not args.quiet, certify=args.certify)
-        ev = distributed.evaluate_sharded(subject.model, test.x, test.y, config)
+        folder = out if len(norms) == 1 else out / get_norm(norm).label
+        store = _store(args, folder, subject, test, config, rank)
+        ev = distributed.evaluate_sharded(subject.model, test.x, test.y, config, store=store)
         if ev is None:  # another rank's shard: rank 0 reports
             continue
         print(eval_table(ev, source=subject.title, cascade=not args.no_cascade))
         for name, message in ev.warnings.items():
             print(f"WARNING [{get_norm(norm).label}, {name}]: {message}", file=sys.stderr)
-        folder = out if len(norms) == 1 else out / get_norm(norm).label
         folder.mkdir(parents=True, exist_ok=True)
         written = write_eval_outputs(folder, ev, source=subject.source, training_final=final)
+        if store.reused:
+            print(f"resumed: {store.reused} chunks of attack results read back from {store.folder}, "
+                  f"{store.computed} computed")
+        store.finish()
         results[norm] = (ev, [str(folder / w) for w in written])
     if rank != 0:
         return 0
@@ -106,6 +116,18 @@ def run(args: argparse.Namespace) -> int:
         _remove_stale(out, ["report.json"])  # a single-norm run's files left there before
     print(f"wrote {', '.join(written)}")
     return 0
+
+
+def _store(args, folder, subject, test, config: EvalConfig, rank: int) -> ChunkStore:
+    """Where this evaluation writes its results as they complete, fingerprinted by what
+    decides them (settings, model weights, images); rank 0 clears an old one."""
+    fingerprint = {"source": subject.source, "images": digest(test.x, test.y),
+                   "weights": digest(*subject.model.state_dict().values()),
+                   "config": {**{k: v for k, v in asdict(config).items() if k != "progress"},
+                              "device": str(config.device).split(":")[0]}}  # cuda:0 and cuda:1 alike
+    store = ChunkStore(folder / ".resume", fingerprint, resume=args.resume, clear=rank == 0)
+    distributed.barrier()  # no rank writes before rank 0 has cleared
+    return store
 
 
 def _attacks(args: argparse.Namespace) -> list[str] | None:

@@ -1,0 +1,85 @@
+"""Resumable evaluation: each batch of attack results is written as it completes, so a
+killed ``advx eval`` started again with ``--resume`` carries on where it stopped.
+
+``evaluate(store=ChunkStore(...))`` asks the store before every ``attack.run`` on a chunk
+of samples. The cascade is deterministic given the results (the survivors, hence the
+chunks, follow from them), so replaying stored chunks and running the missing ones ends
+with exactly the results of an uninterrupted run. A chunk file holds only what the
+records need (success, steps, distance), is written atomically and read with
+``weights_only=True``; one that cannot be read is computed again, never trusted. The
+store's ``settings.json`` fingerprints the run (settings, model, data): resuming with
+anything changed is an error. Chunk names hold the samples' ids, so shards of a
+``torchrun`` run share one store and a rank that died redoes only its missing chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+
+from advx.files import atomic_write
+from advx.validate import InputError
+
+FIELDS = ("success", "steps", "distance")
+
+
+def digest(*tensors: torch.Tensor) -> str:
+    """A short sha256 of the tensors' bytes (a model's weights, the images)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class ChunkStore:
+    """Chunk results under ``folder``. ``resume``: keep what is there if ``fingerprint``
+    (plain values) matches the stored one, else error; not ``resume``: start afresh."""
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: dict, *, resume: bool, clear: bool = True) -> None:
+        self.folder = Path(folder)
+        meta = self.folder / "settings.json"
+        fingerprint = json.loads(json.dumps(fingerprint, default=str))
+        if resume and meta.is_file():
+            saved = json.loads(meta.read_text())
+            changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+            if changed:
+                raise InputError(f"resume: {self.folder} holds a run with other settings ({', '.join(changed)} "
+                                 f"changed); run without --resume to start afresh")
+        elif clear and self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not meta.is_file() or not resume:
+            with atomic_write(meta, "w") as f:
+                json.dump(fingerprint, f, indent=1, sort_keys=True)
+        self.reused = self.computed = 0
+
+    def run(self, tag: str, ids: torch.Tensor, attack_run: Callable[[], object]):
+        """The stored result of ``(tag, ids)``, or ``attack_run()`` stored."""
+        name = f"{''.join(c if c.isalnum() else '_' for c in tag)}-{int(ids[0])}-{len(ids)}-" \
+               f"{zlib.crc32(ids.cpu().numpy().tobytes()):08x}.pt"
+        path = self.folder / name
+        if path.is_file():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                if torch.equal(saved["ids"], ids.cpu()):
+                    self.reused += 1
+                    return SimpleNamespace(**{k: saved[k] for k in FIELDS})
+            except Exception:  # noqa: BLE001 - unreadable or foreign: computed again, never trusted
+                pass
+        result = attack_run()
+        with atomic_write(path, "wb") as f:
+            torch.save({"ids": ids.cpu(), **{k: getattr(result, k).detach().cpu() for k in FIELDS}}, f)
+        self.computed += 1
+        return result
+
+    def finish(self) -> None:
+        """The run is complete and reported: the chunks are no longer needed."""
+        shutil.rmtree(self.folder, ignore_errors=True)
