@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from advx.attacks import PGD
 from advx.attacks.objectives import trades_loss
@@ -39,7 +40,7 @@ from advx.bounds.training import CERTIFIED_KINDS, CertifiedLoss
 from advx.data import load_dataset
 from advx.precision import check_precision
 from advx.probe import catastrophic_overfitting, final_metrics, probe_metrics
-from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
+from advx.train import TrainConfig, accuracy, clean_loss, ranks, seeded_model, train, training_slice
 from advx.validate import InputError, check_number, check_seed
 
 ATTACK_KINDS = ("fgsm-rs", "pgd", "trades")
@@ -91,7 +92,10 @@ class AdversarialLoss:
         if eps == 0:
             logits = model(x)
             return F.cross_entropy(logits, y), logits
-        x_adv = self.attack(model, eps)(x, y)  # dL/dX, weights frozen, then restored
+        # dL/dX, weights frozen, then restored. Under DistributedDataParallel the attack runs
+        # on the module inside it: its forward and backward passes never touch DDP's
+        # gradient synchronisation, which only the weight step's backward below triggers.
+        x_adv = self.attack(model.module if isinstance(model, DistributedDataParallel) else model, eps)(x, y)
         if self.kind == "trades":
             logits = model(x)
             return trades_loss(logits, model(x_adv), y, self.beta), logits
@@ -199,6 +203,9 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
     everything needed to resume). Training stops early when the probe collapses
     (catastrophic overfitting). At the end, attack kinds run ``--suite strong`` on the first
     ``robust.final_n`` held-out images and store it in the checkpoint as ``metrics["final"]``."""
+    if robust.certified and ranks()[1] > 1:
+        raise InputError(f"adv {robust.adv!r}: certified training does not run data-parallel yet; run it in one "
+                         f"process (without torchrun)")
     checkpoint = Path(checkpoint)
     last_path = last_checkpoint(checkpoint)
     full = load_dataset(config.dataset, "train", data_dir)
@@ -246,7 +253,9 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
                     progress=progress, on_epoch_end=on_epoch_end, resume=state,
                     epoch_metrics=_epoch_metrics(config, robust, hx, hy))
     best_model = seeded_model(config.model, config.seed, config.dataset, shape).to(device)
-    saved = load_checkpoint(checkpoint)
+    saved = load_checkpoint(checkpoint)  # rank 0 wrote it before the others left the epoch
+    if ranks()[0] != 0:  # the final figure is rank 0's to measure and save
+        return best_model.eval(), history
     best_model.load_state_dict(saved["state_dict"])
     if not robust.certified and robust.final_n > 0:
         n = min(robust.final_n, robust.holdout)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
@@ -130,8 +132,15 @@ def train(
     under autocast with the weights in ``channels_last`` layout; the weights, the
     optimizer state and the reported accuracies stay fp32.
 
+    Under ``torchrun`` (a process group of several ranks) training is data-parallel: the
+    model is wrapped in ``DistributedDataParallel``, every rank draws the same shuffled
+    batches and takes its share of each (``config.batch_size`` is the global batch), the
+    gradients are averaged across ranks. Rank 0 alone runs ``epoch_metrics`` and
+    ``on_epoch_end`` (which saves) and shares their outcome with the others.
+
     Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds, precision``.
     """
+    rank, size = ranks()
     precision = training_precision(config.precision, device)
     # Low precision trains in the fast layout for convolutions too; the weights are laid
     # out as usual again when training ends (see the end of this function).
@@ -150,14 +159,16 @@ def train(
         if hasattr(loss_fn, "load_state_dict"):
             loss_fn.load_state_dict(resume["loss_fn"])
         history = [dict(r) for r in resume["history"]]
+    net = DistributedDataParallel(model) if size > 1 else model  # the same weights, synced gradients
+    progress = progress and rank == 0
     for epoch in range(len(history), config.epochs):
         start = time.perf_counter()
-        bar = tqdm(
-            iterate_batches(train_set.x, train_set.y, config.batch_size, generator=shuffle),
-            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress, leave=True, unit="batch",
-        )
-        train_loss, train_acc = _one_epoch(model, bar, steps_per_epoch, loss_fn, optimizer, scheduler, epoch,
+        batches = iterate_batches(train_set.x, train_set.y, config.batch_size, generator=shuffle)
+        if size > 1:  # every rank draws the same batches and takes its share of each
+            batches = ((xb[rank::size], yb[rank::size]) for xb, yb in batches if len(yb) >= size)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=True, unit="batch")
+        train_loss, train_acc = _one_epoch(net, bar, steps_per_epoch, loss_fn, optimizer, scheduler, epoch,
                                            device, precision)
         record = {
             "epoch": epoch + 1,
@@ -168,17 +179,32 @@ def train(
             "precision": precision,  # as resolved on this device
         }
         if epoch_metrics is not None:
-            record.update(epoch_metrics(model))
+            record.update(_from_rank_0(lambda: epoch_metrics(model), rank, size))
         history.append(record)
         if progress:
             shown = {k: v for k, v in record.items() if k.endswith("_acc") and v is not None}
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         if on_epoch_end is not None:
             state = _training_state(optimizer, scheduler, shuffle, loss_fn, history)
-            if on_epoch_end(record, state):  # the hook asks to end training here
+            if _from_rank_0(lambda: bool(on_epoch_end(record, state)), rank, size):  # asks to end here
                 break
     model.to(memory_format=torch.contiguous_format).eval()
     return history
+
+
+def ranks() -> tuple[int, int]:
+    """``(rank, world size)`` of the process group torchrun started, or ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _from_rank_0(compute, rank: int, size: int):
+    """``compute()`` on rank 0, its value sent to every rank (the others wait for it)."""
+    box = [compute() if rank == 0 else None]
+    if size > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def training_precision(precision: str, device) -> str:
@@ -223,6 +249,10 @@ def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, sch
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
     bar.close()
+    if isinstance(model, DistributedDataParallel):  # the figures over every rank's share
+        sums = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+        dist.all_reduce(sums)
+        loss_sum, correct, seen = sums.tolist()
     return loss_sum / seen, correct / seen
 
 
@@ -262,6 +292,7 @@ def train_baseline(
     history = train(model, train_set, test_set, config, device=device, progress=progress)
     wall = time.perf_counter() - start
     metrics = {"test_acc": history[-1]["test_acc"], "train_seconds": wall, "history": history}
-    save_checkpoint(checkpoint, model, model_name=config.model, dataset=config.dataset, input_shape=shape,
-                    config=asdict(config), metrics=metrics)
+    if ranks()[0] == 0:  # one writer
+        save_checkpoint(checkpoint, model, model_name=config.model, dataset=config.dataset, input_shape=shape,
+                        config=asdict(config), metrics=metrics)
     return model, history

@@ -8,6 +8,7 @@ import time
 from advx.adversarial import ATTACK_KINDS, KINDS, RobustConfig, last_checkpoint, train_robust
 from advx.bounds.training import CERTIFIED_KINDS
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, load_checkpoint
+from advx import distributed
 from advx.cli.common import CLIError, common_options, device_named, precision_option
 from advx.datasets import DATASET_NAMES, DATASETS, get_dataset
 from advx.files import check_output_file
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, train_size=args.train_size,
                          precision=args.precision)
-    device = device_named(args.device)
+    device = distributed.init(device_named(args.device))  # under torchrun: data-parallel, this rank's device
+    rank, size = distributed.world()
     adv = args.adv != "none"
     checkpoint = check_output_file(args.checkpoint or (ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT))
     if adv:
@@ -98,16 +100,19 @@ def run(args: argparse.Namespace) -> int:
     what = (f"{'certified' if robust.certified else 'adversarial'} training ({args.adv}, eps {robust.eps:g})"
             if adv else "training")
     precision = training_precision(config.precision, device)
-    print(f"{what}: {config.model} on {get_dataset(config.dataset).title}, {config.epochs} epochs, seed {config.seed}, {device}, {precision}")
+    if rank == 0:
+        print(f"{what}: {config.model} on {get_dataset(config.dataset).title}, {config.epochs} epochs, "
+              f"seed {config.seed}, {device}, {precision}" + (f", {size} ranks (data-parallel)" if size > 1 else ""))
     start = time.perf_counter()
     if adv:
         _, history = train_robust(config, robust, checkpoint=checkpoint, data_dir=args.data_dir,
                                   device=device, progress=not args.quiet, resume=args.resume)
-        rows = _robust_rows(robust, history, checkpoint)
     else:
         _, history = train_baseline(config, data_dir=args.data_dir, checkpoint=checkpoint,
                                     device=device, progress=not args.quiet)
-        rows = [("test accuracy", f"{history[-1]['test_acc']:.2%}")]
+    if rank != 0:  # rank 0 saved and reports
+        return 0
+    rows = _robust_rows(robust, history, checkpoint) if adv else [("test accuracy", f"{history[-1]['test_acc']:.2%}")]
     rows += [("wall time", f"{time.perf_counter() - start:.1f} s"), ("checkpoint", str(checkpoint))]
     title = ("certified model" if robust.certified else "robust model") if adv else "baseline"
     print(format_table(rows, title=title))
