@@ -3,7 +3,7 @@
 torchrun starts N processes and sets ``RANK``/``WORLD_SIZE`` (and the rendezvous); each
 process loads the model and the data, ``init`` joins the process group (gloo on the CPU,
 NCCL on CUDA, one GPU per local rank), and ``evaluate_sharded`` gives each rank a
-contiguous shard of the samples. Every sample keeps the random streams it has in a
+interleaved shard of the samples. Every sample keeps the random streams it has in a
 single-process run (``evaluate(sample_ids=...)``: its index in the whole set), so its result
 does not depend on the number of ranks. Rank 0 gathers the shards' per-sample records and
 merges them into one ``Evaluation``, then runs the sanity checks on the whole set: its
@@ -51,10 +51,10 @@ def init(device: str = "cpu") -> str:
 
 
 def shard(n: int, rank: int, size: int) -> range:
-    """The contiguous share of ``n`` samples for ``rank`` of ``size`` (sizes differ by at most 1)."""
-    base, extra = divmod(n, size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (rank < extra))
+    """The share of ``n`` samples for ``rank`` of ``size``: every ``size``-th from ``rank``
+    (interleaved, so that hard and easy images, which a test set often holds in runs, spread
+    evenly over the ranks; sizes differ by at most 1)."""
+    return range(rank, n, size)
 
 
 def barrier() -> None:
@@ -71,15 +71,14 @@ def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
     rank, size = world()
     if size == 1:
         return evaluate(model, x, y, config, store=store)
-    part = shard(len(y), rank, size)
-    own = evaluate(model, x[part.start:part.stop], y[part.start:part.stop],
-                   replace(config, checks=False, progress=config.progress and rank == 0),
-                   sample_ids=torch.arange(part.start, part.stop), store=store)
+    part = torch.tensor(shard(len(y), rank, size))
+    own = evaluate(model, x[part], y[part], replace(config, checks=False, progress=config.progress and rank == 0),
+                   sample_ids=part, store=store)
     gathered = [None] * size
     dist.gather_object(_portable(own), gathered if rank == 0 else None, dst=0)
     if rank != 0:
         return None
-    ev = merge(gathered)
+    ev = merge(gathered, [torch.tensor(shard(len(y), r, size)) for r in range(size)])
     if config.checks:  # on the whole set, as a single run does
         ev.warnings = sanity.run_checks(
             model, x, y, eps=ev.eps, robust_acc=ev.robust_acc, pred_clean=ev.records["pred_clean"],
@@ -94,11 +93,17 @@ def _portable(ev: Evaluation) -> Evaluation:
     return replace(ev, records={k: v.cpu() for k, v in ev.records.items()})
 
 
-def merge(parts: list[Evaluation]) -> Evaluation:
-    """One ``Evaluation`` of the shards ``parts`` (in sample order): the per-sample records
-    concatenated, every accuracy recounted over all samples."""
+def merge(parts: list[Evaluation], ids: list[torch.Tensor]) -> Evaluation:
+    """One ``Evaluation`` of the shards ``parts`` (``ids[i]``: the indices of part i's samples
+    in the whole set): the per-sample records put back in sample order, every accuracy
+    recounted over all samples."""
     first, n = parts[0], sum(p.n for p in parts)
-    records = {k: torch.cat([p.records[k] for p in parts], dim=-1) for k in first.records}
+    order = torch.cat(ids)
+    records = {}
+    for k, v in first.records.items():
+        joined = torch.cat([p.records[k] for p in parts], dim=-1)
+        records[k] = torch.empty_like(joined)
+        records[k][..., order] = joined
 
     def share(count: int) -> float:  # as a single run computes it: a float32 mean of booleans
         return (torch.tensor(float(count), dtype=torch.float32) / n).item()

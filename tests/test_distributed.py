@@ -18,9 +18,9 @@ from conftest import DATA_DIR
 
 
 @pytest.mark.parametrize("n, size", [(10, 3), (7, 7), (3, 5), (10000, 4)])
-def test_shards_cover_every_sample_once_in_order(n, size):
+def test_shards_cover_every_sample_once(n, size):
     parts = [shard(n, rank, size) for rank in range(size)]
-    assert [i for part in parts for i in part] == list(range(n))
+    assert sorted(i for part in parts for i in part) == list(range(n))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
@@ -29,9 +29,9 @@ def test_merged_shards_are_the_whole_evaluation(trained_cnn, mnist_test):
     options = dict(attacks=["fgsm", "pgd", "fmn"], eps=[0.05, 0.1], steps=5, batch_size=16, checks=False,
                    progress=False)
     whole = evaluate(trained_cnn, x, y, **options)
-    parts = [evaluate(trained_cnn, x[p.start:p.stop], y[p.start:p.stop], sample_ids=torch.arange(p.start, p.stop),
-                      **options) for p in (shard(60, r, 3) for r in range(3))]
-    merged = merge(parts)
+    ids = [torch.tensor(shard(60, r, 3)) for r in range(3)]
+    parts = [evaluate(trained_cnn, x[i], y[i], sample_ids=i, **options) for i in ids]
+    merged = merge(parts, ids)
     assert merged.n == 60 and merged.settings["ranks"] == 3
     for key in ("y", "pred_clean", "robust", "broken_by", "step"):
         assert torch.equal(merged.records[key], whole.records[key]), key
