@@ -70,7 +70,8 @@ def save_examples(
                 text, colour = f"y={label(y[c])} p={label(pred_clean[c])}", "black"
             elif r == 1:
                 fooled = int(pred_adv[c]) != int(y[c])
-                text, colour = (label(pred_adv[c]) if named else f"pred {label(pred_adv[c])}"), ("red" if fooled else "green")
+                text = label(pred_adv[c]) if named else f"pred {label(pred_adv[c])}"
+                colour = "red" if fooled else "green"
             else:
                 text, colour = f"max {float(peak[c]):.2f}", "black"
             draw.text((left, top + 14), text, fill=colour, font=font)

@@ -69,7 +69,8 @@ def main() -> None:
     p.add_argument("--checkpoints", default="checkpoints/baseline.pt,checkpoints/robust.pt")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--norm", default="inf", choices=["inf", "2", "1"])
-    p.add_argument("--eps", type=float, default=None, help="default: the standard budget of the checkpoint's dataset in the norm (MNIST: 0.3, 2, 10)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="default: the standard budget of the checkpoint's dataset in the norm (MNIST: 0.3, 2, 10)")
     p.add_argument("--cw-n", type=int, default=200, help="images for the CW comparison (0: skip it)")
     p.add_argument("--cw-search", type=int, default=5, help="advx CW binary-search steps")
     p.add_argument("--cw-steps", type=int, default=100, help="advx CW iterations per search step")

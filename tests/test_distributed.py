@@ -129,6 +129,28 @@ def test_a_damaged_chunk_is_computed_again_and_changed_settings_are_refused(smal
     assert (out / "per_sample.csv").read_text() == uninterrupted
 
 
+def test_a_killed_sharded_run_resumes_to_the_same_results(small_checkpoint, uninterrupted, tmp_path):
+    """torchrun with 2 ranks, the whole job SIGKILLed mid-way, then resumed with 2 ranks:
+    each rank reads back its own batches and redoes the rest."""
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "advx"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launch, *_eval_args(small_checkpoint, out)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and len(list((out / ".resume").glob("*.pt"))) < 10:
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not (out / "per_sample.csv").exists()
+    run = subprocess.run([*launch, *_eval_args(small_checkpoint, out, "--resume")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "resumed:" in run.stdout
+    assert (out / "per_sample.csv").read_text() == uninterrupted
+
+
 # ------------------------------------------------------------------ data-parallel training
 
 
@@ -137,11 +159,11 @@ def test_two_gloo_ranks_train_adversarially(tmp_path):
     batch (run on the module inside DDP, so it triggers no gradient sync); rank 0 saves and
     reports once."""
     path = tmp_path / "ddp.pt"
+    train = ["train", "--adv", "pgd", "--eps", "0.1", "--steps", "3", "--epochs", "1", "--train-size", "4000",
+             "--holdout", "200", "--final-n", "0", "--data-dir", str(DATA_DIR), "--checkpoint", str(path), "--quiet"]
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "advx", "train", "--adv", "pgd", "--eps", "0.1", "--steps", "3", "--epochs", "1", "--train-size", "4000",
-                          "--holdout", "200", "--final-n", "0", "--data-dir", str(DATA_DIR), "--checkpoint", str(path),
-                          "--quiet"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         timeout=300)
+                          "-m", "advx", *train], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("robust model") == 1 and "2 ranks (data-parallel)" in run.stdout
     from advx.checkpoint import load_checkpoint

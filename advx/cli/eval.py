@@ -52,7 +52,8 @@ def add(sub) -> None:
     e.add_argument("--no-early-stop", action="store_true", help="run every step even on fooled samples")
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
     e.add_argument("--images", "--n", dest="n", type=int, default=10000,
-                   help="first N test images (default: all 10,000; under torchrun write --images: torchrun takes --n for its own)")
+                   help="first N test images (default: all 10,000; under torchrun write --images: torchrun "
+                        "takes --n for its own)")
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
                    help="also certify each sample at each eps (ibp, crown-ibp or crown; crown if no METHOD): "
