@@ -63,6 +63,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def total(values: list[int]) -> list[int]:
+    """The sums of ``values`` over all ranks (every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    sums = torch.tensor(values, dtype=torch.long)
+    dist.all_reduce(sums)
+    return sums.tolist()
+
+
 def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig,
                      store=None) -> Evaluation | None:
     """``evaluate`` over all ranks: each attacks its shard; rank 0 returns the merged

@@ -198,7 +198,7 @@ def test_attack_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_pa
 def test_eval_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from advx.cli import eval as eval_command
 
-    monkeypatch.setattr(eval_command, "evaluate", _no_work)
+    monkeypatch.setattr(eval_command.distributed, "evaluate_sharded", _no_work)
     blocker = tmp_path / "taken"
     blocker.write_text("x")
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker), "--quiet"]) == 2

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         folder = out if len(norms) == 1 else out / get_norm(norm).label
         store = _store(args, folder, subject, test, config, rank)
         ev = distributed.evaluate_sharded(subject.model, test.x, test.y, config, store=store)
+        reused, computed = distributed.total([store.reused, store.computed])  # over every rank's batches
         if ev is None:  # another rank's shard: rank 0 reports
             continue
         print(eval_table(ev, source=subject.title, cascade=not args.no_cascade))
@@ -94,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"WARNING [{get_norm(norm).label}, {name}]: {message}", file=sys.stderr)
         folder.mkdir(parents=True, exist_ok=True)
         written = write_eval_outputs(folder, ev, source=subject.source, training_final=final)
-        if store.reused:
-            print(f"resumed: {store.reused} chunks of attack results read back from {store.folder}, "
-                  f"{store.computed} computed")
+        if reused:
+            print(f"resumed: {reused} chunks of attack results read back from {store.folder}, {computed} computed")
         store.finish()
         results[norm] = (ev, [str(folder / w) for w in written])
     if rank != 0:
