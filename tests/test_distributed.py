@@ -194,3 +194,11 @@ def test_two_gloo_ranks_train_adversarially(tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt["config"]["robust_adv"] == "pgd" and len(ckpt["metrics"]["history"]) == 1
     assert ckpt["metrics"]["best"]["test_acc"] > 0.2  # it learned, on both ranks' shares
+
+
+@pytest.mark.parametrize("command", ["attack", "certify"])
+def test_commands_that_do_not_shard_refuse_to_run_on_several_ranks(command, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([command, "--n", "5", "--data-dir", str(DATA_DIR)]) == 2
+    err = capsys.readouterr().err
+    assert f"advx {command} runs in one process" in err and "use advx eval" in err and "WORLD_SIZE=2" in err

@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from advx.attacks.registry import ATTACKS, abilities, attack_options, build_attack
+from advx import distributed
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, load_subject, model_options,
                              precision_option)
 from advx.evaluate import run_attack
@@ -44,6 +45,9 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if distributed.world()[1] > 1:  # each rank would do all the work and write the same files
+        raise CLIError("advx attack runs in one process; under torchrun use advx eval, which shards the images "
+                       f"(got WORLD_SIZE={distributed.world()[1]})")
     if args.targeted != (args.target_class is not None):
         raise CLIError("--targeted and --target-class K go together (got only one of them)")
     check_model_options(args)

@@ -9,6 +9,7 @@ import torch
 
 from advx.bounds import METHODS, Certifier
 from advx.bounds.report import CertifyRun, certify_table, write_certify_outputs
+from advx import distributed
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
                              model_options)
 from advx.files import check_output_dir
@@ -36,6 +37,9 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if distributed.world()[1] > 1:  # each rank would do all the work and write the same files
+        raise CLIError("advx certify runs in one process; under torchrun use advx eval, which shards the images "
+                       f"(got WORLD_SIZE={distributed.world()[1]})")
     eps = sorted(set(floats(args.eps, "--eps"))) if args.eps is not None else None
     if eps is not None and (not eps or min(eps) < 0):
         raise CLIError(f"--eps must be comma-separated numbers >= 0, got {args.eps!r}")
