@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     rank, _ = distributed.world()
     subject, test = load_subject(args, device, verbose=rank == 0)
     final = subject.final
+    # What decides the results besides the settings: hashed once, for every norm's resume store.
+    identity = {"source": subject.source, "images": digest(test.x, test.y),
+                "weights": digest(*subject.model.state_dict().values())}
     results = {}
     for norm in norms:
         config = EvalConfig(attacks=suite(args.suite, norm) if args.suite else attacks,
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                             device=device, checks=not args.no_checks, precision=args.precision,
                             progress=not args.quiet, certify=args.certify)
         folder = out if len(norms) == 1 else out / get_norm(norm).label
-        store = _store(args, folder, subject, test, config, rank)
+        store = _store(args, folder, {**identity, "config": config}, rank)
         ev = distributed.evaluate_sharded(subject.model, test.x, test.y, config, store=store)
         reused, computed = distributed.total([store.reused, store.computed])  # over every rank's batches
         if ev is None:  # another rank's shard: rank 0 reports
@@ -119,13 +122,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(args, folder, subject, test, config: EvalConfig, rank: int) -> ChunkStore:
+def _store(args, folder, identity: dict, rank: int) -> ChunkStore:
     """Where this evaluation writes its results as they complete, fingerprinted by what
-    decides them (settings, model weights, images); rank 0 clears an old one."""
-    fingerprint = {"source": subject.source, "images": digest(test.x, test.y),
-                   "weights": digest(*subject.model.state_dict().values()),
-                   "config": {**{k: v for k, v in asdict(config).items() if k != "progress"},
-                              "device": str(config.device).split(":")[0]}}  # cuda:0 and cuda:1 alike
+    decides them (``identity``: source, image and weight hashes, and the ``config``); rank 0
+    clears an old one."""
+    config = identity["config"]
+    fingerprint = {**identity, "config": {**{k: v for k, v in asdict(config).items() if k != "progress"},
+                                          "device": str(config.device).split(":")[0]}}  # cuda:0, cuda:1 alike
     store = ChunkStore(folder / ".resume", fingerprint, resume=args.resume, clear=rank == 0)
     distributed.barrier()  # no rank writes before rank 0 has cleared
     return store
