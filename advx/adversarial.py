@@ -39,6 +39,7 @@ from advx.bounds import certify
 from advx.bounds.training import CERTIFIED_KINDS, CertifiedLoss
 from advx.data import load_dataset
 from advx.precision import check_precision
+from advx.rng import mix_seed
 from advx.probe import catastrophic_overfitting, final_metrics, probe_metrics
 from advx.train import TrainConfig, accuracy, clean_loss, ranks, seeded_model, train, training_slice
 from advx.validate import InputError, check_number, check_seed
@@ -179,8 +180,10 @@ def _loss_of(config: TrainConfig, robust: RobustConfig):
                              ramp_epochs=robust.warmup_epochs, kappa_end=robust.kappa)
     if robust.adv == "none":
         return None
+    rank = ranks()[0]  # data-parallel: each rank draws its own random starts
     return AdversarialLoss(robust.adv, eps=robust.eps, alpha=robust.alpha, steps=robust.steps,
-                           warmup_epochs=robust.warmup_epochs, beta=robust.beta, seed=config.seed,
+                           warmup_epochs=robust.warmup_epochs, beta=robust.beta,
+                           seed=config.seed if rank == 0 else mix_seed(config.seed, rank),
                            precision=config.precision, early_stop=robust.early_stop)
 
 

@@ -10,13 +10,15 @@ merges them into one ``Evaluation``, then runs the sanity checks on the whole se
 report is that of a single-process run.
 
 With ``--resume`` the ranks share one ``advx.resume.ChunkStore``: a rank that died redoes
-only its missing chunks. Not yet: data-parallel training (issue 17 asks for it).
+only its missing chunks. ``run_attack_sharded`` does the same for ``advx attack``
+(``on_shards`` is the pattern, also used by ``advx certify``). Data-parallel training lives in ``advx.train``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,7 +27,10 @@ from torch import nn
 from advx import sanity
 from advx.attacks.registry import abilities
 from advx.eval_config import EvalConfig
-from advx.evaluate import Evaluation, evaluate
+from advx.validate import InputError
+from advx.evaluate import DatasetResult, Evaluation, evaluate, run_attack
+
+T = TypeVar("T")
 
 
 def world() -> tuple[int, int]:
@@ -72,22 +77,45 @@ def total(values: list[int]) -> list[int]:
     return sums.tolist()
 
 
+def on_shards(n: int, work: Callable[[torch.Tensor], T]) -> list[tuple[torch.Tensor, T]] | None:
+    """``work(ids)`` on this rank's shard of ``n`` samples (``ids``: their indices in the
+    whole set); rank 0 gets every rank's ``(ids, result)``, the others None. In one process:
+    ``[(all ids, work(all ids))]``. Results cross processes by pickling: keep them on the CPU."""
+    rank, size = world()
+    if size == 1:
+        ids = torch.arange(n)
+        return [(ids, work(ids))]
+    if n < size:
+        raise InputError(f"--images: {n} images cannot be shared among {size} ranks; give at least {size}")
+    own = work(torch.tensor(shard(n, rank, size), dtype=torch.long))
+    gathered = [None] * size
+    dist.gather_object(own, gathered if rank == 0 else None, dst=0)
+    if rank != 0:
+        return None
+    return [(torch.tensor(shard(n, r, size), dtype=torch.long), part) for r, part in enumerate(gathered)]
+
+
+def in_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The shards' per-sample columns (last dimension: the shard's samples) put back in sample order."""
+    order = torch.cat([ids for ids, _ in parts])
+    joined = torch.cat([t for _, t in parts], dim=-1)
+    whole = torch.empty_like(joined)
+    whole[..., order] = joined
+    return whole
+
+
 def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig,
                      store=None) -> Evaluation | None:
     """``evaluate`` over all ranks: each attacks its shard; rank 0 returns the merged
     ``Evaluation`` (the others None). Without a process group it is ``evaluate``.
     ``store``: an ``advx.resume.ChunkStore`` the ranks share."""
-    rank, size = world()
-    if size == 1:
+    if world()[1] == 1:
         return evaluate(model, x, y, config, store=store)
-    part = torch.tensor(shard(len(y), rank, size))
-    own = evaluate(model, x[part], y[part], replace(config, checks=False, progress=config.progress and rank == 0),
-                   sample_ids=part, store=store)
-    gathered = [None] * size
-    dist.gather_object(_portable(own), gathered if rank == 0 else None, dst=0)
-    if rank != 0:
+    parts = on_shards(len(y), lambda ids: _portable(evaluate(model, x[ids], y[ids], replace(config, checks=False),
+                                                             sample_ids=ids, store=store)))
+    if parts is None:
         return None
-    ev = merge(gathered, [torch.tensor(shard(len(y), r, size)) for r in range(size)])
+    ev = merge([part for _, part in parts], [ids for ids, _ in parts])
     if config.checks:  # on the whole set, as a single run does
         ev.warnings = sanity.run_checks(
             model, x, y, eps=ev.eps, robust_acc=ev.robust_acc, pred_clean=ev.records["pred_clean"],
@@ -95,6 +123,40 @@ def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
             black_box=[not callable(s) and abilities(name).black_box for s, name in zip(config.attacks, ev.attacks)],
             norm=config.norm, device=config.device, seed=config.seed)
     return ev
+
+
+def run_attack_sharded(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor, *,
+                       target: torch.Tensor | None = None, keep: int = 8, **options) -> DatasetResult | None:
+    """``run_attack`` over all ranks (the attack needs a ``seed``: each sample's random
+    stream comes from it and the sample's id); rank 0 returns the merged result, the
+    others None. ``options``: those of ``run_attack``."""
+    if world()[1] > 1 and (attack.seed is None or attack.generator is not None):
+        raise InputError("run_attack_sharded: the attack needs a seed (and no generator of its own), so that "
+                         "every sample's random stream is the same on any rank")
+
+    def work(ids: torch.Tensor) -> DatasetResult:
+        part = run_attack(model, attack, x[ids], y[ids], target=None if target is None else target[ids],
+                          keep=keep, sample_ids=ids, **options)
+        return replace(part, x_adv=part.x_adv.cpu())
+
+    parts = on_shards(len(y), work)
+    return None if parts is None else merge_runs(parts, keep)
+
+
+def merge_runs(parts: list[tuple[torch.Tensor, DatasetResult]], keep: int = 8) -> DatasetResult:
+    """One ``DatasetResult`` of the shards' ``(ids, result)``: every column in sample order,
+    the adversarial images of the whole set's first ``keep`` samples."""
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+
+    def whole(field: str) -> torch.Tensor:
+        return in_order([(ids, getattr(part, field)) for ids, part in parts])
+
+    kept = in_order([(ids[ids < keep], part.x_adv.movedim(0, -1)) for ids, part in parts]).movedim(-1, 0)
+    return DatasetResult(y=whole("y"), target=None if first.target is None else whole("target"),
+                         pred_clean=whole("pred_clean"), pred_adv=whole("pred_adv"), success=whole("success"),
+                         distance=whole("distance"), x_adv=kept, seconds=max(p.seconds for _, p in parts))
 
 
 def _portable(ev: Evaluation) -> Evaluation:
@@ -107,12 +169,7 @@ def merge(parts: list[Evaluation], ids: list[torch.Tensor]) -> Evaluation:
     in the whole set): the per-sample records put back in sample order, every accuracy
     recounted over all samples."""
     first, n = parts[0], sum(p.n for p in parts)
-    order = torch.cat(ids)
-    records = {}
-    for k, v in first.records.items():
-        joined = torch.cat([p.records[k] for p in parts], dim=-1)
-        records[k] = torch.empty_like(joined)
-        records[k][..., order] = joined
+    records = {k: in_order([(i, p.records[k]) for i, p in zip(ids, parts)]) for k in first.records}
 
     def share(count: int) -> float:  # as a single run computes it: a float32 mean of booleans
         return (torch.tensor(float(count), dtype=torch.float32) / n).item()

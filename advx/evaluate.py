@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from advx import rng, sanity
 from advx.attacks.base import Attack
@@ -23,6 +22,7 @@ from advx.attacks.checks import check_model_ready, is_integer_labels, validate_l
 from advx.attacks.registry import abilities, stage_name
 from advx.bounds.sweep import certify_sweep, check_sandwich
 from advx.eval_config import EvalConfig
+from advx.progress import bar as progress_bar
 from advx.validate import InputError, check_number
 
 @dataclass
@@ -57,11 +57,18 @@ def run_attack(
     device: str | torch.device = "cpu",
     keep: int = 8,
     progress: bool = True,
+    sample_ids: torch.Tensor | None = None,
 ) -> DatasetResult:
-    """Attack every image of ``x`` [N, 1, 28, 28] (labels ``y`` [N]) batch by batch.
+    """Attack every image of ``x`` [N, C, H, W] (labels ``y`` [N]) batch by batch; the
+    images go to ``device`` one batch at a time, and only the first ``keep`` adversarial
+    images are kept (for pictures).
 
-    For a targeted attack pass ``target`` [N]. One generator, seeded from the
-    attack, runs through all batches, so the run is reproducible.
+    For a targeted attack pass ``target`` [N]. With a ``seed`` (and no ``generator``) the
+    attack gives each sample its own random stream, seeded from the seed and the sample's
+    id (its index, or ``sample_ids[i]``: a shard of a larger set passes its indices in that
+    set), so a sample's result does not depend on the batch size or on the other samples:
+    what ``advx.distributed`` relies on to shard the run. Otherwise one generator runs
+    through all batches.
     """
     batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
     if len(x) != len(y):
@@ -70,29 +77,34 @@ def run_attack(
         raise InputError("target was given but the attack is untargeted (targeted=False)")
     if attack.targeted and target is None:
         raise InputError("the attack is targeted: pass target labels (target=...)")
-    generator = attack.make_generator(device)
+    ids = torch.arange(len(y)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long).cpu()
+    if ids.shape != (len(y),):
+        raise InputError(f"sample_ids must hold one id per image ({len(y)}), got shape {list(ids.shape)}")
+    per_sample = attack.generator is None and attack.seed is not None
+    generator = None if per_sample else attack.make_generator(device)
     goal = y if target is None else target
     pred_clean, pred_adv, success, distance, kept = [], [], [], [], []
     start = time.perf_counter()
-    bar = tqdm(total=len(y), desc=type(attack).__name__, unit="img", disable=not progress)
+    bar = progress_bar(len(y), desc=type(attack).__name__, unit="img", enabled=progress)
     for first in range(0, len(y), batch_size):
         batch = slice(first, first + batch_size)
         xb, yb, gb = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
         with torch.no_grad(), frozen(model):
             pred_clean.append(validate_logits(model(xb), len(xb)).argmax(1).cpu())
+        if per_sample:
+            generator = rng.SampleRNG.from_ids(attack.seed, ids[batch], rng.salt_of(type(attack).__name__))
         result = attack.run(xb, gb, generator=generator)
         pred_adv.append(result.logits.argmax(1).cpu())
         success.append(result.success.cpu())
         distance.append(result.distance.cpu())
-        if sum(len(k) for k in kept) < keep:
-            kept.append(result.x_adv[:keep].cpu())
+        kept.append(result.x_adv[(ids[batch] < keep).to(result.x_adv.device)].cpu())  # the whole set's first
         bar.update(len(yb))
     bar.close()
     return DatasetResult(
         y=y.cpu(), target=None if target is None else target.cpu(),
         pred_clean=torch.cat(pred_clean), pred_adv=torch.cat(pred_adv),
         success=torch.cat(success), distance=torch.cat(distance),
-        x_adv=torch.cat(kept)[:keep], seconds=time.perf_counter() - start,
+        x_adv=torch.cat(kept) if kept else x[:0].cpu(), seconds=time.perf_counter() - start,
     )
 
 
@@ -267,8 +279,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     n_correct = int(correct.sum())
     records = _Records(len(eps), n)
     by_attack: dict[float, dict[str, float]] = {}
-    bar = tqdm(total=len(eps) * len(stages) * n_correct, desc="advx eval", unit="sample-attack",
-               disable=not config.progress)
+    bar = progress_bar(len(eps) * len(stages) * n_correct, desc="advx eval", unit="sample-attack",
+                       enabled=config.progress)
     # survivors: the worst case, correct and not broken by any attack (at any eps so far,
     # with reuse). alive[a]: not broken by attack a itself, so that without the cascade
     # each column is that attack on its own, exactly as if it had run alone.

@@ -156,10 +156,12 @@ def train(
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         shuffle.set_state(resume["shuffle_rng"])
-        if hasattr(loss_fn, "load_state_dict"):
-            loss_fn.load_state_dict(resume["loss_fn"])
+        if hasattr(loss_fn, "load_state_dict"):  # data-parallel: this rank's own (its random starts)
+            per_rank = resume.get("loss_fn_ranks") or []
+            loss_fn.load_state_dict(per_rank[rank] if len(per_rank) == size else resume["loss_fn"])
         history = [dict(r) for r in resume["history"]]
-    net = DistributedDataParallel(model) if size > 1 else model  # the same weights, synced gradients
+    # the same weights, synced gradients (buffers: ``_buffers_of_rank_0`` at every step)
+    net = DistributedDataParallel(model, broadcast_buffers=False) if size > 1 else model
     progress = progress and rank == 0
     for epoch in range(len(history), config.epochs):
         start = time.perf_counter()
@@ -185,7 +187,7 @@ def train(
             shown = {k: v for k, v in record.items() if k.endswith("_acc") and v is not None}
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         if on_epoch_end is not None:
-            state = _training_state(optimizer, scheduler, shuffle, loss_fn, history)
+            state = _training_state(optimizer, scheduler, shuffle, loss_fn, history, size)
             if _from_rank_0(lambda: bool(on_epoch_end(record, state)), rank, size):  # asks to end here
                 break
     model.to(memory_format=torch.contiguous_format).eval()
@@ -227,6 +229,8 @@ def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, sch
     loss_sum, correct, seen = 0.0, 0, 0
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device), y.to(device)
+        if isinstance(model, DistributedDataParallel):
+            _buffers_of_rank_0(model.module)
         if precision != "fp32":
             x = fast_images(x)
         with autocast(precision, device):
@@ -256,6 +260,15 @@ def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, sch
     return loss_sum / seen, correct / seen
 
 
+def _buffers_of_rank_0(model: nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm's running statistics), as DDP does at each
+    forward pass, but before the step's attack too: the attack runs on the module inside DDP,
+    in eval mode, and so reads them. Without this each rank's attack would use the statistics
+    of its own last share, which no checkpoint holds, and a resumed run would differ."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def _diverged(loss: torch.Tensor, epoch: int, step: int, lr: float) -> TrainingDiverged:
     """Nothing non-finite is ever saved: training stops before such a step."""
     return TrainingDiverged(
@@ -263,13 +276,21 @@ def _diverged(loss: torch.Tensor, epoch: int, step: int, lr: float) -> TrainingD
         f"(learning rate {lr:.3g}); no checkpoint was written by this run after that point. Try a smaller lr")
 
 
-def _training_state(optimizer, scheduler, shuffle: torch.Generator, loss_fn, history: list[dict]) -> dict:
-    """Everything ``train(resume=...)`` needs to continue exactly where this epoch ended."""
+def _training_state(optimizer, scheduler, shuffle: torch.Generator, loss_fn, history: list[dict],
+                    size: int = 1) -> dict:
+    """Everything ``train(resume=...)`` needs to continue exactly where this epoch ended
+    (every rank calls it: data-parallel, the state of each rank's ``loss_fn`` is gathered)."""
+    own = loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else {}
+    every = [own]
+    if size > 1:
+        every = [None] * size
+        dist.all_gather_object(every, own)
     return {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "shuffle_rng": shuffle.get_state(),
-        "loss_fn": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else {},
+        "loss_fn": own,
+        "loss_fn_ranks": every if size > 1 else [],
         "history": [dict(r) for r in history],
     }
 

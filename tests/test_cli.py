@@ -185,7 +185,7 @@ def _no_work(*args, **kwargs):
 def test_attack_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from advx.cli import attack
 
-    monkeypatch.setattr(attack, "run_attack", _no_work)
+    monkeypatch.setattr(attack.distributed, "run_attack_sharded", _no_work)
     blocker = tmp_path / "taken"
     blocker.write_text("not a folder")
     code = main(["attack", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker), "--quiet"])

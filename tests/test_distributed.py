@@ -1,7 +1,9 @@
 """Sharded evaluation: shards keep their samples' random streams, the merge recounts every
 figure, and a 2-rank gloo run under torchrun writes the per_sample.csv of one process."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from advx import evaluate
+from advx import PGD, evaluate, run_attack
 from advx.cli import main
-from advx.distributed import merge, shard
+from advx.distributed import merge, merge_runs, on_shards, shard
+from advx.validate import InputError
 
 from conftest import DATA_DIR
 
@@ -178,27 +181,111 @@ def test_a_killed_sharded_run_resumes_to_the_same_results(small_checkpoint, unin
 # ------------------------------------------------------------------ data-parallel training
 
 
-def test_two_gloo_ranks_train_adversarially(tmp_path):
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the ranks through /proc")
+def test_two_gloo_ranks_train_adversarially_and_resume_exactly(tmp_path):
     """torchrun, 2 ranks: DistributedDataParallel with the attack on each rank's share of the
     batch (run on the module inside DDP, so it triggers no gradient sync); rank 0 saves and
-    reports once."""
-    path = tmp_path / "ddp.pt"
-    train = ["train", "--adv", "pgd", "--eps", "0.1", "--steps", "3", "--epochs", "1", "--train-size", "4000",
-             "--holdout", "200", "--final-n", "0", "--data-dir", str(DATA_DIR), "--checkpoint", str(path), "--quiet"]
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "advx", *train], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    reports once. Killed after its first epoch and resumed, it ends with the weights of the
+    uninterrupted run: every rank's random stream (an odd batch gives the ranks shares of
+    different sizes, so the streams differ) is part of the saved state."""
+    from advx.checkpoint import load_checkpoint
+
+    def train(path, *more):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "advx",
+                "train", "--adv", "pgd", "--eps", "0.1", "--steps", "3", "--epochs", "2", "--train-size", "1600",
+                "--batch-size", "101", "--holdout", "100", "--final-n", "0", "--data-dir", str(DATA_DIR),
+                "--checkpoint", str(path), "--quiet", *more]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(train(tmp_path / "whole.pt"), capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("robust model") == 1 and "2 ranks (data-parallel)" in run.stdout
-    from advx.checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path)
-    assert ckpt["config"]["robust_adv"] == "pgd" and len(ckpt["metrics"]["history"]) == 1
-    assert ckpt["metrics"]["best"]["test_acc"] > 0.2  # it learned, on both ranks' shares
+    whole = load_checkpoint(tmp_path / "whole.last.pt")
+    assert whole["config"]["robust_adv"] == "pgd" and len(whole["metrics"]["history"]) == 2
+    assert whole["metrics"]["best"]["test_acc"] > 0.2  # it learned, on both ranks' shares
+    assert len(whole["train_state"]["loss_fn_ranks"]) == 2
+
+    path = tmp_path / "killed.pt"
+    proc = subprocess.Popen(train(path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not path.with_suffix(".last.pt").exists():
+            time.sleep(0.005)
+        _kill_every_process_of(str(path))
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert len(load_checkpoint(path.with_suffix(".last.pt"))["metrics"]["history"]) == 1
+    run = subprocess.run(train(path, "--resume"), capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    resumed = load_checkpoint(path.with_suffix(".last.pt"))
+    assert len(resumed["metrics"]["history"]) == 2
+    for name, weights in whole["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weights), name
 
 
-@pytest.mark.parametrize("command", ["attack", "certify"])
-def test_commands_that_do_not_shard_refuse_to_run_on_several_ranks(command, monkeypatch, capsys):
+# ------------------------------------------------------------------ advx attack and advx certify
+
+
+def test_merged_attack_shards_are_the_whole_run(trained_cnn, mnist_test):
+    """run_attack gives every sample its own random stream: shards (with their ids), any batch
+    size, give the single run's per-sample results, and the whole set's first images to keep."""
+    x, y = mnist_test.x[:45], mnist_test.y[:45]
+    attack = PGD(trained_cnn, eps=0.1, steps=5, seed=4)
+    whole = run_attack(trained_cnn, attack, x, y, batch_size=16, keep=5, progress=False)
+    other_batches = run_attack(trained_cnn, attack, x, y, batch_size=7, keep=5, progress=False)
+    ids = [torch.tensor(shard(45, r, 3)) for r in range(3)]
+    merged = merge_runs([(i, run_attack(trained_cnn, attack, x[i], y[i], batch_size=4, keep=5, sample_ids=i,
+                                        progress=False)) for i in ids], keep=5)
+    for run in (other_batches, merged):
+        for key in ("y", "pred_clean", "pred_adv", "success"):
+            assert torch.equal(getattr(run, key), getattr(whole, key)), key
+        assert torch.allclose(run.distance, whole.distance, atol=1e-6)
+        assert run.x_adv.shape == (5, 1, 28, 28) and torch.allclose(run.x_adv, whole.x_adv, atol=1e-6)
+    assert 0 < int(whole.success.sum()) < 45  # a test that could tell a sample's stream apart
+    # the ids are what makes it exact: the same images as a set of their own draw other starts
+    every = run_attack(trained_cnn, attack, x, y, keep=45, progress=False).x_adv
+    keyed = run_attack(trained_cnn, attack, x[ids[1]], y[ids[1]], keep=45, sample_ids=ids[1], progress=False).x_adv
+    alone = run_attack(trained_cnn, attack, x[ids[1]], y[ids[1]], keep=45, progress=False).x_adv
+    assert torch.allclose(keyed, every[ids[1]], atol=1e-6) and not torch.allclose(alone, every[ids[1]], atol=1e-3)
+
+
+def _torchrun(*args, timeout=300):
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "advx", *args], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def test_two_gloo_ranks_attack_as_one_process_and_show_the_whole_job(small_checkpoint, tmp_path):
+    args = ["attack", "--checkpoint", str(small_checkpoint), "--eps", "0.15", "--steps", "5", "--images", "40",
+            "--batch-size", "8", "--data-dir", str(DATA_DIR)]
+    assert main(args + ["--out", str(tmp_path / "one"), "--quiet"]) == 0
+    run = _torchrun(*args, "--out", str(tmp_path / "two"))
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert two["ranks"] == 2 and one["ranks"] == 1
+    for report in (one, two):
+        del report["results"]["seconds"], report["results"]["images_per_s"]
+    assert one["results"] == two["results"] and 0 < one["results"]["success_rate"] < 1
+    assert (tmp_path / "one" / "examples.png").read_bytes() == (tmp_path / "two" / "examples.png").read_bytes()
+    assert run.stdout.count("robust accuracy") == 1  # rank 0 reports, once
+    # one progress bar, rank 0's, counting both ranks' images
+    assert re.search(r"PGD: 100%.*\b40/40\b", run.stderr) and "20/20" not in run.stderr
+
+
+def test_two_gloo_ranks_certify_as_one_process(small_checkpoint, tmp_path):
+    args = ["certify", "--checkpoint", str(small_checkpoint), "--eps", "0.0005,0.002", "--method", "crown-ibp",
+            "--images", "30", "--batch-size", "8", "--data-dir", str(DATA_DIR), "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    run = _torchrun(*args, "--out", str(tmp_path / "two"))
+    assert run.stdout.count("certified accuracy") >= 1
+    one, two = ((tmp_path / d / "per_sample.csv").read_text() for d in ("one", "two"))
+    assert one == two and len(one.splitlines()) == 31
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["settings"]["ranks"] == 2 and 0 < report["certified_acc"]["0.0005"] < 1
+
+
+def test_fewer_images_than_ranks_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main([command, "--n", "5", "--data-dir", str(DATA_DIR)]) == 2
-    err = capsys.readouterr().err
-    assert f"advx {command} runs in one process" in err and "use advx eval" in err and "WORLD_SIZE=2" in err
+    with pytest.raises(InputError, match="--images: 1 images cannot be shared among 2 ranks; give at least 2"):
+        on_shards(1, lambda ids: ids)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from advx.progress import bar as progress_bar
 
 from advx.bounds.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.bounds.graph import SUPPORTED, UnsupportedModel, read_model
@@ -98,10 +98,13 @@ class Certifier:
             self._check_chain(x[:batch_size].to(device))
         parts = []
         with torch.autocast(device.type, enabled=False):
-            for start in tqdm(range(0, len(x), batch_size), desc=f"certify {self.method} eps={eps:g}",
-                              disable=not progress, unit="batch", leave=False):
+            bar = progress_bar(-(-len(x) // batch_size), desc=f"certify {self.method} eps={eps:g}", unit="batch",
+                               enabled=progress, leave=False)
+            for start in range(0, len(x), batch_size):
                 xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
                 parts.append(self._screened(xb, yb, eps).cpu())
+                bar.update(1)
+            bar.close()
         margins = torch.cat(parts) if parts else torch.zeros(0, 0)
         return Certificate(margins, eps, self.method, self.norm)
 

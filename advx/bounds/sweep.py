@@ -30,8 +30,7 @@ def certify_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[
     idx = torch.arange(len(y)) if only is None else only.nonzero().squeeze(1)
     if len(idx):
         for k, e in enumerate(eps):
-            cert = certifier(x[idx].to(device), y[idx].to(device), eps=e, batch_size=batch_size,
-                             progress=progress)
+            cert = certifier(x[idx], y[idx], eps=e, batch_size=batch_size, progress=progress)  # batch by batch
             lower[k, idx] = cert.lower
     return lower
 

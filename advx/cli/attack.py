@@ -1,4 +1,5 @@
-"""``advx attack``: one attack (dL/dX) on the first N test images of a trained model."""
+"""``advx attack``: one attack (dL/dX) on the first N test images of a trained model
+(sharded over the ranks under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from advx.attacks.registry import ATTACKS, abilities, attack_options, build_atta
 from advx import distributed
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, load_subject, model_options,
                              precision_option)
-from advx.evaluate import run_attack
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
 from advx.report import attack_table, write_attack_outputs
@@ -35,7 +35,9 @@ def add(sub) -> None:
     a.add_argument("--early-stop", action="store_true", help="PGD: stop each sample once it is fooled")
     a.add_argument("--targeted", action="store_true", help="push every image to --target-class")
     a.add_argument("--target-class", type=int, default=None, help="target label for --targeted")
-    a.add_argument("--n", type=int, default=1000, help="number of test images (default: 1000)")
+    a.add_argument("--images", "--n", dest="n", type=int, default=1000,
+                   help="number of test images (default: 1000; under torchrun write --images: torchrun takes --n "
+                        "for its own --nnodes)")
     a.add_argument("--batch-size", type=int, default=500, help="default: 500")
     precision_option(a, "the attack's search (success is always decided in fp32)")
     a.add_argument("--out", default=None, help="output folder (default: runs/<attack>-<norm>-eps<eps>)")
@@ -45,16 +47,14 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if distributed.world()[1] > 1:  # each rank would do all the work and write the same files
-        raise CLIError("advx attack runs in one process; under torchrun use advx eval, which shards the images "
-                       f"(got WORLD_SIZE={distributed.world()[1]})")
     if args.targeted != (args.target_class is not None):
         raise CLIError("--targeted and --target-class K go together (got only one of them)")
     check_model_options(args)
     if args.out is not None:
         check_output_dir(args.out, "--out")
-    device = device_named(args.device)
-    subject, test = load_subject(args, device)
+    device = distributed.init(device_named(args.device))  # under torchrun: this rank's device
+    rank, size = distributed.world()
+    subject, test = load_subject(args, device, verbose=rank == 0)
     norm = args.norm or attack_options(args.attack)["norm"].default
     eps = args.eps
     if eps is None and not abilities(args.attack).minimum_norm:
@@ -71,10 +71,13 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--target-class must be in [0, {classes - 1}], got {args.target_class}")
         target = torch.full_like(test.y, args.target_class)
 
-    run = run_attack(subject.model, attack, test.x, test.y, target=target, batch_size=args.batch_size,
-                     device=device, progress=not args.quiet)
+    # each rank attacks its shard of the images (every sample has its own random stream); rank 0 reports
+    run = distributed.run_attack_sharded(subject.model, attack, test.x, test.y, target=target,
+                                         batch_size=args.batch_size, device=device, progress=not args.quiet)
+    if run is None:
+        return 0
     print(attack_table(run, attack, source=subject.source))
-    settings = {"n": len(run.y), "batch_size": args.batch_size, "seed": args.seed, "device": device,
+    settings = {"n": len(run.y), "batch_size": args.batch_size, "seed": args.seed, "device": device, "ranks": size,
                 "target_class": args.target_class, "precision_used": attack.precision_used}
     written = write_attack_outputs(out, run, test.x[:len(run.x_adv)], attack, settings=settings,
                                    source=subject.source)

@@ -1,4 +1,5 @@
-"""``advx certify``: certified accuracy (a proved lower bound) over the test set at several eps."""
+"""``advx certify``: certified accuracy (a proved lower bound) over the test set at several eps
+(sharded over the ranks under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def add(sub) -> None:
     c.add_argument("--norm", default="inf", choices=NORM_NAMES, help="default: inf")
     c.add_argument("--method", default="crown", choices=METHODS,
                    help="ibp: fast, loose; crown: tightest, slowest (default: crown)")
-    c.add_argument("--n", type=int, default=10000, help="first N test images (default: all 10,000)")
+    c.add_argument("--images", "--n", dest="n", type=int, default=10000,
+                   help="first N test images (default: all 10,000; under torchrun write --images: torchrun takes "
+                        "--n for its own --nnodes)")
     c.add_argument("--batch-size", type=int, default=256, help="default: 256")
     c.add_argument("--out", default="runs/certify", help="output folder (default: runs/certify)")
     model_options(c)
@@ -37,9 +40,6 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if distributed.world()[1] > 1:  # each rank would do all the work and write the same files
-        raise CLIError("advx certify runs in one process; under torchrun use advx eval, which shards the images "
-                       f"(got WORLD_SIZE={distributed.world()[1]})")
     eps = sorted(set(floats(args.eps, "--eps"))) if args.eps is not None else None
     if eps is not None and (not eps or min(eps) < 0):
         raise CLIError(f"--eps must be comma-separated numbers >= 0, got {args.eps!r}")
@@ -47,22 +47,35 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_model_options(args)
     out = check_output_dir(args.out, "--out")
-    device = device_named(args.device)
-    subject, test = load_subject(args, device)
+    device = distributed.init(device_named(args.device))  # under torchrun: this rank's device
+    rank, size = distributed.world()
+    subject, test = load_subject(args, device, verbose=rank == 0)
     model = subject.model
     if eps is None:
         standard = subject.dataset.eps[args.norm]
         eps = [float(f"{standard / 3:.3g}"), standard]
     certifier = Certifier(model, tuple(test.x.shape[1:]), method=args.method, norm=args.norm)
-    with torch.no_grad():
-        pred = torch.cat([model(xb.to(device)).argmax(1).cpu() for xb in test.x.split(1000)])
-    lower, seconds = {}, {}
-    for e in eps:
-        start = time.perf_counter()
-        lower[e] = certifier(test.x, test.y, eps=e, batch_size=args.batch_size, progress=not args.quiet).lower
-        seconds[e] = time.perf_counter() - start
+
+    def work(ids: torch.Tensor):  # this rank's shard of the images (all of them in one process)
+        x, y = test.x[ids], test.y[ids]
+        with torch.no_grad():
+            pred = torch.cat([model(xb.to(device)).argmax(1).cpu() for xb in x.split(args.batch_size)])
+        lower, seconds = [], {}
+        for e in eps:
+            start = time.perf_counter()
+            lower.append(certifier(x, y, eps=e, batch_size=args.batch_size, progress=not args.quiet).lower)
+            seconds[e] = time.perf_counter() - start
+        return pred, torch.stack(lower), seconds
+
+    parts = distributed.on_shards(len(test.y), work)
+    if parts is None:  # another rank's shard: rank 0 reports
+        return 0
+    pred = distributed.in_order([(ids, part[0]) for ids, part in parts])
+    bounds = distributed.in_order([(ids, part[1]) for ids, part in parts])
+    lower = {e: bounds[k] for k, e in enumerate(eps)}
+    seconds = {e: max(part[2][e] for _, part in parts) for e in eps}
     settings = {"method": args.method, "eps": eps, "norm": certifier.norm, "n": len(test.y),
-                "batch_size": args.batch_size, "device": device, "precision": "fp32"}
+                "batch_size": args.batch_size, "device": device, "precision": "fp32", "ranks": size}
     result = CertifyRun(eps, args.method, certifier.norm, test.y, pred, lower, seconds, settings)
     print(certify_table(result, source=subject.title))
     written = write_certify_outputs(out, result, source=subject.source)
