@@ -20,7 +20,8 @@ from advx.models import MODELS, MadryCNN, Normalized, SmallCNN, build_model
 from advx.norms import L1, L2, Linf, get_norm
 from advx.train import TrainConfig, accuracy, train, train_baseline
 
-from advx.evaluate import EvalConfig, Evaluation, evaluate, run_attack
+from advx.dataset_attack import run_attack
+from advx.evaluate import EvalConfig, Evaluation, evaluate
 from advx.bounds import Certificate, Certifier, certify
 
 try:  # the version is written once, in pyproject.toml

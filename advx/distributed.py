@@ -28,7 +28,8 @@ from advx import sanity
 from advx.attacks.registry import abilities
 from advx.eval_config import EvalConfig
 from advx.validate import InputError
-from advx.evaluate import DatasetResult, Evaluation, evaluate, run_attack
+from advx.dataset_attack import DatasetResult, run_attack
+from advx.evaluate import Evaluation, evaluate
 
 T = TypeVar("T")
 

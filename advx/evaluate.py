@@ -1,8 +1,6 @@
-"""Dataset-level robustness.
-
-``run_attack``: one attack over many images (``advx attack``).
-``evaluate``:   the number that goes in a paper (``advx eval``): robust accuracy over
-                a test set at several eps, per-sample worst case over a list of attacks.
+"""``evaluate``: the number that goes in a paper (``advx eval``): robust accuracy over a test
+set at several eps, the per-sample worst case over a list of attacks (one attack over a
+dataset, for ``advx attack``, is ``advx.dataset_attack.run_attack``).
 """
 
 from __future__ import annotations
@@ -23,92 +21,9 @@ from advx.attacks.registry import abilities, stage_name
 from advx.bounds.sweep import certify_sweep, check_sandwich
 from advx.eval_config import EvalConfig
 from advx.progress import bar as progress_bar
-from advx.validate import InputError, check_number
-
-@dataclass
-class DatasetResult:
-    """Per-sample record of one attack over a dataset (all tensors [N], on the CPU).
-
-    y:         true labels.         target: target labels (targeted) or None.
-    pred_clean / pred_adv: predictions on the clean and the attacked images.
-    success:   the attack reached its goal on the sample.
-    distance:  perturbation size in the attack's norm.
-    x_adv:     the first ``keep`` adversarial images (for pictures).
-    """
-
-    y: torch.Tensor
-    target: torch.Tensor | None
-    pred_clean: torch.Tensor
-    pred_adv: torch.Tensor
-    success: torch.Tensor
-    distance: torch.Tensor
-    x_adv: torch.Tensor
-    seconds: float
+from advx.validate import InputError
 
 
-def run_attack(
-    model: nn.Module,
-    attack: Attack,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    target: torch.Tensor | None = None,
-    batch_size: int = 500,
-    device: str | torch.device = "cpu",
-    keep: int = 8,
-    progress: bool = True,
-    sample_ids: torch.Tensor | None = None,
-) -> DatasetResult:
-    """Attack every image of ``x`` [N, C, H, W] (labels ``y`` [N]) batch by batch; the
-    images go to ``device`` one batch at a time, and only the first ``keep`` adversarial
-    images are kept (for pictures).
-
-    For a targeted attack pass ``target`` [N]. With a ``seed`` (and no ``generator``) the
-    attack gives each sample its own random stream, seeded from the seed and the sample's
-    id (its index, or ``sample_ids[i]``: a shard of a larger set passes its indices in that
-    set), so a sample's result does not depend on the batch size or on the other samples:
-    what ``advx.distributed`` relies on to shard the run. Otherwise one generator runs
-    through all batches.
-    """
-    batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
-    if len(x) != len(y):
-        raise InputError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-    if target is not None and not attack.targeted:
-        raise InputError("target was given but the attack is untargeted (targeted=False)")
-    if attack.targeted and target is None:
-        raise InputError("the attack is targeted: pass target labels (target=...)")
-    ids = torch.arange(len(y)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long).cpu()
-    if ids.shape != (len(y),):
-        raise InputError(f"sample_ids must hold one id per image ({len(y)}), got shape {list(ids.shape)}")
-    per_sample = attack.generator is None and attack.seed is not None
-    generator = None if per_sample else attack.make_generator(device)
-    goal = y if target is None else target
-    pred_clean, pred_adv, success, distance, kept = [], [], [], [], []
-    start = time.perf_counter()
-    bar = progress_bar(len(y), desc=type(attack).__name__, unit="img", enabled=progress)
-    for first in range(0, len(y), batch_size):
-        batch = slice(first, first + batch_size)
-        xb, yb, gb = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
-        with torch.no_grad(), frozen(model):
-            pred_clean.append(validate_logits(model(xb), len(xb)).argmax(1).cpu())
-        if per_sample:
-            generator = rng.SampleRNG.from_ids(attack.seed, ids[batch], rng.salt_of(type(attack).__name__))
-        result = attack.run(xb, gb, generator=generator)
-        pred_adv.append(result.logits.argmax(1).cpu())
-        success.append(result.success.cpu())
-        distance.append(result.distance.cpu())
-        kept.append(result.x_adv[(ids[batch] < keep).to(result.x_adv.device)].cpu())  # the whole set's first
-        bar.update(len(yb))
-    bar.close()
-    return DatasetResult(
-        y=y.cpu(), target=None if target is None else target.cpu(),
-        pred_clean=torch.cat(pred_clean), pred_adv=torch.cat(pred_adv),
-        success=torch.cat(success), distance=torch.cat(distance),
-        x_adv=torch.cat(kept) if kept else x[:0].cpu(), seconds=time.perf_counter() - start,
-    )
-
-
-# ------------------------------------------------------------------------ evaluate
 @dataclass
 class Evaluation:
     """The result of ``evaluate``. Accuracies are fractions of all ``n`` samples.

@@ -159,7 +159,7 @@ def write_eval_outputs(out: Path, ev, *, source: dict, training_final=None) -> l
 
 
 def attack_summary(run) -> dict[str, float | int]:
-    """The figures of an ``advx.evaluate.DatasetResult``: clean / robust accuracy, success
+    """The figures of an ``advx.dataset_attack.DatasetResult``: clean / robust accuracy, success
     rate on the originally correct samples (for a targeted run, without those whose label
     already is the target), perturbation sizes, speed."""
     correct = run.pred_clean == run.y
@@ -181,7 +181,7 @@ def attack_summary(run) -> dict[str, float | int]:
 
 
 def attack_table(run, attack, *, source: dict) -> str:
-    """``advx attack``'s console table. ``run``: an ``advx.evaluate.DatasetResult``."""
+    """``advx attack``'s console table. ``run``: an ``advx.dataset_attack.DatasetResult``."""
     s = attack_summary(run)
     return format_table([
         ("model", source_title(source)),
