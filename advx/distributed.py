@@ -1,17 +1,20 @@
-"""Sharded evaluation on ``torch.distributed``: ``torchrun --nproc-per-node N -m advx eval ...``.
+"""Sharded work on ``torch.distributed``: ``torchrun --nproc-per-node N -m advx eval ...``
+(and ``advx attack``, ``advx certify``).
 
 torchrun starts N processes and sets ``RANK``/``WORLD_SIZE`` (and the rendezvous); each
 process loads the model and the data, ``init`` joins the process group (gloo on the CPU,
-NCCL on CUDA, one GPU per local rank), and ``evaluate_sharded`` gives each rank a
-interleaved shard of the samples. Every sample keeps the random streams it has in a
-single-process run (``evaluate(sample_ids=...)``: its index in the whole set), so its result
-does not depend on the number of ranks. Rank 0 gathers the shards' per-sample records and
-merges them into one ``Evaluation``, then runs the sanity checks on the whole set: its
-report is that of a single-process run.
+NCCL on CUDA, one GPU per local rank), and ``on_shards`` gives each rank an interleaved
+shard of the samples and gathers the results on rank 0. Every sample keeps the random
+streams it has in a single-process run (``evaluate(sample_ids=...)``,
+``run_attack(sample_ids=...)``: its index in the whole set), so its result does not depend
+on the number of ranks. Rank 0 merges the shards' per-sample records (``merge``,
+``merge_runs``, ``in_order``) and, for ``evaluate_sharded``, runs the sanity checks on the
+whole set: its report is that of a single-process run. Certification needs no random
+stream: its bounds depend on the sample alone.
 
 With ``--resume`` the ranks share one ``advx.resume.ChunkStore``: a rank that died redoes
-only its missing chunks. ``run_attack_sharded`` does the same for ``advx attack``
-(``on_shards`` is the pattern, also used by ``advx certify``). Data-parallel training lives in ``advx.train``.
+only its missing chunks. Data-parallel training lives in ``advx.train``; the progress bar
+of the whole job in ``advx.progress``.
 """
 
 from __future__ import annotations
