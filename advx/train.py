@@ -157,8 +157,9 @@ def train(
         scheduler.load_state_dict(resume["scheduler"])
         shuffle.set_state(resume["shuffle_rng"])
         if hasattr(loss_fn, "load_state_dict"):  # data-parallel: this rank's own (its random starts)
-            per_rank = resume.get("loss_fn_ranks") or []
-            loss_fn.load_state_dict(per_rank[rank] if len(per_rank) == size else resume["loss_fn"])
+            per_rank = resume.get("loss_fn_ranks") or [resume["loss_fn"]]
+            if rank < len(per_rank):  # a rank the saved run did not have keeps its fresh stream
+                loss_fn.load_state_dict(per_rank[rank])
         history = [dict(r) for r in resume["history"]]
     # the same weights, synced gradients (buffers: ``_buffers_of_rank_0`` at every step)
     net = DistributedDataParallel(model, broadcast_buffers=False) if size > 1 else model
