@@ -59,6 +59,15 @@ def init(device: str = "cpu") -> str:
     return device
 
 
+def finish() -> None:
+    """Leave the process group, every rank together (nothing to do in a single process). A
+    rank that exits while another still works (rank 0 writing the report) could otherwise be
+    aborted by gloo's threads at exit ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(n: int, rank: int, size: int) -> range:
     """The share of ``n`` samples for ``rank`` of ``size``: every ``size``-th from ``rank``
     (interleaved, so that hard and easy images, which a test set often holds in runs, spread

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from advx import distributed
 from advx.cli import attack, certify, data, train
 from advx.cli import eval as eval_command  # (not to shadow the builtin)
 from advx.cli.common import CLIError
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sub = next(a for a in parser._actions if a.dest == "command").choices.get(args.command)
     try:
-        return args.func(args)
+        code = args.func(args)
+        distributed.finish()  # under torchrun: the ranks leave the process group together
+        return code
     except AdvxError as err:  # bad input, bad files, a failed run: said in one line
         print(f"advx {args.command}: error: {_name_the_option(str(err), sub)}", file=sys.stderr)
         return 2
