@@ -160,7 +160,7 @@ def _norms(args: argparse.Namespace) -> list[str]:
                        f"got {args.norm!r}")
     if len(norms) > 1 and args.eps is not None:
         raise CLIError(f"--eps applies to one --norm; with several norms ({args.norm}) each is evaluated at "
-                       f"its default budgets (MNIST: {'; '.join(f'{n}: ' + default_eps('mnist', n) for n in norms)}), "
+                       f"its default budgets ({_budgets(args.dataset, norms)}), "
                        f"got --eps {args.eps}")
     for norm in norms:
         names = [stage_name(s) for s in (suite(args.suite, norm) if args.suite else _attacks(args))]
@@ -168,6 +168,12 @@ def _norms(args: argparse.Namespace) -> list[str]:
         if lacking:
             raise CLIError(f"--attacks: {', '.join(lacking)} cannot attack in --norm {norm}")
     return norms
+
+
+def _budgets(dataset: str | None, norms: list[str]) -> str:
+    """The default curves of ``norms`` for ``dataset`` (every dataset's when it is not known yet)."""
+    names = [dataset] if dataset else list(DATASETS)
+    return "; ".join(f"{DATASETS[d].title} " + ", ".join(f"{n}: {default_eps(d, n)}" for n in norms) for d in names)
 
 
 def norms_table(results: dict) -> str:
