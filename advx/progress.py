@@ -23,7 +23,9 @@ def bar(total: int, *, desc: str, unit: str, enabled: bool = True, leave: bool =
     store = _store()
     if store is None or not enabled:
         return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=leave)
-    return JobBar(store, total, desc=desc, unit=unit, leave=leave)
+    JobBar.opened += 1
+    return JobBar(store, total, rank=dist.get_rank(), size=dist.get_world_size(),
+                  key=f"advx/progress/{JobBar.opened}", desc=desc, unit=unit, leave=leave)
 
 
 def _store():
@@ -37,15 +39,15 @@ def _store():
 
 
 class JobBar:
-    """One bar over every rank's work (see the module docstring)."""
+    """One bar over every rank's work (see the module docstring): this process is ``rank`` of
+    ``size``, and ``key`` names the bar alike on every rank in ``store``."""
 
     opened = 0  # bars opened by this process so far: their order names them alike on every rank
     poll_seconds = 0.2
 
-    def __init__(self, store, total: int, *, desc: str, unit: str, leave: bool = True) -> None:
-        JobBar.opened += 1
-        self.key = f"advx/progress/{JobBar.opened}"
-        self.store, self.rank, self.size = store, dist.get_rank(), dist.get_world_size()
+    def __init__(self, store, total: int, *, rank: int, size: int, key: str, desc: str = "", unit: str = "it",
+                 leave: bool = True) -> None:
+        self.store, self.rank, self.size, self.key = store, rank, size, key
         self.store.add(f"{self.key}/total", int(total))
         self.tqdm = tqdm(total=int(total), desc=desc, unit=unit, leave=leave) if self.rank == 0 else None
         self._draw()
