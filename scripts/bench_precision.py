@@ -14,7 +14,8 @@ In one process, on the first --n test images of each checkpoint:
   precision's effect). "speedup" is the bare loop's time over the run's time; robust
   accuracy is always judged by the fp32 model; "disagree" counts the samples whose
   fp32-judged outcome (broken or not) differs from advx's fp32 run with the same seed.
-- ``--suite``: ``advx.evaluate`` with ``--suite strong`` at eps 0.3 in each precision
+- ``--suite``: ``advx.evaluate`` with ``--suite strong`` at the checkpoint's dataset's standard
+  Linf eps (MNIST 0.3) in each precision
   (early stop, cascade, as ``advx eval`` runs it); speedup over its fp32 run.
 - ``--square Q``: Square (Q queries) in fp32 and with its search forced into bf16 (Square
   declares ``low_precision = False``; this is the measurement behind that).
@@ -31,11 +32,12 @@ import time
 
 import torch
 
-from advx import PGD, evaluate, load_mnist, load_model
+from advx import PGD, evaluate, load_dataset, load_model
 from advx.adversarial import AdversarialLoss
 from advx.attacks import Square, frozen
 from advx.attacks.registry import suite
 from advx.precision import PRECISIONS, resolve
+from advx.datasets import DATASETS
 from advx.train import TrainConfig, seeded_model, train, training_slice
 from bench_attacks import bare_pgd, measure
 
@@ -84,29 +86,29 @@ def mean_by_precision(rows: list[dict], precisions: list[str]) -> list[str]:
     return lines
 
 
-def suite_rows(model, x, y, precisions: list[str], device: str) -> list[dict]:
+def suite_rows(model, x, y, precisions: list[str], device: str, eps: float = 0.3) -> list[dict]:
     rows, reference = [], None
     for precision in precisions:
         start = time.perf_counter()
-        ev = evaluate(model, x, y, attacks=suite("strong"), eps=[0.3], device=device, precision=precision,
+        ev = evaluate(model, x, y, attacks=suite("strong"), eps=[eps], device=device, precision=precision,
                       progress=False, checks=False)
         robust = ev.records["robust"][0]
         reference = robust if reference is None else reference
         rows.append({"run": f"strong suite {precision} ({', '.join(sorted(set(ev.settings['precision_used'].values())))})",
-                     "seconds": time.perf_counter() - start, "robust_acc": ev.robust_acc[0.3],
+                     "seconds": time.perf_counter() - start, "robust_acc": ev.robust_acc[eps],
                      "disagree": int((robust != reference).sum())})
     return with_speedup(rows)
 
 
-def square_rows(model, x, y, queries: int, device: str) -> list[dict]:
-    """Square at eps 0.3 with its search forced into bf16 (it declares fp32: this is the
-    measurement behind that)."""
+def square_rows(model, x, y, queries: int, device: str, eps: float = 0.3) -> list[dict]:
+    """Square at ``eps`` (the dataset's standard Linf budget) with its search forced into bf16
+    (it declares fp32: this is the measurement behind that)."""
     class LowPrecisionSquare(Square):
         low_precision = True
 
     rows, reference = [], None
     for precision in ("fp32", "bf16"):
-        attack = LowPrecisionSquare(model, eps=0.3, queries=queries, seed=0, precision=precision)
+        attack = LowPrecisionSquare(model, eps=eps, queries=queries, seed=0, precision=precision)
         seconds, _, result = measure(lambda: attack.run(x, y), device)
         reference = result.success if reference is None else reference
         rows.append({"run": f"square {precision} ({queries} queries)", "seconds": seconds,
@@ -115,28 +117,30 @@ def square_rows(model, x, y, queries: int, device: str) -> list[dict]:
     return with_speedup(rows)
 
 
-def train_rows(precisions: list[str], device: str, data_dir, epochs: int) -> list[dict]:
+def train_rows(precisions: list[str], device: str, data_dir, epochs: int, dataset: str = "mnist") -> list[dict]:
     rows = []
     for precision in precisions:
-        config = TrainConfig(precision=precision, epochs=epochs)
+        config = TrainConfig(precision=precision, epochs=epochs, dataset=dataset)
         start = time.perf_counter()
-        train_set = training_slice(load_mnist("train", data_dir), config.train_size)
-        model = seeded_model(config.model, config.seed)
-        history = train(model, train_set, load_mnist("test", data_dir), config, device=device, progress=False)
+        train_set = training_slice(load_dataset(dataset, "train", data_dir), config.train_size)
+        model = seeded_model(config.model, config.seed, dataset, tuple(train_set.x.shape[1:]))
+        history = train(model, train_set, load_dataset(dataset, "test", data_dir), config, device=device,
+                        progress=False)
         rows.append({"run": f"baseline training {precision} ({resolve(precision, device)})",
                      "seconds": time.perf_counter() - start, "test_acc": history[-1]["test_acc"]})
     return with_speedup(rows)
 
 
-def adv_train_rows(precisions: list[str], device: str, data_dir, n: int) -> list[dict]:
-    """One epoch of the robust recipe's adversarial training (PGD-5 at eps 0.3, early stop)
+def adv_train_rows(precisions: list[str], device: str, data_dir, n: int, dataset: str = "mnist") -> list[dict]:
+    """One epoch of the robust recipe's adversarial training (PGD-5 at the dataset's standard
+    Linf eps, MNIST 0.3; early stop)
     on the first ``n`` training images, nothing else timed (no held-out probe, no test)."""
     rows = []
-    train_set = training_slice(load_mnist("train", data_dir), n)
+    train_set = training_slice(load_dataset(dataset, "train", data_dir), n)
     for precision in precisions:
-        config = TrainConfig(precision=precision, epochs=1)
-        model = seeded_model(config.model, config.seed)
-        loss_fn = AdversarialLoss("pgd", eps=0.3, steps=5, precision=precision)
+        config = TrainConfig(precision=precision, epochs=1, dataset=dataset)
+        model = seeded_model(config.model, config.seed, dataset, tuple(train_set.x.shape[1:]))
+        loss_fn = AdversarialLoss("pgd", eps=DATASETS[dataset].eps["inf"], steps=5, precision=precision)
         start = time.perf_counter()
         history = train(model, train_set, None, config, loss_fn=loss_fn, device=device, progress=False)
         rows.append({"run": f"PGD-5 training {precision} ({resolve(precision, device)})",
@@ -162,10 +166,15 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="PGD seeds, each run in every precision (default: 0)")
     p.add_argument("--train-epochs", type=int, default=3, help="--train: epochs of the recipe (default: 3)")
     p.add_argument("--precisions", default="fp32,bf16", help=f"from {','.join(PRECISIONS)} (default: fp32,bf16)")
-    p.add_argument("--suite", action="store_true", help="also --suite strong at eps 0.3 (long)")
+    p.add_argument("--suite", action="store_true",
+                   help="also --suite strong at the dataset's standard eps (MNIST 0.3; long)")
     p.add_argument("--train", action="store_true", help="also the baseline training recipe")
+    p.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
+                   help="--train/--adv-train: the data to train on (default: mnist; the attacks use each "
+                        "checkpoint's own)")
     p.add_argument("--square", type=int, default=0, metavar="QUERIES",
-                   help="also Square at eps 0.3 with this many queries, fp32 against a forced bf16 search")
+                   help="also Square at the dataset's standard eps (MNIST 0.3) with this many queries, fp32 "
+                        "against a forced bf16 search")
     p.add_argument("--adv-train", type=int, default=0, metavar="N",
                    help="also one epoch of the robust recipe's PGD-5 training on the first N training images")
     p.add_argument("--no-pgd", action="store_true", help="skip the PGD comparison")
@@ -185,11 +194,12 @@ def main() -> None:
         p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
 
     print(f"{args.device}, {torch.get_num_threads()} threads, first {args.n} test images")
-    test = load_mnist("test", args.data_dir).head(args.n)
-    x, y = test.x.to(args.device), test.y.to(args.device)
     report = {}
     for checkpoint in [c for c in args.checkpoints.split(",") if c]:
-        model, _ = load_model(checkpoint, args.device)
+        model, ckpt = load_model(checkpoint, args.device)
+        test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's own data
+        x, y = test.x.to(args.device), test.y.to(args.device)
+        standard = DATASETS[ckpt["dataset"]].eps["inf"]  # Square's and the suite's budget (MNIST 0.3)
         if not args.no_pgd:
             for eps in (float(e) for e in args.eps.split(",")):
                 rows = pgd_rows(model, x, y, eps, args.steps, precisions, args.device, seeds)
@@ -197,20 +207,21 @@ def main() -> None:
                 print("\n".join(mean_by_precision(rows, precisions)), flush=True)
                 report[f"{checkpoint} pgd eps {eps:g}"] = rows
         if args.square:
-            rows = square_rows(model, x, y, args.square, args.device)
-            show(f"{checkpoint}: Square Linf eps 0.3", rows)
+            rows = square_rows(model, x, y, args.square, args.device, standard)
+            show(f"{checkpoint}: Square Linf eps {standard:g}", rows)
             report[f"{checkpoint} square"] = rows
         if args.suite:
-            rows = suite_rows(model, x, y, precisions, args.device)
-            show(f"{checkpoint}: --suite strong, Linf eps 0.3", rows)
+            rows = suite_rows(model, x, y, precisions, args.device, standard)
+            show(f"{checkpoint}: --suite strong, Linf eps {standard:g}", rows)
             report[f"{checkpoint} strong"] = rows
     if args.train:
-        rows = train_rows(precisions, args.device, args.data_dir, args.train_epochs)
-        show(f"baseline training (SmallCNN, {args.train_epochs} epochs, 60,000 images)", rows)
+        rows = train_rows(precisions, args.device, args.data_dir, args.train_epochs, args.dataset)
+        show(f"baseline training on {args.dataset} (SmallCNN, {args.train_epochs} epochs, 60,000 images)", rows)
         report["train"] = rows
     if args.adv_train:
-        rows = adv_train_rows(precisions, args.device, args.data_dir, args.adv_train)
-        show(f"adversarial training (PGD-5, eps 0.3, 1 epoch on {args.adv_train} images)", rows)
+        rows = adv_train_rows(precisions, args.device, args.data_dir, args.adv_train, args.dataset)
+        show(f"adversarial training on {args.dataset} (PGD-5, eps {DATASETS[args.dataset].eps['inf']:g}, 1 epoch "
+             f"on {args.adv_train} images)", rows)
         report["adv_train"] = rows
     if args.json:
         with open(args.json, "w") as f:
