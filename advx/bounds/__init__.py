@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from advx.progress import bar as progress_bar
 
 from advx.bounds.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.bounds.graph import SUPPORTED, UnsupportedModel, read_model
 from advx.norms import get_norm
+from advx.progress import bar as progress_bar
 from advx.validate import AdvxError, InputError, check_number
 
 __all__ = ["Certificate", "Certifier", "certify", "METHODS", "SUPPORTED", "UnsupportedModel"]
