@@ -38,10 +38,11 @@ from advx.checkpoint import load_checkpoint, save_checkpoint
 from advx.bounds import certify
 from advx.bounds.training import CERTIFIED_KINDS, CertifiedLoss
 from advx.data import load_dataset
+from advx.distributed import world
 from advx.precision import check_precision
 from advx.rng import mix_seed
 from advx.probe import catastrophic_overfitting, final_metrics, probe_metrics
-from advx.train import TrainConfig, accuracy, clean_loss, ranks, seeded_model, train, training_slice
+from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
 from advx.validate import InputError, check_number, check_seed
 
 ATTACK_KINDS = ("fgsm-rs", "pgd", "trades")
@@ -180,7 +181,7 @@ def _loss_of(config: TrainConfig, robust: RobustConfig):
                              ramp_epochs=robust.warmup_epochs, kappa_end=robust.kappa)
     if robust.adv == "none":
         return None
-    rank = ranks()[0]  # data-parallel: each rank draws its own random starts
+    rank = world()[0]  # data-parallel: each rank draws its own random starts
     return AdversarialLoss(robust.adv, eps=robust.eps, alpha=robust.alpha, steps=robust.steps,
                            warmup_epochs=robust.warmup_epochs, beta=robust.beta,
                            seed=config.seed if rank == 0 else mix_seed(config.seed, rank),
@@ -206,7 +207,7 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
     everything needed to resume). Training stops early when the probe collapses
     (catastrophic overfitting). At the end, attack kinds run ``--suite strong`` on the first
     ``robust.final_n`` held-out images and store it in the checkpoint as ``metrics["final"]``."""
-    if robust.certified and ranks()[1] > 1:
+    if robust.certified and world()[1] > 1:
         raise InputError(f"adv {robust.adv!r}: certified training does not run data-parallel yet; run it in one "
                          f"process (without torchrun)")
     checkpoint = Path(checkpoint)
@@ -257,7 +258,7 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
                     epoch_metrics=_epoch_metrics(config, robust, hx, hy))
     best_model = seeded_model(config.model, config.seed, config.dataset, shape).to(device)
     saved = load_checkpoint(checkpoint)  # rank 0 wrote it before the others left the epoch
-    if ranks()[0] != 0:  # the final figure is rank 0's to measure and save
+    if world()[0] != 0:  # the final figure is rank 0's to measure and save
         return best_model.eval(), history
     best_model.load_state_dict(saved["state_dict"])
     if not robust.certified and robust.final_n > 0:

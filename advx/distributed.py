@@ -27,28 +27,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from advx import sanity
-from advx.attacks.registry import abilities
 from advx.eval_config import EvalConfig
 from advx.validate import InputError
 from advx.dataset_attack import DatasetResult, run_attack
-from advx.evaluate import Evaluation, evaluate
+from advx.evaluate import Evaluation, evaluate, sanity_warnings
 
 T = TypeVar("T")
 
 
 def world() -> tuple[int, int]:
-    """``(rank, world size)``: of the process group, else of torchrun's environment, else (0, 1)."""
+    """``(rank, world size)`` of the process group this process joined (``init``), or ``(0, 1)``."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return 0, 1
 
 
 def init(device: str = "cpu") -> str:
     """Join torchrun's process group when there is one (``WORLD_SIZE`` > 1); return the
     device this rank works on (``cuda:<local rank>`` with CUDA)."""
-    rank, size = world()
-    if size == 1 or not dist.is_available():
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1 or not dist.is_available():  # torchrun sets it
         return device
     if device.startswith("cuda"):
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -130,11 +127,7 @@ def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
         return None
     ev = merge([part for _, part in parts], [ids for ids, _ in parts])
     if config.checks:  # on the whole set, as a single run does
-        ev.warnings = sanity.run_checks(
-            model, x, y, eps=ev.eps, robust_acc=ev.robust_acc, pred_clean=ev.records["pred_clean"],
-            broken_by=ev.records["broken_by"],
-            black_box=[not callable(s) and abilities(name).black_box for s, name in zip(config.attacks, ev.attacks)],
-            norm=config.norm, device=config.device, seed=config.seed)
+        ev.warnings = sanity_warnings(model, x, y, ev, config)
     return ev
 
 

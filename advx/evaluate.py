@@ -244,8 +244,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         certified_acc=certified_acc,
     )
     if config.checks:
-        ev.warnings = sanity.run_checks(
-            model, x, y, eps=eps, robust_acc=ev.robust_acc, pred_clean=pred_clean, broken_by=records.broken_by,
-            black_box=[not callable(s) and abilities(name).black_box for s, name in zip(config.attacks, names)],
-            norm=config.norm, device=config.device, seed=config.seed)
+        ev.warnings = sanity_warnings(model, x, y, ev, config)
     return ev
+
+
+def sanity_warnings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ev: Evaluation,
+                    config: EvalConfig) -> dict[str, str]:
+    """``advx.sanity``'s checks on the evaluation ``ev`` of ``x``, ``y`` (the whole set: a
+    sharded run calls this on rank 0 once the shards are merged)."""
+    return sanity.run_checks(
+        model, x, y, eps=ev.eps, robust_acc=ev.robust_acc, pred_clean=ev.records["pred_clean"],
+        broken_by=ev.records["broken_by"],
+        black_box=[not callable(s) and abilities(name).black_box for s, name in zip(config.attacks, ev.attacks)],
+        norm=config.norm, device=config.device, seed=config.seed)

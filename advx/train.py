@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from advx.distributed import world
 from advx.data import Split, iterate_batches, load_dataset
 from advx.datasets import get_dataset
 from advx.models import build_model
@@ -140,7 +141,7 @@ def train(
 
     Returns one dict per epoch: ``epoch, train_loss, train_acc, test_acc, seconds, precision``.
     """
-    rank, size = ranks()
+    rank, size = world()
     precision = training_precision(config.precision, device)
     # Low precision trains in the fast layout for convolutions too; the weights are laid
     # out as usual again when training ends (see the end of this function).
@@ -193,13 +194,6 @@ def train(
                 break
     model.to(memory_format=torch.contiguous_format).eval()
     return history
-
-
-def ranks() -> tuple[int, int]:
-    """``(rank, world size)`` of the process group torchrun started, or ``(0, 1)``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _from_rank_0(compute, rank: int, size: int):
@@ -314,7 +308,7 @@ def train_baseline(
     history = train(model, train_set, test_set, config, device=device, progress=progress)
     wall = time.perf_counter() - start
     metrics = {"test_acc": history[-1]["test_acc"], "train_seconds": wall, "history": history}
-    if ranks()[0] == 0:  # one writer
+    if world()[0] == 0:  # one writer
         save_checkpoint(checkpoint, model, model_name=config.model, dataset=config.dataset, input_shape=shape,
                         config=asdict(config), metrics=metrics)
     return model, history

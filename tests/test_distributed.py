@@ -291,7 +291,9 @@ def test_two_gloo_ranks_certify_as_one_process(small_checkpoint, tmp_path):
 
 
 def test_fewer_images_than_ranks_is_refused(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    import advx.distributed
+
+    monkeypatch.setattr(advx.distributed, "world", lambda: (0, 2))
     with pytest.raises(InputError, match="--images: 1 images cannot be shared among 2 ranks; give at least 2"):
         on_shards(1, lambda ids: ids)
 
