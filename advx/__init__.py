@@ -18,7 +18,8 @@ from advx.datasets import DATASETS, Dataset, get_dataset
 from advx.loading import ModelLoadError, check_classifier, load_exported, model_from_import
 from advx.models import MODELS, MadryCNN, Normalized, SmallCNN, build_model
 from advx.norms import L1, L2, Linf, get_norm
-from advx.train import TrainConfig, accuracy, train, train_baseline
+from advx.modes import accuracy, frozen, predictions
+from advx.train import TrainConfig, train, train_baseline
 
 from advx.dataset_attack import run_attack
 from advx.evaluate import EvalConfig, Evaluation, evaluate
@@ -37,7 +38,8 @@ __all__ = [
     "ModelLoadError", "check_classifier", "load_exported", "model_from_import",
     "MODELS", "MadryCNN", "Normalized", "SmallCNN", "build_model",
     "L1", "L2", "Linf", "get_norm",
-    "TrainConfig", "accuracy", "train", "train_baseline",
+    "accuracy", "frozen", "predictions",
+    "TrainConfig", "train", "train_baseline",
     "EvalConfig", "Evaluation", "evaluate", "run_attack",
     "Certificate", "Certifier", "certify",
 ]

@@ -42,7 +42,8 @@ from advx.distributed import world
 from advx.precision import check_precision
 from advx.rng import mix_seed
 from advx.probe import catastrophic_overfitting, final_metrics, probe_metrics
-from advx.train import TrainConfig, accuracy, clean_loss, seeded_model, train, training_slice
+from advx.modes import accuracy
+from advx.train import TrainConfig, clean_loss, seeded_model, train, training_slice
 from advx.validate import InputError, check_number, check_seed
 
 ATTACK_KINDS = ("fgsm-rs", "pgd", "trades")

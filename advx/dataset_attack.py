@@ -13,8 +13,7 @@ from torch import nn
 
 from advx import rng
 from advx.attacks.base import Attack
-from advx.attacks.checks import validate_logits
-from advx.attacks.gradients import frozen
+from advx.modes import predictions
 from advx.progress import bar as progress_bar
 from advx.validate import InputError, check_number
 
@@ -83,8 +82,7 @@ def run_attack(
     for first in range(0, len(y), batch_size):
         batch = slice(first, first + batch_size)
         xb, yb, gb = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
-        with torch.no_grad(), frozen(model):
-            pred_clean.append(validate_logits(model(xb), len(xb)).argmax(1).cpu())
+        pred_clean.append(predictions(model, xb, batch_size=len(xb)))
         if per_sample:
             generator = rng.SampleRNG.from_ids(attack.seed, ids[batch], rng.salt_of(type(attack).__name__))
         result = attack.run(xb, gb, generator=generator)

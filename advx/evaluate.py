@@ -15,11 +15,11 @@ from torch import nn
 
 from advx import rng, sanity
 from advx.attacks.base import Attack
-from advx.attacks.gradients import frozen
-from advx.attacks.checks import check_model_ready, is_integer_labels, validate_logits
+from advx.attacks.checks import check_model_ready, is_integer_labels
 from advx.attacks.registry import abilities, stage_name
 from advx.bounds.sweep import certify_sweep, check_sandwich
 from advx.eval_config import EvalConfig
+from advx.modes import predictions
 from advx.progress import bar as progress_bar
 from advx.validate import InputError
 
@@ -125,12 +125,7 @@ def _stage_results(attack: Attack, name: str, eps: float, x, y, idx: torch.Tenso
 
 def _clean_predictions(model: nn.Module, x: torch.Tensor, config: EvalConfig) -> torch.Tensor:
     check_model_ready(model, x[:1].to(config.device))
-    pred = torch.empty(len(x), dtype=torch.long)
-    with torch.no_grad(), frozen(model):
-        for first in range(0, len(x), config.batch_size):
-            xb = x[first:first + config.batch_size].to(config.device)
-            pred[first:first + len(xb)] = validate_logits(model(xb), len(xb)).argmax(1).cpu()
-    return pred
+    return predictions(model, x, batch_size=config.batch_size, device=config.device)
 
 
 def _labels(x: torch.Tensor, y) -> torch.Tensor:

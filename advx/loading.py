@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from advx.validate import AdvxError
+from advx.modes import checked_logits, frozen
+from advx.validate import AdvxError, InputError, InputTypeError
 
 
 class ModelLoadError(AdvxError, ValueError):
@@ -173,20 +174,13 @@ def _in_training_mode(node) -> bool:
 def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int, *, what: str = "model") -> None:
     """Run ``model`` on a few images ``x`` and insist on finite logits ``[N, num_classes]``."""
     sample = x[:2]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with frozen(model), torch.no_grad():
             out = model(sample)
     except Exception as err:
         raise ModelLoadError(f"{what}: running it on {len(sample)} images of shape {list(sample.shape[1:])} "
                              f"(pixels in [0, 1]) raised {_first_line(err)}") from None
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        raise ModelLoadError(f"{what}: must return a logits tensor [N, {num_classes}], got a {type(out).__name__}")
-    if tuple(out.shape) != (len(sample), num_classes):
-        raise ModelLoadError(f"{what}: must return logits [N, {num_classes}] (one score per class), got shape "
-                             f"{list(out.shape)} for {len(sample)} images of shape {list(sample.shape[1:])}")
-    if not torch.isfinite(out).all():
-        raise ModelLoadError(f"{what}: returns logits that are not finite (NaN/inf) on the dataset's images")
+    try:
+        checked_logits(out, len(sample), num_classes=num_classes, what=what)
+    except (InputError, InputTypeError) as err:
+        raise ModelLoadError(str(err)) from None

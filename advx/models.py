@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from advx.modes import frozen
 from advx.validate import InputError, InputTypeError, check_number
 
 MNIST_SHAPE = (1, 28, 28)
@@ -19,12 +20,8 @@ MNIST_SHAPE = (1, 28, 28)
 def _features_size(features: nn.Module, input_shape) -> int:
     """How many numbers ``features`` makes of one image of ``input_shape`` (in eval mode, so
     that BatchNorm's running statistics are left as they were)."""
-    features.eval()
-    try:
-        with torch.no_grad():
-            return features(torch.zeros(1, *input_shape)).numel()
-    finally:
-        features.train()
+    with frozen(features), torch.no_grad():
+        return features(torch.zeros(1, *input_shape)).numel()
 
 
 class SmallCNN(nn.Module):

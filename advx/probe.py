@@ -20,7 +20,7 @@ from torch import nn
 from advx.attacks import FGSM
 from advx.attacks.registry import describe, suite
 from advx.evaluate import evaluate
-from advx.train import accuracy
+from advx.modes import accuracy
 
 # Per epoch on the held-out slice: a few seconds on 2 CPU cores with a bf16 search.
 PROBE = [("apgd", {"steps": 25}), ("square", {"queries": 100})]

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from advx import rng
-from advx.attacks.gradients import frozen, input_gradient
+from advx.attacks.gradients import input_gradient
 from advx.attacks.pgd import PGD
+from advx.modes import frozen
 from advx.norms import get_norm
 
 

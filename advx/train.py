@@ -24,6 +24,7 @@ from advx.distributed import world
 from advx.data import Split, iterate_batches, load_dataset
 from advx.datasets import get_dataset
 from advx.models import build_model
+from advx.modes import accuracy
 from advx.precision import autocast, check_precision, fast_images, resolve
 from advx.validate import AdvxError, InputError, check_number, check_seed
 
@@ -86,21 +87,6 @@ def seeded_model(name: str, seed: int, dataset: str = "mnist", input_shape=(1, 2
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(name, num_classes=get_dataset(dataset).num_classes, input_shape=input_shape)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1000) -> float:
-    """Fraction of ``x`` [N, 1, 28, 28] that ``model`` classifies as ``y`` (eval mode; mode restored)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        correct = 0
-        for xb, yb in iterate_batches(x, y, batch_size):
-            correct += (model(xb.to(device)).argmax(1) == yb.to(device)).sum().item()
-    finally:
-        model.train(was_training)
-    return correct / len(y)
 
 
 def train(

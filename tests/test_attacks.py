@@ -383,8 +383,8 @@ class IntOut(nn.Module):
 @pytest.mark.parametrize("model,error,message", [
     (TupleOut(), TypeError, "model must return a logits tensor [N, num_classes], got tuple"),
     (DictOut(), TypeError, "model must return a logits tensor [N, num_classes], got dict"),
-    (Rank3Out(), ValueError, "model must return logits [N, num_classes] with one row per image, got shape (1, 1, 10) for 1 image(s)"),
-    (OneClass(), ValueError, "model must return logits for at least 2 classes, got shape (1, 1)"),
+    (Rank3Out(), ValueError, "model must return logits [N, num_classes] with one row per image, got shape [1, 1, 10] for 1 image(s)"),
+    (OneClass(), ValueError, "model must return logits for at least 2 classes, got shape [1, 1]"),
     (IntOut(), ValueError, "model must return floating-point logits, got dtype torch.int64"),
 ])
 @pytest.mark.parametrize("name", sorted(ATTACKS))

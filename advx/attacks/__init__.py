@@ -4,7 +4,6 @@ attack, and ``registry.ATTACKS`` names them."""
 from advx.attacks.apgd import APGD
 from advx.attacks.base import Attack
 from advx.attacks.results import AttackResult
-from advx.attacks.gradients import frozen
 from advx.attacks.cw import CW
 from advx.attacks.deepfool import DeepFool
 from advx.attacks.fab import FAB
@@ -14,6 +13,7 @@ from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.registry import ATTACKS, SUITES
 from advx.attacks.square import Square
+from advx.modes import frozen
 
 __all__ = ["Attack", "AttackResult", "frozen", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN",
            "Square", "ATTACKS", "SUITES"]

@@ -1,6 +1,7 @@
-"""Checks that a model can be attacked as it is: its weights exist and match the images,
-and its output is a finite logits tensor [N, K]. Each failure is a ``ValueError`` (or a
-``TypeError`` for an output that is not a tensor) that says what to change."""
+"""Checks that a model can be attacked as it is (its weights exist and match the images,
+its output is a finite logits tensor [N, K]: ``advx.modes.checked_logits``) and that the
+images and labels are sound. Each failure is a ``ValueError`` (or a ``TypeError`` for an
+argument or output that is not a tensor) that says what to change."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from itertools import chain
 import torch
 from torch import nn
 
+from advx.modes import checked_logits
 from advx.validate import InputError, InputTypeError
 
 
@@ -33,22 +35,6 @@ def check_model_ready(model: nn.Module, x: torch.Tensor) -> None:
     if weights.device != x.device:
         raise InputError(f"x is on device {x.device} but the model's weights are on {weights.device}: "
                          f"move one to the other (e.g. x.to('{weights.device}'))")
-
-
-def validate_logits(out, n: int) -> torch.Tensor:
-    """The model's output for ``n`` images must be a finite logits tensor [n, K], K >= 2."""
-    if not isinstance(out, torch.Tensor):
-        raise InputTypeError(f"model must return a logits tensor [N, num_classes], got {type(out).__name__}")
-    if out.dim() != 2 or out.shape[0] != n:
-        raise InputError(f"model must return logits [N, num_classes] with one row per image, "
-                         f"got shape {tuple(out.shape)} for {n} image(s)")
-    if out.shape[1] < 2:
-        raise InputError(f"model must return logits for at least 2 classes, got shape {tuple(out.shape)}")
-    if not out.is_floating_point():
-        raise InputError(f"model must return floating-point logits, got dtype {out.dtype}")
-    if not torch.isfinite(out).all():
-        raise InputError("model returned logits that are not finite (NaN/inf) on the clean images")
-    return out
 
 
 def is_integer_labels(y) -> bool:
@@ -88,7 +74,7 @@ def check_batch(x, y, bounds: tuple[float, float]) -> None:
 def check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str = "labels") -> None:
     """The model's output on one image is a logits tensor, and ``y`` fits its classes."""
     with torch.no_grad():
-        logits = validate_logits(model(x[:1]), 1)
+        logits = checked_logits(model(x[:1]), 1)
     num_classes = logits.shape[1]
     y_min, y_max = y.min().item(), y.max().item()
     if y_min < 0 or y_max >= num_classes:

@@ -1,38 +1,15 @@
-"""The input gradient dL/dX with the weights frozen: the one operation every attack and
-sanity check builds on.
+"""The input gradient dL/dX with the weights frozen (``advx.modes.frozen``): the one
+operation every attack and sanity check builds on.
 
-``frozen`` puts the model in eval mode with ``requires_grad=False`` on every parameter
-(both restored on exit); ``input_gradient`` takes ``torch.autograd.grad`` with respect to
-the input only, so no parameter ``.grad`` is ever created, and always returns a finite
-tensor (``finite_gradient``).
+``input_gradient`` takes ``torch.autograd.grad`` with respect to the input only, so no
+parameter ``.grad`` is ever created, and always returns a finite tensor (``finite_gradient``).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
-from torch import nn
 
 from advx.norms import per_sample
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
-    modes = [m.training for m in model.modules()]
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
 
 
 def input_gradient(loss: torch.Tensor, x: torch.Tensor, *, retain_graph: bool = False) -> torch.Tensor:

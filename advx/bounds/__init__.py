@@ -23,6 +23,7 @@ from torch import nn
 
 from advx.bounds.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.bounds.graph import SUPPORTED, UnsupportedModel, read_model
+from advx.modes import device_of, frozen
 from advx.norms import get_norm
 from advx.progress import bar as progress_bar
 from advx.validate import AdvxError, InputError, check_number
@@ -93,7 +94,7 @@ class Certifier:
         eps = check_number("eps", eps, minimum=0)
         batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
         _check_inputs(x, y, self.bounds, self.chain[0].in_shape if self.chain else None)
-        device = next(self.model.parameters()).device
+        device = device_of(self.model)
         if not self.checked:
             self._check_chain(x[:batch_size].to(device))
         parts = []
@@ -121,13 +122,8 @@ class Certifier:
 
     def _check_chain(self, x: torch.Tensor) -> None:
         """The chain must compute the model (eval mode): a guard against a misread graph."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.autocast(x.device.type, enabled=False):
-                expected, got = self.model(x.float()).float(), self.forward(x.float())
-        finally:
-            self.model.train(was_training)
+        with frozen(self.model), torch.autocast(x.device.type, enabled=False):
+            expected, got = self.model(x.float()).float(), self.forward(x.float())
         if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
             raise ChainMismatch("cannot certify this model: the layers read from it by torch.fx do not "
                                 "reproduce its output (an operation outside forward's graph?)")

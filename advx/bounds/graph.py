@@ -17,6 +17,7 @@ from advx.bounds import ops
 from advx.bounds.ops import pair
 from advx.loading import Exported
 from advx.models import InputNormalization
+from advx.modes import device_of, frozen
 from advx.validate import AdvxError
 
 SUPPORTED = ("Conv2d", "Linear", "ReLU", "Flatten / view / reshape", "AvgPool2d", "MaxPool2d",
@@ -49,17 +50,13 @@ def read_model(model: nn.Module, input_shape) -> list[ops.Op]:
     except Exception as error:  # data-dependent control flow and the like
         raise UnsupportedModel(f"cannot certify this model: torch.fx could not trace its forward "
                                f"({type(error).__name__}: {error})") from None
-    device = next(model.parameters()).device
-    was_training = model.training
-    graph.eval()  # in train mode the probe would move BatchNorm's running statistics
-    try:
-        with torch.no_grad():
+    device = device_of(model)
+    try:  # frozen: in train mode the shape pass would move BatchNorm's running statistics
+        with frozen(graph), torch.no_grad():
             ShapeProp(graph).propagate(torch.zeros(1, *input_shape, device=device))
     except Exception as error:
         raise UnsupportedModel(f"cannot certify this model: it does not run on one input of shape "
                                f"{list(input_shape)} ({str(error).splitlines()[0]})") from None
-    finally:
-        model.train(was_training)
     modules = dict(graph.named_modules())
     chain: list[ops.Op] = []
     current = None  # the node whose value flows through the chain

@@ -14,6 +14,7 @@ from advx import distributed
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
                              model_options)
 from advx.files import check_output_dir
+from advx.modes import predictions
 from advx.norms import NORM_NAMES
 
 
@@ -58,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     def work(ids: torch.Tensor):  # this rank's shard of the images (all of them in one process)
         x, y = test.x[ids], test.y[ids]
-        with torch.no_grad():
-            pred = torch.cat([model(xb.to(device)).argmax(1).cpu() for xb in x.split(args.batch_size)])
+        pred = predictions(model, x, batch_size=args.batch_size, device=device)
         lower, seconds = [], {}
         for e in eps:
             start = time.perf_counter()

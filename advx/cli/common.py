@@ -16,6 +16,7 @@ from advx.data import Split, load_dataset
 from advx.datasets import DATASET_NAMES, Dataset, get_dataset
 from advx.loading import check_classifier, load_exported, model_from_import
 from advx.models import Normalized
+from advx.modes import accuracy
 from advx.precision import PRECISIONS
 from advx.sanity import check_clean_accuracy, check_normalization
 from advx.validate import AdvxError
@@ -140,7 +141,7 @@ def load_subject(args: argparse.Namespace, device: str, verbose: bool = True) ->
     subject = Subject(model, dataset, source, final)
     if not verbose:
         return subject, test
-    acc = clean_accuracy(model, test, device)
+    acc = accuracy(model, test.x, test.y, device=device)
     print(f"{subject.title}: clean accuracy {acc:.2%} on the first {len(test.y):,} {dataset.title} test images"
           + (f" (normalized: mean {normalization['mean']}, std {normalization['std']})" if normalization else ""))
     given = None if normalization is None else tuple(v[0] for v in normalization.values())
@@ -151,11 +152,3 @@ def load_subject(args: argparse.Namespace, device: str, verbose: bool = True) ->
         if warning:
             print(f"WARNING: {warning}", file=sys.stderr)
     return subject, test
-
-
-@torch.no_grad()
-def clean_accuracy(model: nn.Module, test: Split, device: str, batch_size: int = 1000) -> float:
-    correct = sum((model(xb.to(device)).argmax(1).cpu() == yb).sum().item()
-                  for xb, yb in zip(test.x.split(batch_size), test.y.split(batch_size)))
-    return correct / len(test.y)
-
