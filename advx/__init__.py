@@ -23,7 +23,7 @@ from advx.train import TrainConfig, train, train_baseline
 
 from advx.dataset_attack import run_attack
 from advx.evaluate import EvalConfig, Evaluation, evaluate
-from advx.bounds import Certificate, Certifier, certify
+from advx.certify import Certificate, Certifier, certify
 
 try:  # the version is written once, in pyproject.toml
     __version__ = _metadata.version("advx")

@@ -16,7 +16,7 @@ advx's attack classes; nothing here re-implements an attack loop:
 eps warm-up ramps eps linearly from 0 over the first ``warmup_epochs``.
 
 Certified training (``"ibp"``, ``"crown-ibp"``) replaces the attack by bounds over the
-whole ball (``advx.bounds.training``); its held-out check is certified accuracy (IBP),
+whole ball (``advx.certify.training``); its held-out check is certified accuracy (IBP),
 with PGD accuracy beside it.
 """
 
@@ -35,8 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from advx.attacks import PGD
 from advx.attacks.objectives import trades_loss
 from advx.checkpoint import load_checkpoint, save_checkpoint
-from advx.bounds import certify
-from advx.bounds.training import CERTIFIED_KINDS, CertifiedLoss
+from advx.certify import certify
+from advx.certify.training import CERTIFIED_KINDS, CertifiedLoss
 from advx.data import load_dataset
 from advx.distributed import world
 from advx.precision import check_precision
@@ -62,7 +62,7 @@ class AdversarialLoss:
                  precision: str = "fp32", early_stop: bool = True) -> None:
         if kind not in ATTACK_KINDS:
             raise InputError(f"adv must be one of {list(ATTACK_KINDS)} (an attack; for ibp/crown-ibp use "
-                             f"advx.bounds.training.CertifiedLoss), got {kind!r}")
+                             f"advx.certify.training.CertifiedLoss), got {kind!r}")
         self.kind = kind
         self.eps = check_number("eps", eps, minimum=0)
         self.steps = check_number("steps", steps, minimum=1, integer=True)

@@ -1,6 +1,6 @@
 """``run_attack``: one attack over many images, batch by batch (``advx attack``); the
 per-sample outcome in a ``DatasetResult``. ``advx.evaluate`` takes the worst case over
-several attacks; ``advx.distributed.run_attack_sharded`` spreads this over ranks.
+several attacks; ``advx.sharded.run_attack_sharded`` spreads this over ranks.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from advx import rng
 from advx.attacks.base import Attack
@@ -40,7 +39,6 @@ class DatasetResult:
 
 
 def run_attack(
-    model: nn.Module,
     attack: Attack,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -52,15 +50,15 @@ def run_attack(
     progress: bool = True,
     sample_ids: torch.Tensor | None = None,
 ) -> DatasetResult:
-    """Attack every image of ``x`` [N, C, H, W] (labels ``y`` [N]) batch by batch; the
-    images go to ``device`` one batch at a time, and only the first ``keep`` adversarial
-    images are kept (for pictures).
+    """Attack every image of ``x`` [N, C, H, W] (labels ``y`` [N]) batch by batch with
+    ``attack`` (on the model it was built for); the images go to ``device`` one batch at a
+    time, and only the first ``keep`` adversarial images are kept (for pictures).
 
     For a targeted attack pass ``target`` [N]. With a ``seed`` (and no ``generator``) the
     attack gives each sample its own random stream, seeded from the seed and the sample's
     id (its index, or ``sample_ids[i]``: a shard of a larger set passes its indices in that
     set), so a sample's result does not depend on the batch size or on the other samples:
-    what ``advx.distributed`` relies on to shard the run. Otherwise one generator runs
+    what ``advx.sharded`` relies on to shard the run. Otherwise one generator runs
     through all batches.
     """
     batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
@@ -82,7 +80,7 @@ def run_attack(
     for first in range(0, len(y), batch_size):
         batch = slice(first, first + batch_size)
         xb, yb, gb = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
-        pred_clean.append(predictions(model, xb, batch_size=len(xb)))
+        pred_clean.append(predictions(attack.model, xb, batch_size=len(xb)))
         if per_sample:
             generator = rng.SampleRNG.from_ids(attack.seed, ids[batch], rng.salt_of(type(attack).__name__))
         result = attack.run(xb, gb, generator=generator)

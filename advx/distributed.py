@@ -1,36 +1,26 @@
-"""Sharded work on ``torch.distributed``: ``torchrun --nproc-per-node N -m advx eval ...``
-(and ``advx attack``, ``advx certify``).
+"""The ranks of a ``torchrun`` job: which one this process is, joining and leaving the
+process group, each rank's share of the samples, and what crosses between ranks.
 
 torchrun starts N processes and sets ``RANK``/``WORLD_SIZE`` (and the rendezvous); each
 process loads the model and the data, ``init`` joins the process group (gloo on the CPU,
-NCCL on CUDA, one GPU per local rank), and ``on_shards`` gives each rank an interleaved
-shard of the samples and gathers the results on rank 0. Every sample keeps the random
-streams it has in a single-process run (``evaluate(sample_ids=...)``,
-``run_attack(sample_ids=...)``: its index in the whole set), so its result does not depend
-on the number of ranks. Rank 0 merges the shards' per-sample records (``merge``,
-``merge_runs``, ``in_order``) and, for ``evaluate_sharded``, runs the sanity checks on the
-whole set: its report is that of a single-process run. Certification needs no random
-stream: its bounds depend on the sample alone.
-
-With ``--resume`` the ranks share one ``advx.resume.ChunkStore``: a rank that died redoes
-only its missing chunks. Data-parallel training lives in ``advx.train``; the progress bar
-of the whole job in ``advx.progress``.
+NCCL on CUDA, one GPU per local rank). ``on_shards`` runs a piece of work on each rank's
+interleaved shard and gathers the results on rank 0, ``in_order`` puts per-sample columns
+back in sample order; ``from_rank_0`` and ``buffers_of_rank_0`` share rank 0's values.
+In a single process every helper here is a no-op or its trivial case. What is sharded with
+them: ``advx.sharded`` (evaluation, one attack, certification) and ``advx.train``
+(data-parallel training); the progress bar of the whole job is ``advx.progress``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from advx.eval_config import EvalConfig
 from advx.validate import InputError
-from advx.dataset_attack import DatasetResult, run_attack
-from advx.evaluate import Evaluation, evaluate, sanity_warnings
 
 T = TypeVar("T")
 
@@ -78,11 +68,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def total(values: list[int]) -> list[int]:
-    """The sums of ``values`` over all ranks (every rank must call it)."""
+def total(values: list) -> list:
+    """The sums of ``values`` (numbers) over all ranks (every rank must call it); in float64
+    when any of them is a float."""
     if not (dist.is_available() and dist.is_initialized()):
         return list(values)
-    sums = torch.tensor(values, dtype=torch.long)
+    exact = all(isinstance(v, int) for v in values)
+    sums = torch.tensor(values, dtype=torch.long if exact else torch.float64)
     dist.all_reduce(sums)
     return sums.tolist()
 
@@ -96,7 +88,7 @@ def on_shards(n: int, work: Callable[[torch.Tensor], T]) -> list[tuple[torch.Ten
         ids = torch.arange(n)
         return [(ids, work(ids))]
     if n < size:
-        raise InputError(f"--images: {n} images cannot be shared among {size} ranks; give at least {size}")
+        raise InputError(f"n must be at least the number of ranks ({size}): every rank needs a sample, got {n}")
     own = work(torch.tensor(shard(n, rank, size), dtype=torch.long))
     gathered = [None] * size
     dist.gather_object(own, gathered if rank == 0 else None, dst=0)
@@ -114,84 +106,29 @@ def in_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     return whole
 
 
-def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig,
-                     store=None) -> Evaluation | None:
-    """``evaluate`` over all ranks: each attacks its shard; rank 0 returns the merged
-    ``Evaluation`` (the others None). Without a process group it is ``evaluate``.
-    ``store``: an ``advx.resume.ChunkStore`` the ranks share."""
-    if world()[1] == 1:
-        return evaluate(model, x, y, config, store=store)
-    parts = on_shards(len(y), lambda ids: _portable(evaluate(model, x[ids], y[ids], replace(config, checks=False),
-                                                             sample_ids=ids, store=store)))
-    if parts is None:
-        return None
-    ev = merge([part for _, part in parts], [ids for ids, _ in parts])
-    if config.checks:  # on the whole set, as a single run does
-        ev.warnings = sanity_warnings(model, x, y, ev, config)
-    return ev
+def every_rank(value: T) -> list[T]:
+    """``value`` of every rank, in rank order, on every rank (every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
-def run_attack_sharded(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor, *,
-                       target: torch.Tensor | None = None, keep: int = 8, **options) -> DatasetResult | None:
-    """``run_attack`` over all ranks (the attack needs a ``seed``: each sample's random
-    stream comes from it and the sample's id); rank 0 returns the merged result, the
-    others None. ``options``: those of ``run_attack``."""
-    if world()[1] > 1 and (attack.seed is None or attack.generator is not None):
-        raise InputError("run_attack_sharded: the attack needs a seed (and no generator of its own), so that "
-                         "every sample's random stream is the same on any rank")
-
-    def work(ids: torch.Tensor) -> DatasetResult:
-        part = run_attack(model, attack, x[ids], y[ids], target=None if target is None else target[ids],
-                          keep=keep, sample_ids=ids, **options)
-        return replace(part, x_adv=part.x_adv.cpu())
-
-    parts = on_shards(len(y), work)
-    return None if parts is None else merge_runs(parts, keep)
+def from_rank_0(compute: Callable[[], T]) -> T:
+    """``compute()`` on rank 0, its value sent to every rank (the others wait for it)."""
+    rank, size = world()
+    box = [compute() if rank == 0 else None]
+    if size > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
-def merge_runs(parts: list[tuple[torch.Tensor, DatasetResult]], keep: int = 8) -> DatasetResult:
-    """One ``DatasetResult`` of the shards' ``(ids, result)``: every column in sample order,
-    the adversarial images of the whole set's first ``keep`` samples."""
-    if len(parts) == 1:
-        return parts[0][1]
-    first = parts[0][1]
-
-    def whole(field: str) -> torch.Tensor:
-        return in_order([(ids, getattr(part, field)) for ids, part in parts])
-
-    kept = in_order([(ids[ids < keep], part.x_adv.movedim(0, -1)) for ids, part in parts]).movedim(-1, 0)
-    return DatasetResult(y=whole("y"), target=None if first.target is None else whole("target"),
-                         pred_clean=whole("pred_clean"), pred_adv=whole("pred_adv"), success=whole("success"),
-                         distance=whole("distance"), x_adv=kept, seconds=max(p.seconds for _, p in parts))
-
-
-def _portable(ev: Evaluation) -> Evaluation:
-    """``ev`` with its tensors on the CPU (to cross processes)."""
-    return replace(ev, records={k: v.cpu() for k, v in ev.records.items()})
-
-
-def merge(parts: list[Evaluation], ids: list[torch.Tensor]) -> Evaluation:
-    """One ``Evaluation`` of the shards ``parts`` (``ids[i]``: the indices of part i's samples
-    in the whole set): the per-sample records put back in sample order, every accuracy
-    recounted over all samples."""
-    first, n = parts[0], sum(p.n for p in parts)
-    records = {k: in_order([(i, p.records[k]) for i, p in zip(ids, parts)]) for k in first.records}
-
-    def share(count: int) -> float:  # as a single run computes it: a float32 mean of booleans
-        return (torch.tensor(float(count), dtype=torch.float32) / n).item()
-
-    def count(p: Evaluation, fraction: float) -> int:
-        return round(fraction * p.n)
-
-    correct = records["pred_clean"] == records["y"]
-    by_attack = {e: {name: share(sum(count(p, p.robust_acc_by_attack[e][name]) for p in parts))
-                     for name in first.robust_acc_by_attack[e]} for e in first.eps}
-    certified = records.get("certified")
-    return Evaluation(
-        eps=first.eps, attacks=first.attacks, n=n, clean_acc=correct.float().mean().item(),
-        robust_acc={e: records["robust"][k].float().mean().item() for k, e in enumerate(first.eps)},
-        robust_acc_by_attack=by_attack, records=records, seconds=max(p.seconds for p in parts),
-        settings={**first.settings, "n": n, "ranks": len(parts)},
-        certified_acc=None if certified is None else {e: certified[k].float().mean().item()
-                                                      for k, e in enumerate(first.eps)},
-    )
+def buffers_of_rank_0(model: nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm's running statistics), as
+    DistributedDataParallel does at each forward pass, but earlier: data-parallel
+    adversarial training attacks the module inside DDP, in eval mode, before that forward,
+    and the attack reads them. Without this each rank's attack would use the statistics of
+    its own last share, which no checkpoint holds, and a resumed run would differ."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)

@@ -9,10 +9,10 @@ from typing import Sequence
 
 import torch
 
-from advx.bounds.propagate import METHODS
+from advx.certify.propagate import METHODS
 from advx.attacks.registry import (AttackFactory, abilities, check_options_apply, describe, stage_factory,
                                    stage_name)
-from advx.norms import get_norm
+from advx.norms import Norm, get_norm
 from advx.precision import check_precision
 from advx.validate import InputError, check_number, check_seed
 
@@ -23,7 +23,8 @@ class EvalConfig:
 
     attacks:  names from ``advx.ATTACKS``, ``(name, options)`` pairs such as
               ``SUITES["strong"]`` holds, or factories ``f(model, eps) -> Attack``; each once.
-    eps:      the budgets (one number or several; sorted, each once). norm: ``"inf"``/``"2"``/``"1"``.
+    eps:      the budgets (one number or several; sorted, each once).
+    norm:     the threat model: a ``Norm``, or its name (``"inf"``/``"2"``/``"1"``), held as a ``Norm``.
     steps, alpha, restarts: passed to the attacks that take them (``None``: their own).
     cascade:  each attack only on the survivors of those before it (the worst case is the
               same; the per-attack columns become cumulative).
@@ -33,12 +34,12 @@ class EvalConfig:
     precision: the attacks' search (``advx.precision``); an attack that needs fp32 keeps it.
               Success, the survivors and every figure are decided in fp32.
     certify:  also certify every correct sample at every eps with this method of
-              ``advx.bounds`` ("ibp", "crown-ibp", "crown"; None: attacks only), always in fp32.
+              ``advx.certify`` ("ibp", "crown-ibp", "crown"; None: attacks only), always in fp32.
     """
 
     attacks: Sequence = ("fgsm", "pgd")
     eps: Sequence[float] | float = (0.1, 0.3)
-    norm: str = "inf"
+    norm: str | Norm = "inf"
     steps: int | None = None
     alpha: float | None = None
     restarts: int | None = None
@@ -65,7 +66,7 @@ class EvalConfig:
         _no_repeats("eps", [f"{e:g}" for e in eps], "a value")
         if self.certify is not None and self.certify not in METHODS:
             raise InputError(f"certify must be one of {list(METHODS)} or None, got {self.certify!r}")
-        checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm).name,
+        checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm),
                    "batch_size": check_number("batch_size", self.batch_size, minimum=1, integer=True),
                    "seed": check_seed("seed", self.seed),
                    "precision": check_precision("precision", self.precision)}
@@ -92,7 +93,7 @@ class EvalConfig:
     def settings(self, names: list[str], n: int) -> dict:
         """Plain values for the report: what ran (the stages' ``names``), on how many samples."""
         return {"attacks": names, "stages": describe(self.attacks, self.options()), "eps": list(self.eps),
-                "norm": self.norm, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
+                "norm": self.norm.name, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
                 "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
                 "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n,
                 "precision": self.precision, "certify": self.certify}

@@ -17,9 +17,11 @@ from advx import rng, sanity
 from advx.attacks.base import Attack
 from advx.attacks.checks import check_model_ready, is_integer_labels
 from advx.attacks.registry import abilities, stage_name
-from advx.bounds.sweep import certify_sweep, check_sandwich
+from advx.certify.sweep import certify_sweep
 from advx.eval_config import EvalConfig
 from advx.modes import predictions
+from advx.norms import Linf, Norm
+from advx.sanity import check_sandwich
 from advx.progress import bar as progress_bar
 from advx.validate import InputError
 
@@ -47,21 +49,23 @@ class Evaluation:
     settings: dict = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
     certified_acc: dict[float, float] | None = None  # with certify: the proved lower bounds
+    norm: Norm = field(default_factory=Linf)  # the threat model
 
 
 class _Records:
     """Per-sample records of a sweep, [len(eps), N] each: the first attack (in cascade
-    order) that broke the sample at that eps (-1: none), at which step, how far it moved."""
+    order) that broke the sample at that eps (-1: none), at which step, how far it moved
+    (``distance``: the perturbation's size in the threat model's norm)."""
 
     def __init__(self, k_eps: int, n: int) -> None:
         self.broken_by = torch.full((k_eps, n), -1, dtype=torch.long)
         self.step = torch.zeros((k_eps, n), dtype=torch.long)
-        self.size = torch.zeros((k_eps, n))
+        self.distance = torch.zeros((k_eps, n))
         self.robust = torch.zeros((k_eps, n), dtype=torch.bool)
 
     def carry(self, k: int) -> None:
         """Nested balls: what broke a sample at eps k-1 broke it at eps k too."""
-        for t in (self.broken_by, self.step, self.size):
+        for t in (self.broken_by, self.step, self.distance):
             t[k] = t[k - 1]
 
     def add(self, k: int, a: int, chunk: torch.Tensor, result) -> torch.Tensor:
@@ -71,7 +75,7 @@ class _Records:
         new = self.broken_by[k][hit] == -1  # the first attack (in list order) to break it
         self.broken_by[k][hit[new]] = a
         self.step[k][hit[new]] = result.steps.cpu()[success][new]
-        self.size[k][hit[new]] = result.distance.cpu()[success][new]
+        self.distance[k][hit[new]] = result.distance.cpu()[success][new]
         return hit
 
 
@@ -158,9 +162,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     CW, DeepFool) runs once per sample, with no budget: the sample is broken at every eps
     at least as large as the distance of the adversarial example it found.
 
-    With ``certify`` (a method of ``advx.bounds``), every correct sample is also bounded
+    With ``certify`` (a method of ``advx.certify``), every correct sample is also bounded
     at every eps: ``certified_acc`` <= true robust accuracy <= ``robust_acc``. A sample
-    both certified and broken raises ``advx.bounds.sweep.SoundnessError`` naming it.
+    both certified and broken raises ``advx.sanity.SoundnessError`` naming it.
 
     Randomness: each (sample, attack, eps) has its own random stream, seeded from
     ``seed``, the sample's id (its index, or ``sample_ids[i]``: a shard of a larger set
@@ -223,8 +227,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     extra, certified_acc = {}, None
     if config.certify:  # the lower bounds, checked against the attacks' upper bounds
         lower = certify_sweep(model, x, y, eps, method=config.certify, norm=config.norm, only=correct,
-                              batch_size=min(config.batch_size, 256), device=config.device,
-                              progress=config.progress)
+                              batch_size=min(config.batch_size, 256), progress=config.progress)
         check_sandwich(lower > 0, records.broken_by, correct, eps, names)
         extra = {"certified": lower > 0, "margin_lb": lower}
         certified_acc = {e: (lower[k] > 0).float().mean().item() for k, e in enumerate(eps)}
@@ -233,10 +236,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         robust_acc={e: records.robust[k].float().mean().item() for k, e in enumerate(eps)},
         robust_acc_by_attack=by_attack,
         records={"y": y.cpu(), "pred_clean": pred_clean, "robust": records.robust,
-                 "broken_by": records.broken_by, "step": records.step, "norm": records.size, **extra},
+                 "broken_by": records.broken_by, "step": records.step, "distance": records.distance, **extra},
         seconds=time.perf_counter() - start,
         settings={**config.settings(names, n), "precision_used": precision_used},
-        certified_acc=certified_acc,
+        certified_acc=certified_acc, norm=config.norm,
     )
     if config.checks:
         ev.warnings = sanity_warnings(model, x, y, ev, config)

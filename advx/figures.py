@@ -1,6 +1,7 @@
 """The pictures advx draws: the examples grid of ``advx attack`` (originals, adversarials,
 perturbations, captioned with class names) and the accuracy-vs-eps curves of ``advx eval``
-and ``advx certify``. Each is written atomically as a PNG."""
+and ``advx certify`` (with certificates: the certified lower bound, the attacks' upper
+bound and the unresolved band between them). Each is written atomically as a PNG."""
 
 from __future__ import annotations
 
@@ -80,27 +81,48 @@ def save_examples(
     return Path(path)
 
 
-
-
 def save_curve(path: str | os.PathLike, eps: Sequence[float], robust_acc: dict,
                by_attack: dict, *, clean_acc: float, title: str = "") -> Path:
     """Robust accuracy vs eps: one line per attack and the worst case, starting from the
     clean accuracy at eps = 0."""
-    import matplotlib  # imported here: it is slow to import and only this function needs it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_zero = eps[0] > 0  # the clean accuracy is the point at eps = 0
-    xs = [0.0, *eps] if with_zero else list(eps)
-    head = [clean_acc] if with_zero else []
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax, xs, head = _accuracy_axes(eps, clean_acc)
     ax.plot(xs, head + [robust_acc[e] for e in eps], marker="s", color="black", lw=3,
             label="worst case", zorder=1)
     for name in by_attack[eps[0]]:  # dashed on top, so a line equal to the worst case stays visible
         ax.plot(xs, head + [by_attack[e][name] for e in eps], marker="o", ls="--", label=name,
                 zorder=2)
     return save_accuracy_axes(fig, ax, path, title)
+
+
+def save_bounds_curve(path, eps: Sequence[float], certified: dict, attack: dict | None, *,
+                      clean_acc: float, method: str, title: str = "",
+                      by_attack: dict | None = None) -> Path:
+    """Certified accuracy (a lower bound) vs eps; with ``attack`` also the attacks' robust
+    accuracy (an upper bound) and the unresolved band between them, where the true robust
+    accuracy lies."""
+    fig, ax, xs, head = _accuracy_axes(eps, clean_acc)
+    lower = head + [certified[e] for e in eps]
+    if attack is not None:
+        upper = head + [attack[e] for e in eps]
+        ax.fill_between(xs, lower, upper, color="tab:orange", alpha=0.25, label="unresolved")
+        ax.plot(xs, upper, marker="s", color="black", lw=2, label="attacks (upper bound)")
+        for name in (by_attack or {}).get(eps[0], {}):
+            ax.plot(xs, head + [by_attack[e][name] for e in eps], marker="o", ls="--", lw=1, label=name)
+    ax.plot(xs, lower, marker="^", color="tab:green", lw=2, label=f"certified, {method} (lower bound)")
+    return save_accuracy_axes(fig, ax, path, title, legend_size=8)
+
+
+def _accuracy_axes(eps: Sequence[float], clean_acc: float):
+    """A figure for accuracy vs eps: ``(fig, ax, xs, head)``, where ``xs`` starts at eps = 0
+    with the clean accuracy (``head``, prepended to every line) unless ``eps`` does."""
+    import matplotlib  # imported here: it is slow to import and only the pictures need it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_zero = eps[0] > 0
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    return fig, ax, ([0.0, *eps] if with_zero else list(eps)), ([clean_acc] if with_zero else [])
 
 
 def save_accuracy_axes(fig, ax, path, title: str = "", legend_size=None) -> Path:

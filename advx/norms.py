@@ -14,8 +14,14 @@ Each norm gives, per sample of a batch [N, C, H, W]:
   ``lower <= delta <= upper`` (what FAB steps to), exact, by sorting;
 and, for reports and for attacks that reason about the geometry:
 - ``label``: how people write it ("Linf", "L2", "L1");
-- ``dual``: the exponent q of the dual norm (1 for Linf, 2 for L2, inf for L1): a linear function
-  ``w . delta`` changes by at most ``eps * ||w||_q`` inside the ball;
+- ``dual``: the exponent q of the dual norm (1 for Linf, 2 for L2, inf for L1), and
+  ``dual_size(w)``: ``||w||_q``, how much a linear function ``w . delta`` changes at most
+  inside the unit ball; ``linear_minimum(A, x, eps)``: the minimum of ``A . h`` over the
+  ball around ``x`` (what certification's bounds end with, as auto_LiRPA's perturbation
+  objects answer it);
+- ``ball_is_box``: the ball is the box ``[x - eps, x + eps]`` (Linf), so a bound over that
+  box is exact; ``exact_projection``: ``project`` with ``bounds`` is the nearest point of
+  ball and box (Linf, L1) rather than the ball's then the box's (L2);
 - ``diameter(shape, bounds)``: the largest distance between two images of that shape in
   the pixel box, i.e. a budget that never binds.
 Without ``bounds``, clipping to the pixel box is done by the attack. This is the only
@@ -46,6 +52,18 @@ class Norm:
     label: str = ""
     dual: float = 0.0
     sparse: bool = False    # steps move a share of the coordinates (``direction_in_box``)
+    ball_is_box: bool = False       # the ball is the box [x - eps, x + eps]
+    exact_projection: bool = True   # project(..., bounds) is the nearest point of ball and box
+
+    def dual_size(self, w: torch.Tensor) -> torch.Tensor:
+        """``||w||_q`` over the last dimension of ``w`` (q the dual exponent), e.g. [R, D] -> [R]:
+        ``w . delta`` changes by at most ``eps * ||w||_q`` inside the ball of radius eps."""
+        return torch.linalg.vector_norm(w, ord=self.dual, dim=-1)
+
+    def linear_minimum(self, A: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """Per row r of ``A`` [R, ...]: the minimum of ``A[r] . h`` over the ball of radius
+        ``eps`` around ``x[r]``, ``A[r] . x[r] - eps * ||A[r]||_q`` (exact, without the pixel box)."""
+        return (A * x).flatten(1).sum(1) - eps * self.dual_size(A.flatten(1))
 
     def diameter(self, shape: Sequence[int], bounds: tuple[float, float]) -> float:
         """The largest distance between two images of ``shape`` (one sample, e.g. [1, 28, 28])
@@ -120,7 +138,7 @@ def solve_piecewise(m: torch.Tensor, p: torch.Tensor, q: torch.Tensor, target: t
 
 
 class Linf(Norm):
-    name, label, dual = "inf", "Linf", 1.0
+    name, label, dual, ball_is_box = "inf", "Linf", 1.0, True
 
     def diameter(self, shape, bounds):
         return float(bounds[1] - bounds[0])
@@ -147,6 +165,7 @@ class Linf(Norm):
 
 class L2(Norm):
     name, label, dual = "2", "L2", 2.0
+    exact_projection = False  # the ball's projection, then the box's (as every library does)
 
     def diameter(self, shape, bounds):
         return float(bounds[1] - bounds[0]) * math.sqrt(math.prod(shape))
@@ -186,6 +205,9 @@ class L1(Norm):
         if not 0 < sparsity <= 1:
             raise InputError(f"sparsity must be in (0, 1], got {sparsity!r}")
         self.sparsity = float(sparsity)
+
+    def __repr__(self) -> str:
+        return f"L1(sparsity={self.sparsity:g})"
 
     def diameter(self, shape, bounds):
         return float(bounds[1] - bounds[0]) * math.prod(shape)

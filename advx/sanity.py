@@ -3,7 +3,12 @@
 After Carlini et al. (2019), "On Evaluating Adversarial Robustness", and AutoAttack's
 ``checks.py``. Each check is a small function that returns ``None`` when all is well,
 or a one-line warning. ``advx.evaluate`` runs them, prints the warnings and stores
-them in the report.
+them in the report. One check is never a warning: the sandwich of ``advx eval --certify``,
+
+    certified accuracy  <=  true robust accuracy  <=  attack robust accuracy:
+
+a sample both certified (proved robust) and broken (an attack found an adversarial
+example) at the same eps means one of the two is wrong, and ``check_sandwich`` raises.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from advx.attacks.gradients import input_gradient
 from advx.attacks.pgd import PGD
 from advx.modes import frozen
 from advx.norms import get_norm
+from advx.validate import AdvxError
 
 
 def check_logits(model: nn.Module, x: torch.Tensor) -> str | None:
@@ -181,3 +187,26 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Seque
             strong = acc(PGD(model, eps=e, steps=20, restarts=2, norm=norm, early_stop=True))
             found["stronger_attack"] = check_stronger_attack(weak, strong)
     return {k: v for k, v in found.items() if v is not None}
+
+
+class SoundnessError(AdvxError, RuntimeError):
+    """A sample is both certified and broken (or certified though misclassified): a bug
+    in the bounds or in the attack, named with the sample, the eps and the attack."""
+
+
+def check_sandwich(certified: torch.Tensor, broken_by: torch.Tensor, correct: torch.Tensor,
+                   eps: list[float], attacks: list[str]) -> None:
+    """Raise ``SoundnessError`` if a sample is certified but broken or misclassified.
+    ``certified``, ``broken_by`` (-1: not broken): [len(eps), N]; ``correct``: [N]."""
+    for k, e in enumerate(eps):
+        wrong = certified[k] & ~correct
+        if wrong.any():
+            i = int(wrong.nonzero()[0])
+            raise SoundnessError(f"sample {i} is certified at eps={e:g} but the model misclassifies it "
+                                 f"(the bounds are wrong); {int(wrong.sum())} such samples")
+        clash = certified[k] & (broken_by[k] >= 0)
+        if clash.any():
+            i = int(clash.nonzero()[0])
+            raise SoundnessError(f"sample {i} is certified at eps={e:g} and broken by "
+                                 f"{attacks[int(broken_by[k, i])]} at the same eps: the certificate or the "
+                                 f"attack is wrong; {int(clash.sum())} such samples")

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from advx.distributed import world
+from advx.distributed import buffers_of_rank_0, every_rank, from_rank_0, total, world
 from advx.data import Split, iterate_batches, load_dataset
 from advx.datasets import get_dataset
 from advx.models import build_model
@@ -148,7 +147,7 @@ def train(
             if rank < len(per_rank):  # a rank the saved run did not have keeps its fresh stream
                 loss_fn.load_state_dict(per_rank[rank])
         history = [dict(r) for r in resume["history"]]
-    # the same weights, synced gradients (buffers: ``_buffers_of_rank_0`` at every step)
+    # the same weights, synced gradients (buffers: ``buffers_of_rank_0`` at every step)
     net = DistributedDataParallel(model, broadcast_buffers=False) if size > 1 else model
     progress = progress and rank == 0
     for epoch in range(len(history), config.epochs):
@@ -169,25 +168,17 @@ def train(
             "precision": precision,  # as resolved on this device
         }
         if epoch_metrics is not None:
-            record.update(_from_rank_0(lambda: epoch_metrics(model), rank, size))
+            record.update(from_rank_0(lambda: epoch_metrics(model)))
         history.append(record)
         if progress:
             shown = {k: v for k, v in record.items() if k.endswith("_acc") and v is not None}
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         if on_epoch_end is not None:
             state = _training_state(optimizer, scheduler, shuffle, loss_fn, history, size)
-            if _from_rank_0(lambda: bool(on_epoch_end(record, state)), rank, size):  # asks to end here
+            if from_rank_0(lambda: bool(on_epoch_end(record, state))):  # asks to end here
                 break
     model.to(memory_format=torch.contiguous_format).eval()
     return history
-
-
-def _from_rank_0(compute, rank: int, size: int):
-    """``compute()`` on rank 0, its value sent to every rank (the others wait for it)."""
-    box = [compute() if rank == 0 else None]
-    if size > 1:
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def training_precision(precision: str, device) -> str:
@@ -211,7 +202,7 @@ def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, sch
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device), y.to(device)
         if isinstance(model, DistributedDataParallel):
-            _buffers_of_rank_0(model.module)
+            buffers_of_rank_0(model.module)
         if precision != "fp32":
             x = fast_images(x)
         with autocast(precision, device):
@@ -234,20 +225,8 @@ def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, sch
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
     bar.close()
-    if isinstance(model, DistributedDataParallel):  # the figures over every rank's share
-        sums = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
-        dist.all_reduce(sums)
-        loss_sum, correct, seen = sums.tolist()
+    loss_sum, correct, seen = total([loss_sum, correct, seen])  # over every rank's share
     return loss_sum / seen, correct / seen
-
-
-def _buffers_of_rank_0(model: nn.Module) -> None:
-    """Every rank takes rank 0's buffers (BatchNorm's running statistics), as DDP does at each
-    forward pass, but before the step's attack too: the attack runs on the module inside DDP,
-    in eval mode, and so reads them. Without this each rank's attack would use the statistics
-    of its own last share, which no checkpoint holds, and a resumed run would differ."""
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
 
 
 def _diverged(loss: torch.Tensor, epoch: int, step: int, lr: float) -> TrainingDiverged:
@@ -262,10 +241,7 @@ def _training_state(optimizer, scheduler, shuffle: torch.Generator, loss_fn, his
     """Everything ``train(resume=...)`` needs to continue exactly where this epoch ended
     (every rank calls it: data-parallel, the state of each rank's ``loss_fn`` is gathered)."""
     own = loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else {}
-    every = [own]
-    if size > 1:
-        every = [None] * size
-        dist.all_gather_object(every, own)
+    every = every_rank(own)
     return {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

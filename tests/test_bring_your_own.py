@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from advx import PGD
-from advx.bounds import Certifier
+from advx.certify import Certifier
 from advx.checkpoint import load_checkpoint
 from advx.cli import main
 from advx.loading import ModelLoadError, load_exported, model_from_import

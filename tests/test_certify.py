@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advx import APGD, PGD, certify, evaluate
-from advx.bounds import METHODS, Certifier, UnsupportedModel, ops
-from advx.bounds.sweep import SoundnessError, check_sandwich
+from advx.certify import METHODS, Certifier, UnsupportedModel, ops
+from advx.sanity import SoundnessError, check_sandwich
 
 SHAPE = (1, 10, 10)
 CLASSES = 4
@@ -355,7 +355,7 @@ def test_certifier_reads_once_and_follows_the_weights(trained_cnn, batch):
 
 
 def test_certified_loss_schedules_and_gradients():
-    from advx.bounds.training import CertifiedLoss
+    from advx.certify.training import CertifiedLoss
     from advx.models import build_model
 
     loss_fn = CertifiedLoss("crown-ibp", eps=0.2, ramp_start=1, ramp_epochs=2, kappa_end=0.5)

@@ -185,7 +185,7 @@ def _no_work(*args, **kwargs):
 def test_attack_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from advx.cli import attack
 
-    monkeypatch.setattr(attack.distributed, "run_attack_sharded", _no_work)
+    monkeypatch.setattr(attack, "run_attack_sharded", _no_work)
     blocker = tmp_path / "taken"
     blocker.write_text("not a folder")
     code = main(["attack", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker), "--quiet"])
@@ -198,7 +198,7 @@ def test_attack_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_pa
 def test_eval_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from advx.cli import eval as eval_command
 
-    monkeypatch.setattr(eval_command.distributed, "evaluate_sharded", _no_work)
+    monkeypatch.setattr(eval_command, "evaluate_sharded", _no_work)
     blocker = tmp_path / "taken"
     blocker.write_text("x")
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker), "--quiet"]) == 2
@@ -218,7 +218,7 @@ def test_train_checkpoint_that_is_a_folder_fails_before_training(tmp_path, capsy
 
 
 def test_an_os_error_is_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    from advx import report
+    from advx.report import attack as report
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "report.json"))

@@ -16,7 +16,8 @@ import torch
 
 from advx import PGD, evaluate, run_attack
 from advx.cli import main
-from advx.distributed import merge, merge_runs, on_shards, shard
+from advx.distributed import on_shards, shard
+from advx.sharded import merge_evaluations, merge_runs
 from advx.validate import InputError
 
 from conftest import DATA_DIR
@@ -36,17 +37,17 @@ def test_merged_shards_are_the_whole_evaluation(trained_cnn, mnist_test):
     whole = evaluate(trained_cnn, x, y, **options)
     ids = [torch.tensor(shard(60, r, 3)) for r in range(3)]
     parts = [evaluate(trained_cnn, x[i], y[i], sample_ids=i, **options) for i in ids]
-    merged = merge(parts, ids)
+    merged = merge_evaluations(parts, ids)
     assert merged.n == 60 and merged.settings["ranks"] == 3
     for key in ("y", "pred_clean", "robust", "broken_by", "step"):
         assert torch.equal(merged.records[key], whole.records[key]), key
-    assert torch.allclose(merged.records["norm"], whole.records["norm"], atol=1e-6)
+    assert torch.allclose(merged.records["distance"], whole.records["distance"], atol=1e-6)
     assert merged.robust_acc == whole.robust_acc and merged.clean_acc == whole.clean_acc
     assert merged.robust_acc_by_attack == whole.robust_acc_by_attack
     # Without the ids a shard draws other random starts: the ids are what makes sharding exact.
     unkeyed = evaluate(trained_cnn, x[20:40], y[20:40], **options)
     assert not torch.equal(unkeyed.records["step"], whole.records["step"][:, 20:40]) or \
-        not torch.allclose(unkeyed.records["norm"], whole.records["norm"][:, 20:40])
+        not torch.allclose(unkeyed.records["distance"], whole.records["distance"][:, 20:40])
 
 
 @pytest.fixture(scope="module")
@@ -232,10 +233,10 @@ def test_merged_attack_shards_are_the_whole_run(trained_cnn, mnist_test):
     size, give the single run's per-sample results, and the whole set's first images to keep."""
     x, y = mnist_test.x[:45], mnist_test.y[:45]
     attack = PGD(trained_cnn, eps=0.1, steps=5, seed=4)
-    whole = run_attack(trained_cnn, attack, x, y, batch_size=16, keep=5, progress=False)
-    other_batches = run_attack(trained_cnn, attack, x, y, batch_size=7, keep=5, progress=False)
+    whole = run_attack(attack, x, y, batch_size=16, keep=5, progress=False)
+    other_batches = run_attack(attack, x, y, batch_size=7, keep=5, progress=False)
     ids = [torch.tensor(shard(45, r, 3)) for r in range(3)]
-    merged = merge_runs([(i, run_attack(trained_cnn, attack, x[i], y[i], batch_size=4, keep=5, sample_ids=i,
+    merged = merge_runs([(i, run_attack(attack, x[i], y[i], batch_size=4, keep=5, sample_ids=i,
                                         progress=False)) for i in ids], keep=5)
     for run in (other_batches, merged):
         for key in ("y", "pred_clean", "pred_adv", "success"):
@@ -244,9 +245,9 @@ def test_merged_attack_shards_are_the_whole_run(trained_cnn, mnist_test):
         assert run.x_adv.shape == (5, 1, 28, 28) and torch.allclose(run.x_adv, whole.x_adv, atol=1e-6)
     assert 0 < int(whole.success.sum()) < 45  # a test that could tell a sample's stream apart
     # the ids are what makes it exact: the same images as a set of their own draw other starts
-    every = run_attack(trained_cnn, attack, x, y, keep=45, progress=False).x_adv
-    keyed = run_attack(trained_cnn, attack, x[ids[1]], y[ids[1]], keep=45, sample_ids=ids[1], progress=False).x_adv
-    alone = run_attack(trained_cnn, attack, x[ids[1]], y[ids[1]], keep=45, progress=False).x_adv
+    every = run_attack(attack, x, y, keep=45, progress=False).x_adv
+    keyed = run_attack(attack, x[ids[1]], y[ids[1]], keep=45, sample_ids=ids[1], progress=False).x_adv
+    alone = run_attack(attack, x[ids[1]], y[ids[1]], keep=45, progress=False).x_adv
     assert torch.allclose(keyed, every[ids[1]], atol=1e-6) and not torch.allclose(alone, every[ids[1]], atol=1e-3)
 
 
@@ -294,7 +295,7 @@ def test_fewer_images_than_ranks_is_refused(monkeypatch):
     import advx.distributed
 
     monkeypatch.setattr(advx.distributed, "world", lambda: (0, 2))
-    with pytest.raises(InputError, match="--images: 1 images cannot be shared among 2 ranks; give at least 2"):
+    with pytest.raises(InputError, match=r"n must be at least the number of ranks \(2\): every rank needs a sample, got 1"):
         on_shards(1, lambda ids: ids)
 
 

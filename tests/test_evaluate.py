@@ -66,7 +66,7 @@ def test_reuse_keeps_the_first_record(fast):
     broken_small = r["broken_by"][0] >= 0
     assert broken_small.any()
     assert torch.equal(r["broken_by"][2][broken_small], r["broken_by"][0][broken_small])
-    assert (r["norm"][0][broken_small] <= 0.05 + 1e-6).all()
+    assert (r["distance"][0][broken_small] <= 0.05 + 1e-6).all()
 
 
 def test_independent_of_batch_size(trained_cnn, data, fast):
@@ -131,7 +131,7 @@ def test_cli_eval_writes_report_csv_and_curve(tmp_path, capsys):
     assert "torch" in report["environment"]
     rows = list(csv.DictReader((out / "per_sample.csv").open()))
     assert len(rows) == 40
-    assert {"index", "label", "pred_clean", "robust@0.1", "attack@0.3", "step@0.3", "norm@0.3"} <= set(rows[0])
+    assert {"index", "label", "pred_clean", "robust@0.1", "attack@0.3", "step@0.3", "distance@0.3"} <= set(rows[0])
     with Image.open(out / "curve.png") as img:
         img.verify()
 

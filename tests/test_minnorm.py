@@ -114,7 +114,7 @@ def test_evaluate_runs_a_minimum_norm_attack_once_for_every_eps(trained_cnn, few
     assert counted.images == cost_one  # the same forwards: one run, whatever the number of eps
     assert many.robust_acc[1.0] == one.robust_acc[1.0]
     # at each eps, a sample is broken iff the one run found an adversarial example within eps
-    size = many.records["norm"]
+    size = many.records["distance"]
     broken = many.records["broken_by"] >= 0
     for k, e in enumerate(eps):
         assert (size[k][broken[k]] <= e).all()
@@ -130,4 +130,4 @@ def test_evaluate_minimum_norm_results_do_not_depend_on_the_batch(trained_cnn, f
     b = evaluate(trained_cnn, x, y, attacks=["fab"], eps=[0.1, 0.2], steps=10, batch_size=100, checks=False,
                  progress=False)
     assert torch.equal(a.records["broken_by"], b.records["broken_by"])
-    torch.testing.assert_close(a.records["norm"], b.records["norm"])
+    torch.testing.assert_close(a.records["distance"], b.records["distance"])

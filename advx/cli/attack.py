@@ -13,7 +13,8 @@ from advx.cli.common import (CLIError, check_model_options, common_options, devi
                              precision_option)
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
-from advx.report import attack_table, write_attack_outputs
+from advx.report.attack import attack_table, write_attack_outputs
+from advx.sharded import run_attack_sharded
 
 
 def add(sub) -> None:
@@ -72,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
         target = torch.full_like(test.y, args.target_class)
 
     # each rank attacks its shard of the images (every sample has its own random stream); rank 0 reports
-    run = distributed.run_attack_sharded(subject.model, attack, test.x, test.y, target=target,
-                                         batch_size=args.batch_size, device=device, progress=not args.quiet)
+    run = run_attack_sharded(attack, test.x, test.y, target=target, batch_size=args.batch_size, device=device,
+                             progress=not args.quiet)
     if run is None:
         return 0
     print(attack_table(run, attack, source=subject.source))

@@ -4,18 +4,15 @@
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
-
-from advx.bounds import METHODS, Certifier
-from advx.bounds.report import CertifyRun, certify_table, write_certify_outputs
 from advx import distributed
+from advx.certify import METHODS
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
                              model_options)
 from advx.files import check_output_dir
-from advx.modes import predictions
 from advx.norms import NORM_NAMES
+from advx.report.certification import certify_table, write_certify_outputs
+from advx.sharded import certify_sharded
 
 
 def add(sub) -> None:
@@ -49,34 +46,15 @@ def run(args: argparse.Namespace) -> int:
     check_model_options(args)
     out = check_output_dir(args.out, "--out")
     device = distributed.init(device_named(args.device))  # under torchrun: this rank's device
-    rank, size = distributed.world()
-    subject, test = load_subject(args, device, verbose=rank == 0)
-    model = subject.model
+    subject, test = load_subject(args, device, verbose=distributed.world()[0] == 0)
     if eps is None:
         standard = subject.dataset.eps[args.norm]
         eps = [float(f"{standard / 3:.3g}"), standard]
-    certifier = Certifier(model, tuple(test.x.shape[1:]), method=args.method, norm=args.norm)
-
-    def work(ids: torch.Tensor):  # this rank's shard of the images (all of them in one process)
-        x, y = test.x[ids], test.y[ids]
-        pred = predictions(model, x, batch_size=args.batch_size, device=device)
-        lower, seconds = [], {}
-        for e in eps:
-            start = time.perf_counter()
-            lower.append(certifier(x, y, eps=e, batch_size=args.batch_size, progress=not args.quiet).lower)
-            seconds[e] = time.perf_counter() - start
-        return pred, torch.stack(lower), seconds
-
-    parts = distributed.on_shards(len(test.y), work)
-    if parts is None:  # another rank's shard: rank 0 reports
+    # each rank certifies its shard of the images; rank 0 reports
+    result = certify_sharded(subject.model, test.x, test.y, eps, method=args.method, norm=args.norm,
+                             batch_size=args.batch_size, device=device, progress=not args.quiet)
+    if result is None:
         return 0
-    pred = distributed.in_order([(ids, part[0]) for ids, part in parts])
-    bounds = distributed.in_order([(ids, part[1]) for ids, part in parts])
-    lower = {e: bounds[k] for k, e in enumerate(eps)}
-    seconds = {e: max(part[2][e] for _, part in parts) for e in eps}
-    settings = {"method": args.method, "eps": eps, "norm": certifier.norm, "n": len(test.y),
-                "batch_size": args.batch_size, "device": device, "precision": "fp32", "ranks": size}
-    result = CertifyRun(eps, args.method, certifier.norm, test.y, pred, lower, seconds, settings)
     print(certify_table(result, source=subject.title))
     written = write_certify_outputs(out, result, source=subject.source)
     print(f"wrote {', '.join(str(out / w) for w in written)}")

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 
 from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, stage_name, suite
-from advx.bounds.propagate import METHODS
+from advx.certify.propagate import METHODS
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
                              model_options, precision_option)
-from advx.datasets import DATASETS
 from advx import distributed
+from advx.datasets import DATASETS
 from advx.eval_config import EvalConfig
-from advx.resume import ChunkStore, digest
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES, get_norm
-from advx.report import _remove_stale, environment, eval_table, write_eval_outputs, write_json
+from advx.report.evaluation import eval_table, norms_table, write_eval_outputs, write_norms_report
+from advx.resume import digest
+from advx.sharded import evaluate_sharded, shared_store, store_fingerprint
 
 
 def default_eps(dataset: str, norm: str) -> str:
@@ -73,13 +73,11 @@ def run(args: argparse.Namespace) -> int:
     check_model_options(args)
     out = check_output_dir(args.out, "--out")
     device = distributed.init(device_named(args.device))  # under torchrun: this rank's device
-    rank, _ = distributed.world()
-    subject, test = load_subject(args, device, verbose=rank == 0)
-    final = subject.final
+    subject, test = load_subject(args, device, verbose=distributed.world()[0] == 0)
     # What decides the results besides the settings: hashed once, for every norm's resume store.
     identity = {"source": subject.source, "images": digest(test.x, test.y),
                 "weights": digest(*subject.model.state_dict().values())}
-    results = {}
+    results, files = {}, {}
     for norm in norms:
         config = EvalConfig(attacks=suite(args.suite, norm) if args.suite else attacks,
                             eps=floats(args.eps or default_eps(subject.dataset.name, norm), "--eps"), norm=norm,
@@ -87,51 +85,33 @@ def run(args: argparse.Namespace) -> int:
                             early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
                             device=device, checks=not args.no_checks, precision=args.precision,
                             progress=not args.quiet, certify=args.certify)
-        folder = out if len(norms) == 1 else out / get_norm(norm).label
-        store = _store(args, folder, {**identity, "config": config}, rank)
-        ev = distributed.evaluate_sharded(subject.model, test.x, test.y, config, store=store)
+        folder = out if len(norms) == 1 else out / config.norm.label
+        store = shared_store(folder / ".resume", store_fingerprint(config, **identity), resume=args.resume)
+        ev = evaluate_sharded(subject.model, test.x, test.y, config, store=store)
         reused, computed = distributed.total([store.reused, store.computed])  # over every rank's batches
         if ev is None:  # another rank's shard: rank 0 reports
             continue
-        print(eval_table(ev, source=subject.title, cascade=not args.no_cascade))
+        print(eval_table(ev, source=subject.title))
         for name, message in ev.warnings.items():
-            print(f"WARNING [{get_norm(norm).label}, {name}]: {message}", file=sys.stderr)
+            print(f"WARNING [{ev.norm.label}, {name}]: {message}", file=sys.stderr)
         folder.mkdir(parents=True, exist_ok=True)
-        written = write_eval_outputs(folder, ev, source=subject.source, training_final=final)
+        written = write_eval_outputs(folder, ev, source=subject.source, training_final=subject.final)
         if reused:
             print(f"resumed: {reused} chunks of attack results read back from {store.folder}, {computed} computed")
         store.finish()
-        results[norm] = (ev, [str(folder / w) for w in written])
-    if rank != 0:
+        results[norm], files[norm] = ev, [str(folder / w) for w in written]
+    if distributed.world()[0] != 0:
         return 0
+    final = subject.final
     if final:  # what its own training measured, beside this run's figures
         print(f"the checkpoint's own figure (end of its training): --suite {final['suite']} "
               f"{final['robust_acc']:.2%} at eps {final['eps']:g} on {final['n']} {final['images']}")
-    written = [f for _, files in results.values() for f in files]
+    written = [f for names in files.values() for f in names]
     if len(norms) > 1:
         print(norms_table(results))
-        written.append(str(write_json(out / "report.json", {
-            "command": "eval", **subject.source,
-            "norms": {get_norm(n).label: {"eps": ev.eps, "clean_acc": ev.clean_acc, "attacks": ev.attacks,
-                                          "robust_acc": {f"{e:g}": v for e, v in ev.robust_acc.items()},
-                                          "files": files}
-                      for n, (ev, files) in results.items()},
-            "environment": environment()})))
-        _remove_stale(out, ["report.json"])  # a single-norm run's files left there before
+        written.append(str(write_norms_report(out, results, files, source=subject.source)))
     print(f"wrote {', '.join(written)}")
     return 0
-
-
-def _store(args, folder, identity: dict, rank: int) -> ChunkStore:
-    """Where this evaluation writes its results as they complete, fingerprinted by what
-    decides them (``identity``: source, image and weight hashes, and the ``config``); rank 0
-    clears an old one."""
-    config = identity["config"]
-    fingerprint = {**identity, "config": {**{k: v for k, v in asdict(config).items() if k != "progress"},
-                                          "device": str(config.device).split(":")[0]}}  # cuda:0, cuda:1 alike
-    store = ChunkStore(folder / ".resume", fingerprint, resume=args.resume, clear=rank == 0)
-    distributed.barrier()  # no rank writes before rank 0 has cleared
-    return store
 
 
 def _attacks(args: argparse.Namespace) -> list[str] | None:
@@ -174,14 +154,3 @@ def _budgets(dataset: str | None, norms: list[str]) -> str:
     """The default curves of ``norms`` for ``dataset`` (every dataset's when it is not known yet)."""
     names = [dataset] if dataset else list(DATASETS)
     return "; ".join(f"{DATASETS[d].title} " + ", ".join(f"{n}: {default_eps(d, n)}" for n in norms) for d in names)
-
-
-def norms_table(results: dict) -> str:
-    """One line per norm: its worst case at its largest budget, and which attack got there."""
-    lines = ["worst case per threat model (the largest budget of each):",
-             f"{'norm':>5}  {'eps':>6}  {'clean':>8}  {'robust':>8}  attacks"]
-    for norm, (ev, _) in results.items():
-        e = ev.eps[-1]
-        lines.append(f"{get_norm(norm).label:>5}  {e:>6g}  {ev.clean_acc:>8.2%}  {ev.robust_acc[e]:>8.2%}  "
-                     + ",".join(ev.attacks))
-    return "\n".join(lines)

@@ -6,14 +6,14 @@ import argparse
 import time
 
 from advx.adversarial import ATTACK_KINDS, KINDS, RobustConfig, last_checkpoint, train_robust
-from advx.bounds.training import CERTIFIED_KINDS
+from advx.certify.training import CERTIFIED_KINDS
 from advx.checkpoint import DEFAULT_CHECKPOINT, ROBUST_CHECKPOINT, load_checkpoint
 from advx import distributed
 from advx.cli.common import CLIError, common_options, device_named, precision_option
 from advx.datasets import DATASET_NAMES, DATASETS, get_dataset
 from advx.files import check_output_file
 from advx.models import MODELS
-from advx.report import format_table
+from advx.report.common import format_table
 from advx.train import TrainConfig, train_baseline, training_precision
 
 

@@ -1,7 +1,7 @@
 """Bound propagation over a chain of ops: IBP, CROWN-IBP and CROWN.
 
-The input set is the eps-ball around each image (Linf, L2 or L1) intersected with the pixel
-box. The quantity bounded is the *margin* ``z_y - z_j`` for every class j: the
+The input set is the eps-ball around each image (an ``advx.norms.Norm``: Linf, L2 or L1)
+intersected with the pixel box. The quantity bounded is the *margin* ``z_y - z_j`` for every class j: the
 specification is folded into the last affine layer (for IBP as well), which is much
 tighter than bounding the logits one by one.
 
@@ -19,12 +19,13 @@ Everything here is sound: each bound holds for every point of the input set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from advx.bounds import patches
-from advx.bounds.ops import Op, ReLU, ball_minimum
+from advx.certify import patches
+from advx.certify.ops import Op, ReLU
+from advx.norms import Linf, Norm
 from advx.validate import InputError
 
 METHODS = ("ibp", "crown-ibp", "crown")
@@ -33,11 +34,11 @@ ROWS_BUDGET = 2**25  # floats in one CROWN chunk of rows (about 128 MB)
 
 @dataclass
 class Ball:
-    """The eps-ball (``norm`` "inf", "2" or "1") around ``x`` [N, ...] within the pixel box."""
+    """The eps-ball in ``norm`` around ``x`` [N, ...] within the pixel box."""
 
     x: torch.Tensor
     eps: float
-    norm: str = "inf"
+    norm: Norm = field(default_factory=Linf)
     lower: float = 0.0
     upper: float = 1.0
 
@@ -49,8 +50,8 @@ class Ball:
         """A lower bound, tight for Linf, of ``A[r] . x`` over the set of sample ``owner[r]``."""
         l, u = self.box()
         best = box_minimum(A, l[owner], u[owner])
-        if self.norm != "inf":  # the ball alone, without the pixel box: also sound, take the better
-            best = torch.maximum(best, ball_minimum(A, self.x[owner], self.eps, self.norm))
+        if not self.norm.ball_is_box:  # the ball alone, without the pixel box: also sound, take the better
+            best = torch.maximum(best, self.norm.linear_minimum(A, self.x[owner], self.eps))
         return best
 
 
@@ -61,14 +62,15 @@ def box_minimum(A: torch.Tensor, l: torch.Tensor, u: torch.Tensor) -> torch.Tens
 
 
 def first_layer(prefix: list[Op], op: Op, ball: Ball, l, u):
-    """Bounds after ``op`` whose input has the box ``[l, u]``; for L2, when only reshapes come
-    before it (they keep the norm), the exact bound of an affine op over the ball too."""
+    """Bounds after ``op`` whose input has the box ``[l, u]``; for a ball that is not a box
+    (L2, L1), when only reshapes come before it (they keep the norm), the exact bound of an
+    affine op over the ball too: ``W x +- eps ||W_i||_q``, intersected with the box's."""
     l, u = op.interval(l, u)
-    if ball.norm == "2" and op.affine and all(p.name == "Reshape" for p in prefix):
+    if not ball.norm.ball_is_box and op.affine and all(p.name == "Reshape" for p in prefix):
         x = ball.x
         for p in prefix:
             x = p.forward(x)
-        center, radius = op.forward(x), ball.eps * op.row_norms()
+        center, radius = op.forward(x), ball.eps * op.row_norms(ball.norm.dual)
         l, u = torch.maximum(l, center - radius), torch.minimum(u, center + radius)
     return l, u
 

@@ -9,9 +9,9 @@ answer: the sample is **certified** at that eps.
     >>> cert = advx.certify(model, x, y, eps=0.1, method="crown")
     >>> cert.certified.float().mean()     # certified accuracy: a lower bound
 
-Methods (``advx.bounds.propagate``): "ibp" (fast, loose on normally trained models),
+Methods (``advx.certify.propagate``): "ibp" (fast, loose on normally trained models),
 "crown-ibp", "crown" (tightest, slowest). The model is read with ``torch.fx``
-(``advx.bounds.graph``); bounds are computed in fp32 whatever the model's precision.
+(``advx.certify.graph``); bounds are computed in fp32 whatever the model's precision.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advx.bounds.propagate import METHODS, Ball, lower_bounds, margin_spec
-from advx.bounds.graph import SUPPORTED, UnsupportedModel, read_model
+from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
+from advx.certify.graph import SUPPORTED, UnsupportedModel, read_model
 from advx.modes import device_of, frozen
-from advx.norms import get_norm
+from advx.norms import Norm, get_norm
 from advx.progress import bar as progress_bar
 from advx.validate import AdvxError, InputError, check_number
 
@@ -39,7 +39,7 @@ class Certificate:
     margins: torch.Tensor
     eps: float
     method: str
-    norm: str
+    norm: Norm
 
     @property
     def lower(self) -> torch.Tensor:
@@ -62,11 +62,11 @@ class Certifier:
     does not already certify; the others keep IBP's margin bounds (they certify them too).
     ``screen=False`` gives every sample the CROWN bounds."""
 
-    def __init__(self, model: nn.Module, input_shape=(1, 28, 28), *, method: str = "crown", norm: str = "inf",
+    def __init__(self, model: nn.Module, input_shape=(1, 28, 28), *, method: str = "crown", norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), screen: bool = True) -> None:
         if method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
-        self.model, self.method, self.norm = model, method, get_norm(norm).name
+        self.model, self.method, self.norm = model, method, get_norm(norm)
         low, high = (check_number("bounds", b) for b in bounds)
         if low >= high:
             raise InputError(f"bounds must be (lower, upper) with lower < upper, got {tuple(bounds)}")
@@ -131,7 +131,7 @@ class Certifier:
 
 
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, method: str = "crown",
-            norm: str = "inf", bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256,
+            norm: str | Norm = "inf", bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256,
             screen: bool = True, progress: bool = False) -> Certificate:
     """Certify ``model`` on ``x`` [N, C, H, W] with labels ``y`` [N] at radius ``eps``:
     per-sample lower bounds of every margin ``z_y - z_j`` over the ball (see ``Certificate``;

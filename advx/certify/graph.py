@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from advx.bounds import ops
-from advx.bounds.ops import pair
+from advx.certify import ops
+from advx.certify.ops import pair
 from advx.loading import Exported
 from advx.models import InputNormalization
 from advx.modes import device_of, frozen
@@ -38,7 +38,7 @@ _SKIPS = (nn.Dropout, nn.Identity)
 
 
 def read_model(model: nn.Module, input_shape) -> list[ops.Op]:
-    """The chain of ``advx.bounds.ops`` computing ``model`` on one sample of ``input_shape``
+    """The chain of ``advx.certify.ops`` computing ``model`` on one sample of ``input_shape``
     (e.g. (1, 28, 28)) as in eval mode (BatchNorm with its running statistics, no dropout).
     The ops hold the model's own parameters, so the chain follows later weight steps."""
     if any(isinstance(m, Exported) for m in model.modules()):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advx.bounds import Certifier
+from advx.certify import Certifier
 from advx.validate import InputError, check_number
 
 CERTIFIED_KINDS = ("ibp", "crown-ibp")

@@ -1,6 +1,6 @@
 """The layers bound propagation understands, each as one small object.
 
-A model is read (``advx.bounds.graph``) into a chain of these ops. Every op maps one
+A model is read (``advx.certify.graph``) into a chain of these ops. Every op maps one
 sample's tensor to the next and knows two things about itself:
 
 - ``interval(l, u)``: elementwise bounds of its output when its input lies in the box
@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from advx.norms import get_norm
 
 
 def pair(v) -> tuple:
@@ -68,8 +66,9 @@ class Affine(Op):
     def bias_term(self) -> torch.Tensor | None:  # b broadcast to out_shape, or None
         return None
 
-    def row_norms(self) -> torch.Tensor:
-        """An upper bound of ||W_i||_2 for every output i, [*out_shape] (for L2 balls)."""
+    def row_norms(self, q: float) -> torch.Tensor:
+        """An upper bound of ``||W_i||_q`` for every output i, [*out_shape]: with q the dual
+        exponent of a ball's norm, how far the ball moves output i (``propagate.first_layer``)."""
         raise NotImplementedError
 
     def forward(self, x):
@@ -109,8 +108,8 @@ class Linear(Affine):
     def bias_term(self):
         return self.bias
 
-    def row_norms(self):
-        return self.weight.norm(dim=1)
+    def row_norms(self, q):
+        return torch.linalg.vector_norm(self.weight, ord=q, dim=1)
 
 
 class Conv(Affine):
@@ -142,8 +141,8 @@ class Conv(Affine):
     def bias_term(self):
         return None if self.bias is None else self.bias.view(-1, 1, 1)
 
-    def row_norms(self):
-        per_channel = self.weight.flatten(1).norm(dim=1)  # padding only removes terms
+    def row_norms(self, q):
+        per_channel = torch.linalg.vector_norm(self.weight.flatten(1), ord=q, dim=1)  # padding only removes terms
         return per_channel.view(-1, 1, 1).expand(self.out_shape)
 
 
@@ -185,7 +184,7 @@ class Scale(Affine):
     def bias_term(self):
         return self.shift
 
-    def row_norms(self):
+    def row_norms(self, q):
         return self.scale.abs().expand(self.out_shape)
 
 
@@ -275,9 +274,3 @@ class MaxPool(Op):
                           dtype=A.dtype, device=A.device)
         out.scatter_add_(1, self.index[owner], coef)
         return out.view(A.shape[0], *self.in_shape)
-
-
-def ball_minimum(A: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """min of ``A[r] . h`` over ``||h - x[r]|| <= eps``: ``A . x - eps * ||A||_q`` (q the dual norm)."""
-    dual = get_norm(norm).dual
-    return (A * x).flatten(1).sum(1) - eps * torch.linalg.vector_norm(A.flatten(1), ord=dual, dim=1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advx.bounds.ops import Conv, MaxPool, ReLU, Scale, ball_minimum, pair
+from advx.certify.ops import Conv, MaxPool, ReLU, Scale, pair
 
 
 def spatial(op) -> bool:
@@ -114,7 +114,7 @@ def input_minimum(ball, A, owner, oy, ox) -> torch.Tensor:
     l, u = ball.box()
     cl, cu = windows(l, owner, oy, ox, h, w), windows(u, owner, oy, ox, h, w)
     best = ((A * (cu + cl) / 2) - A.abs() * (cu - cl) / 2).flatten(1).sum(1)
-    if ball.norm != "inf":
-        best = torch.maximum(best, ball_minimum(A, windows(ball.x, owner, oy, ox, h, w), ball.eps, ball.norm))
+    if not ball.norm.ball_is_box:
+        best = torch.maximum(best, ball.norm.linear_minimum(A, windows(ball.x, owner, oy, ox, h, w), ball.eps))
     return best
 

@@ -1,0 +1,50 @@
+"""Certification over a test set at several eps: ``certify_sweep`` (the margin bound of
+every sample at every eps, what ``advx eval --certify`` sets beside the attacks) and
+``CertifyRun`` (``advx certify``'s result: the bounds with the clean predictions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from advx.certify import Certifier
+from advx.norms import Norm
+
+
+@dataclass
+class CertifyRun:
+    """Certification over a test set: per eps the smallest margin bound of every sample
+    (> 0: certified), the clean predictions, and the seconds each eps took."""
+
+    eps: list[float]
+    method: str
+    norm: Norm
+    y: torch.Tensor
+    pred_clean: torch.Tensor
+    lower: dict[float, torch.Tensor]  # eps -> [N] smallest margin bound
+    seconds: dict[float, float]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def clean_acc(self) -> float:
+        return (self.pred_clean == self.y).float().mean().item()
+
+    def certified_acc(self, e: float) -> float:
+        return (self.lower[e] > 0).float().mean().item()
+
+
+def certify_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *,
+                  method: str, norm: Norm | str = "inf", only: torch.Tensor | None = None,
+                  batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """The smallest margin bound of every sample at every eps, [len(eps), N] (CPU), on the
+    model's device; samples outside the mask ``only`` are not bounded (``-inf``: not certified)."""
+    certifier = Certifier(model, tuple(x.shape[1:]), method=method, norm=norm)
+    lower = torch.full((len(eps), len(y)), float("-inf"))
+    idx = torch.arange(len(y)) if only is None else only.nonzero().squeeze(1)
+    if len(idx):
+        for k, e in enumerate(eps):
+            cert = certifier(x[idx], y[idx], eps=e, batch_size=batch_size, progress=progress)  # batch by batch
+            lower[k, idx] = cert.lower
+    return lower

@@ -1,0 +1,69 @@
+"""What ``advx attack`` prints and writes: the figures of one attack over a dataset (an
+``advx.dataset_attack.DatasetResult``), its console table, ``examples.png`` and ``report.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from advx.figures import save_examples
+from advx.report.common import environment, format_table, remove_stale, source_title, write_json
+
+
+def attack_summary(run) -> dict[str, float | int]:
+    """The figures of an ``advx.dataset_attack.DatasetResult``: clean / robust accuracy, success
+    rate on the originally correct samples (for a targeted run, without those whose label
+    already is the target), perturbation sizes, speed."""
+    correct = run.pred_clean == run.y
+    robust = correct & (run.pred_adv == run.y)
+    eligible = correct if run.target is None else correct & (run.target != run.y)
+    n_eligible = int(eligible.sum())
+    norms = run.distance[eligible]
+    return {
+        "n": len(run.y),
+        "clean_acc": correct.float().mean().item(),
+        "robust_acc": robust.float().mean().item(),
+        "attacked": n_eligible,
+        "success_rate": run.success[eligible].float().mean().item() if n_eligible else float("nan"),
+        "mean_norm": norms.mean().item() if n_eligible else float("nan"),
+        "max_norm": norms.max().item() if n_eligible else float("nan"),
+        "seconds": run.seconds,
+        "images_per_s": len(run.y) / run.seconds if run.seconds > 0 else float("inf"),
+    }
+
+
+def attack_table(run, attack, *, source: dict) -> str:
+    """``advx attack``'s console table. ``run``: an ``advx.dataset_attack.DatasetResult``."""
+    s = attack_summary(run)
+    return format_table([
+        ("model", source_title(source)),
+        ("attack", repr(attack)),
+        ("images", str(s["n"])),
+        ("clean accuracy", f"{s['clean_acc']:.2%}"),
+        ("robust accuracy", f"{s['robust_acc']:.2%}"),
+        ("attack success rate", f"{s['success_rate']:.2%} of {s['attacked']} "
+                                f"{'eligible' if run.target is not None else 'correctly classified'}"),
+        (f"mean / max {attack.norm.label}", f"{s['mean_norm']:.4f} / {s['max_norm']:.4f}"),
+        ("wall time", f"{s['seconds']:.2f} s ({s['images_per_s']:.0f} images/s)"),
+    ] + ([("search precision", f"{attack.precision_used} (success decided in fp32)")]
+         if attack.precision_used not in (None, "fp32") else []), title="advx attack")
+
+
+def write_attack_outputs(out: Path, run, x: torch.Tensor, attack, *, settings: dict, source: dict) -> list[str]:
+    """``examples.png`` (``x``: the clean images of ``run.x_adv``) and ``report.json`` of
+    one attack over a dataset into ``out`` (stale advx files removed); returns the names."""
+    written = ["report.json", "examples.png"]
+    k = len(run.x_adv)
+    save_examples(out / "examples.png", x[:k], run.x_adv, run.y[:k], run.pred_clean[:k], run.pred_adv[:k],
+                  classes=source.get("classes"))
+    write_json(out / "report.json", {
+        "command": "attack", **source,
+        "attack": attack.config(),
+        **settings,
+        "results": attack_summary(run),
+        "files": written,
+        "environment": environment(),
+    })
+    remove_stale(out, written)
+    return written
