@@ -5,7 +5,7 @@
     python scripts/bench_certify.py --checkpoint checkpoints/robust.pt --eps 0.1 --n 200 --no-dense
 
 For CROWN it also times the two shortcuts advx takes, against the plain way on the same
-images: receptive-field windows for convolutional neurons (``advx.bounds.patches``)
+images: receptive-field windows for convolutional neurons (``advx.certify.patches``)
 against dense back-substitution, and screening (CROWN only where IBP did not certify)
 against CROWN on every sample. Every side must certify the same samples; the script
 says so, or stops.
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 
 from advx import load_model
-from advx.bounds import Certifier, patches
+from advx.certify import Certifier, patches
 from advx.data import load_dataset
 
 
