@@ -3,8 +3,9 @@
 Training takes the loss gradient with respect to the weights (dL/dW, data fixed);
 an attack takes it with respect to the input image (dL/dX, weights frozen).
 
-    >>> from advx import PGD, load_model
+    >>> from advx import PGD, load_dataset, load_model
     >>> model, _ = load_model("checkpoints/baseline.pt")
+    >>> test = load_dataset("mnist", "test"); x, y = test.x[:500], test.y[:500]
     >>> x_adv = PGD(model, eps=0.3, alpha=0.01, steps=40)(x, y)      # an upper bound ...
     >>> certify(model, x, y, eps=0.1, method="crown").certified    # ... and a proved lower one
 """
@@ -13,7 +14,7 @@ from importlib import metadata as _metadata
 
 from advx.attacks import APGD, ATTACKS, CW, FAB, FGSM, FMN, MIFGSM, PGD, Attack, AttackResult, DeepFool, Square
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from advx.data import DataNotFoundError, MNISTSplit, Split, load_dataset, load_mnist
+from advx.data import DataNotFoundError, Split, load_dataset
 from advx.datasets import DATASETS, Dataset, get_dataset
 from advx.loading import ModelLoadError, check_classifier, load_exported, model_from_import
 from advx.models import MODELS, MadryCNN, Normalized, SmallCNN, build_model
@@ -33,7 +34,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
 __all__ = [
     "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN", "Square", "Attack", "AttackResult",
     "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint",
-    "DataNotFoundError", "MNISTSplit", "Split", "load_dataset", "load_mnist",
+    "DataNotFoundError", "Split", "load_dataset",
     "DATASETS", "Dataset", "get_dataset",
     "ModelLoadError", "check_classifier", "load_exported", "model_from_import",
     "MODELS", "MadryCNN", "Normalized", "SmallCNN", "build_model",

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from advx.files import atomic_write, remove_stale_temps
-from advx.datasets import DATASET_NAMES, get_dataset
+from advx.datasets import DATASET_NAMES, Dataset, get_dataset
 from advx.models import MNIST_SHAPE, MODELS, build_model
 from advx.validate import AdvxError
 
@@ -42,8 +42,8 @@ def save_checkpoint(
     model: nn.Module,
     *,
     model_name: str,
-    dataset: str = "mnist",
-    input_shape=MNIST_SHAPE,
+    dataset: str | Dataset = "mnist",
+    input_shape=None,
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
@@ -53,8 +53,9 @@ def save_checkpoint(
     A crash mid-save leaves the previous file at ``path`` as it was, and weights that are
     not finite (a diverged run) are refused, so they never replace a good checkpoint.
     ``extra`` holds further tensors or plain values (e.g. optimizer state for resuming).
+    ``input_shape``: one image's (default: the dataset's).
     """
-    path = Path(path)
+    path, dataset = Path(path), get_dataset(dataset)
     bad = non_finite_weights(model.state_dict())
     if bad:
         raise CheckpointError(f"checkpoint: refusing to save {path}: the model's weights are not finite "
@@ -64,9 +65,9 @@ def save_checkpoint(
         "format": FORMAT,
         "version": VERSION,
         "model_name": model_name,
-        "dataset": get_dataset(dataset).name,
-        "input_shape": [int(v) for v in input_shape],
-        "num_classes": get_dataset(dataset).num_classes,
+        "dataset": dataset.name,
+        "input_shape": [int(v) for v in (dataset.shape if input_shape is None else input_shape)],
+        "num_classes": dataset.num_classes,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": dict(config or {}),
         "metrics": dict(metrics or {}),

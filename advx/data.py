@@ -38,14 +38,14 @@ from advx.idx import (IDX_NAMES, RAW_FILES, SPLITS, DataCorruptError, DataNotFou
                       present, raw_dir, source_repair)
 from advx.validate import InputError
 
-__all__ = ["RAW_FILES", "DataCorruptError", "DataNotFoundError", "MNISTSplit", "Split", "default_data_dir",
-           "iterate_batches", "load_dataset", "load_mnist", "prepare", "prepare_mnist"]
+__all__ = ["RAW_FILES", "DataCorruptError", "DataNotFoundError", "Split", "default_data_dir", "iterate_batches",
+           "load_dataset", "prepare"]
 
 _CACHE: dict[tuple[str, str, str], "Split"] = {}
 
 
 class Split(NamedTuple):
-    """One split held in memory: ``x`` float32 [N, 1, 28, 28] in [0, 1], ``y`` int64 [N]."""
+    """One split held in memory: ``x`` float32 [N, C, H, W] in [0, 1], ``y`` int64 [N]."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -62,9 +62,6 @@ class Split(NamedTuple):
         if n > len(self):
             raise InputError(f"n must be <= {len(self)}, got {n}")
         return Split(self.x[:n], self.y[:n])
-
-
-MNISTSplit = Split  # its name before Fashion-MNIST
 
 
 def default_data_dir() -> Path:
@@ -129,7 +126,8 @@ def load_dataset(
             corrupt file is an error, never re-downloaded).
 
     Returns:
-        ``Split(x, y)`` with ``x`` float32 [N, 1, 28, 28] in [0, 1] and ``y`` int64 [N].
+        ``Split(x, y)`` with ``x`` float32 [N, C, H, W] in [0, 1] (MNIST, Fashion-MNIST:
+        [N, 1, 28, 28]) and ``y`` int64 [N].
         The tensors are shared between calls: treat them as read-only.
 
     Raises:
@@ -160,11 +158,6 @@ def load_dataset(
     return _CACHE[key]
 
 
-def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Split:
-    """``load_dataset("mnist", split, data_dir)``."""
-    return load_dataset("mnist", split, data_dir, download=download)
-
-
 def _drop_corrupt_extracted(dataset: Dataset, raw: Path) -> None:
     """Delete extracted files that are corrupt while a good ``.gz`` is beside them
     (call only after the ``.gz`` files were verified): they are derived data, and the
@@ -181,7 +174,7 @@ def _drop_corrupt_extracted(dataset: Dataset, raw: Path) -> None:
                     pass  # a read-only share: harmless, the .gz is read first
 
 
-def source_folder(source: str | os.PathLike, dataset: str | Dataset) -> Path:
+def source_folder(source: str | os.PathLike, dataset: Dataset) -> Path:
     """Where ``advx data --from source`` finds ``dataset``: ``<source>/<folder>/raw``, else
     ``<source>`` itself (a folder of the four ``.gz`` files)."""
     source = Path(source)
@@ -233,11 +226,6 @@ def prepare(
         load_dataset(dataset, split, data_dir)
     _drop_corrupt_extracted(dataset, raw)
     return raw
-
-
-def prepare_mnist(data_dir: str | os.PathLike | None = None, *, source: str | os.PathLike | None = None) -> Path:
-    """``prepare("mnist", data_dir, source=source)``."""
-    return prepare("mnist", data_dir, source=source)
 
 
 def iterate_batches(

@@ -1,18 +1,20 @@
 """The datasets advx knows: what each one is, in one place.
 
 A ``Dataset`` names its files (torchvision's raw layout, ``<data_dir>/<folder>/raw/``) and
-the md5 of each file's *decompressed* contents (a recompressed ``.gz`` is fine), its class
-names and its standard attack budgets per threat model. Image shape and class count come
-from the data and the class list, never from a constant elsewhere: ``advx.data`` loads a
-dataset by name, models are built for its shape and class count, and the CLI's defaults
-(``--eps``, the ``advx eval`` curve) are read from here.
+the md5 of each file's *decompressed* contents (a recompressed ``.gz`` is fine), its image
+shape and split sizes, its class names and its standard attack budgets per threat model.
+Nothing elsewhere holds a constant of a dataset: ``advx.idx`` checks the files against
+these fields, models are built for the shape and class count, and the CLI's defaults
+(``--eps``, the ``advx eval`` curve) are read from here. A name is resolved to its
+``Dataset`` once, where it comes in (``get_dataset``: the CLI, ``load_dataset``, a config);
+below that, functions take the object.
 
-Adding a dataset of 28x28 grey idx files is one entry in ``DATASETS``.
+Adding a dataset of grey idx files is one entry in ``DATASETS``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from advx.validate import InputError
 
@@ -26,7 +28,8 @@ RAW_FILES = tuple(f"{name}.gz" for name in IDX_NAMES)
 @dataclass(frozen=True)
 class Dataset:
     """One dataset: ``name`` (``--dataset``), ``title`` (for people), ``folder`` (under the
-    data folder), ``md5`` of each idx file's contents, ``classes`` (index -> name),
+    data folder), ``md5`` of each idx file's contents, ``shape`` of one image ``(C, H, W)``,
+    ``sizes`` (images per split), ``classes`` (index -> name),
     ``eps`` (the standard budget per norm) and ``curve`` (``advx eval``'s default budgets
     per norm), ``source`` (the torchvision class whose mirrors serve the files) and
     ``normalization`` (the usual ``(mean, std)`` of its pixels, which models trained on
@@ -42,6 +45,8 @@ class Dataset:
     source: str
     normalization: tuple
     citation: str
+    shape: tuple = (1, 28, 28)
+    sizes: dict = field(default_factory=lambda: {"train": 60000, "test": 10000})
 
     @property
     def num_classes(self) -> int:
@@ -82,7 +87,8 @@ DATASET_NAMES = list(DATASETS)
 
 
 def get_dataset(dataset: "str | Dataset") -> Dataset:
-    """A ``Dataset`` by name (``"mnist"``, ``"fashion-mnist"``), or the one given."""
+    """A ``Dataset`` by name (``"mnist"``, ``"fashion-mnist"``), or the one given: where a
+    name comes in (the CLI, a public function, a config), resolved once."""
     if isinstance(dataset, Dataset):
         return dataset
     if dataset not in DATASETS:

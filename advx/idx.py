@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-from advx.datasets import DATASETS, IDX_NAMES, LABEL_FILES, RAW_FILES, SPLITS, Dataset, get_dataset
+from advx.datasets import DATASETS, IDX_NAMES, LABEL_FILES, RAW_FILES, SPLITS, Dataset
 from advx.validate import AdvxError
 
 __all__ = ["IDX_NAMES", "RAW_FILES", "SPLITS", "DataCorruptError", "DataNotFoundError", "contents", "present",
@@ -34,15 +34,14 @@ class Spec(NamedTuple):
         return self.header + math.prod(self.dims)
 
 
-# Both datasets: 60,000 training and 10,000 test images of 28x28 pixels.
-_DIMS = {"train-images-idx3-ubyte": (60000, 28, 28), "train-labels-idx1-ubyte": (60000,),
-         "t10k-images-idx3-ubyte": (10000, 28, 28), "t10k-labels-idx1-ubyte": (10000,)}
-
-
-def spec(dataset: "str | Dataset", name: str) -> Spec:
-    """What the idx file ``name`` of ``dataset`` must hold."""
-    dataset = get_dataset(dataset)
-    return Spec(dataset.md5[name], 2049 if name in LABEL_FILES.values() else 2051, _DIMS[name])
+def spec(dataset: Dataset, name: str) -> Spec:
+    """What the idx file ``name`` of ``dataset`` must hold: grey images of its shape, or
+    labels, as many as its split has."""
+    split = next(s for s, files in SPLITS.items() if name in files)
+    n = dataset.sizes[split]
+    if name in LABEL_FILES.values():
+        return Spec(dataset.md5[name], 2049, (n,))
+    return Spec(dataset.md5[name], 2051, (n, *dataset.shape[1:]))
 
 
 def repair(dataset: Dataset) -> str:
@@ -63,8 +62,8 @@ class DataCorruptError(DataNotFoundError):
     """A dataset's file is present but its contents are wrong (truncated, altered, another dataset)."""
 
 
-def raw_dir(data_dir: Path, dataset: "str | Dataset" = "mnist") -> Path:
-    return data_dir / get_dataset(dataset).folder / "raw"
+def raw_dir(data_dir: Path, dataset: Dataset) -> Path:
+    return data_dir / dataset.folder / "raw"
 
 
 def missing_message(data_dir: Path, dataset: Dataset, cause: BaseException | None = None) -> str:
@@ -82,11 +81,10 @@ def missing_message(data_dir: Path, dataset: Dataset, cause: BaseException | Non
     return "\n".join(lines)
 
 
-def contents(path: Path, name: str, dataset: "str | Dataset" = "mnist", repair_hint: str | None = None,
+def contents(path: Path, name: str, dataset: Dataset, repair_hint: str | None = None,
              blob: bytes | None = None) -> bytes:
     """The verified idx contents of ``path`` (``<name>`` or ``<name>.gz``) of ``dataset``;
     ``blob`` is the file's bytes when the caller already read them."""
-    dataset = get_dataset(dataset)
     expected, hint = spec(dataset, name), repair_hint or repair(dataset)
 
     def corrupt(found: str) -> DataCorruptError:

@@ -11,10 +11,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from advx.datasets import MNIST
 from advx.modes import frozen
 from advx.validate import InputError, InputTypeError, check_number
 
-MNIST_SHAPE = (1, 28, 28)
+MNIST_SHAPE = MNIST.shape  # the default input: one channel, 28 x 28
 
 
 def _features_size(features: nn.Module, input_shape) -> int:

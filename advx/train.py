@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from advx.distributed import buffers_of_rank_0, every_rank, from_rank_0, total, world
 from advx.data import Split, iterate_batches, load_dataset
-from advx.datasets import get_dataset
+from advx.datasets import MNIST, Dataset, get_dataset
 from advx.models import build_model
 from advx.modes import accuracy
 from advx.precision import autocast, check_precision, fast_images, resolve
@@ -80,12 +80,12 @@ def training_slice(split: Split, train_size: int | None) -> Split:
     return split.head(train_size)
 
 
-def seeded_model(name: str, seed: int, dataset: str = "mnist", input_shape=(1, 28, 28)) -> nn.Module:
-    """Build a model for ``dataset``'s classes and images of ``input_shape`` whose initial
-    weights depend only on ``seed`` (global RNG left as it was)."""
+def seeded_model(name: str, seed: int, dataset: Dataset = MNIST) -> nn.Module:
+    """Build a model for ``dataset``'s images and classes whose initial weights depend only
+    on ``seed`` (global RNG left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(name, num_classes=get_dataset(dataset).num_classes, input_shape=input_shape)
+        return build_model(name, num_classes=dataset.num_classes, input_shape=dataset.shape)
 
 
 def train(
@@ -262,15 +262,15 @@ def train_baseline(
 ) -> tuple[nn.Module, list[dict]]:
     """Load ``config.dataset``, train ``config.model`` on the clean data, save the checkpoint.
     The recipe behind ``scripts/train_baseline.py`` and ``advx train``."""
-    train_set = training_slice(load_dataset(config.dataset, "train", data_dir), config.train_size)
-    test_set = load_dataset(config.dataset, "test", data_dir)
-    shape = tuple(train_set.x.shape[1:])
-    model = seeded_model(config.model, config.seed, config.dataset, shape)
+    dataset = get_dataset(config.dataset)
+    train_set = training_slice(load_dataset(dataset, "train", data_dir), config.train_size)
+    test_set = load_dataset(dataset, "test", data_dir)
+    model = seeded_model(config.model, config.seed, dataset)
     start = time.perf_counter()
     history = train(model, train_set, test_set, config, device=device, progress=progress)
     wall = time.perf_counter() - start
     metrics = {"test_acc": history[-1]["test_acc"], "train_seconds": wall, "history": history}
     if world()[0] == 0:  # one writer
-        save_checkpoint(checkpoint, model, model_name=config.model, dataset=config.dataset, input_shape=shape,
-                        config=asdict(config), metrics=metrics)
+        save_checkpoint(checkpoint, model, model_name=config.model, dataset=dataset, config=asdict(config),
+                        metrics=metrics)
     return model, history

@@ -62,3 +62,9 @@ def check_number(name: str, value, *, minimum: float | None = None, strict: bool
 def check_seed(name: str, value) -> int:
     """A seed: an integer in [0, 2**63 - 1]."""
     return check_number(name, value, minimum=0, maximum=MAX_SEED, integer=True)
+
+
+def only_with(option: str, kinds, kind: str, *, key: str = "kind") -> str:
+    """The message for an ``option`` that only the ``kinds`` of ``key`` take, given with ``kind``:
+    ``"steps applies only with kind='pgd' or 'trades', got kind='fgsm-rs'"``."""
+    return f"{option} applies only with {key}=" + " or ".join(map(repr, kinds)) + f", got {key}={kind!r}"

@@ -123,7 +123,7 @@ def train_rows(precisions: list[str], device: str, data_dir, epochs: int, datase
         config = TrainConfig(precision=precision, epochs=epochs, dataset=dataset)
         start = time.perf_counter()
         train_set = training_slice(load_dataset(dataset, "train", data_dir), config.train_size)
-        model = seeded_model(config.model, config.seed, dataset, tuple(train_set.x.shape[1:]))
+        model = seeded_model(config.model, config.seed, DATASETS[dataset])
         history = train(model, train_set, load_dataset(dataset, "test", data_dir), config, device=device,
                         progress=False)
         rows.append({"run": f"baseline training {precision} ({resolve(precision, device)})",
@@ -139,7 +139,7 @@ def adv_train_rows(precisions: list[str], device: str, data_dir, n: int, dataset
     train_set = training_slice(load_dataset(dataset, "train", data_dir), n)
     for precision in precisions:
         config = TrainConfig(precision=precision, epochs=1, dataset=dataset)
-        model = seeded_model(config.model, config.seed, dataset, tuple(train_set.x.shape[1:]))
+        model = seeded_model(config.model, config.seed, DATASETS[dataset])
         loss_fn = AdversarialLoss("pgd", eps=DATASETS[dataset].eps["inf"], steps=5, precision=precision)
         start = time.perf_counter()
         history = train(model, train_set, None, config, loss_fn=loss_fn, device=device, progress=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from advx.data import load_mnist
+from advx.data import load_dataset
 from advx.train import TrainConfig, train
 
 # Tests read the repository's ./data unless ADVX_DATA says otherwise (.ci/run fills ./data).
@@ -63,12 +63,12 @@ class FailsOnCall(nn.Module):
 
 @pytest.fixture(scope="session")
 def mnist_train():
-    return load_mnist("train", DATA_DIR)
+    return load_dataset("mnist", "train", DATA_DIR)
 
 
 @pytest.fixture(scope="session")
 def mnist_test():
-    return load_mnist("test", DATA_DIR)
+    return load_dataset("mnist", "test", DATA_DIR)
 
 
 @pytest.fixture(scope="session")

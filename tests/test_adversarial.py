@@ -9,10 +9,14 @@ import torch
 
 from advx import PGD
 from advx import adversarial as adv_mod
-from advx.adversarial import AdversarialLoss, RobustConfig, catastrophic_overfitting, train_robust
+from advx.adversarial import AdversarialConfig, AdversarialLoss
 from advx.attacks.objectives import trades_loss
+from advx.certified import CertifiedConfig
 from advx.checkpoint import load_checkpoint
-from advx.train import TrainConfig, accuracy, train
+from advx.modes import accuracy
+from advx.probe import catastrophic_overfitting
+from advx.robust_training import robust_config, train_robust
+from advx.train import TrainConfig, train
 
 from conftest import DATA_DIR, TinyCNN
 
@@ -72,9 +76,9 @@ def test_pgd_training_stops_each_sample_at_its_first_adversarial_iterate():
     assert not AdversarialLoss("pgd", eps=0.3, steps=5, early_stop=False).attack(model, 0.3).early_stop
     assert not AdversarialLoss("trades", eps=0.3, steps=5).attack(model, 0.3).early_stop  # KL: no "fooled yet"
     assert AdversarialLoss("fgsm-rs", eps=0.2, alpha=0.4).attack(model, 0.2).alpha == pytest.approx(0.4)
-    assert RobustConfig().early_stop and not RobustConfig(early_stop=False).early_stop
+    assert AdversarialConfig().early_stop and not AdversarialConfig(early_stop=False).early_stop
     with pytest.raises(ValueError, match="early_stop must be True or False, got 'no'"):
-        RobustConfig(early_stop="no")
+        AdversarialConfig(early_stop="no")
 
 
 def test_eps_warmup_ramps_linearly():
@@ -120,7 +124,7 @@ def test_collapse_detector_on_real_runs(eps, alpha, epochs, collapses, tmp_path)
     epochs (held-out FGSM accuracy 99 %, the APGD/Square probe 1 %); the default step at
     eps 0.1 trains a model the probe agrees with. The detector stops the first, not the second."""
     config = TrainConfig(epochs=epochs, batch_size=50, train_size=2000)
-    robust = RobustConfig(adv="fgsm-rs", eps=eps, alpha=alpha, warmup_epochs=0, holdout=200, final_n=0)
+    robust = AdversarialConfig(kind="fgsm-rs", eps=eps, alpha=alpha, warmup_epochs=0, holdout=200, final_n=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, history = train_robust(config, robust, checkpoint=tmp_path / "m.pt", data_dir=DATA_DIR, progress=False)
@@ -136,17 +140,40 @@ def test_collapse_detector_on_real_runs(eps, alpha, epochs, collapses, tmp_path)
 
 
 def test_bad_settings():
-    with pytest.raises(ValueError, match=r"adv must be one of \['fgsm-rs', 'pgd', 'trades'\] \(an attack.*got 'free'"):
+    with pytest.raises(ValueError, match=r"kind must be one of \['fgsm-rs', 'pgd', 'trades'\] \(an attack.*got 'free'"):
         AdversarialLoss("free", eps=0.3)
     with pytest.raises(ValueError, match="eps must be >= 0, got -0.3"):
         AdversarialLoss("pgd", eps=-0.3)
-    with pytest.raises(ValueError, match="adv must be one of"):
-        RobustConfig(adv="free")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AdversarialConfig(kind="ibp")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        robust_config("free")
+
+
+@pytest.mark.parametrize("kind, options, message", [
+    ("fgsm-rs", {"steps": 3}, "steps applies only with kind='pgd' or 'trades', got kind='fgsm-rs'"),
+    ("pgd", {"beta": 3.0}, "beta applies only with kind='trades', got kind='pgd'"),
+    ("trades", {"early_stop": False}, "early_stop applies only with kind='pgd', got kind='trades'"),
+    ("pgd", {"kappa": 0.5}, "kappa applies only with kind='ibp' or 'crown-ibp', got kind='pgd'"),
+    ("ibp", {"final_n": 5}, "final_n applies only with kind='fgsm-rs' or 'pgd' or 'trades', got kind='ibp'"),
+    ("ibp", {"gamma": 5}, "gamma is not a training option"),
+])
+def test_an_option_the_kind_does_not_take_is_refused(kind, options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        robust_config(kind, **options)
+
+
+def test_each_config_holds_the_defaults_of_its_kind():
+    assert AdversarialConfig(kind="fgsm-rs").steps is None and AdversarialConfig(kind="pgd").steps == 10
+    assert AdversarialConfig(kind="trades").beta == 6.0 and AdversarialConfig(kind="pgd").beta is None
+    assert AdversarialConfig(kind="trades").early_stop is None
+    assert isinstance(robust_config("crown-ibp", eps=0.1), CertifiedConfig)
+    assert robust_config("pgd", steps=5) == AdversarialConfig(kind="pgd", steps=5)
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     config = TrainConfig(epochs=2, batch_size=100, train_size=600, seed=3)
-    robust = RobustConfig(adv="pgd", eps=0.2, steps=2, warmup_epochs=1, holdout=100, final_n=0)
+    robust = AdversarialConfig(kind="pgd", eps=0.2, steps=2, warmup_epochs=1, holdout=100, final_n=0)
     common = dict(data_dir=DATA_DIR, progress=False)
     train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
     uninterrupted = load_checkpoint(tmp_path / "a.last.pt")

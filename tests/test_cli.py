@@ -131,7 +131,7 @@ def test_adversarial_training_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "held-out probe (APGD-CE, Square)" in out
     ckpt = load_checkpoint(path)
-    assert ckpt["config"]["robust_adv"] == "fgsm-rs"
+    assert ckpt["config"]["robust_kind"] == "fgsm-rs"
     assert {"probe_acc", "apgd_acc", "fgsm_acc", "clean_acc_holdout"} <= set(ckpt["metrics"]["best"])
     best = ckpt["metrics"]["best"]
     assert best["probe_acc"] <= best["apgd_acc"] <= best["clean_acc_holdout"]  # a cascade only removes

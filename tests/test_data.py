@@ -16,8 +16,7 @@ from advx.data import (
     default_data_dir,
     iterate_batches,
     load_dataset,
-    load_mnist,
-    prepare_mnist,
+    prepare,
 )
 from advx.datasets import get_dataset
 from advx.idx import contents
@@ -66,17 +65,17 @@ def test_label_counts_of_the_real_files(mnist_train, mnist_test):
 
 
 def test_loading_twice_returns_the_cached_tensors(mnist_test):
-    assert load_mnist("test", DATA_DIR).x is mnist_test.x
+    assert load_dataset("mnist", "test", DATA_DIR).x is mnist_test.x
 
 
 def test_bad_split_is_a_clear_error():
     with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
-        load_mnist("val", DATA_DIR)
+        load_dataset("mnist", "val", DATA_DIR)
 
 
 def test_missing_files_offline_name_the_four_files(tmp_path):
     with pytest.raises(DataNotFoundError) as info:
-        load_mnist("test", tmp_path, download=False)
+        load_dataset("mnist", "test", tmp_path, download=False)
     message = str(info.value)
     for name in RAW_FILES:
         assert name in message
@@ -91,7 +90,7 @@ def test_failed_download_becomes_the_same_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv_utils, "download_url", offline)
     with pytest.raises(DataNotFoundError, match="could not be downloaded") as info:
-        load_mnist("train", tmp_path, download=True)
+        load_dataset("mnist", "train", tmp_path, download=True)
     assert "train-images-idx3-ubyte.gz" in str(info.value)
     assert "download failed" in str(info.value)
     assert not any((tmp_path / "MNIST" / "raw").glob("*"))  # nothing half-written left
@@ -109,12 +108,12 @@ def test_download_is_verified_before_it_is_put_in_place(tmp_path, monkeypatch, f
     copy_mnist(tmp_path / "check")  # skips when ./data is not prepared
     monkeypatch.setattr(tv_utils, "download_url", truncated)
     with pytest.raises(DataNotFoundError, match="could not be downloaded.*") as info:
-        load_mnist("test", tmp_path / "a", download=True)
+        load_dataset("mnist", "test", tmp_path / "a", download=True)
     assert "download failed: DataCorruptError" in str(info.value)
     assert not any((tmp_path / "a" / "MNIST" / "raw").glob("*"))
 
     monkeypatch.setattr(tv_utils, "download_url", from_repo)
-    test = load_mnist("test", tmp_path / "b", download=True)
+    test = load_dataset("mnist", "test", tmp_path / "b", download=True)
     assert torch.equal(test.y, mnist_test.y)
     raw = tmp_path / "b" / "MNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
@@ -127,7 +126,7 @@ def test_read_only_folder_is_read_in_place(tmp_path, monkeypatch, fresh_cache):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where a cache would have gone
     monkeypatch.delenv("ADVX_CACHE", raising=False)
     try:
-        test = load_mnist("test", tmp_path / "share")
+        test = load_dataset("mnist", "test", tmp_path / "share")
     finally:
         source.chmod(stat.S_IRWXU)
     assert len(test) == 10000
@@ -152,14 +151,14 @@ def test_corrupt_gz_is_named(tmp_path):
     for name in RAW_FILES:
         (raw / name).write_bytes(b"not really gzip")
     with pytest.raises(DataNotFoundError, match="train-images-idx3-ubyte.gz is corrupt"):
-        load_mnist("train", tmp_path)
+        load_dataset("mnist", "train", tmp_path)
 
 
 def test_prepare_copies_from_a_source_and_checks(tmp_path):
-    raw = prepare_mnist(tmp_path / "d", source=DATA_DIR)
+    raw = prepare("mnist", tmp_path / "d", source=DATA_DIR)
     assert sorted(p.name for p in raw.glob("*.gz")) == sorted(RAW_FILES)
     with pytest.raises(DataNotFoundError, match="lacks train-images-idx3-ubyte.gz"):
-        prepare_mnist(tmp_path / "e", source=tmp_path / "empty")
+        prepare("mnist", tmp_path / "e", source=tmp_path / "empty")
 
 
 def test_head_rejects_more_samples_than_the_split_has(mnist_test):
@@ -183,7 +182,7 @@ def test_prepare_verifies_every_source_file_before_copying_any(tmp_path, fresh_c
     (raw / "train-labels-idx1-ubyte.gz").unlink()  # one the source would have to fill in
     before = snapshot(raw)
     with pytest.raises(DataCorruptError) as info:
-        prepare_mnist(tmp_path / "d", source=src)
+        prepare("mnist", tmp_path / "d", source=src)
     message = str(info.value)
     assert str(bad) in message and "is corrupt" in message and "original MNIST files" in message
     assert "\n" not in message
@@ -198,13 +197,13 @@ def test_prepare_from_source_repairs_corrupt_targets(tmp_path, fresh_cache, mnis
     target.write_bytes(bytes(blob))
     (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01 stale and truncated")
     with pytest.raises(DataCorruptError, match="train-labels-idx1-ubyte.gz is corrupt.*advx data --from"):
-        load_mnist("train", tmp_path / "d")
+        load_dataset("mnist", "train", tmp_path / "d")
 
-    assert prepare_mnist(tmp_path / "d", source=GOOD_RAW.parent.parent) == raw
+    assert prepare("mnist", tmp_path / "d", source=GOOD_RAW.parent.parent) == raw
     assert target.read_bytes() == (GOOD_RAW / target.name).read_bytes()
     assert not (raw / "t10k-labels-idx1-ubyte").exists()  # corrupt derived file dropped
     assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)
-    assert torch.equal(load_mnist("train", tmp_path / "d").y, mnist_train.y)
+    assert torch.equal(load_dataset("mnist", "train", tmp_path / "d").y, mnist_train.y)
 
 
 @pytest.mark.parametrize("damage", ["wrong magic", "truncated"])
@@ -214,7 +213,7 @@ def test_corrupt_extracted_file_is_named_with_the_repair(tmp_path, fresh_cache, 
     blob = bad.read_bytes()
     bad.write_bytes(b"\x00\x00\x08\x03" + blob[4:] if damage == "wrong magic" else blob[:5000])
     with pytest.raises(DataCorruptError) as info:
-        load_mnist("test", tmp_path, download=False)
+        load_dataset("mnist", "test", tmp_path, download=False)
     message = str(info.value)
     assert f"MNIST file {bad} is corrupt" in message
     assert ("magic number 2051, expected 2049" if damage == "wrong magic" else "5,000 bytes") in message
@@ -228,7 +227,7 @@ def test_a_bad_gz_is_not_hidden_by_a_good_extracted_file(tmp_path, fresh_cache):
     blob[-10] ^= 0xFF  # same size; gzip's CRC no longer matches
     gz.write_bytes(bytes(blob))
     with pytest.raises(DataCorruptError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
-        load_mnist("test", tmp_path)
+        load_dataset("mnist", "test", tmp_path)
 
 
 def test_a_recompressed_gz_is_accepted(tmp_path, fresh_cache, mnist_test):
@@ -236,7 +235,7 @@ def test_a_recompressed_gz_is_accepted(tmp_path, fresh_cache, mnist_test):
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         contents = gzip.decompress((raw / name).read_bytes())
         (raw / name).write_bytes(gzip.compress(contents, compresslevel=1, mtime=0))
-    assert torch.equal(load_mnist("test", tmp_path).x, mnist_test.x)
+    assert torch.equal(load_dataset("mnist", "test", tmp_path).x, mnist_test.x)
 
 
 # ------------------------------------------------------------------ Fashion-MNIST
@@ -254,7 +253,7 @@ def test_fashion_mnist_loads_with_its_classes(fashion_test):
     assert fashion_test.x.min() == 0 and fashion_test.x.max() == 1
     dataset = get_dataset("fashion-mnist")
     assert dataset.num_classes == 10 and dataset.classes[0] == "T-shirt/top" and dataset.eps["inf"] == 0.1
-    assert not torch.equal(fashion_test.x[:10], load_mnist("test", DATA_DIR).x[:10])
+    assert not torch.equal(fashion_test.x[:10], load_dataset("mnist", "test", DATA_DIR).x[:10])
 
 
 def test_unknown_dataset_is_a_clear_error():
@@ -271,7 +270,8 @@ def test_debians_recompressed_images_are_checked_by_their_contents():
     altered = bytearray(blob)
     altered[100] ^= 1
     with pytest.raises(DataCorruptError, match="Fashion-MNIST file .* is corrupt \\(contents md5"):
-        contents(raw / "t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte", "fashion-mnist", blob=bytes(altered))
+        contents(raw / "t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte", get_dataset("fashion-mnist"),
+                 blob=bytes(altered))
 
 
 def test_the_other_datasets_files_are_named_as_such(tmp_path, fresh_cache):
@@ -279,7 +279,7 @@ def test_the_other_datasets_files_are_named_as_such(tmp_path, fresh_cache):
     raw = tmp_path / "MNIST" / "raw"
     shutil.copytree(DATA_DIR / "FashionMNIST" / "raw", raw)
     with pytest.raises(DataCorruptError, match="these are the Fashion-MNIST files"):
-        load_mnist("test", tmp_path)
+        load_dataset("mnist", "test", tmp_path)
 
 
 def test_advx_data_prepares_every_dataset_the_source_holds(tmp_path, capsys, fresh_cache):

@@ -203,7 +203,7 @@ def test_two_gloo_ranks_train_adversarially_and_resume_exactly(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("robust model") == 1 and "2 ranks (data-parallel)" in run.stdout
     whole = load_checkpoint(tmp_path / "whole.last.pt")
-    assert whole["config"]["robust_adv"] == "pgd" and len(whole["metrics"]["history"]) == 2
+    assert whole["config"]["robust_kind"] == "pgd" and len(whole["metrics"]["history"]) == 2
     assert whole["metrics"]["best"]["test_acc"] > 0.2  # it learned, on both ranks' shares
     assert len(whole["train_state"]["loss_fn_ranks"]) == 2
 

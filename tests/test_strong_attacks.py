@@ -11,7 +11,7 @@ from torch import nn
 from advx import APGD, ATTACKS, CW, MIFGSM, DeepFool, Square
 from advx.attacks.apgd import step_checkpoints
 from advx.attacks.objectives import dlr_loss
-from advx.attacks.gradients import frozen
+from advx.modes import frozen
 
 from conftest import Binarized, Boom, FailsOnCall
 

@@ -14,12 +14,9 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack
-from advx.attacks.gradients import input_gradient
-from advx.norms import TINY, Norm, per_sample
+from advx.attacks.boundary import PAST_BOUNDARY, closest, linearise
+from advx.norms import Norm, per_sample
 from advx.validate import check_number
-# Added to |f_l| in each step, as in the authors' implementation, so that a step
-# lands just past the linearised boundary rather than on it.
-_PAST_BOUNDARY = 1e-4
 
 
 class DeepFool(Attack):
@@ -66,14 +63,14 @@ class DeepFool(Attack):
         steps_used = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         active = torch.arange(n, device=x.device)
         for step in range(self.steps):
-            logits, diffs, grads = self._linearize(x_adv[active], y[active], others[active])
-            done = logits.argmax(1) != y[active]
+            lin = linearise(self.model, x_adv[active], y[active], others[active])
+            done = lin.logits.argmax(1) != y[active]
             steps_used[active[done]] = step
             keep = ~done
-            active, diffs, grads = active[keep], diffs[keep], grads[keep]
+            active, lin = active[keep], lin._replace(gaps=lin.gaps[keep], grads=lin.grads[keep])
             if len(active) == 0:
                 break
-            r_total[active] += self._step_to_boundary(diffs, grads)
+            r_total[active] += self._step_to_boundary(lin)
             x_adv[active] = self.clip(x[active] + (1 + self.overshoot) * r_total[active])
         return x_adv, steps_used
 
@@ -89,25 +86,9 @@ class DeepFool(Attack):
         keep[keep.all(1), -1] = False
         return top[keep].view(len(x), k - 1)
 
-    def _linearize(self, x_adv, y, others):
-        """Logits [A, K], ``f_k = z_k - z_y`` [A, M] and ``w_k = d f_k / dx`` [A, M, C, H, W]."""
-        x_adv = x_adv.detach().requires_grad_(True)
-        num_others = others.shape[1]
-        with torch.enable_grad():
-            logits = self.model(x_adv)
-            diffs = logits.gather(1, others) - logits.gather(1, y[:, None])
-            grads = [input_gradient(diffs[:, j].sum(), x_adv, retain_graph=j < num_others - 1)
-                     for j in range(num_others)]
-        return logits.detach(), diffs.detach(), torch.stack(grads, 1)
-
-    def _step_to_boundary(self, diffs, grads):
-        """The minimal step [A, C, H, W] onto the closest linearised boundary."""
-        flat = grads.flatten(2)                          # [A, M, D]
-        w_norm = flat.norm(p=self.norm.dual, dim=2).clamp_min(TINY)  # dual norm of the threat model
-        distance = diffs.abs() / w_norm                  # [A, M]
-        closest = distance.argmin(1)
-        rows = torch.arange(len(diffs), device=diffs.device)
-        w, f, size = grads[rows, closest], diffs[rows, closest].abs(), w_norm[rows, closest]
-        # The closest boundary is (f + margin) / ||w||_q away; the norm's steepest direction
-        # of unit size (w / ||w||_2, or sign(w) for Linf) covers it in one step.
-        return per_sample((f + _PAST_BOUNDARY) / size, w) * self.norm.direction(w)
+    def _step_to_boundary(self, lin):
+        """The minimal step [A, C, H, W] onto the closest linearised boundary: it is
+        ``(|g| + PAST_BOUNDARY) / ||w||_q`` away, and the norm's steepest direction of unit size
+        (``w / ||w||_2``, or ``sign(w)`` for Linf) covers it in one step."""
+        gap, w, size = closest(lin, self.norm)
+        return per_sample((gap.abs() + PAST_BOUNDARY) / size, w) * self.norm.direction(w)

@@ -24,13 +24,10 @@ from torch import nn
 
 from advx import rng
 from advx.attacks.base import Attack
+from advx.attacks.boundary import PAST_BOUNDARY, closest, linearise, other_classes
 from advx.attacks.gradients import input_gradient
 from advx.norms import TINY, Norm, per_sample
 from advx.validate import InputError, check_number
-
-# Added to the boundary's logit gap, as DeepFool does (deepfool.py): a step lands just past
-# the linearised boundary, not on it, where float rounding can leave it on the wrong side.
-_PAST_BOUNDARY = 1e-4
 
 
 class FAB(Attack):
@@ -94,9 +91,15 @@ class FAB(Attack):
         best = torch.where(self.confirm(x, logits, y), 0.0, math.inf).to(x.dtype)  # misclassified: 0
         x_best, guess = x.clone(), torch.zeros_like(best)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
-        targets = [None] if self.n_target_classes is None else \
-            self.goal.targets_to_try(logits, y, self.n_target_classes)
-        for target in targets:
+        # the boundaries each run steps to: every other class's (the closest at each step),
+        # or one target class's (FAB-T); targeted, None: the target's against the largest other
+        if self.targeted:
+            boundaries = [None]
+        elif self.n_target_classes is None:
+            boundaries = [other_classes(y, logits.shape[1])]
+        else:
+            boundaries = [t[:, None] for t in self.goal.targets_to_try(logits, y, self.n_target_classes)]
+        for classes in boundaries:
             for r in range(self.restarts):
                 todo = (best > (0 if self.eps is None else self.eps)).nonzero().squeeze(1)
                 if len(todo) == 0:
@@ -106,7 +109,7 @@ class FAB(Attack):
                     radius = 0.5 * torch.where(torch.isfinite(best[todo]), best[todo], guess[todo])
                     point = self.norm.random_start(x[todo], 1.0, rng.subset(generator, todo)) - x[todo]
                     start = self.clip(x[todo] + point * per_sample(radius, point))
-                x_run, dist, estimate = self._run_once(x[todo], y[todo], None if target is None else target[todo],
+                x_run, dist, estimate = self._run_once(x[todo], y[todo], None if classes is None else classes[todo],
                                                        start)
                 if r == 0:
                     guess[todo] = estimate
@@ -116,18 +119,18 @@ class FAB(Attack):
                 steps[todo] += self.steps
         return x_best, steps
 
-    def _run_once(self, x, y, target, start):
+    def _run_once(self, x, y, classes, start):
         """One run from ``start``: the smallest adversarial iterate per sample, its distance,
         and the linear estimate of the distance at ``start``."""
         lower, upper = self.bounds
         x_i, x_best = start, x.clone()
         best = torch.full((len(x),), math.inf, dtype=x.dtype, device=x.device)
         for step in range(self.steps):
-            g, w = self._linearise(x_i, y, target)
+            g, w = self._linearise(x_i, y, classes)
             if step == 0:  # the linear estimate of the distance: the radius of later restarts
-                guess = g.abs() / torch.linalg.vector_norm(w, ord=self.norm.dual, dim=1).clamp_min(TINY)
+                guess = g.abs() / self.norm.dual_size(w).clamp_min(TINY)
             flat_i, flat_x = x_i.flatten(1), x.flatten(1)
-            c = _PAST_BOUNDARY - g  # the step that takes g (below 0 until the goal) just past 0
+            c = PAST_BOUNDARY - g  # the step that takes g (below 0 until the goal) just past 0
             d_i = self.norm.to_hyperplane(w, c, lower - flat_i, upper - flat_i)
             d_0 = self.norm.to_hyperplane(w, c + (w * (flat_i - flat_x)).sum(1), lower - flat_x, upper - flat_x)
             n_i, n_0 = self.norm.size(d_i), self.norm.size(d_0)
@@ -142,29 +145,15 @@ class FAB(Attack):
             x_i = torch.where(per_sample(hit, x), (1 - self.beta) * x + self.beta * x_new, x_new)
         return x_best, best, guess
 
-    def _linearise(self, x_i, y, target):
-        """``(g, w)``: the value [A] and gradient [A, D] of the boundary function to step to."""
+    def _linearise(self, x_i, y, classes):
+        """``(g, w)``: the value [A] and gradient [A, D] of the boundary function to step to:
+        the gap of the closest of the ``classes`` [A, M] against ``y`` (``boundary.closest``),
+        or, targeted (``classes`` None), the target's gap against the largest other logit."""
+        if classes is not None:
+            gap, w, _ = closest(linearise(self.model, x_i, y, classes), self.norm)
+            return gap, w.flatten(1)
         x_i = x_i.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self.model(x_i)
-            if self.targeted:  # the target against the largest other logit
-                g = -self.margin(logits, y)
-            elif target is not None:  # FAB-T: the target class against the true one
-                g = logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
-            else:
-                return self._closest_boundary(x_i, logits, y)
+            g = -self.margin(self.model(x_i), y)
             w = input_gradient(g.sum(), x_i)
         return g.detach(), w.flatten(1)
-
-    def _closest_boundary(self, x_i, logits, y):
-        """Untargeted FAB: the boundary of the class whose hyperplane is the closest."""
-        k = logits.shape[1]
-        others = torch.arange(k, device=y.device).expand(len(y), k)
-        others = others[others != y[:, None]].view(len(y), k - 1)
-        diffs = logits.gather(1, others) - logits.gather(1, y[:, None])  # [A, K-1]
-        grads = torch.stack([input_gradient(diffs[:, j].sum(), x_i, retain_graph=j < k - 2).flatten(1)
-                             for j in range(k - 1)], 1)  # [A, K-1, D]
-        dual = torch.linalg.vector_norm(grads, ord=self.norm.dual, dim=2).clamp_min(TINY)
-        closest = (diffs.detach().abs() / dual).argmin(1)
-        rows = torch.arange(len(y), device=y.device)
-        return diffs.detach()[rows, closest], grads[rows, closest]

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack
-from advx.norms import TINY, Norm, per_sample
+from advx.attacks.boundary import PAST_BOUNDARY
+from advx.norms import L1, L2, TINY, Linf, Norm, per_sample
 from advx.validate import InputError, check_number
 
 # The first step size per norm, for images in [0, 1]. The step is an L2-normalised gradient
@@ -37,11 +38,8 @@ from advx.validate import InputError, check_number
 # a dense step to a sparse one. Measured on MNIST (100 steps, a small CNN): for Linf and L2
 # the median distance moved by under 2% over alpha 1..30 and 0.3..10; for L1, 1 gave 3%
 # larger perturbations than 5, and 10 or 20 left a few images unbroken, 5 none.
-_ALPHA_INIT = {"inf": 10.0, "2": 1.0, "1": 5.0}
+_ALPHA_INIT = {Linf: 10.0, L2: 1.0, L1: 5.0}
 _ALPHA_DECAY = 100.0  # alpha ends at alpha_init / 100
-# Added to the margin in the linear estimate of the distance, as DeepFool and FAB do: a ball
-# of exactly that radius can leave the iterate on the boundary (float rounding), not past it.
-_PAST_BOUNDARY = 1e-4
 
 
 def _cosine(start: float, end: float, step: int, steps: int) -> float:
@@ -92,7 +90,7 @@ class FMN(Attack):
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator, precision=precision)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
-        self.alpha_init = (_ALPHA_INIT[self.norm.name] if alpha_init is None
+        self.alpha_init = (_ALPHA_INIT[type(self.norm)] if alpha_init is None
                            else check_number("alpha_init", alpha_init, minimum=0, strict=True))
         self.gamma_init = _check_fraction("gamma_init", gamma_init, strict=True)
         self.gamma_final = _check_fraction("gamma_final", gamma_final, strict=False)
@@ -103,7 +101,7 @@ class FMN(Attack):
         # before the ball is imposed; scaling towards x then stays in the box. The Linf and
         # L1 projections are exact already (clipping first changes nothing for Linf and,
         # for L1, gave slightly larger perturbations).
-        self._clip_first = self.norm.name == "2"
+        self._clip_first = not self.norm.exact_projection
 
     def _run(self, x, y, generator):
         n = len(x)
@@ -129,8 +127,8 @@ class FMN(Attack):
             flat = grad.flatten(1)
             # The linearised distance just past the boundary, m / ||g||_q (huge for a gradient of 0);
             # where it is not finite (logits that are not) there is no ball to impose yet.
-            dual = torch.linalg.vector_norm(flat, ord=self.norm.dual, dim=1)
-            to_boundary = (margin.clamp_min(0) + _PAST_BOUNDARY) / dual.clamp_min(TINY)
+            dual = self.norm.dual_size(flat)
+            to_boundary = (margin.clamp_min(0) + PAST_BOUNDARY) / dual.clamp_min(TINY)
             estimate = torch.where(torch.isfinite(to_boundary), size + to_boundary,
                                    torch.full_like(size, math.inf))
             radius = torch.where(adversarial, torch.minimum(radius * (1 - gamma), best_norm),

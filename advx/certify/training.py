@@ -29,7 +29,7 @@ class CertifiedLoss:
     def __init__(self, kind: str, *, eps: float, ramp_start: float = 0.0, ramp_epochs: float = 1.0,
                  kappa_end: float = 0.5, input_shape=(1, 28, 28)) -> None:
         if kind not in CERTIFIED_KINDS:
-            raise InputError(f"adv must be one of {list(CERTIFIED_KINDS)} for certified training, got {kind!r}")
+            raise InputError(f"kind must be one of {list(CERTIFIED_KINDS)} for certified training, got {kind!r}")
         self.kind = kind
         self.eps = check_number("eps", eps, minimum=0)
         self.ramp_start = check_number("ramp_start", ramp_start, minimum=0)

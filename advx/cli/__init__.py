@@ -13,6 +13,7 @@ MODULE:NAME with --weights, or --model FILE.pt2), behind its normalization (--me
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from advx import distributed
@@ -36,16 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _name_the_option(message: str, parser: argparse.ArgumentParser | None) -> str:
-    """The library names its arguments (``eps must be >= 0``); on the command line the user
-    typed an option (``--eps``). Put the option's name in the message where one matches."""
-    head = message.split(" ", 1)[0].rstrip(":")
-    if parser is None or not head.isidentifier():
+def _name_the_option(message: str, parser: argparse.ArgumentParser | None, argv: list[str]) -> str:
+    """The library names its arguments (``eps must be >= 0``, ``got kind='pgd'``); on the
+    command line the user typed options (``--eps``, ``--adv pgd``). Put each option, as the
+    user typed it, where the message names its argument: at the head, and as ``name='value'``."""
+    if parser is None:
         return message
-    for action in parser._actions:
-        if action.dest == head and action.option_strings:
-            return action.option_strings[-1] + message[len(head):]
-    return message
+    options = {action.dest: action for action in parser._actions if action.option_strings}
+
+    def typed(action) -> str:
+        used = [o for o in action.option_strings if any(a == o or a.startswith(o + "=") for a in argv)]
+        return (used or action.option_strings)[0]
+
+    head = message.split(" ", 1)[0].rstrip(":")
+    if head in options:
+        message = typed(options[head]) + message[len(head):]
+
+    def as_option(match: re.Match) -> str:
+        action = options.get(match.group(1))
+        if action is None:
+            return match.group(0)
+        values = [match.group(2)] + re.findall(r"'([^']*)'", match.group(3))
+        return f"{typed(action)} " + " or ".join(values)
+
+    return re.sub(r"\b([a-z_]+)='([^']*)'((?: or '[^']*')*)", as_option, message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         distributed.finish()  # under torchrun: the ranks leave the process group together
         return code
     except AdvxError as err:  # bad input, bad files, a failed run: said in one line
-        print(f"advx {args.command}: error: {_name_the_option(str(err), sub)}", file=sys.stderr)
+        typed = sys.argv[1:] if argv is None else argv
+        print(f"advx {args.command}: error: {_name_the_option(str(err), sub, typed)}", file=sys.stderr)
         return 2
     except OSError as err:  # disk full, permission denied, ...: one line, never a traceback
         where = f": {err.filename}" if err.filename else ""
