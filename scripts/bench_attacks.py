@@ -18,9 +18,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from advx import PGD, load_model
-from advx.data import load_dataset
+from advx import PGD
 from advx.attacks import frozen
+from advx.subject import load_subject
 
 
 def bare_pgd(model, x, y, *, eps, alpha, steps, generator):
@@ -79,8 +79,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
 
-    model, ckpt = load_model(args.checkpoint, args.device)
-    test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's dataset
+    subject, test = load_subject(args.checkpoint, n=args.n, data_dir=args.data_dir, device=args.device, check=False)
+    model = subject.model  # and the first n test images of its dataset
     x, y = test.x.to(args.device), test.y.to(args.device)
     attack = PGD(model, eps=args.eps, alpha=args.alpha, steps=args.steps, seed=0)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from advx import evaluate, load_model
-from advx.data import load_dataset
+from advx import evaluate
+from advx.subject import load_subject
 
 CANDIDATES = {
     "L2-a": [("apgd", {}), ("fab", {"steps": 100})],
@@ -38,8 +38,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--names", default="L2-a,L2-b,L2-c,L2-d", help=f"from {','.join(CANDIDATES)}")
     args = p.parse_args()
-    model, ckpt = load_model(args.checkpoint)
-    test = load_dataset(ckpt["dataset"], "test").head(args.n)  # the checkpoint's dataset
+    subject, test = load_subject(args.checkpoint, n=args.n, check=False)  # and its dataset's test images
+    model = subject.model
     for name in args.names.split(","):
         start = time.perf_counter()
         ev = evaluate(model, test.x, test.y, attacks=CANDIDATES[name], eps=[args.eps], norm=args.norm,

@@ -20,9 +20,8 @@ from contextlib import contextmanager
 
 import torch
 
-from advx import load_model
 from advx.certify import Certifier, patches
-from advx.data import load_dataset
+from advx.subject import load_subject
 
 
 @contextmanager
@@ -51,8 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-dense", action="store_true", help="skip the slow dense CROWN side")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $ADVX_DATA or ./data)")
     args = p.parse_args(argv)
-    model, ckpt = load_model(args.checkpoint)
-    test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's dataset
+    subject, test = load_subject(args.checkpoint, n=args.n, data_dir=args.data_dir, check=False)
+    model = subject.model  # and the first n test images of its dataset
     x, y = test.x, test.y
     print(f"{args.checkpoint}: {args.n} test images, Linf eps {args.eps:g}, {torch.get_num_threads()} threads")
     runs = {}

@@ -20,9 +20,8 @@ import time
 
 import torch
 
-from advx import load_model
-from advx.data import load_dataset
 from advx.evaluate import evaluate
+from advx.subject import load_subject
 
 
 def torchattacks_robust_acc(model, x, y, *, eps, alpha, steps, batch_size, device):
@@ -54,8 +53,8 @@ def main() -> None:
         raise SystemExit("this benchmark compares with torchattacks, which is not installed here: give it a "
                          "virtualenv of its own, see scripts/bench-requirements.txt")
 
-    model, ckpt = load_model(args.checkpoint, args.device)
-    test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's dataset
+    subject, test = load_subject(args.checkpoint, n=args.n, data_dir=args.data_dir, device=args.device, check=False)
+    model = subject.model  # and the first n test images of its dataset
     rows = []
     for eps in [float(e) for e in args.eps.split(",")]:
         start = time.perf_counter()

@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from advx import FAB, FMN, evaluate, load_model
-from advx.data import load_dataset
+from advx import FAB, FMN, evaluate
 from advx.norms import get_norm
+from advx.subject import load_subject
 
 TORCHATTACKS_NORM = {"inf": "Linf", "2": "L2", "1": "L1"}
 
@@ -80,8 +80,8 @@ def main() -> None:
     if not have:
         print("torchattacks is not installed: advx rows only (see the docstring for its venv)")
     for checkpoint in args.checkpoints.split(","):
-        model, ckpt = load_model(checkpoint)
-        test = load_dataset(ckpt["dataset"], "test")  # the checkpoint's dataset
+        subject, test = load_subject(checkpoint, check=False)  # and its dataset's test images
+        model = subject.model
         model.eval()
         x, y = test.x[:args.n], test.y[:args.n]
         with torch.no_grad():

@@ -32,11 +32,12 @@ import time
 
 import torch
 
-from advx import PGD, evaluate, load_dataset, load_model
+from advx import PGD, evaluate, load_dataset
 from advx.adversarial import AdversarialLoss
 from advx.attacks import Square, frozen
 from advx.attacks.registry import suite
 from advx.precision import PRECISIONS, resolve
+from advx.subject import load_subject
 from advx.datasets import DATASETS
 from advx.train import TrainConfig, seeded_model, train, training_slice
 from bench_attacks import bare_pgd, measure
@@ -196,10 +197,10 @@ def main() -> None:
     print(f"{args.device}, {torch.get_num_threads()} threads, first {args.n} test images")
     report = {}
     for checkpoint in [c for c in args.checkpoints.split(",") if c]:
-        model, ckpt = load_model(checkpoint, args.device)
-        test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's own data
+        subject, test = load_subject(checkpoint, n=args.n, data_dir=args.data_dir, device=args.device, check=False)
+        model = subject.model  # and the first n test images of its own dataset
         x, y = test.x.to(args.device), test.y.to(args.device)
-        standard = DATASETS[ckpt["dataset"]].eps["inf"]  # Square's and the suite's budget (MNIST 0.3)
+        standard = subject.dataset.eps["inf"]  # Square's and the suite's budget (MNIST 0.3)
         if not args.no_pgd:
             for eps in (float(e) for e in args.eps.split(",")):
                 rows = pgd_rows(model, x, y, eps, args.steps, precisions, args.device, seeds)

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-from advx import CW, load_model
-from advx.data import load_dataset
-from advx.datasets import get_dataset
+from advx import CW
 from advx.attacks.registry import describe, suite
 from advx.evaluate import evaluate
 from advx.norms import get_norm
+from advx.subject import load_subject
 
 
 def robust_acc(model, x, y, x_adv):
@@ -89,9 +88,9 @@ def main() -> None:
         if not Path(path).exists():
             print(f"skipping {path}: not found")
             continue
-        model, ckpt = load_model(path)
-        test = load_dataset(ckpt["dataset"], "test", args.data_dir).head(args.n)  # the checkpoint's dataset
-        args.eps = get_dataset(ckpt["dataset"]).eps[norm.name] if given_eps is None else given_eps
+        subject, test = load_subject(path, n=args.n, data_dir=args.data_dir, check=False)  # its dataset's images
+        model = subject.model
+        args.eps = subject.dataset.eps[norm.name] if given_eps is None else given_eps
         start = time.perf_counter()
         ev = evaluate(model, test.x, test.y, attacks=suite("strong", args.norm), eps=[args.eps], norm=args.norm,
                       batch_size=args.batch_size, checks=False, progress=False)
