@@ -13,18 +13,17 @@ an attack takes it with respect to the input image (dL/dX, weights frozen).
 from importlib import metadata as _metadata
 
 from advx.attacks import APGD, ATTACKS, CW, FAB, FGSM, FMN, MIFGSM, PGD, Attack, AttackResult, DeepFool, Square
+from advx.certify import Certificate, Certifier, certify
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from advx.data import DataNotFoundError, Split, load_dataset
+from advx.dataset_attack import run_attack
 from advx.datasets import DATASETS, Dataset, get_dataset
+from advx.evaluate import EvalConfig, Evaluation, evaluate
 from advx.loading import ModelLoadError, check_classifier, load_exported, model_from_import
 from advx.models import MODELS, MadryCNN, Normalized, SmallCNN, build_model
-from advx.norms import L1, L2, Linf, get_norm
 from advx.modes import accuracy, frozen, predictions
+from advx.norms import L1, L2, Linf, get_norm
 from advx.train import TrainConfig, train, train_baseline
-
-from advx.dataset_attack import run_attack
-from advx.evaluate import EvalConfig, Evaluation, evaluate
-from advx.certify import Certificate, Certifier, certify
 
 try:  # the version is written once, in pyproject.toml
     __version__ = _metadata.version("advx")

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from advx.files import atomic_write, remove_stale_temps
 from advx.datasets import DATASET_NAMES, Dataset, get_dataset
+from advx.files import atomic_write, remove_stale_temps
 from advx.models import MNIST_SHAPE, MODELS, build_model
 from advx.validate import AdvxError
 

@@ -32,8 +32,8 @@ from typing import Iterator, NamedTuple
 
 import torch
 
-from advx.files import atomic_write
 from advx.datasets import Dataset, get_dataset
+from advx.files import atomic_write
 from advx.idx import (IDX_NAMES, RAW_FILES, SPLITS, DataCorruptError, DataNotFoundError, contents, missing_message,
                       present, raw_dir, source_repair)
 from advx.validate import InputError

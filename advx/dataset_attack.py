@@ -79,11 +79,11 @@ def run_attack(
     bar = progress_bar(len(y), desc=type(attack).__name__, unit="img", enabled=progress)
     for first in range(0, len(y), batch_size):
         batch = slice(first, first + batch_size)
-        xb, yb, gb = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
+        xb, yb, goal_batch = x[batch].to(device), y[batch].to(device), goal[batch].to(device)
         pred_clean.append(predictions(attack.model, xb, batch_size=len(xb)))
         if per_sample:
             generator = rng.SampleRNG.from_ids(attack.seed, ids[batch], rng.salt_of(type(attack).__name__))
-        result = attack.run(xb, gb, generator=generator)
+        result = attack.run(xb, goal_batch, generator=generator)
         pred_adv.append(result.logits.argmax(1).cpu())
         success.append(result.success.cpu())
         distance.append(result.distance.cpu())

@@ -9,9 +9,8 @@ from typing import Sequence
 
 import torch
 
+from advx.attacks.registry import AttackFactory, abilities, check_options_apply, describe, stage_factory, stage_name
 from advx.certify.propagate import METHODS
-from advx.attacks.registry import (AttackFactory, abilities, check_options_apply, describe, stage_factory,
-                                   stage_name)
 from advx.norms import Norm, get_norm
 from advx.precision import check_precision
 from advx.validate import InputError, check_number, check_seed

@@ -21,8 +21,8 @@ from advx.certify.sweep import certify_sweep
 from advx.eval_config import EvalConfig
 from advx.modes import predictions
 from advx.norms import Linf, Norm
-from advx.sanity import check_sandwich
 from advx.progress import bar as progress_bar
+from advx.sanity import check_sandwich
 from advx.validate import InputError
 
 

@@ -88,13 +88,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
         raise
 
 
-def _probe_writable(folder: Path, option: str) -> None:
+def _check_writable(folder: Path, option: str) -> None:
     try:
-        fd, probe = tempfile.mkstemp(prefix=".advx-write-check.", dir=folder)
+        fd, trial = tempfile.mkstemp(prefix=".advx-write-check.", dir=folder)
     except OSError as err:
         raise OutputPathError(f"{option}: cannot write into {folder} ({err.strerror or err})") from None
     os.close(fd)
-    os.unlink(probe)
+    os.unlink(trial)
 
 
 class OutputPathError(InputError):
@@ -111,7 +111,7 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputPathError(f"{option}: cannot create folder {path} ({err.strerror or err})") from None
-    _probe_writable(path, option)
+    _check_writable(path, option)
     return path
 
 

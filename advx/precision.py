@@ -47,7 +47,7 @@ def fast_bf16(device: str | torch.device) -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         cpu = torch.cpu
-        return any(getattr(cpu, probe, lambda: False)() for probe in
+        return any(getattr(cpu, check, lambda: False)() for check in
                    ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return False
 

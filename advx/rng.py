@@ -14,6 +14,7 @@ import zlib
 from typing import Sequence, Union
 
 import torch
+
 from advx.validate import InputError
 
 _MASK = (1 << 63) - 1

@@ -22,7 +22,7 @@ from advx import rng
 from advx.attacks.gradients import input_gradient
 from advx.attacks.pgd import PGD
 from advx.modes import frozen
-from advx.norms import get_norm
+from advx.norms import Linf, Norm
 from advx.validate import AdvxError
 
 
@@ -153,14 +153,14 @@ def check_black_box(broken_by: torch.Tensor, eps: Sequence[float], black_box: Se
 
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Sequence[float],
                robust_acc: Mapping[float, float], pred_clean: torch.Tensor, broken_by: torch.Tensor,
-               black_box: Sequence[bool], norm: str = "inf", bounds: tuple[float, float] = (0.0, 1.0),
-               device="cpu", seed: int = 0, probe: int = 100) -> dict[str, str]:
+               black_box: Sequence[bool], norm: Norm = Linf(), bounds: tuple[float, float] = (0.0, 1.0),
+               device="cpu", seed: int = 0, first: int = 100) -> dict[str, str]:
     """Run every check above on the results of an evaluation (plain values: the eps, the
     robust accuracy per eps, the clean predictions and ``broken_by`` as ``check_black_box``
-    takes it), attacking a probe of ``probe`` samples where a check needs to, and return
-    ``{check name: warning}`` for those that fired."""
-    norm = get_norm(norm)
-    xs, ys = x[:probe].to(device), y[:probe].to(device)
+    takes it, in the threat model ``norm`` and the pixel box ``bounds``), attacking the
+    ``first`` samples where a check needs to, and return ``{check name: warning}`` for
+    those that fired."""
+    xs, ys = x[:first].to(device), y[:first].to(device)
     with torch.no_grad(), frozen(model):
         classes = model(xs[:1]).shape[1]
     found = {
@@ -171,7 +171,7 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Seque
         "monotone": check_monotone(robust_acc),
         "black_box": check_black_box(broken_by, eps, black_box),
     }
-    ok = (pred_clean[:probe].to(device) == ys)
+    ok = (pred_clean[:first].to(device) == ys)
     if ok.any():
         xc, yc = xs[ok], ys[ok]
         big = norm.diameter(x.shape[1:], bounds) / 2  # half the box: any image can turn grey
@@ -180,11 +180,13 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Seque
             run = attack.run(xc, yc, generator=rng.SampleRNG.from_ids(seed, range(len(yc)), 7))
             return (~run.success).float().mean().item() * len(yc) / len(ys)
 
-        found["large_eps"] = check_large_eps(acc(PGD(model, eps=big, steps=20, norm=norm, early_stop=True)), big)
+        def pgd(eps, **options):
+            return PGD(model, eps=eps, norm=norm, bounds=bounds, early_stop=True, **options)
+
+        found["large_eps"] = check_large_eps(acc(pgd(big, steps=20)), big)
         e = max(eps)
         if robust_acc[e] > 0:
-            weak = acc(PGD(model, eps=e, steps=10, norm=norm, early_stop=True))
-            strong = acc(PGD(model, eps=e, steps=20, restarts=2, norm=norm, early_stop=True))
+            weak, strong = acc(pgd(e, steps=10)), acc(pgd(e, steps=20, restarts=2))
             found["stronger_attack"] = check_stronger_attack(weak, strong)
     return {k: v for k, v in found.items() if v is not None}
 

@@ -19,9 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from advx.distributed import buffers_of_rank_0, every_rank, from_rank_0, total, world
 from advx.data import Split, iterate_batches, load_dataset
 from advx.datasets import MNIST, Dataset, get_dataset
+from advx.distributed import buffers_of_rank_0, every_rank, from_rank_0, total, world
 from advx.models import build_model
 from advx.modes import accuracy
 from advx.precision import autocast, check_precision, fast_images, resolve

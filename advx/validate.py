@@ -12,6 +12,7 @@ import numbers
 
 import torch
 
+
 class AdvxError(Exception):
     """Base of the errors advx raises for bad input, bad files or a failed run: each says what
     was expected and what came. The CLI prints these as one line; anything else is a bug

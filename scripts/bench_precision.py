@@ -31,16 +31,16 @@ import json
 import time
 
 import torch
+from bench_attacks import bare_pgd, measure
 
 from advx import PGD, evaluate, load_dataset
 from advx.adversarial import AdversarialLoss
 from advx.attacks import Square, frozen
 from advx.attacks.registry import suite
+from advx.datasets import DATASETS
 from advx.precision import PRECISIONS, resolve
 from advx.subject import load_subject
-from advx.datasets import DATASETS
 from advx.train import TrainConfig, seeded_model, train, training_slice
-from bench_attacks import bare_pgd, measure
 
 
 def with_speedup(rows: list[dict]) -> list[dict]:

@@ -31,7 +31,7 @@ import torch
 from advx import CW
 from advx.attacks.registry import describe, suite
 from advx.evaluate import evaluate
-from advx.norms import get_norm
+from advx.norms import L1, get_norm
 from advx.subject import load_subject
 
 
@@ -99,7 +99,7 @@ def main() -> None:
         start = time.perf_counter()
         batches = [(test.x[i:i + args.batch_size], test.y[i:i + args.batch_size])
                    for i in range(0, args.n, args.batch_size)]
-        if args.norm == "1":
+        if isinstance(norm, L1):  # torchattacks has no L1 AutoAttack
             robust = torch.cat([l1_reference(torchattacks, model, x, y, args.eps) for x, y in batches])
             aa_acc = robust.float().mean().item()
         else:
@@ -131,7 +131,7 @@ def main() -> None:
     print(f"\n{norm.label} eps={args.eps:g}, first {args.n} test images, cpu, {torch.get_num_threads()} "
           f"threads, batch {args.batch_size}")
     print(f"advx --suite strong = {describe(suite('strong', args.norm))}")
-    reference = "FAB+EAD L1" if args.norm == "1" else "AutoAttack"
+    reference = "FAB+EAD L1" if isinstance(norm, L1) else "AutoAttack"
     print(f"{'model':<28} {'clean':>7} {'advx strong':>12} {'s':>7} {reference:>11} {'s':>7} {'time ratio':>10}")
     for path, clean, a_acc, a_s, t_acc, t_s, _ in rows:
         print(f"{path:<28} {clean:>7.2%} {a_acc:>12.2%} {a_s:>7.1f} {t_acc:>11.2%} {t_s:>7.1f} {a_s / t_s:>10.3f}")

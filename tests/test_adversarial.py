@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import DATA_DIR, TinyCNN
 
 from advx import PGD
 from advx import adversarial as adv_mod
@@ -17,8 +18,6 @@ from advx.modes import accuracy
 from advx.probe import catastrophic_overfitting
 from advx.robust_training import robust_config, train_robust
 from advx.train import TrainConfig, train
-
-from conftest import DATA_DIR, TinyCNN
 
 
 def _tiny(seed=0):

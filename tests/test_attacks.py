@@ -7,12 +7,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Boom, FailsOnCall
 from torch import nn
 
 from advx import FGSM, PGD
 from advx.norms import get_norm
-
-from conftest import Boom, FailsOnCall
 
 CASES = [
     (attack, norm, targeted)

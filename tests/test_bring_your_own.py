@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_DIR
 from torch import nn
 
 from advx import PGD
@@ -18,8 +19,6 @@ from advx.checkpoint import load_checkpoint
 from advx.cli import main
 from advx.loading import ModelLoadError, load_exported, model_from_import
 from advx.models import Normalized
-
-from conftest import DATA_DIR
 
 MEAN, STD = 0.5, 0.1  # the normalization the user's "normalized" model expects
 

@@ -6,11 +6,10 @@ import time
 
 import pytest
 import torch
+from conftest import DATA_DIR
 from PIL import Image
 
 from advx.cli import build_parser, main
-
-from conftest import DATA_DIR
 
 
 def _subcommands():

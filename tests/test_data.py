@@ -7,21 +7,13 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from conftest import DATA_DIR
 
 from advx import data as data_mod
-from advx.data import (
-    RAW_FILES,
-    DataCorruptError,
-    DataNotFoundError,
-    default_data_dir,
-    iterate_batches,
-    load_dataset,
-    prepare,
-)
+from advx.data import (RAW_FILES, DataCorruptError, DataNotFoundError, default_data_dir, iterate_batches, load_dataset,
+                       prepare)
 from advx.datasets import get_dataset
 from advx.idx import contents
-
-from conftest import DATA_DIR
 
 GOOD_RAW = DATA_DIR / "MNIST" / "raw"
 

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_DIR
 
 from advx import PGD, evaluate, run_attack
 from advx.cli import main
 from advx.distributed import on_shards, shard
 from advx.sharded import merge_evaluations, merge_runs
 from advx.validate import InputError
-
-from conftest import DATA_DIR
 
 
 @pytest.mark.parametrize("n, size", [(10, 3), (7, 7), (3, 5), (10000, 4)])

@@ -5,10 +5,9 @@ import json
 
 import pytest
 import torch
+from conftest import DATA_DIR
 
 from advx.evaluate import evaluate
-
-from conftest import DATA_DIR
 
 EPS = [0.05, 0.1, 0.2]
 SETTINGS = dict(attacks=["fgsm", "pgd"], steps=10, checks=False, progress=False)

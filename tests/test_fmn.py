@@ -3,11 +3,10 @@ consistent results, targeted mode, edge cases, argument checks."""
 
 import pytest
 import torch
+from conftest import Binarized
 
 from advx import CW, DeepFool
 from advx.attacks.fmn import FMN
-
-from conftest import Binarized
 
 NORMS = ["inf", "2", "1"]
 

@@ -10,7 +10,6 @@ from advx import APGD, FAB, PGD, DeepFool, evaluate
 from advx.attacks.registry import ATTACKS, abilities
 
 
-
 @pytest.fixture(scope="module")
 def few(clean):
     """The first 48 correctly classified images (FAB linearises every class: keep it small)."""

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import Binarized
 from torch import nn
 
 from advx import sanity
 from advx.evaluate import evaluate
-
-from conftest import Binarized
 
 
 class Softmaxed(nn.Module):

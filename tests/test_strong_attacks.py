@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import Binarized, Boom, FailsOnCall
 from torch import nn
 
 from advx import APGD, ATTACKS, CW, MIFGSM, DeepFool, Square
 from advx.attacks.apgd import step_checkpoints
 from advx.attacks.objectives import dlr_loss
 from advx.modes import frozen
-
-from conftest import Binarized, Boom, FailsOnCall
 
 # Small configurations, so that the invariants run in a blink on any model.
 SMALL = {

@@ -105,8 +105,9 @@ def test_non_finite_or_out_of_range_hyperparameters(kwargs, message):
 
 
 def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(tmp_path):
-    from advx.checkpoint import save_checkpoint
     from conftest import DATA_DIR
+
+    from advx.checkpoint import save_checkpoint
 
     path = tmp_path / "good.pt"
     save_checkpoint(path, seeded_model("small", 0), model_name="small", metrics={"test_acc": 0.99})

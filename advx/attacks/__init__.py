@@ -3,7 +3,6 @@ attack, and ``registry.ATTACKS`` names them."""
 
 from advx.attacks.apgd import APGD
 from advx.attacks.base import Attack
-from advx.attacks.results import AttackResult
 from advx.attacks.cw import CW
 from advx.attacks.deepfool import DeepFool
 from advx.attacks.fab import FAB
@@ -12,6 +11,7 @@ from advx.attacks.fmn import FMN
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.registry import ATTACKS, SUITES
+from advx.attacks.results import AttackResult
 from advx.attacks.square import Square
 from advx.modes import frozen
 

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack
-from advx.attacks.results import Run
 from advx.attacks.objectives import dlr_loss
+from advx.attacks.results import Run
 from advx.norms import Norm, per_sample
 from advx.validate import InputError, check_number
+
 LOSSES = ("ce", "dlr", "dlr-targeted")
 # Sparse norms: phases at a radius of (scale * eps) for a share of the steps, each starting
 # from the last one's point ("Mind the box"; AutoAttack's L1 ``use_largereps``).
@@ -40,8 +41,8 @@ def step_checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(pj * steps - 1e-9) for pj in p[1:] if pj < 1} - {0})
 
 
-class _Run(NamedTuple):
-    """One APGD run on a batch; every tensor has one entry per sample."""
+class _Outcome(NamedTuple):
+    """What one APGD run (or phase) on a batch found; every tensor has one entry per sample."""
 
     x_out: torch.Tensor      # the last adversarial iterate if there was one, else x_best
     success: torch.Tensor    # some iterate reached the goal
@@ -134,24 +135,18 @@ class APGD(Attack):
                  precision: str = "fp32") -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator, precision=precision)
-        steps = check_number("steps", steps, minimum=1, integer=True)
-        restarts = check_number("restarts", restarts, minimum=1, integer=True)
-        n_target_classes = check_number("n_target_classes", n_target_classes, minimum=1, integer=True)
+        self.steps = check_number("steps", steps, minimum=1, integer=True)
+        self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
+        self.n_target_classes = check_number("n_target_classes", n_target_classes, minimum=1, integer=True)
         for name, value in (("rho", rho), ("momentum", momentum)):
-            check_number(name, value, minimum=0)
-            if value > 1:
+            if not 0 <= check_number(name, value) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {value!r}")
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
         self._check_targetable(loss=loss)  # loss='dlr' is untargeted; 'dlr-targeted' or 'ce' are not
-        self.steps = steps
-        self.restarts = restarts
-        self.loss_name = loss
-        self.rho = float(rho)
-        self.momentum = float(momentum)
-        self.n_target_classes = n_target_classes
+        self.loss_name, self.rho, self.momentum = loss, float(rho), float(momentum)
         self.early_stop = bool(early_stop)
-        self._checkpoints = frozenset(step_checkpoints(steps))
+        self._checkpoints = frozenset(step_checkpoints(self.steps))
 
     @classmethod
     def abilities(cls, **options):
@@ -163,7 +158,10 @@ class APGD(Attack):
     def _run(self, x, y, generator):
         with torch.no_grad():
             logits = self.model(x)
-        self._check_num_classes(logits.shape[1])
+        needed = self.abilities(loss=self.loss_name).min_classes
+        if logits.shape[1] < needed:
+            raise InputError(f"loss={self.loss_name!r} needs a model with at least {needed} classes, "
+                             f"got {logits.shape[1]}")
         targets = [None]
         if self.loss_name == "dlr-targeted":
             targets = self.goal.targets_to_try(logits, y, self.n_target_classes)
@@ -181,7 +179,7 @@ class APGD(Attack):
 
         return self.best_of_runs(x, generator, [towards(t) for t in targets for _ in range(self.restarts)])
 
-    def _run_once(self, x, y, target, generator) -> _Run:
+    def _run_once(self, x, y, target, generator) -> _Outcome:
         """One APGD run of ``self.steps`` iterations (``target`` only for APGD-T). For a sparse
         norm, in phases of a shrinking radius (``LARGE_REPS``), each from the last one's point."""
         if not self.norm.sparse:
@@ -196,19 +194,19 @@ class APGD(Attack):
             start, spent = out.x_out, spent + out.steps
         return out._replace(steps=spent)
 
-    def _phase(self, x, y, target, x_cur, eps, steps, *, final) -> _Run:
+    def _phase(self, x, y, target, x_cur, eps, steps, *, final) -> _Outcome:
         """``steps`` iterations from ``x_cur`` in the ball of radius ``eps``; early stop (when
         asked) only in the ``final`` phase, the one whose radius is the attack's."""
         n, stop = len(x), self.early_stop and final
         grad, logits, loss = self._gradient(x_cur, y, target)
         success = self.confirm(x_cur, logits, y)
-        out = _Run(x_out=torch.where(per_sample(success, x), x_cur, x), success=success,
+        out = _Outcome(x_out=torch.where(per_sample(success, x), x_cur, x), success=success,
                    x_best=x_cur.clone(), loss_best=loss.clone(),
                    steps=torch.full((n,), steps, dtype=torch.long, device=x.device))
         # The state of the samples still running (active); out holds the results.
         active = torch.arange(n, device=x.device)
         sparse, zeros = self.norm.sparse, torch.zeros(n, dtype=x.dtype, device=x.device)
-        st = _State(x=x, y=y, target=target, radius=zeros + eps, eta=zeros + (1 if sparse else 2) * eps,
+        state = _State(x=x, y=y, target=target, radius=zeros + eps, eta=zeros + (1 if sparse else 2) * eps,
                     x_cur=x_cur, x_prev=x_cur, grad=grad, loss_cur=loss,
                     x_best=x_cur.clone(), loss_best=loss.clone(), grad_best=grad.clone(),
                     increases=torch.zeros(n, dtype=torch.long, device=x.device),
@@ -216,71 +214,71 @@ class APGD(Attack):
                     share=zeros + 0.2, support_last=zeros + x[0].numel())
         if stop and success.any():
             out.steps[success] = 0
-            active, st = active[~success], st.keep(~success)
+            active, state = active[~success], state.keep(~success)
         last_checkpoint, checkpoints, every = 0, self._checkpoints, max(int(0.04 * steps), 1)
         for t in range(1, steps + 1):
             if len(active) == 0:
                 break
-            x_new, reached = self._advance(st, first=t == 1 or sparse)  # L1 steps without momentum
+            x_new, reached = self._advance(state, first=t == 1 or sparse)  # L1 steps without momentum
             out.x_out[active[reached]] = x_new[reached]
             out.success[active[reached]] = True
             if sparse and t % every == 0:
-                self._adapt_sparsity(st)
+                self._adapt_sparsity(state)
             elif not sparse and t in checkpoints:
-                self._adapt_step_size(st, t - last_checkpoint)
+                self._adapt_step_size(state, t - last_checkpoint)
                 last_checkpoint = t
             if stop and reached.any():
-                _store(out, active[reached], st, reached, steps=t)
-                active, st = active[~reached], st.keep(~reached)
-        _store(out, active, st, torch.ones(len(active), dtype=torch.bool, device=x.device))
+                _store(out, active[reached], state, reached, steps=t)
+                active, state = active[~reached], state.keep(~reached)
+        _store(out, active, state, torch.ones(len(active), dtype=torch.bool, device=x.device))
         x_out = torch.where(per_sample(out.success, x), out.x_out, out.x_best)
         return out._replace(x_out=x_out)
 
-    def _advance(self, st: "_State", *, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _advance(self, state: "_State", *, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration: a step of size eta with momentum (plain on the first), then the
         loss bookkeeping. Returns the new iterate and which samples it makes reach the goal."""
-        direction = self.norm.direction_in_box(st.grad, st.x_cur, self.bounds, st.share)
-        z = self._project(st.x_cur + per_sample(st.eta, st.x) * direction, st)
+        direction = self.norm.direction_in_box(state.grad, state.x_cur, self.bounds, state.share)
+        z = self._project(state.x_cur + per_sample(state.eta, state.x) * direction, state)
         if first:
             x_new = z
         else:
-            x_new = self._project(st.x_cur + self.momentum * (z - st.x_cur)
-                                  + (1 - self.momentum) * (st.x_cur - st.x_prev), st)
-        st.x_prev, st.x_cur = st.x_cur, x_new
-        st.grad, logits, loss = self._gradient(x_new, st.y, st.target)
-        st.increases += (loss > st.loss_cur).long()
-        st.loss_cur = loss
-        improved = loss > st.loss_best
-        st.x_best[improved] = x_new[improved]
-        st.grad_best[improved] = st.grad[improved]
-        st.loss_best = torch.where(improved, loss, st.loss_best)
-        return x_new, self.confirm(x_new, logits, st.y)
+            x_new = self._project(state.x_cur + self.momentum * (z - state.x_cur)
+                                  + (1 - self.momentum) * (state.x_cur - state.x_prev), state)
+        state.x_prev, state.x_cur = state.x_cur, x_new
+        state.grad, logits, loss = self._gradient(x_new, state.y, state.target)
+        state.increases += (loss > state.loss_cur).long()
+        state.loss_cur = loss
+        improved = loss > state.loss_best
+        state.x_best[improved] = x_new[improved]
+        state.grad_best[improved] = state.grad[improved]
+        state.loss_best = torch.where(improved, loss, state.loss_best)
+        return x_new, self.confirm(x_new, logits, state.y)
 
-    def _adapt_step_size(self, st: "_State", since: int) -> None:
+    def _adapt_step_size(self, state: "_State", since: int) -> None:
         """At a checkpoint, ``since`` iterations after the last: halve eta where the loss rose
         too rarely or stalled, and restart those samples from their best point."""
-        oscillating = st.increases < self.rho * since
-        stalled = ~st.halved_last & (st.loss_best <= st.loss_best_last)
+        oscillating = state.increases < self.rho * since
+        stalled = ~state.halved_last & (state.loss_best <= state.loss_best_last)
         halve = oscillating | stalled
-        st.eta = torch.where(halve, st.eta / 2, st.eta)
-        st.back_to_best(halve)
-        st.halved_last, st.loss_best_last = halve, st.loss_best.clone()
-        st.increases = torch.zeros_like(st.increases)
+        state.eta = torch.where(halve, state.eta / 2, state.eta)
+        state.back_to_best(halve)
+        state.halved_last, state.loss_best_last = halve, state.loss_best.clone()
+        state.increases = torch.zeros_like(state.increases)
 
-    def _adapt_sparsity(self, st: "_State") -> None:
+    def _adapt_sparsity(self, state: "_State") -> None:
         """L1: a step moves the support of the best point / 1.5; eta shrinks by 1.5 (down to a
         tenth of the radius) while that support does not, and is reset to the radius (from
         the best point) when it shrank by 5%."""
-        support = ((st.x_best - st.x).flatten(1) != 0).sum(1).to(st.eta.dtype)
-        shrunk = support < 0.95 * st.support_last
-        st.share = (support / st.x[0].numel() / 1.5).clamp_min(1e-6)
-        st.eta = torch.where(shrunk, st.radius, torch.maximum(st.eta / 1.5, st.radius / 10))
-        st.support_last = support
-        st.back_to_best(shrunk)
+        support = ((state.x_best - state.x).flatten(1) != 0).sum(1).to(state.eta.dtype)
+        shrunk = support < 0.95 * state.support_last
+        state.share = (support / state.x[0].numel() / 1.5).clamp_min(1e-6)
+        state.eta = torch.where(shrunk, state.radius, torch.maximum(state.eta / 1.5, state.radius / 10))
+        state.support_last = support
+        state.back_to_best(shrunk)
 
     # --------------------------------------------------------------- helpers
-    def _project(self, x_adv, st: "_State"):
-        return self.norm.project(x_adv, st.x, st.radius, self.bounds)
+    def _project(self, x_adv, state: "_State"):
+        return self.norm.project(x_adv, state.x, state.radius, self.bounds)
 
     def _objective(self, logits, y, target):
         """Per-sample loss to ascend for this mode."""
@@ -294,14 +292,8 @@ class APGD(Attack):
         """(dLoss/dX, logits, loss) at ``x_adv``; the gradient is taken on the input only."""
         return self.gradient(x_adv, y, lambda logits: self._objective(logits, y, target))
 
-    def _check_num_classes(self, num_classes: int) -> None:
-        needed = self.abilities(loss=self.loss_name).min_classes
-        if num_classes < needed:
-            raise InputError(f"loss={self.loss_name!r} needs a model with at least {needed} classes, "
-                             f"got {num_classes}")
 
-
-def _store(out: _Run, idx: torch.Tensor, state: "_State", mask: torch.Tensor, steps: int | None = None) -> None:
+def _store(out: _Outcome, idx: torch.Tensor, state: "_State", mask: torch.Tensor, steps: int | None = None) -> None:
     """Write the best-loss bookkeeping of ``state`` (rows ``mask``) into the result rows ``idx``."""
     out.x_best[idx] = state.x_best[mask]
     out.loss_best[idx] = state.loss_best[mask]

@@ -155,7 +155,7 @@ class Attack:
         # Decisions are taken in full precision even inside a caller's autocast region;
         # only the search (``gradient``) turns it on, when ``precision`` asks for it.
         with frozen(self.model), full_precision(x0.device):
-            check_labels(self.model, x0, y0, self.goal.labels)
+            check_labels(self.model, x0, y0, self.goal.y_holds)
             self._precision_used = self.resolved_precision(x0.device)
             if eps == 0:  # the eps-ball is the point x itself
                 x_adv = x0.clone()

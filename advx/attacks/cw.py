@@ -82,7 +82,7 @@ class CW(Attack):
             second_moment = torch.zeros_like(w)
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
             for step in range(self.steps + 1):
-                grad, x_adv, l2, reached = self._evaluate(w, x, y, const)
+                grad, x_adv, l2, reached = self._objective_gradient(w, x, y, const)
                 better = reached & (l2 < best_l2)
                 x_best[better] = x_adv[better]
                 best_l2 = torch.where(better, l2, best_l2)
@@ -100,7 +100,7 @@ class CW(Attack):
         steps = torch.full((n,), self.binary_search_steps * self.steps, dtype=torch.long, device=x.device)
         return x_best, steps
 
-    def _evaluate(self, w, x, y, const):
+    def _objective_gradient(self, w, x, y, const):
         """Gradient of the CW objective w.r.t. ``w`` (input only), the image, its L2
         distance and whether it reaches the goal with margin kappa."""
         w = w.detach().requires_grad_(True)

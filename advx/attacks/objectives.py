@@ -35,7 +35,7 @@ class Misclassification:
 
     targeted = False
     sign = 1.0  # ascend the loss of y
-    labels = "labels"  # what y holds, for messages
+    y_holds = "labels"  # what y holds, for messages
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample objective to *ascend*: CE of the true label (minus CE of the target)."""
@@ -67,7 +67,7 @@ class TargetedMisclassification(Misclassification):
 
     targeted = True
     sign = -1.0  # descend the loss of the target
-    labels = "target labels"
+    y_holds = "target labels"
 
     def reached(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1) == y

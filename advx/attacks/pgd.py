@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack
-from advx.attacks.results import Run
 from advx.attacks.objectives import kl_from_clean
+from advx.attacks.results import Run
 from advx.norms import Norm, per_sample
 from advx.validate import InputError, check_number
 
@@ -69,29 +69,29 @@ class PGD(Attack):
         return super().abilities()._replace(targetable=options.get("loss", "ce") != "kl")
 
     def _run(self, x, y, generator):
-        ref = None
+        log_p_clean = None
         if self.loss_name == "kl":  # the clean prediction the adversary moves away from
             with torch.no_grad():
-                ref = self.model(x).log_softmax(1)
+                log_p_clean = self.model(x).log_softmax(1)
         if self.restarts == 1:  # nothing to compare: no scoring pass
-            return self._run_once(x, y, ref, generator)
+            return self._run_once(x, y, log_p_clean, generator)
 
         def restart(idx, gen):
-            ref_idx = None if ref is None else ref[idx]
-            x_new, steps = self._run_once(x[idx], y[idx], ref_idx, gen)
+            log_p_idx = None if log_p_clean is None else log_p_clean[idx]
+            x_new, steps = self._run_once(x[idx], y[idx], log_p_idx, gen)
             with torch.no_grad():
                 logits = self.model(x_new)
-            return Run(x_new, self.is_success(logits, y[idx]), self._objective(logits, y[idx], ref_idx), steps)
+            return Run(x_new, self.is_success(logits, y[idx]), self._objective(logits, y[idx], log_p_idx), steps)
 
         return self.best_of_runs(x, generator, [restart] * self.restarts)
 
-    def _objective(self, logits, y, ref):
+    def _objective(self, logits, y, log_p_clean):
         """Per-sample value to ascend: ``self.loss`` (CE), or KL(p_clean || p(logits))."""
-        if ref is None:
+        if log_p_clean is None:
             return self.loss(logits, y)
-        return kl_from_clean(ref, logits)
+        return kl_from_clean(log_p_clean, logits)
 
-    def _run_once(self, x, y, ref, generator):
+    def _run_once(self, x, y, log_p_clean, generator):
         """One PGD run; returns ``(x_adv, steps spent per sample)``."""
         if self.random_start:
             x_adv = self.clip(self.norm.random_start(x, self.eps, generator))
@@ -109,9 +109,9 @@ class PGD(Attack):
             xa = x_adv if everyone else x_adv[active]
             ya = y if everyone else y[active]
             objective = None
-            if ref is not None:
-                ra = ref if everyone else ref[active]
-                objective = lambda logits, ra=ra, ya=ya: self._objective(logits, ya, ra)  # noqa: E731
+            if log_p_clean is not None:
+                log_p = log_p_clean if everyone else log_p_clean[active]
+                objective = lambda logits, log_p=log_p, ya=ya: self._objective(logits, ya, log_p)  # noqa: E731
             grad, logits, _ = self.gradient(xa, ya, objective)
             if keep_found:  # every sample is active here (no early stop)
                 new = self.is_success(logits, ya) & ~found

@@ -16,7 +16,6 @@ from torch import nn
 
 from advx.attacks.apgd import APGD
 from advx.attacks.base import Attack
-from advx.attacks.results import Abilities
 from advx.attacks.cw import CW
 from advx.attacks.deepfool import DeepFool
 from advx.attacks.fab import FAB
@@ -24,6 +23,7 @@ from advx.attacks.fgsm import FGSM
 from advx.attacks.fmn import FMN
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
+from advx.attacks.results import Abilities
 from advx.attacks.square import Square
 from advx.norms import get_norm
 from advx.validate import InputError
@@ -64,11 +64,11 @@ AttackFactory = Callable[[nn.Module, float], Attack]
 SUITES = {
     # After AutoAttack: APGD first, then attacks of other kinds on its survivors, chosen by
     # measurement at equal time on the PGD-trained (Linf) MNIST model (scripts/bench_suite.py,
-    # the README). Linf: restarts of APGD-CE broke more than more target classes or Square
-    # queries did; FAB and FAB-T broke nothing more (200 images); Square stays as the check
-    # for gradient masking. L2: that model masks the gradient of the CE loss (APGD-CE leaves
-    # 80 %), the minimum-norm attacks do not: FAB then FMN broke the most in the time.
-    # L1: APGD-L1 with restarts, APGD-T, then FMN.
+    # scripts/bench_cascades.py; docs/results.md). Linf: restarts of APGD-CE broke more than
+    # more target classes or Square queries did; Square stays as the check for gradient
+    # masking. L2: that model masks the gradient of the CE loss (APGD-CE leaves 80 %), the
+    # minimum-norm attacks do not: FAB then FMN broke the most in the time. L1: APGD-L1 with
+    # restarts, APGD-T, then FMN.
     "strong": {
         "inf": [("apgd", {"restarts": 10}), ("apgd-t", {"n_target_classes": 3}), ("square", {"queries": 1000})],
         "2": [("apgd", {}), ("fab", {"steps": 50}), ("fmn", {"steps": 200})],

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.certify.graph import SUPPORTED, UnsupportedModel, read_model
+from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.modes import device_of, frozen
 from advx.norms import Norm, get_norm
 from advx.progress import bar as progress_bar

@@ -1,7 +1,7 @@
 """Read a PyTorch model into the chain of ops that bound propagation walks.
 
 ``torch.fx`` traces the model's ``forward`` (so any ``nn.Module`` whose graph is a chain
-works, not only ``nn.Sequential``); one forward pass on a probe input records every
+works, not only ``nn.Sequential``); one forward pass on an input of zeros records every
 node's shape. Anything outside ``SUPPORTED`` (a residual ``+``, a sigmoid, an attention
 block) is one clear error naming it.
 """

@@ -123,8 +123,8 @@ class Conv(Affine):
         self.kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         self.name = name or self.name
         # conv_transpose2d may need output_padding to give back the input's exact size
-        probe = F.conv_transpose2d(torch.zeros(1, *self.out_shape, device=self.weight.device), self.weight, **self.kw)
-        self.output_padding = (in_shape[1] - probe.shape[2], in_shape[2] - probe.shape[3])
+        back = F.conv_transpose2d(torch.zeros(1, *self.out_shape, device=self.weight.device), self.weight, **self.kw)
+        self.output_padding = (in_shape[1] - back.shape[2], in_shape[2] - back.shape[3])
 
     def linear(self, x):
         return F.conv2d(x, self.weight, **self.kw)

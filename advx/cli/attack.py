@@ -7,10 +7,10 @@ import argparse
 
 import torch
 
-from advx.attacks.registry import ATTACKS, abilities, attack_options, build_attack
 from advx import distributed
-from advx.cli.common import (CLIError, check_model_options, common_options, device_named, load_subject, model_options,
-                             precision_option)
+from advx.attacks.registry import ATTACKS, abilities, attack_options, build_attack
+from advx.cli.common import (CLIError, check_model_options, common_options, device_named, images_option, load_subject,
+                             model_options, precision_option)
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
 from advx.report.attack import attack_table, write_attack_outputs
@@ -23,22 +23,24 @@ def add(sub) -> None:
                                    "print a table and write report.json and examples.png.")
     a.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="default: pgd")
     unbounded = [n for n in sorted(ATTACKS) if abilities(n).minimum_norm]
-    own_norm = {n: attack_options(n)["norm"].default for n in sorted(ATTACKS)}
+    by_norm = {}  # each attack's own default norm
+    for name in sorted(ATTACKS):
+        by_norm.setdefault(attack_options(name)["norm"].default, []).append(name)
+    usual = max(by_norm, key=lambda norm: len(by_norm[norm]))
     a.add_argument("--eps", type=float, default=None,
                    help="budget in pixel units (default: the dataset's standard one in the norm, e.g. MNIST "
                         f"Linf 0.3, Fashion-MNIST Linf 0.1; unbounded for the minimum-norm {', '.join(unbounded)})")
     a.add_argument("--norm", default=None, choices=NORM_NAMES,
-                   help="default: the attack's own (" + ", ".join(f"{norm} for {n}" for n, norm in own_norm.items()
-                                                                 if norm != "inf") + ", else inf)")
+                   help="default: the attack's own (" + "; ".join(f"{norm} for {', '.join(names)}"
+                                                                 for norm, names in by_norm.items() if norm != usual)
+                        + f"; else {usual})")
     a.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
     a.add_argument("--steps", type=int, default=None, help="iterations (PGD default: 40)")
     a.add_argument("--restarts", type=int, default=None, help="PGD random restarts (default: 1)")
     a.add_argument("--early-stop", action="store_true", help="PGD: stop each sample once it is fooled")
     a.add_argument("--targeted", action="store_true", help="push every image to --target-class")
     a.add_argument("--target-class", type=int, default=None, help="target label for --targeted")
-    a.add_argument("--images", "--n", dest="n", type=int, default=1000,
-                   help="number of test images (default: 1000; under torchrun write --images: torchrun takes --n "
-                        "for its own --nnodes)")
+    images_option(a, 1000)
     a.add_argument("--batch-size", type=int, default=500, help="default: 500")
     precision_option(a, "the attack's search (success is always decided in fp32)")
     a.add_argument("--out", default=None, help="output folder (default: runs/<attack>-<norm>-eps<eps>)")

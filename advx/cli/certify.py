@@ -7,8 +7,8 @@ import argparse
 
 from advx import distributed
 from advx.certify import METHODS
-from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
-                             model_options)
+from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, images_option,
+                             load_subject, model_options)
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
 from advx.report.certification import certify_table, write_certify_outputs
@@ -27,9 +27,7 @@ def add(sub) -> None:
     c.add_argument("--norm", default="inf", choices=NORM_NAMES, help="default: inf")
     c.add_argument("--method", default="crown", choices=METHODS,
                    help="ibp: fast, loose; crown: tightest, slowest (default: crown)")
-    c.add_argument("--images", "--n", dest="n", type=int, default=10000,
-                   help="first N test images (default: all 10,000; under torchrun write --images: torchrun takes "
-                        "--n for its own --nnodes)")
+    images_option(c, 10000)
     c.add_argument("--batch-size", type=int, default=256, help="default: 256")
     c.add_argument("--out", default="runs/certify", help="output folder (default: runs/certify)")
     model_options(c)

@@ -42,6 +42,12 @@ def precision_option(p: argparse.ArgumentParser, what: str) -> None:
                         "(AMX / AVX-512-BF16 CPU, bf16 GPU), else fp32 (default: fp32)")
 
 
+def images_option(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--images", "--n", dest="n", type=int, default=default, metavar="N",
+                   help=f"the first N test images (default: {default:,}; under torchrun write --images: torchrun "
+                        "takes --n for one of its own options)")
+
+
 def model_options(p: argparse.ArgumentParser) -> None:
     """The model to work on and the data it classifies (attack, eval, certify)."""
     g = p.add_argument_group("the model: an advx checkpoint, or your own (see the README's 'Bring your own model')")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from advx import distributed
 from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, stage_name, suite
 from advx.certify.propagate import METHODS
-from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, load_subject,
-                             model_options, precision_option)
-from advx import distributed
+from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, images_option,
+                             load_subject, model_options, precision_option)
 from advx.datasets import DATASETS
 from advx.eval_config import EvalConfig
 from advx.files import check_output_dir
@@ -51,9 +51,7 @@ def add(sub) -> None:
                    help="run every attack on every correct sample (slower; per-attack figures standalone)")
     e.add_argument("--no-early-stop", action="store_true", help="run every step even on fooled samples")
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
-    e.add_argument("--images", "--n", dest="n", type=int, default=10000,
-                   help="first N test images (default: all 10,000; under torchrun write --images: torchrun "
-                        "takes --n for its own)")
+    images_option(e, 10000)
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
                    help="also certify each sample at each eps (ibp, crown-ibp or crown; crown if no METHOD): "
