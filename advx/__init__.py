@@ -13,7 +13,8 @@ an attack takes it with respect to the input image (dL/dX, weights frozen).
 from importlib import metadata as _metadata
 
 from advx.attacks import APGD, ATTACKS, CW, FAB, FGSM, FMN, MIFGSM, PGD, Attack, AttackResult, DeepFool, Square
-from advx.certify import Certificate, Certifier, certify
+import advx.certify as certify  # the package; calling it certifies (the function advx.certify.certify)
+from advx.certify import Certificate, Certifier
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from advx.data import DataNotFoundError, Split, load_dataset
 from advx.dataset_attack import run_attack
@@ -23,6 +24,7 @@ from advx.loading import ModelLoadError, check_classifier, load_exported, model_
 from advx.models import MODELS, MadryCNN, Normalized, SmallCNN, build_model
 from advx.modes import accuracy, frozen, predictions
 from advx.norms import L1, L2, Linf, get_norm
+from advx.subject import Subject, load_subject
 from advx.train import TrainConfig, train, train_baseline
 
 try:  # the version is written once, in pyproject.toml
@@ -40,6 +42,6 @@ __all__ = [
     "L1", "L2", "Linf", "get_norm",
     "accuracy", "frozen", "predictions",
     "TrainConfig", "train", "train_baseline",
-    "EvalConfig", "Evaluation", "evaluate", "run_attack",
+    "EvalConfig", "Evaluation", "evaluate", "run_attack", "Subject", "load_subject",
     "Certificate", "Certifier", "certify",
 ]

@@ -1,14 +1,18 @@
-"""Shared fixtures: real MNIST slices and tiny seeded models that train in seconds on a CPU."""
+"""Shared fixtures and helpers: real MNIST slices, tiny seeded models that train in seconds on a CPU,
+the models and checks that several test files use."""
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from advx.cli import main
 from advx.data import load_dataset
 from advx.train import TrainConfig, train
 
@@ -61,6 +65,48 @@ class FailsOnCall(nn.Module):
         return self.model(x)
 
 
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.fc = nn.Linear(784, 10)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(10, 784, generator=g) * 0.05)
+            self.fc.bias.copy_(torch.randn(10, generator=g) * 0.05)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def success_rate(attack, model, x, y, goal):
+    """Success on the samples the model gets right (and, targeted, whose label is not the goal)."""
+    with torch.no_grad():
+        eligible = (model(x).argmax(1) == y) & (goal != y if attack.targeted else True)
+    return attack.run(x, goal).success[eligible].float().mean().item()
+
+
+def _kill_every_process_of(marker: str) -> None:
+    """SIGKILL every process whose command line holds ``marker``, and wait until none is left."""
+    def matching():
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    yield int(entry.name)
+            except OSError:
+                continue
+    for _ in range(200):
+        pids = list(matching())
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"processes of {marker} survived SIGKILL")
+
+
 @pytest.fixture(scope="session")
 def mnist_train():
     return load_dataset("mnist", "train", DATA_DIR)
@@ -99,6 +145,12 @@ def clean(trained_cnn, batch):
     return x[right], y[right]
 
 
+@pytest.fixture(scope="module")
+def few(clean):
+    """The first 48 correctly classified images (FAB linearises every class: keep it small)."""
+    return clean[0][:48], clean[1][:48]
+
+
 @pytest.fixture
 def bn_model():
     """An untrained CNN with BatchNorm and Dropout (buffers and train/eval behaviour matter)."""
@@ -108,3 +160,11 @@ def bn_model():
             nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
             nn.Flatten(), nn.Linear(4 * 26 * 26, 10),
         ).train()
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist") / "tiny.pt"
+    assert main(["train", "--epochs", "2", "--train-size", "6000", "--batch-size", "64", "--data-dir", str(DATA_DIR),
+                 "--checkpoint", str(path), "--quiet"]) == 0
+    return path

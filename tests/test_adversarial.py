@@ -30,6 +30,7 @@ def _pgd_acc(model, x, y, eps):
     return accuracy(model, PGD(model, eps=eps, steps=10)(x, y), y)
 
 
+@pytest.mark.slow
 def test_adversarial_training_raises_pgd_accuracy(mnist_train, mnist_test):
     data = mnist_train.head(6000)
     x, y = mnist_test.x[:400], mnist_test.y[:400]
@@ -117,6 +118,7 @@ def test_catastrophic_overfitting_detection():
     assert catastrophic_overfitting(renamed, key="pgd_acc")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps, alpha, epochs, collapses", [(0.3, 0.6, 3, True), (0.1, None, 2, False)])
 def test_collapse_detector_on_real_runs(eps, alpha, epochs, collapses, tmp_path):
     """FGSM-RS with a step of 2 eps at eps 0.3 on 2,000 images masks the gradient within two
@@ -170,6 +172,7 @@ def test_each_config_holds_the_defaults_of_its_kind():
     assert robust_config("pgd", steps=5) == AdversarialConfig(kind="pgd", steps=5)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     config = TrainConfig(epochs=2, batch_size=100, train_size=600, seed=3)
     robust = AdversarialConfig(kind="pgd", eps=0.2, steps=2, warmup_epochs=1, holdout=100, final_n=0)

@@ -1,16 +1,20 @@
-"""FGSM and PGD: the invariants every attack must hold, closed-form cases, strength on real MNIST."""
+"""The contract of every attack: the invariants each must hold (the model, its modes and the
+inputs left as they were, bounds, seeds), its strength on real MNIST, clear errors on bad
+hyperparameters and inputs, and hostile models (infinite gradients, NaN logits, no logits)."""
 
 import copy
+import inspect
+import json
 import math
 import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import Boom, FailsOnCall
+from conftest import Binarized, Boom, FailsOnCall, Linear, success_rate
 from torch import nn
 
-from advx import FGSM, PGD
+from advx import APGD, ATTACKS, CW, FGSM, MIFGSM, PGD, DeepFool, Square
+from advx.attacks.registry import abilities, attack_class, build_attack
 from advx.norms import get_norm
 
 CASES = [
@@ -97,106 +101,148 @@ def test_hyperparameters_are_not_mutated(trained_cnn, batch):
     assert atk.config() == before
 
 
-# ------------------------------------------------------------------ closed form
-class Linear(nn.Module):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.fc = nn.Linear(784, 10)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(10, 784, generator=g) * 0.05)
-            self.fc.bias.copy_(torch.randn(10, generator=g) * 0.05)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
-def _hand_grad(model, x, y):
-    """dCE/dx for logits = W x + b: W^T (softmax(z) - onehot(y))."""
-    z = x.flatten(1) @ model.fc.weight.T + model.fc.bias
-    return ((z.softmax(1) - F.one_hot(y, 10).float()) @ model.fc.weight).view_as(x)
+# ----------------------- MI-FGSM, APGD, CW, DeepFool, Square: the same contract
+# Small configurations, so that the invariants run in a blink on any model.
+SMALL = {
+    "mifgsm": lambda m, **kw: MIFGSM(m, eps=0.3, steps=5, **kw),
+    "mifgsm-l2": lambda m, **kw: MIFGSM(m, eps=2.0, norm="2", steps=5, **kw),
+    "apgd-ce": lambda m, **kw: APGD(m, eps=0.3, steps=10, **kw),
+    "apgd-dlr": lambda m, **kw: APGD(m, eps=0.3, steps=10, loss="dlr", **kw),
+    "apgd-t": lambda m, **kw: APGD(m, eps=0.3, steps=5, loss="dlr-targeted", n_target_classes=2, **kw),
+    "apgd-l2": lambda m, **kw: APGD(m, eps=2.0, norm="2", steps=10, restarts=2, **kw),
+    "cw": lambda m, **kw: CW(m, steps=10, binary_search_steps=2, **kw),
+    "deepfool": lambda m, **kw: DeepFool(m, steps=5, **kw),
+    "deepfool-inf": lambda m, **kw: DeepFool(m, norm="inf", steps=5, **kw),
+    "square": lambda m, **kw: Square(m, eps=0.3, queries=40, **kw),
+}
+RANDOMISED = ["apgd-ce", "apgd-l2", "square"]
 
 
-def test_fgsm_equals_the_hand_computed_step():
-    model = Linear()
-    x = torch.full((4, 1, 28, 28), 0.5)
-    x[:, :, :14] = 0.4
-    y = torch.tensor([0, 3, 5, 9])
-    g = _hand_grad(model, x, y)
-    expected = (x + 0.1 * g.sign()).clamp(0, 1)
-    assert torch.allclose(FGSM(model, eps=0.1)(x, y), expected, atol=1e-7)
-    targeted = (x - 0.1 * g.sign()).clamp(0, 1)  # descend the loss of the target
-    assert torch.allclose(FGSM(model, eps=0.1, targeted=True)(x, y), targeted, atol=1e-7)
-    fgm = x + 1.5 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-    assert torch.allclose(FGSM(model, eps=1.5, norm="2")(x, y), fgm, atol=1e-6)
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_invariants_of_the_strong_attacks(name, bn_model, batch):
+    x, y = batch[0][:16], batch[1][:16]
+    model = bn_model  # train mode, BatchNorm running stats, Dropout
+    flags = [p.requires_grad for p in model.parameters()]
+    state = copy.deepcopy(model.state_dict())
+    x_copy, y_copy, rng = x.clone(), y.clone(), torch.get_rng_state()
+
+    attack = SMALL[name](model)
+    result = attack.run(x, y)
+
+    delta = result.x_adv - x
+    assert attack.norm.size(delta).max().item() <= attack.budget(x) + 1e-6
+    assert result.x_adv.min().item() >= -1e-6 and result.x_adv.max().item() <= 1 + 1e-6
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert torch.equal(x, x_copy) and torch.equal(y, y_copy)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is never used
+    assert result.steps.dtype == torch.long and result.steps.shape == (16,)
+    json.dumps(attack.config())  # plain values only (reports write it)
 
 
-def test_pgd_without_random_start_one_full_step_equals_fgsm():
-    model = Linear()
-    x = torch.full((4, 1, 28, 28), 0.5)
-    y = torch.tensor([1, 2, 3, 4])
-    pgd = PGD(model, eps=0.1, alpha=0.1, steps=1, random_start=False)(x, y)
-    assert torch.equal(pgd, FGSM(model, eps=0.1)(x, y))
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_model_restored_when_it_raises(name, bn_model, batch):
+    model = FailsOnCall(bn_model, n=3)
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(Boom):
+        SMALL[name](model).run(batch[0][:8], batch[1][:8])
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
 
 
-def test_clipping_to_bounds_is_explicit():
-    model = Linear()
-    x = torch.full((2, 1, 28, 28), 0.55)
-    y = torch.tensor([0, 1])
-    x_adv = FGSM(model, eps=0.2, bounds=(0.5, 0.6))(x, y)
-    assert x_adv.min() >= 0.5 and x_adv.max() <= 0.6
-    assert torch.equal(x_adv.unique(), torch.tensor([0.5, 0.6]))
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_no_input_gradient_is_survived_not_a_crash(name, trained_cnn, batch):
+    x, y = batch
+    model = Binarized(trained_cnn)
+    result = SMALL[name](model).run(x[:8], y[:8])  # raised in autograd.grad before the fix
+    assert torch.isfinite(result.x_adv).all() and result.x_adv.min() >= 0 and result.x_adv.max() <= 1
 
 
-# --------------------------------------------------------------- real MNIST
-@pytest.fixture(scope="module")
-def correct(trained_cnn, mnist_test):
-    x, y = mnist_test.x[:300], mnist_test.y[:300]
-    with torch.no_grad():
-        ok = trained_cnn(x).argmax(1) == y
-    return x[ok][:200], y[ok][:200]
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_same_seed_same_result_of_the_strong_attacks(name, trained_cnn, batch):
+    x, y = batch[0][:16], batch[1][:16]
+    first = SMALL[name](trained_cnn, seed=3)(x, y)
+    assert torch.equal(first, SMALL[name](trained_cnn, seed=3)(x, y))
+    if name in RANDOMISED:  # the seed does reach the random start / the random search
+        assert not torch.equal(first, SMALL[name](trained_cnn, seed=4)(x, y))
 
 
-def test_pgd_flips_at_least_95_percent_and_beats_fgsm(trained_cnn, correct):
-    x, y = correct
-    pgd = PGD(trained_cnn, eps=0.3, alpha=0.01, steps=40).run(x, y).success.float().mean().item()
-    fgsm = FGSM(trained_cnn, eps=0.3).run(x, y).success.float().mean().item()
-    assert pgd >= 0.95
-    assert pgd >= fgsm
+@pytest.mark.parametrize("make,message", [
+    (lambda m: MIFGSM(m, steps=0), "steps must be >= 1, got 0"),
+    (lambda m: MIFGSM(m, decay=-1.0), "decay must be >= 0, got -1.0"),
+    (lambda m: APGD(m, loss="hinge"), "loss must be one of 'ce', 'dlr', 'dlr-targeted', got 'hinge'"),
+    (lambda m: APGD(m, loss="dlr", targeted=True), "targeted must be False: APGD with loss='dlr' is an untargeted"),
+    (lambda m: APGD(m, rho=1.5), "rho must be in [0, 1], got 1.5"),
+    (lambda m: APGD(m, n_target_classes=0), "n_target_classes must be >= 1, got 0"),
+    (lambda m: CW(m, norm="inf"), "norm must be '2' for CW, got 'inf'"),
+    (lambda m: CW(m, lr=0), "lr must be > 0, got 0"),
+    (lambda m: DeepFool(m, targeted=True), "targeted must be False: DeepFool is an untargeted attack"),
+    (lambda m: Square(m, norm="2"), "norm must be 'inf' for Square"),
+    (lambda m: Square(m, p_init=2.0), "p_init must be in (0, 1], got 2.0"),
+])
+def test_bad_hyperparameters_of_the_strong_attacks(make, message, bn_model):
+    with pytest.raises(ValueError) as err:
+        make(bn_model)
+    assert message in str(err.value)
 
 
-def test_l2_pgd_flips_at_least_95_percent(trained_cnn, correct):
-    x, y = correct
-    assert PGD(trained_cnn, eps=3.0, steps=40, norm="2").run(x, y).success.float().mean() >= 0.95
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_registered_for_the_cli(name, bn_model):
+    from advx.attacks.registry import abilities, attack_class
+
+    accepted = inspect.signature(ATTACKS[name]).parameters
+    assert {"eps", "norm", "targeted", "seed"} <= set(accepted)
+    declared = attack_class(name)
+    assert accepted["norm"].default in abilities(name).norms  # its default norm is one it declares
+    for norm in declared.norms:
+        attack = ATTACKS[name](bn_model, eps=0.3, norm=norm, targeted=False, seed=0)
+        assert attack.norm.name == norm
+    for norm in [n for n in ("inf", "2") if n not in declared.norms]:  # the others are refused
+        with pytest.raises(ValueError, match=f"norm must be .* for {declared.__name__}"):
+            ATTACKS[name](bn_model, eps=0.3, norm=norm)
 
 
-def test_targeted_pgd_reaches_the_target(trained_cnn, correct):
-    x, y = correct
+def test_every_minimum_norm_attack_declares_itself():
+    declared = {name for name in ATTACKS if abilities(name).minimum_norm}
+    assert declared == {"cw", "deepfool", "fab", "fab-t", "fmn"}
+
+
+# ------------------------------------------------------- strength on real MNIST
+UNTARGETED = {
+    "mifgsm": lambda m: MIFGSM(m, eps=0.3, steps=10),
+    "apgd-ce": lambda m: APGD(m, eps=0.3, steps=20),
+    "apgd-dlr": lambda m: APGD(m, eps=0.3, steps=20, loss="dlr"),
+    "apgd-t": lambda m: APGD(m, eps=0.3, steps=10, loss="dlr-targeted", n_target_classes=3),
+    "apgd-l2": lambda m: APGD(m, eps=3.0, norm="2", steps=20),
+    "cw": lambda m: CW(m, steps=50, binary_search_steps=5),
+    "deepfool": lambda m: DeepFool(m),
+    "deepfool-inf": lambda m: DeepFool(m, norm="inf"),
+    "square": lambda m: Square(m, eps=0.3, queries=300),
+}
+TARGETED = {
+    "mifgsm": lambda m: MIFGSM(m, eps=0.3, steps=20, alpha=0.03, targeted=True),
+    "apgd-ce": lambda m: APGD(m, eps=0.3, steps=20, targeted=True),
+    "apgd-dlr-targeted": lambda m: APGD(m, eps=0.3, steps=20, loss="dlr-targeted", targeted=True),
+    "cw": lambda m: CW(m, steps=50, binary_search_steps=5, targeted=True),
+    "square": lambda m: Square(m, eps=0.3, queries=1000, targeted=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNTARGETED))
+def test_untargeted_success(name, trained_cnn, batch):
+    x, y = batch[0][:100], batch[1][:100]
+    assert success_rate(UNTARGETED[name](trained_cnn), trained_cnn, x, y, y) >= 0.95
+
+
+@pytest.mark.parametrize("name", sorted(TARGETED))
+def test_targeted_reaches_target(name, trained_cnn, batch):
+    x, y = batch[0][:100], batch[1][:100]
     target = (y + 1) % 10
-    result = PGD(trained_cnn, eps=0.3, alpha=0.01, steps=40, targeted=True).run(x, target)
-    assert result.success.float().mean() >= 0.9
-    assert torch.equal(result.success, result.logits.argmax(1) == target)
-
-
-def test_restarts_keep_the_best_per_sample(trained_cnn, correct):
-    x, y = correct
-    weak = dict(eps=0.1, alpha=0.01, steps=5, seed=3)  # weak enough that some samples survive
-    one = PGD(trained_cnn, **weak).run(x, y)
-    many = PGD(trained_cnn, restarts=4, **weak).run(x, y)
-    assert 0 < one.success.float().mean() < 1
-    assert (many.success | ~one.success).all()  # every sample broken once stays broken
-    assert many.success.sum() > one.success.sum()
-    assert (many.steps[one.success] == 5).all()  # broken in the first run: no restart spent
-    assert (many.steps[~many.success] == 20).all()  # never broken: all four runs spent
-
-
-def test_early_stop_freezes_samples_once_fooled(trained_cnn, correct):
-    x, y = correct
-    full = PGD(trained_cnn, eps=0.3, alpha=0.01, steps=40).run(x, y)
-    early = PGD(trained_cnn, eps=0.3, alpha=0.01, steps=40, early_stop=True).run(x, y)
-    assert early.success.float().mean() >= 0.95
-    assert early.steps.float().mean() < 40 and (early.steps[early.success] < 40).all()
-    assert early.distance.mean() < full.distance.mean()  # stopped earlier, closer to x
+    assert success_rate(TARGETED[name](trained_cnn), trained_cnn, x, y, target) >= 0.95
 
 
 # ------------------------------------------------------------------ bad input
@@ -243,9 +289,6 @@ def test_bad_types(trained_cnn, batch):
 
 
 # ------------------------------------------- every registered attack, hostile cases
-from advx import ATTACKS  # noqa: E402
-from advx.attacks.registry import attack_class, build_attack  # noqa: E402
-
 # Small budgets so that every attack runs in a blink.
 FAST = dict(steps=5, queries=30, binary_search_steps=2, n_target_classes=2)
 

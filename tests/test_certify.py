@@ -118,7 +118,8 @@ def inputs(seed=0, n=4):
     return torch.rand(n, *SHAPE, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
 
 
-@pytest.mark.parametrize("kind", ["conv", "strided", "dense"])
+@pytest.mark.parametrize("kind", [pytest.param("conv", marks=pytest.mark.slow),
+                                  pytest.param("strided", marks=pytest.mark.slow), "dense"])
 @pytest.mark.parametrize("norm,eps", [("inf", 0.05), ("inf", 0.2), ("2", 0.5), ("1", 1.5)])
 def test_bounds_hold_at_sampled_corner_and_attacked_points(kind, norm, eps):
     for seed in range(2):
@@ -140,6 +141,42 @@ def test_a_wrong_relaxation_is_caught(monkeypatch):
 
     monkeypatch.setattr(ops.ReLU, "set_bounds", no_offset)
     assert violations(model, x, y, 0.2, "inf", "crown") > 0
+
+
+def test_a_first_layer_that_ignores_the_balls_radius_is_caught(monkeypatch):
+    """Mutant: the exact bound of the first affine layer over an L2 or L1 ball without its
+    radius (``W x`` for every point of the ball)."""
+    model, (x, y) = random_net("dense", 0), inputs(0)
+    assert violations(model, x, y, 1.5, "1", "ibp") == 0
+    monkeypatch.setattr(ops.Linear, "row_norms", lambda self, q: torch.zeros(self.out_shape))
+    assert violations(model, x, y, 1.5, "1", "ibp") > 0
+
+
+def test_the_first_layer_is_bounded_over_the_ball_not_only_its_box(monkeypatch):
+    """For L1 (and L2) the first affine layer is bounded over the ball itself (``W x +- eps
+    ||W_i||_q``), which at a large eps is far tighter than the box around the ball; the
+    margins' bounds can only rise, and they stay sound (the test above)."""
+    from advx.norms import L1
+
+    model, (x, y) = random_net("dense", 0), inputs(0)
+    with_ball = certify(model, x, y, eps=1.5, method="ibp", norm="1").margins
+    monkeypatch.setattr(L1, "ball_is_box", True)  # the box of the ball only
+    box_only = certify(model, x, y, eps=1.5, method="ibp", norm="1").margins
+    finite = torch.isfinite(with_ball)
+    assert (with_ball[finite] >= box_only[finite] - 1e-5).all() and (with_ball[finite] > box_only[finite] + 1e-3).any()
+
+
+def test_advx_certify_is_the_package_and_certifies_when_called():
+    import importlib
+
+    import advx
+    import advx.certify.propagate as propagate  # the package's modules import as usual
+
+    assert advx.certify is importlib.import_module("advx.certify") and propagate.METHODS == METHODS
+    model, (x, y) = random_net("dense", 0), inputs(0)
+    called = advx.certify(model, x, y, eps=0.05, method="ibp")  # the package, called
+    function = advx.certify.certify(model, x, y, eps=0.05, method="ibp")
+    assert isinstance(called, advx.certify.Certificate) and torch.equal(called.margins, function.margins)
 
 
 def test_a_wrong_interval_is_caught(monkeypatch):
@@ -203,6 +240,7 @@ def test_crown_certifies_everything_ibp_does_and_screening_changes_no_verdict(tr
     assert full.certified.sum() > ibp.sum()  # CROWN is tighter on a normally trained model
 
 
+@pytest.mark.slow
 def test_certified_samples_are_classified_correctly_and_survive_strong_attacks(trained_cnn, batch):
     x, y = batch[0][:200], batch[1][:200]
     eps = 0.02
@@ -376,7 +414,7 @@ def test_certified_loss_schedules_and_gradients():
     expect = 0.5 * cert.margins(x, y, 0.1, method="crown-ibp") + 0.5 * cert.margins(x, y, 0.1)
     finite = torch.isfinite(expect)
     assert torch.allclose(mixed[finite], expect[finite], atol=1e-4)
-    with pytest.raises(ValueError, match="adv must be one of"):
+    with pytest.raises(ValueError, match="kind must be one of"):
         CertifiedLoss("pgd", eps=0.1)
 
 

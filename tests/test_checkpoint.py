@@ -82,7 +82,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert torch.equal(loaded.state_dict()["features.0.weight"], first.state_dict()["features.0.weight"])
 
 
-# ------------------------------------------------------------ faults, issue 10
+# ------------------------------- faults: damaged, foreign and interrupted files
 def test_zero_byte_checkpoint_is_one_clear_error(tmp_path):
     path = tmp_path / "m.pt"
     path.write_bytes(b"")  # torch.load's error message is empty: an IndexError before the fix

@@ -119,6 +119,7 @@ def test_cuda_on_a_machine_without_it(capsys, tiny_checkpoint):
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_adversarial_training_command(tmp_path, capsys):
     from advx.checkpoint import load_checkpoint
 
@@ -176,7 +177,7 @@ def test_eval_several_norms_one_report(tiny_checkpoint, tmp_path, capsys):
     assert "robust accuracy (L1, cumulative over the cascade)" in out
 
 
-# ------------------------------------------------------------ faults, issue 10
+# ---------------------------- faults: bad paths, OS errors, conflicting options
 def _no_work(*args, **kwargs):
     raise AssertionError("the work started although the output path is bad")
 
@@ -299,7 +300,8 @@ def test_a_reused_output_folder_holds_no_stale_files(tiny_checkpoint, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["examples.png", "mine.txt", "report.json"]
 
 
-# ------------------------------------------------------------ precision, issue 12
+# -------------------------------------------------------------- mixed precision
+@pytest.mark.slow
 def test_attack_and_eval_with_precision(tiny_checkpoint, tmp_path, capsys):
     common = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR), "--quiet", "--n", "40"]
     assert main(["attack", "--attack", "pgd", "--steps", "3", "--precision", "bf16",
@@ -330,6 +332,7 @@ def test_fp16_training_on_the_cpu_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
+# ---------------------------------------------------------------- certification
 def test_certify_end_to_end(tiny_checkpoint, tmp_path, capsys):
     import csv
 
@@ -401,6 +404,7 @@ def test_an_uncertifiable_model_is_one_clear_line(tmp_path, capsys, monkeypatch)
     assert "tanh" in err and "supported: Conv2d, Linear, ReLU" in err
 
 
+@pytest.mark.slow
 def test_certified_training_command(tmp_path, capsys):
     from advx.checkpoint import load_checkpoint
 

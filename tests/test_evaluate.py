@@ -173,7 +173,7 @@ def test_stage_option_the_attack_does_not_take_is_an_error(trained_cnn, data):
         evaluate(trained_cnn, *data, attacks=[("nope", {})], eps=[0.1], checks=False, progress=False)
 
 
-# ------------------------------------------------------------ wrong numbers, issue 10
+# ----------- each attack on its own, repeated or unused settings, eps 0, labels
 def test_without_the_cascade_each_column_is_the_attack_on_its_own(trained_cnn, data):
     # With nested-eps reuse the survivors carried to the next eps were the worst case over
     # all attacks, so what PGD broke at 0.1 was charged to FGSM at 0.11.
@@ -222,3 +222,43 @@ def test_labels_of_any_integer_dtype_and_numpy_eps(trained_cnn, data, fast):
     assert list(single.robust_acc) == [0.1]
     with pytest.raises(ValueError, match="y must be a tensor of integer class labels, got torch.float32"):
         evaluate(trained_cnn, x, y.float(), eps=[0.1], progress=False)
+
+
+# --------------------------------------------------------- minimum-norm attacks
+class Counting(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x):
+        self.images += len(x)
+        return self.model(x)
+
+
+def test_evaluate_runs_a_minimum_norm_attack_once_for_every_eps(trained_cnn, few):
+    x, y = few
+    counted = Counting(trained_cnn)
+    one = evaluate(counted, x, y, attacks=["fmn"], eps=[1.0], norm="2", steps=20, checks=False, progress=False)
+    cost_one, counted.images = counted.images, 0
+    eps = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
+    many = evaluate(counted, x, y, attacks=["fmn"], eps=eps, norm="2", steps=20, checks=False, progress=False)
+    assert counted.images == cost_one  # the same forwards: one run, whatever the number of eps
+    assert many.robust_acc[1.0] == one.robust_acc[1.0]
+    # at each eps, a sample is broken iff the one run found an adversarial example within eps
+    size = many.records["distance"]
+    broken = many.records["broken_by"] >= 0
+    for k, e in enumerate(eps):
+        assert (size[k][broken[k]] <= e).all()
+        assert many.robust_acc[e] == pytest.approx((~broken[k]).float().mean().item())
+    assert [many.robust_acc[e] for e in eps] == sorted((many.robust_acc[e] for e in eps), reverse=True)
+    assert many.robust_acc[eps[0]] > many.robust_acc[eps[-1]]  # the curve is not flat: the check can fail
+
+
+def test_evaluate_minimum_norm_results_do_not_depend_on_the_batch(trained_cnn, few):
+    x, y = few
+    a = evaluate(trained_cnn, x, y, attacks=["fab"], eps=[0.1, 0.2], steps=10, batch_size=7, checks=False,
+                 progress=False)
+    b = evaluate(trained_cnn, x, y, attacks=["fab"], eps=[0.1, 0.2], steps=10, batch_size=100, checks=False,
+                 progress=False)
+    assert torch.equal(a.records["broken_by"], b.records["broken_by"])
+    torch.testing.assert_close(a.records["distance"], b.records["distance"])

@@ -1,4 +1,4 @@
-"""Mixed precision (issue 12): the search may run in bf16/fp16, every decision is fp32.
+"""Mixed precision: the search may run in bf16/fp16, every decision is fp32.
 
 The soundness rule, for every registered attack and every precision: a sample the
 attack reports as broken is misclassified by the fp32 model, and the logits it reports

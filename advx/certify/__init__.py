@@ -12,10 +12,16 @@ answer: the sample is **certified** at that eps.
 Methods (``advx.certify.propagate``): "ibp" (fast, loose on normally trained models),
 "crown-ibp", "crown" (tightest, slowest). The model is read with ``torch.fx``
 (``advx.certify.graph``); bounds are computed in fp32 whatever the model's precision.
+
+``advx.certify`` is this package, and calling it calls ``certify``: ``advx.certify(model,
+...)`` and ``import advx.certify.propagate`` both work, with no name shadowing the other.
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
+import types
 from dataclasses import dataclass
 
 import torch
@@ -152,3 +158,14 @@ def _check_inputs(x, y, bounds, shape) -> None:
     if len(x) and (x.min() < bounds[0] or x.max() > bounds[1]):
         raise InputError(f"x must lie in the pixel bounds {list(bounds)}, got values in "
                          f"[{x.min().item():g}, {x.max().item():g}]")
+
+
+class _CallablePackage(types.ModuleType):
+    """The package ``advx.certify``, which ``advx.certify(...)`` calls as the function ``certify``."""
+
+    def __call__(self, *args, **kwargs) -> Certificate:
+        return certify(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
+__signature__ = inspect.signature(certify)

@@ -67,8 +67,8 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    attacks, norms = _attacks(args), _norms(args)
     check_model_options(args)
+    _configs(args, args.dataset or "mnist", "cpu")  # every setting checked before any work
     out = check_output_dir(args.out, "--out")
     device = distributed.init(device_named(args.device))  # under torchrun: this rank's device
     subject, test = load_subject(args, device, verbose=distributed.world()[0] == 0)
@@ -76,14 +76,9 @@ def run(args: argparse.Namespace) -> int:
     identity = {"source": subject.source, "images": digest(test.x, test.y),
                 "weights": digest(*subject.model.state_dict().values())}
     results, files = {}, {}
-    for norm in norms:
-        config = EvalConfig(attacks=suite(args.suite, norm) if args.suite else attacks,
-                            eps=floats(args.eps or default_eps(subject.dataset.name, norm), "--eps"), norm=norm,
-                            steps=args.steps, alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
-                            early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
-                            device=device, checks=not args.no_checks, precision=args.precision,
-                            progress=not args.quiet, certify=args.certify)
-        folder = out if len(norms) == 1 else out / config.norm.label
+    configs = _configs(args, subject.dataset.name, device)
+    for norm, config in configs.items():
+        folder = out if len(configs) == 1 else out / config.norm.label
         store = shared_store(folder / ".resume", store_fingerprint(config, **identity), resume=args.resume)
         ev = evaluate_sharded(subject.model, test.x, test.y, config, store=store)
         reused, computed = distributed.total([store.reused, store.computed])  # over every rank's batches
@@ -105,11 +100,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"the checkpoint's own figure (end of its training): --suite {final['suite']} "
               f"{final['robust_acc']:.2%} at eps {final['eps']:g} on {final['n']} {final['images']}")
     written = [f for names in files.values() for f in names]
-    if len(norms) > 1:
+    if len(configs) > 1:
         print(norms_table(results))
         written.append(str(write_norms_report(out, results, files, source=subject.source)))
     print(f"wrote {', '.join(written)}")
     return 0
+
+
+def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalConfig]:
+    """The evaluation of each threat model of ``--norm``, at ``--eps`` or the dataset's default budgets."""
+    attacks = _attacks(args)
+    return {norm: EvalConfig(attacks=suite(args.suite, norm) if args.suite else attacks,
+                             eps=floats(args.eps or default_eps(dataset, norm), "--eps"), norm=norm,
+                             steps=args.steps, alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
+                             early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
+                             device=device, checks=not args.no_checks, precision=args.precision,
+                             progress=not args.quiet, certify=args.certify)
+            for norm in _norms(args)}
 
 
 def _attacks(args: argparse.Namespace) -> list[str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from advx import distributed
@@ -14,7 +15,7 @@ from advx.datasets import DATASET_NAMES, DATASETS, get_dataset
 from advx.files import check_output_file
 from advx.models import MODELS
 from advx.report.common import format_table
-from advx.robust_training import KINDS, check_options, last_checkpoint, robust_config, train_robust
+from advx.robust_training import CONFIGS, KINDS, check_options, last_checkpoint, robust_config, train_robust
 from advx.train import TrainConfig, train_baseline, training_precision
 
 
@@ -69,12 +70,10 @@ def add(sub) -> None:
     t.set_defaults(func=run)
 
 
-ROBUST_OPTIONS = ("eps", "alpha", "steps", "warmup_epochs", "early_stop", "beta", "ramp_start", "kappa",
-                  "holdout", "final_n")  # the --adv options, named as the training configs' fields
-
-
 def run(args: argparse.Namespace) -> int:
-    given = {k: getattr(args, k) for k in ROBUST_OPTIONS if getattr(args, k) is not None}
+    # the --adv options given: named (dest) as the fields of the training configs they set
+    fields = {f.name for config in CONFIGS for f in dataclasses.fields(config)} - {"kind"}
+    given = {k: getattr(args, k) for k in sorted(fields) if getattr(args, k, None) is not None}
     check_options(args.kind, given)  # before any work: an option the kind does not take
     adv = args.kind != "none"
     if args.resume and not adv:

@@ -1,0 +1,101 @@
+"""Resuming a killed evaluation: a run SIGKILLed at any point (one process, or 2 ranks under
+torchrun) resumes to the per-sample results of the uninterrupted run; a damaged chunk is
+computed again, changed settings are refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR, _kill_every_process_of
+
+from advx.cli import main
+
+
+def _eval_args(checkpoint, out, *more):
+    return ["eval", "--checkpoint", str(checkpoint), "--attacks", "fgsm,pgd,fmn", "--steps", "10", "--eps", "0.1,0.2",
+            "--images", "160", "--batch-size", "8", "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet",
+            "--no-checks", *more]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    assert main(_eval_args(small_checkpoint, out)) == 0
+    assert not (out / ".resume").exists()  # a complete run leaves no chunks behind
+    return (out / "per_sample.csv").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [1, 8, 25])
+def test_a_run_killed_at_any_point_resumes_to_the_same_results(after, small_checkpoint, uninterrupted, tmp_path,
+                                                              capsys):
+    """SIGKILL once ``after`` chunk files exist, then --resume: the per-sample results are
+    those of the uninterrupted run, and the chunks written before the kill were reused."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "advx", *_eval_args(small_checkpoint, out)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and len(list((out / ".resume").glob("*.pt"))) < after:
+            time.sleep(0.005)
+        proc.kill()  # SIGKILL: no cleanup, possibly mid-write
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    written = len(list((out / ".resume").glob("*.pt")))
+    assert written >= after and not (out / "per_sample.csv").exists()
+
+    assert main(_eval_args(small_checkpoint, out, "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert f"resumed: {written} chunks" in printed or f"resumed: {written - 1} chunks" in printed
+    assert (out / "per_sample.csv").read_text() == uninterrupted
+
+
+@pytest.mark.slow
+def test_a_damaged_chunk_is_computed_again_and_changed_settings_are_refused(small_checkpoint, uninterrupted,
+                                                                            tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "advx", *_eval_args(small_checkpoint, out)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and len(list((out / ".resume").glob("*.pt"))) < 4:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(timeout=60)
+    chunks = sorted((out / ".resume").glob("*.pt"))
+    chunks[0].write_bytes(chunks[0].read_bytes()[:100])  # truncated: must not be taken for complete
+    chunks[1].write_bytes(b"not a torch file")
+
+    assert main(_eval_args(small_checkpoint, out, "--resume", "--seed", "1")) == 2
+    err = capsys.readouterr().err
+    assert "resume:" in err and "other settings (config changed)" in err and "without --resume" in err
+    assert main(_eval_args(small_checkpoint, out, "--resume")) == 0
+    assert (out / "per_sample.csv").read_text() == uninterrupted
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the ranks through /proc")
+def test_a_killed_sharded_run_resumes_to_the_same_results(small_checkpoint, uninterrupted, tmp_path):
+    """torchrun with 2 ranks, the whole job SIGKILLed mid-way, then resumed with 2 ranks:
+    each rank reads back its own batches and redoes the rest."""
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "advx"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launch, *_eval_args(small_checkpoint, out)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and len(list((out / ".resume").glob("*.pt"))) < 10:
+            time.sleep(0.005)
+        _kill_every_process_of(str(out))  # torchrun and both ranks (they run in groups of their own)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not (out / "per_sample.csv").exists()
+    run = subprocess.run([*launch, *_eval_args(small_checkpoint, out, "--resume")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "resumed:" in run.stdout
+    assert (out / "per_sample.csv").read_text() == uninterrupted
