@@ -11,11 +11,20 @@ checkpoint written before they existed is an MNIST one).
 
 ``config`` and ``metrics`` hold only plain values (str, int, float, bool, None,
 lists and dicts of them), so the safe unpickler can read them back.
+
+``sha256`` is the hash of everything else in the file, every tensor's bytes included,
+walked in a fixed order (``content_hash``). Loading recomputes it and refuses a file
+whose content changed since it was written (one flipped byte in a weight would otherwise
+load silently, with other weights). A checkpoint written before the hash existed still
+loads, with one warning that it could not be checked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +83,58 @@ def save_checkpoint(
     }
     if extra:
         payload.update(extra)
+    payload["sha256"] = content_hash(payload)
     with atomic_write(path, "wb") as f:
         torch.save(payload, f)
     return path
+
+
+def content_hash(payload: dict) -> str:
+    """SHA-256 of a checkpoint's content (its ``sha256`` entry left out): keys in sorted
+    order, each tensor as its dtype, shape and bytes, plain values as JSON."""
+    h = hashlib.sha256()
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{where}:{t.dtype}:{list(t.shape)}:".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if not (where == "" and key == "sha256"):
+                    walk(value[key], f"{where}/{key}")
+        elif isinstance(value, (list, tuple)):
+            h.update(f"{where}:{type(value).__name__}:{len(value)}:".encode())
+            for i, item in enumerate(value):
+                walk(item, f"{where}/{i}")
+        else:
+            h.update(f"{where}={json.dumps(value, default=repr)};".encode())
+
+    walk(payload, "")
+    return h.hexdigest()
+
+
+class UncheckedCheckpointWarning(UserWarning):
+    """A checkpoint without a content hash (written by an older advx): it loads unchecked."""
+
+
+_warned_unchecked: set[str] = set()
+
+
+def _check_content(path: Path, ckpt: dict) -> None:
+    """The stored ``sha256`` must match the content; without one, say so once per file."""
+    stored = ckpt.get("sha256")
+    if stored is None:
+        if str(path.resolve()) not in _warned_unchecked:
+            _warned_unchecked.add(str(path.resolve()))
+            warnings.warn(f"checkpoint: {path} holds no content hash (written by an older advx), so damage to "
+                          f"its weights cannot be detected; saving it again adds one",
+                          UncheckedCheckpointWarning, stacklevel=3)
+        return
+    if not isinstance(stored, str) or stored != content_hash(ckpt):
+        raise CheckpointError(f"checkpoint: {path} is damaged: its content does not match the SHA-256 stored "
+                              f"in it (a changed byte, a bad copy?); restore it from a backup or train again")
 
 
 def non_finite_weights(state_dict: dict) -> list[str]:
@@ -116,6 +174,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"format={FORMAT!r}, got {type(ckpt).__name__}"
             + (f" with format={ckpt.get('format')!r})" if isinstance(ckpt, dict) else ")")
         )
+    _check_content(path, ckpt)
     version = ckpt.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(f"checkpoint: {path} has no valid format version (got {version!r})")

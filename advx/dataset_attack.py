@@ -14,7 +14,7 @@ from advx import rng
 from advx.attacks.base import Attack
 from advx.modes import predictions
 from advx.progress import bar as progress_bar
-from advx.validate import InputError, check_number
+from advx.validate import InputError, check_batch, check_number
 
 
 @dataclass
@@ -62,12 +62,13 @@ def run_attack(
     through all batches.
     """
     batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
-    if len(x) != len(y):
-        raise InputError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    check_batch(x, y, attack.bounds)
     if target is not None and not attack.targeted:
         raise InputError("target was given but the attack is untargeted (targeted=False)")
     if attack.targeted and target is None:
         raise InputError("the attack is targeted: pass target labels (target=...)")
+    if target is not None:
+        check_batch(x, target, attack.bounds, what="target labels")
     ids = torch.arange(len(y)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long).cpu()
     if ids.shape != (len(y),):
         raise InputError(f"sample_ids must hold one id per image ({len(y)}), got shape {list(ids.shape)}")

@@ -15,15 +15,16 @@ from torch import nn
 
 from advx import rng, sanity
 from advx.attacks.base import Attack
-from advx.attacks.checks import check_model_ready, is_integer_labels
+from advx.attacks.checks import check_labels, check_model_ready
 from advx.attacks.registry import abilities, stage_name
+from advx.certify import Certifier
 from advx.certify.sweep import certify_sweep
 from advx.eval_config import EvalConfig
-from advx.modes import predictions
+from advx.modes import frozen, predictions
 from advx.norms import Linf, Norm
 from advx.progress import bar as progress_bar
 from advx.sanity import check_sandwich
-from advx.validate import InputError
+from advx.validate import InputError, check_batch
 
 
 @dataclass
@@ -127,20 +128,21 @@ def _stage_results(attack: Attack, name: str, eps: float, x, y, idx: torch.Tenso
         yield chunk, _run_chunk(attack, (name, eps), x, y, chunk, config, ids, store)
 
 
-def _clean_predictions(model: nn.Module, x: torch.Tensor, config: EvalConfig) -> torch.Tensor:
-    check_model_ready(model, x[:1].to(config.device))
-    return predictions(model, x, batch_size=config.batch_size, device=config.device)
-
-
-def _labels(x: torch.Tensor, y) -> torch.Tensor:
-    if not is_integer_labels(y):
-        raise InputError(f"y must be a tensor of integer class labels, got "
-                         f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
-    if len(x) != len(y):
-        raise InputError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-    if len(y) == 0:
-        raise InputError("x must hold at least one image, got an empty set")
-    return y.long()
+def _checked(model: nn.Module, x: torch.Tensor, y, config: EvalConfig) -> tuple[torch.Tensor, Certifier | None]:
+    """Everything knowable before the attacks, checked before them: the images and labels
+    (``check_batch``, as every attack checks them), the model's readiness and classes, and
+    with ``certify`` that the model can be certified (read, and its chain run on a batch).
+    Returns the labels as int64 and the certifier."""
+    y = check_batch(x, y)
+    first = x[:1].to(config.device)
+    check_model_ready(model, first)
+    with frozen(model):
+        check_labels(model, first, y)
+    certifier = None
+    if config.certify:
+        certifier = Certifier(model, tuple(x.shape[1:]), method=config.certify, norm=config.norm)
+        certifier.check(x[:min(config.batch_size, 256)].to(config.device))
+    return y, certifier
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig | None = None, *,
@@ -182,13 +184,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     if config is not None and options:
         raise InputError(f"give evaluate either config or options, got both ({', '.join(options)})")
     config = config if config is not None else EvalConfig(**options)
-    y = _labels(x, y)
+    y, certifier = _checked(model, x, y, config)
     stages, eps, n = config.stages(), list(config.eps), len(y)
     ids = torch.arange(n) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long).cpu()
     if ids.shape != (n,):
         raise InputError(f"sample_ids must hold one id per image ({n}), got shape {list(ids.shape)}")
     start = time.perf_counter()
-    pred_clean = _clean_predictions(model, x, config)
+    pred_clean = predictions(model, x, batch_size=config.batch_size, device=config.device)
     correct = pred_clean == y.cpu()
     n_correct = int(correct.sum())
     records = _Records(len(eps), n)
@@ -226,8 +228,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     names = [name for name, _ in stages]
     extra, certified_acc = {}, None
     if config.certify:  # the lower bounds, checked against the attacks' upper bounds
-        lower = certify_sweep(model, x, y, eps, method=config.certify, norm=config.norm, only=correct,
-                              batch_size=min(config.batch_size, 256), progress=config.progress)
+        lower = certify_sweep(certifier, x, y, eps, only=correct, batch_size=min(config.batch_size, 256),
+                              progress=config.progress)
         check_sandwich(lower > 0, records.broken_by, correct, eps, names)
         extra = {"certified": lower > 0, "margin_lb": lower}
         certified_acc = {e: (lower[k] > 0).float().mean().item() for k, e in enumerate(eps)}

@@ -46,6 +46,15 @@ def device_of(model: nn.Module, default: str | torch.device = "cpu") -> torch.de
     return torch.device(default)
 
 
+def weight_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter or buffer (fp32 when it has none):
+    the dtype its inputs must have."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def checked_logits(out, n: int, *, num_classes: int | None = None, what: str = "model") -> torch.Tensor:
     """``out``, the output of ``what`` for ``n`` images, must be finite floating-point logits
     ``[n, K]`` with ``K >= 2`` (``K == num_classes`` when given); else a ``TypeError`` or

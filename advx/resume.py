@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +40,21 @@ def digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def _read_settings(meta: Path) -> dict | None:
+    """The fingerprint stored in ``meta``, or None (with a warning) when the file is damaged:
+    the chunks beside it cannot be matched to their settings, so they are computed again."""
+    try:
+        saved = json.loads(meta.read_text())
+        if isinstance(saved, dict):
+            return saved
+        problem = f"it holds a {type(saved).__name__}, not the run's settings"
+    except (ValueError, UnicodeDecodeError) as err:  # cut short, overwritten, not text
+        problem = f"it is not readable JSON ({str(err).splitlines()[0][:80]})"
+    warnings.warn(f"resume: {meta} is damaged ({problem}): the results stored beside it cannot be matched to "
+                  f"their settings, so this run starts afresh", RuntimeWarning, stacklevel=3)
+    return None
+
+
 class ChunkStore:
     """Chunk results under ``folder``. ``resume``: keep what is there if ``fingerprint``
     (plain values) matches the stored one, else error; not ``resume``: start afresh."""
@@ -47,14 +63,15 @@ class ChunkStore:
         self.folder = Path(folder)
         meta = self.folder / "settings.json"
         fingerprint = json.loads(json.dumps(fingerprint, default=str))
-        if resume and meta.is_file():
-            saved = json.loads(meta.read_text())
+        saved = _read_settings(meta) if resume and meta.is_file() else None
+        if saved is not None:
             changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
             if changed:
                 raise InputError(f"resume: {self.folder} holds a run with other settings ({', '.join(changed)} "
                                  f"changed); run without --resume to start afresh")
         elif clear and self.folder.exists():
             shutil.rmtree(self.folder)
+        resume = saved is not None
         self.folder.mkdir(parents=True, exist_ok=True)
         if not meta.is_file() or not resume:
             with atomic_write(meta, "w") as f:

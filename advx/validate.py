@@ -1,8 +1,11 @@
-"""Checks of user-given numbers, shared by attacks, training and evaluation.
+"""Checks of what users give, shared by attacks, certification, training and evaluation.
 
 A hyperparameter may arrive as a Python number, a NumPy scalar or a 0-d tensor; it is
-checked once here and comes back as a plain ``int`` or ``float``. A bad one raises
-``ValueError`` naming the argument, what was expected and what was received.
+checked once here and comes back as a plain ``int`` or ``float``. Images and labels are
+checked by ``check_batch``, the one check every public entry point runs (attacks,
+``run_attack``, ``evaluate``, ``certify``), so that each refuses the same things with the
+same words. A bad value raises ``ValueError`` (``TypeError`` for a wrong type) naming the
+argument, what was expected and what was received.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import torch
 
 class AdvxError(Exception):
     """Base of the errors advx raises for bad input, bad files or a failed run: each says what
-    was expected and what came. The CLI prints these as one line; anything else is a bug
-    and keeps its traceback."""
+    was expected and what came. The CLI prints these as one line naming the option, file or
+    argument; anything else (raised inside torch or a user's model, or an advx bug) is one
+    line too, with its type, and ``ADVX_TRACEBACK=1`` shows its traceback."""
 
 
 class InputError(AdvxError, ValueError):
@@ -69,3 +73,52 @@ def only_with(option: str, kinds, kind: str, *, key: str = "kind") -> str:
     """The message for an ``option`` that only the ``kinds`` of ``key`` take, given with ``kind``:
     ``"steps applies only with kind='pgd' or 'trades', got kind='fgsm-rs'"``."""
     return f"{option} applies only with {key}=" + " or ".join(map(repr, kinds)) + f", got {key}={kind!r}"
+
+
+def is_integer_labels(y) -> bool:
+    """A tensor of integer class labels (any integer dtype; not bool, float or complex)."""
+    return isinstance(y, torch.Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+
+
+def check_batch(x, y, bounds: tuple[float, float] = (0.0, 1.0), *, num_classes: int | None = None,
+                shape=None, what: str = "labels") -> torch.Tensor:
+    """``x`` a finite, non-empty float batch [N, C, H, W] (or [N, *shape] when ``shape`` is given)
+    within ``bounds``; ``y`` [N] integer labels (any integer dtype), in [0, num_classes)
+    when ``num_classes`` is given. Returns ``y`` as int64 (a new tensor when converted)."""
+    if not isinstance(x, torch.Tensor):
+        raise InputTypeError(f"x must be a torch.Tensor of images [N, C, H, W], got {type(x).__name__}")
+    if not isinstance(y, torch.Tensor):
+        raise InputTypeError(f"y must be a torch.Tensor of labels [N], got {type(y).__name__}")
+    if x.is_meta:
+        raise InputError("x must hold data, got a tensor on the meta device")
+    if shape is None and x.dim() != 4:
+        raise InputError(f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    if shape is not None and (x.dim() < 1 or tuple(x.shape[1:]) != tuple(shape)):
+        raise InputError(f"x must be a tensor [N, {', '.join(map(str, shape))}] (one input of shape "
+                         f"{list(shape)} each), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if len(x) == 0:
+        raise InputError("x must hold at least one image, got an empty batch")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise InputError(f"x must be finite, got {bad} NaN/inf values")
+    lo, hi = bounds
+    x_min, x_max = x.min().item(), x.max().item()
+    if x_min < lo - 1e-6 or x_max > hi + 1e-6:
+        raise InputError(f"x must lie within bounds {tuple(bounds)}, got values in [{x_min:.4g}, {x_max:.4g}]")
+    if y.dim() != 1 or len(y) != len(x):
+        raise InputError(f"y must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
+    if not is_integer_labels(y):
+        raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if num_classes is not None:
+        check_label_range(y, num_classes, what)
+    return y.long()
+
+
+def check_label_range(y: torch.Tensor, num_classes: int, what: str = "labels") -> None:
+    """Every label of ``y`` names one of ``num_classes`` classes."""
+    y_min, y_max = y.min().item(), y.max().item()
+    if y_min < 0 or y_max >= num_classes:
+        raise InputError(f"y must hold {what} in [0, {num_classes - 1}] for this model, "
+                         f"got values in [{y_min}, {y_max}]")

@@ -14,6 +14,11 @@ def _save(path, seed=0, acc=0.5):
     return model
 
 
+def _resave(path, ckpt):
+    """``ckpt`` written with a matching hash: what a writer that got it wrong would leave."""
+    torch.save({**ckpt, "sha256": ckpt_mod.content_hash(ckpt)}, path)
+
+
 def test_round_trip(tmp_path):
     path = tmp_path / "m.pt"
     model = _save(path, seed=1, acc=0.9)
@@ -99,10 +104,10 @@ def test_newer_format_version_is_refused(tmp_path):
     path = tmp_path / "m.pt"
     _save(path)
     ckpt = torch.load(path, weights_only=True)
-    torch.save({**ckpt, "version": 2}, path)
+    _resave(path, {**ckpt, "version": 2})
     with pytest.raises(CheckpointError, match="written by a newer advx \\(format version 2\\)"):
         load_checkpoint(path)
-    torch.save({**ckpt, "version": "1"}, path)
+    _resave(path, {**ckpt, "version": "1"})
     with pytest.raises(CheckpointError, match="has no valid format version \\(got '1'\\)"):
         load_checkpoint(path)
 
@@ -117,7 +122,7 @@ def test_newer_format_version_is_refused(tmp_path):
 def test_malformed_contents_are_clear_errors(change, message, tmp_path):
     path = tmp_path / "m.pt"
     _save(path)
-    torch.save(change(torch.load(path, weights_only=True)), path)
+    _resave(path, change(torch.load(path, weights_only=True)))
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert message in str(info.value)
@@ -135,7 +140,7 @@ def test_non_finite_weights_are_never_saved_and_never_loaded(tmp_path):
     assert path.read_bytes() == before
     ckpt = torch.load(path, weights_only=True)
     ckpt["state_dict"]["classifier.1.bias"][0] = float("inf")
-    torch.save(ckpt, path)
+    _resave(path, ckpt)
     with pytest.raises(CheckpointError, match="not finite .*classifier.1.bias.*diverged"):
         load_checkpoint(path)
 
@@ -170,3 +175,51 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its permissions
     finally:
         os.umask(umask)
+
+
+def test_one_flipped_byte_in_a_weight_is_refused(tmp_path):
+    path = tmp_path / "m.pt"
+    weight = _save(path).state_dict()["classifier.1.weight"]
+    data = bytearray(path.read_bytes())
+    at = data.find(weight.numpy().tobytes()[:64])  # the tensor's bytes are stored as they are
+    assert at > 0
+    data[at + 21] ^= 0x01  # one bit of one weight
+    path.write_bytes(bytes(data))
+    changed = torch.load(path, weights_only=True)["state_dict"]["classifier.1.weight"]
+    assert not torch.equal(changed, weight)  # torch itself reads the other weight without complaint
+    with pytest.raises(CheckpointError, match=r"m.pt is damaged: its content does not match the SHA-256"):
+        load_checkpoint(path)
+
+
+def test_changed_metadata_is_refused_too(tmp_path):
+    path = tmp_path / "m.pt"
+    _save(path, acc=0.5)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "metrics": {"test_acc": 0.99}}, path)  # the hash kept, the figure changed
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_a_hash_loads_with_one_warning(tmp_path):
+    path = tmp_path / "old.pt"
+    model = _save(path)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k != "sha256"}, path)  # as an older advx wrote it
+    with pytest.warns(ckpt_mod.UncheckedCheckpointWarning, match="old.pt holds no content hash"):
+        loaded, _ = load_model(path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per file, not at every load
+        load_model(path)
+
+
+def test_the_hash_covers_every_tensor_and_value_in_a_fixed_order():
+    a = {"state_dict": {"w": torch.ones(3), "b": torch.zeros(2)}, "config": {"lr": 0.1}, "extra": [torch.ones(1)]}
+    b = {"extra": [torch.ones(1)], "config": {"lr": 0.1}, "state_dict": {"b": torch.zeros(2), "w": torch.ones(3)}}
+    assert ckpt_mod.content_hash(a) == ckpt_mod.content_hash(b)  # key order does not matter
+    for changed in ({**a, "extra": [torch.ones(1) * 2]}, {**a, "config": {"lr": 0.2}},
+                    {**a, "state_dict": {"w": torch.ones(3, dtype=torch.float64), "b": torch.zeros(2)}},
+                    {**a, "state_dict": {"w": torch.ones(1, 3), "b": torch.zeros(2)}}):
+        assert ckpt_mod.content_hash(changed) != ckpt_mod.content_hash(a)
+    assert ckpt_mod.content_hash({**a, "sha256": "anything"}) == ckpt_mod.content_hash(a)

@@ -179,7 +179,7 @@ def test_eval_several_norms_one_report(tiny_checkpoint, tmp_path, capsys):
 
 # ---------------------------- faults: bad paths, OS errors, conflicting options
 def _no_work(*args, **kwargs):
-    raise AssertionError("the work started although the output path is bad")
+    raise AssertionError("the work started although a check before it should have failed")
 
 
 def test_attack_out_that_is_a_file_fails_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -419,3 +419,74 @@ def test_certified_training_command(tmp_path, capsys):
     assert 0 <= best["cert_acc"] <= best["clean_acc_holdout"]
     assert main(argv + ["--resume"]) == 0  # nothing left to do: the last epoch is on disk
     assert "held-out certified accuracy" in capsys.readouterr().out
+
+
+def test_eval_certify_on_an_uncertifiable_model_fails_before_any_attack(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from torch import nn
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    program = torch.export.export(net, (torch.rand(4, 1, 28, 28),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "net.pt2")
+    monkeypatch.setattr(sys.modules["advx.evaluate"], "_stage_results", _no_work)  # no attack may start
+    code = main(["eval", "--model", str(tmp_path / "net.pt2"), "--certify", "crown", "--suite", "strong",
+                 "--n", "20", "--data-dir", str(DATA_DIR), "--out", str(tmp_path / "o"), "--quiet"])
+    err = "".join(line for line in capsys.readouterr().err.splitlines(keepends=True) if not line.startswith("WARN"))
+    assert code == 2 and err.count("\n") == 1 and "cannot certify an exported program" in err
+
+
+def test_fewer_norms_into_a_used_folder_leave_no_stale_norm_folders(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["eval", "--attacks", "fgsm", "--n", "10", "--checkpoint", str(tiny_checkpoint), "--data-dir",
+              str(DATA_DIR), "--out", str(out), "--no-checks", "--quiet"]
+    assert main([*common, "--norm", "inf,2,1"]) == 0
+    (out / "L2" / "mine.txt").write_text("the user's own file")
+    assert main([*common, "--norm", "inf,1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["L1", "L2", "Linf", "report.json"]
+    assert [p.name for p in (out / "L2").iterdir()] == ["mine.txt"]  # advx's files went, the user's stayed
+    assert main([*common, "--norm", "inf"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(report["files"] + ["L2"])
+    assert report["settings"]["norm"] == "inf"
+
+
+def test_an_error_inside_a_users_model_is_one_line_and_its_traceback_on_request(tmp_path, capsys, monkeypatch):
+    (tmp_path / "picky.py").write_text(
+        "import torch\n"
+        "from torch import nn\n\n"
+        "class Picky(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(784, 10)\n\n"
+        "    def forward(self, x):\n"
+        "        if len(x) > 2:\n"
+        "            raise RuntimeError('batches of more than 2 images are not supported\\nsecond line')\n"
+        "        return self.fc(x.flatten(1))\n")
+    argv = ["eval", "--model", f"{tmp_path / 'picky.py'}:Picky", "--attacks", "fgsm", "--eps", "0.1", "--n", "10",
+            "--data-dir", str(DATA_DIR), "--out", str(tmp_path / "o"), "--no-checks", "--quiet"]
+    assert main(argv) == 1  # the 2-image check passes; the evaluation's batches of 10 do not
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith("advx eval: error: RuntimeError: batches of more than 2 images are not supported "
+                          "(set ADVX_TRACEBACK=1 to see where)")
+    monkeypatch.setenv("ADVX_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="batches of more than 2"):
+        main(argv)
+
+
+def test_warnings_are_one_line_each(tiny_checkpoint, tmp_path, capsys):
+    import warnings
+
+    from advx.checkpoint import load_checkpoint
+
+    old = tmp_path / "old.pt"
+    ckpt = load_checkpoint(tiny_checkpoint)
+    torch.save({k: v for k, v in ckpt.items() if k != "sha256"}, old)  # as an older advx wrote it
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main(["attack", "--checkpoint", str(old), "--n", "5", "--steps", "1", "--data-dir", str(DATA_DIR),
+                     "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "content hash" in line]
+    assert lines == [f"advx attack: warning: checkpoint: {old} holds no content hash (written by an older advx), "
+                     f"so damage to its weights cannot be detected; saving it again adds one"]

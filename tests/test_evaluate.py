@@ -104,7 +104,7 @@ def test_bad_arguments(trained_cnn, data):
         evaluate(trained_cnn, x, y, eps=[0.1, -0.1], progress=False)
     with pytest.raises(ValueError, match="attack must be one of .*got 'pgdd'"):
         evaluate(trained_cnn, x, y, attacks=["pgdd"], progress=False)
-    with pytest.raises(ValueError, match="x and y must have the same length, got 150 and 3"):
+    with pytest.raises(ValueError, match=r"y must be 1-D with one label per image \(150\), got shape \(3,\)"):
         evaluate(trained_cnn, x, y[:3], progress=False)
 
 
@@ -220,7 +220,7 @@ def test_labels_of_any_integer_dtype_and_numpy_eps(trained_cnn, data, fast):
     assert torch.equal(other.records["robust"], fast.records["robust"])
     single = evaluate(trained_cnn, x, y, eps=np.float64(0.1), **SETTINGS)  # one budget, not a list
     assert list(single.robust_acc) == [0.1]
-    with pytest.raises(ValueError, match="y must be a tensor of integer class labels, got torch.float32"):
+    with pytest.raises(ValueError, match="y must hold integer class labels, got dtype torch.float32"):
         evaluate(trained_cnn, x, y.float(), eps=[0.1], progress=False)
 
 

@@ -99,3 +99,71 @@ def test_a_killed_sharded_run_resumes_to_the_same_results(small_checkpoint, unin
     assert run.returncode == 0, run.stderr[-2000:]
     assert "resumed:" in run.stdout
     assert (out / "per_sample.csv").read_text() == uninterrupted
+
+
+def _norms_args(checkpoint, out, *more):
+    return ["eval", "--checkpoint", str(checkpoint), "--attacks", "fgsm,pgd", "--steps", "3", "--norm", "inf,2",
+            "--images", "40", "--batch-size", "8", "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet",
+            "--no-checks", *more]
+
+
+def _killed_in_the_second_norm(monkeypatch):
+    """``advx eval``'s evaluation, killed (KeyboardInterrupt) as the second norm starts."""
+    from advx.cli import eval as eval_command
+
+    real, calls = eval_command.evaluate_sharded, []
+
+    def evaluate_then_die(model, x, y, config, **kw):
+        calls.append(config.norm.label)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, x, y, config, **kw)
+
+    monkeypatch.setattr(eval_command, "evaluate_sharded", evaluate_then_die)
+    return calls
+
+
+def test_a_run_killed_in_its_second_norm_resumes_the_first(small_checkpoint, tmp_path, capsys, monkeypatch):
+    whole = tmp_path / "whole"
+    assert main(_norms_args(small_checkpoint, whole)) == 0
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        assert _killed_in_the_second_norm(patch) == [] and main(_norms_args(small_checkpoint, out)) == 130
+    chunks = len(list((out / "Linf" / ".resume").glob("*.pt")))
+    assert chunks > 0 and (out / "Linf" / "report.json").exists()  # reported, and its results still kept
+    capsys.readouterr()
+    assert main(_norms_args(small_checkpoint, out, "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert f"resumed: {chunks} chunks of attack results read back from {out / 'Linf' / '.resume'}, 0 computed" \
+        in printed
+    for label in ("Linf", "L2"):
+        assert (out / label / "per_sample.csv").read_text() == (whole / label / "per_sample.csv").read_text()
+        assert not (out / label / ".resume").exists()  # the whole run is reported: nothing left behind
+
+
+def test_a_damaged_settings_file_starts_afresh_with_one_warning(small_checkpoint, tmp_path, capsys, monkeypatch):
+    from advx.resume import ChunkStore
+
+    out, args = tmp_path / "run", _norms_args(small_checkpoint, tmp_path / "run")
+    args[args.index("inf,2")] = "inf"
+    real, calls = ChunkStore.run, []
+
+    def run_then_die(store, *a, **kw):  # killed as the fourth chunk starts
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(store, *a, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ChunkStore, "run", run_then_die)
+        assert main(args) == 130
+    settings = out / ".resume" / "settings.json"
+    assert len(list(settings.parent.glob("*.pt"))) == 3
+    settings.write_text(settings.read_text()[:40])  # cut short
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "resumed:" not in captured.out and "Traceback" not in captured.err
+    warned = [line for line in captured.err.splitlines() if "settings.json is damaged" in line]
+    assert len(warned) == 1 and warned[0].startswith("advx eval: warning: resume:") and "starts afresh" in warned[0]
+    assert (out / "per_sample.csv").exists() and not settings.parent.exists()

@@ -37,14 +37,14 @@ import torch
 from torch import nn
 
 from advx import rng
-from advx.attacks.checks import check_batch, check_labels, check_model_ready
+from advx.attacks.checks import check_labels, check_model_ready
 from advx.attacks.gradients import input_gradient
 from advx.attacks.objectives import goal_for
 from advx.attacks.results import Abilities, AttackResult, Run
 from advx.modes import frozen
 from advx.norms import Norm, get_norm
 from advx.precision import autocast, check_precision, fast_images, full_precision, resolve, search_layout
-from advx.validate import InputError, InputTypeError, check_number, check_seed
+from advx.validate import InputError, InputTypeError, check_batch, check_number, check_seed
 
 
 class Attack:

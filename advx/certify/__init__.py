@@ -11,7 +11,10 @@ answer: the sample is **certified** at that eps.
 
 Methods (``advx.certify.propagate``): "ibp" (fast, loose on normally trained models),
 "crown-ibp", "crown" (tightest, slowest). The model is read with ``torch.fx``
-(``advx.certify.graph``); bounds are computed in fp32 whatever the model's precision.
+(``advx.certify.graph``); bounds are computed in fp32 whatever the model's precision
+(a bf16 or fp16 model is certified as the network its weights define, computed exactly:
+its own rounding of activations is not part of the certificate). Images and labels are
+checked as the attacks check them (``advx.validate.check_batch``).
 
 ``advx.certify`` is this package, and calling it calls ``certify``: ``advx.certify(model,
 ...)`` and ``import advx.certify.propagate`` both work, with no name shadowing the other.
@@ -29,10 +32,10 @@ from torch import nn
 
 from advx.certify.graph import SUPPORTED, UnsupportedModel, read_model
 from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
-from advx.modes import device_of, frozen
+from advx.modes import device_of, frozen, weight_dtype
 from advx.norms import Norm, get_norm
 from advx.progress import bar as progress_bar
-from advx.validate import AdvxError, InputError, check_number
+from advx.validate import AdvxError, InputError, check_batch, check_number
 
 __all__ = ["Certificate", "Certifier", "certify", "METHODS", "SUPPORTED", "UnsupportedModel"]
 
@@ -73,11 +76,9 @@ class Certifier:
         if method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
         self.model, self.method, self.norm = model, method, get_norm(norm)
-        low, high = (check_number("bounds", b) for b in bounds)
-        if low >= high:
-            raise InputError(f"bounds must be (lower, upper) with lower < upper, got {tuple(bounds)}")
-        self.bounds = (low, high)
-        self.chain = read_model(model, tuple(input_shape))
+        self.bounds = _checked_bounds(bounds)
+        self.input_shape = tuple(input_shape)
+        self.chain = read_model(model, self.input_shape)
         self.screen, self.checked = bool(screen), False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,11 +87,15 @@ class Certifier:
             x = op.forward(x)
         return x
 
+    @property
+    def num_classes(self) -> int:
+        return self.chain[-1].out_shape[-1]
+
     def margins(self, x: torch.Tensor, y: torch.Tensor, eps: float, method: str | None = None) -> torch.Tensor:
         """Lower bounds [N, K] of ``z_y - z_j`` (``+inf`` at y) by ``method`` (default: the
         certifier's) for every sample; differentiable in the weights."""
         ball = Ball(x.float(), float(eps), self.norm, *self.bounds)
-        classes = self.chain[-1].out_shape[-1]
+        classes, y = self.num_classes, y.long()
         found = lower_bounds(self.chain, ball, method or self.method, margin_spec(y, classes))
         return found.masked_fill(torch.nn.functional.one_hot(y, classes).bool(), float("inf"))
 
@@ -99,10 +104,10 @@ class Certifier:
                  progress: bool = False) -> Certificate:
         eps = check_number("eps", eps, minimum=0)
         batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
-        _check_inputs(x, y, self.bounds, self.chain[0].in_shape if self.chain else None)
+        y = check_batch(x, y, self.bounds, num_classes=self.num_classes, shape=self.input_shape)
         device = device_of(self.model)
         if not self.checked:
-            self._check_chain(x[:batch_size].to(device))
+            self.check(x[:batch_size].to(device))
         parts = []
         with torch.autocast(device.type, enabled=False):
             bar = progress_bar(-(-len(x) // batch_size), desc=f"certify {self.method} eps={eps:g}", unit="batch",
@@ -112,7 +117,7 @@ class Certifier:
                 parts.append(self._screened(xb, yb, eps).cpu())
                 bar.update(1)
             bar.close()
-        margins = torch.cat(parts) if parts else torch.zeros(0, 0)
+        margins = torch.cat(parts)
         return Certificate(margins, eps, self.method, self.norm)
 
     def _screened(self, x, y, eps) -> torch.Tensor:
@@ -126,11 +131,19 @@ class Certifier:
             found[todo] = self.margins(x[todo], y[todo], eps)
         return found
 
-    def _check_chain(self, x: torch.Tensor) -> None:
-        """The chain must compute the model (eval mode): a guard against a misread graph."""
+    @torch.no_grad()
+    def check(self, x: torch.Tensor) -> None:
+        """The chain must compute the model (eval mode) on the images ``x``: a guard against
+        a misread graph, run once before the first bounds (and before any long work that
+        needs them: ``advx.evaluate`` calls it before its attacks). A model in bf16 or fp16
+        is compared with its own rounding allowed for."""
+        check_batch(x, torch.zeros(len(x), dtype=torch.long, device=x.device), self.bounds, shape=self.input_shape)
+        dtype = weight_dtype(self.model)
+        tolerance = 1e-4 if torch.finfo(dtype).bits >= 32 else 3e-2
         with frozen(self.model), torch.autocast(x.device.type, enabled=False):
-            expected, got = self.model(x.float()).float(), self.forward(x.float())
-        if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
+            expected, got = self.model(x.to(dtype)).float(), self.forward(x.float())
+        scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+        if expected.shape != got.shape or not torch.allclose(expected, got, rtol=tolerance, atol=tolerance * scale):
             raise ChainMismatch("cannot certify this model: the layers read from it by torch.fx do not "
                                 "reproduce its output (an operation outside forward's graph?)")
         self.checked = True
@@ -142,22 +155,17 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, m
     """Certify ``model`` on ``x`` [N, C, H, W] with labels ``y`` [N] at radius ``eps``:
     per-sample lower bounds of every margin ``z_y - z_j`` over the ball (see ``Certificate``;
     ``screen``: see ``Certifier``)."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        raise InputError(f"x must be a tensor [N, ...] of images, got {type(x).__name__}")
+    shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) and x.dim() > 1 else None  # images, or any inputs
+    check_batch(x, y, _checked_bounds(bounds), shape=shape)  # before reading the model (the Certifier: the classes)
     return Certifier(model, tuple(x.shape[1:]), method=method, norm=norm, bounds=bounds, screen=screen)(
         x, y, eps=eps, batch_size=batch_size, progress=progress)
 
 
-def _check_inputs(x, y, bounds, shape) -> None:
-    if not isinstance(x, torch.Tensor) or (shape is not None and tuple(x.shape[1:]) != tuple(shape)):
-        raise InputError(f"x must be a tensor [N, {', '.join(map(str, shape or ()))}] (the shape the model was "
-                         f"read with), got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x):
-        raise InputError(f"y must be a tensor of {len(x)} labels, got "
-                         f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
-    if len(x) and (x.min() < bounds[0] or x.max() > bounds[1]):
-        raise InputError(f"x must lie in the pixel bounds {list(bounds)}, got values in "
-                         f"[{x.min().item():g}, {x.max().item():g}]")
+def _checked_bounds(bounds) -> tuple[float, float]:
+    low, high = (check_number("bounds", b) for b in bounds)
+    if low >= high:
+        raise InputError(f"bounds must be (lower, upper) with lower < upper, got {tuple(bounds)}")
+    return low, high
 
 
 class _CallablePackage(types.ModuleType):

@@ -17,7 +17,7 @@ from advx.certify import ops
 from advx.certify.ops import pair
 from advx.loading import Exported
 from advx.models import InputNormalization
-from advx.modes import device_of, frozen
+from advx.modes import device_of, frozen, weight_dtype
 from advx.validate import AdvxError
 
 SUPPORTED = ("Conv2d", "Linear", "ReLU", "Flatten / view / reshape", "AvgPool2d", "MaxPool2d",
@@ -50,10 +50,10 @@ def read_model(model: nn.Module, input_shape) -> list[ops.Op]:
     except Exception as error:  # data-dependent control flow and the like
         raise UnsupportedModel(f"cannot certify this model: torch.fx could not trace its forward "
                                f"({type(error).__name__}: {error})") from None
-    device = device_of(model)
+    device, dtype = device_of(model), weight_dtype(model)
     try:  # frozen: in train mode the shape pass would move BatchNorm's running statistics
         with frozen(graph), torch.no_grad():
-            ShapeProp(graph).propagate(torch.zeros(1, *input_shape, device=device))
+            ShapeProp(graph).propagate(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     except Exception as error:
         raise UnsupportedModel(f"cannot certify this model: it does not run on one input of shape "
                                f"{list(input_shape)} ({str(error).splitlines()[0]})") from None

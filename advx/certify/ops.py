@@ -50,9 +50,21 @@ class Op:
 
 
 class Affine(Op):
-    """``y = W x + b`` for some linear map W: Linear, Conv2d, BatchNorm (eval), AvgPool."""
+    """``y = W x + b`` for some linear map W: Linear, Conv2d, BatchNorm (eval), AvgPool.
+    Bounds are computed in fp32 whatever the model's precision: its weights are read as
+    fp32 (exact from bf16/fp16; float64 ones are rounded to fp32)."""
 
     affine = True
+    _weight: torch.Tensor
+    _bias: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._weight.float()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self._bias is None else self._bias.float()
 
     def linear(self, x):          # W x
         raise NotImplementedError
@@ -94,7 +106,7 @@ class Linear(Affine):
 
     def __init__(self, weight, bias, in_shape, out_shape) -> None:
         super().__init__(in_shape, out_shape)
-        self.weight, self.bias = weight, bias  # live: the bounds follow the model's weights
+        self._weight, self._bias = weight, bias  # live: the bounds follow the model's weights
 
     def linear(self, x):
         return x @ self.weight.T
@@ -119,7 +131,7 @@ class Conv(Affine):
 
     def __init__(self, weight, bias, stride, padding, dilation, groups, in_shape, out_shape, name=None) -> None:
         super().__init__(in_shape, out_shape)
-        self.weight, self.bias = weight, bias  # live: the bounds follow the model's weights
+        self._weight, self._bias = weight, bias  # live: the bounds follow the model's weights
         self.kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         self.name = name or self.name
         # conv_transpose2d may need output_padding to give back the input's exact size
@@ -159,10 +171,11 @@ class Scale(Affine):
         """``(s, t)`` flat per channel, read afresh (so the op follows weight steps)."""
         m = self.module
         if self.name == "Normalized":
-            return m.affine()
-        s = torch.rsqrt(m.running_var + m.eps)
-        s = s if m.weight is None else m.weight * s
-        return s, -m.running_mean * s + (0 if m.bias is None else m.bias)
+            s, t = m.affine()
+            return s.float(), t.float()
+        s = torch.rsqrt(m.running_var.float() + m.eps)
+        s = s if m.weight is None else m.weight.float() * s
+        return s, -m.running_mean.float() * s + (0 if m.bias is None else m.bias.float())
 
     @property
     def scale(self):

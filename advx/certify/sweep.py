@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from advx.certify import Certifier
 from advx.norms import Norm
@@ -35,12 +34,11 @@ class CertifyRun:
         return (self.lower[e] > 0).float().mean().item()
 
 
-def certify_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *,
-                  method: str, norm: Norm | str = "inf", only: torch.Tensor | None = None,
-                  batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """The smallest margin bound of every sample at every eps, [len(eps), N] (CPU), on the
-    model's device; samples outside the mask ``only`` are not bounded (``-inf``: not certified)."""
-    certifier = Certifier(model, tuple(x.shape[1:]), method=method, norm=norm)
+def certify_sweep(certifier: Certifier, x: torch.Tensor, y: torch.Tensor, eps: list[float], *,
+                  only: torch.Tensor | None = None, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """The smallest margin bound of every sample at every eps, [len(eps), N] (CPU), by
+    ``certifier`` on its model's device; samples outside the mask ``only`` are not bounded
+    (``-inf``: not certified)."""
     lower = torch.full((len(eps), len(y)), float("-inf"))
     idx = torch.arange(len(y)) if only is None else only.nonzero().squeeze(1)
     if len(idx):

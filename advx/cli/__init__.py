@@ -13,8 +13,10 @@ MODULE:NAME with --weights, or --model FILE.pt2), behind its normalization (--me
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+import warnings
 
 from advx import distributed
 from advx.cli import attack, certify, data, train
@@ -70,21 +72,38 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     sub = next(a for a in parser._actions if a.dest == "command").choices.get(args.command)
-    try:
-        code = args.func(args)
-        distributed.finish()  # under torchrun: the ranks leave the process group together
-        return code
-    except AdvxError as err:  # bad input, bad files, a failed run: said in one line
-        typed = sys.argv[1:] if argv is None else argv
-        print(f"advx {args.command}: error: {_name_the_option(str(err), sub, typed)}", file=sys.stderr)
-        return 2
-    except OSError as err:  # disk full, permission denied, ...: one line, never a traceback
-        where = f": {err.filename}" if err.filename else ""
-        print(f"advx {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"advx {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
+        try:
+            code = args.func(args)
+            distributed.finish()  # under torchrun: the ranks leave the process group together
+            return code
+        except AdvxError as err:  # bad input, bad files, a failed run: said in one line
+            typed = sys.argv[1:] if argv is None else argv
+            print(f"advx {args.command}: error: {_name_the_option(str(err), sub, typed)}", file=sys.stderr)
+            return 2
+        except OSError as err:  # disk full, permission denied, ...: one line, never a traceback
+            where = f": {err.filename}" if err.filename else ""
+            print(f"advx {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"advx {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # raised inside torch or a user's model: one line, the traceback on request
+            if os.environ.get("ADVX_TRACEBACK"):
+                raise
+            lines = str(err).strip().splitlines()
+            print(f"advx {args.command}: error: {type(err).__name__}" + (f": {lines[0][:300]}" if lines else "")
+                  + " (set ADVX_TRACEBACK=1 to see where)", file=sys.stderr)
+            return 1
+
+
+def _one_line_warning(command: str):
+    """Warnings (advx's, torch's) as one line each: ``advx eval: warning: ...``."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        print(f"advx {command}: warning: {text}", file=sys.stderr if file is None else file)
+    return show
 
 
 __all__ = ["CLIError", "build_parser", "main"]

@@ -14,7 +14,8 @@ from advx.datasets import DATASETS
 from advx.eval_config import EvalConfig
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES, get_norm
-from advx.report.evaluation import eval_table, norms_table, write_eval_outputs, write_norms_report
+from advx.report.evaluation import (eval_table, norms_table, remove_stale_norm_folders, write_eval_outputs,
+                                    write_norms_report)
 from advx.resume import digest
 from advx.sharded import evaluate_sharded, shared_store, store_fingerprint
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     # What decides the results besides the settings: hashed once, for every norm's resume store.
     identity = {"source": subject.source, "images": digest(test.x, test.y),
                 "weights": digest(*subject.model.state_dict().values())}
-    results, files = {}, {}
+    results, files, stores = {}, {}, []
     configs = _configs(args, subject.dataset.name, device)
     for norm, config in configs.items():
         folder = out if len(configs) == 1 else out / config.norm.label
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         written = write_eval_outputs(folder, ev, source=subject.source, training_final=subject.final)
         if reused:
             print(f"resumed: {reused} chunks of attack results read back from {store.folder}, {computed} computed")
-        store.finish()
+        stores.append(store)  # kept until every norm is reported: a run killed later resumes this one too
         results[norm], files[norm] = ev, [str(folder / w) for w in written]
     if distributed.world()[0] != 0:
         return 0
@@ -104,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         print(norms_table(results))
         written.append(str(write_norms_report(out, results, files, source=subject.source)))
     print(f"wrote {', '.join(written)}")
+    for store in stores:  # the whole run is reported: the stored chunks are no longer needed
+        store.finish()
+    remove_stale_norm_folders(out, [results[n].norm.label for n in results] if len(configs) > 1 else [])
     return 0
 
 

@@ -5,11 +5,13 @@ and for several threat models the table and ``report.json`` of their worst cases
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 from advx.evaluate import Evaluation
 from advx.figures import save_bounds_curve, save_curve
+from advx.norms import NORM_NAMES, get_norm
 from advx.report.common import environment, label_columns, remove_stale, source_title, write_csv, write_json
 
 
@@ -117,3 +119,17 @@ def write_norms_report(out: Path, results: dict, files: dict, *, source: dict) -
         "environment": environment()})
     remove_stale(out, ["report.json"])
     return path
+
+
+def remove_stale_norm_folders(out: Path, kept: list[str]) -> None:
+    """The per-norm folders (``Linf/``, ``L2/``, ``L1/``) that an earlier run left in ``out``
+    and this one did not write (``kept``: the labels it wrote): their advx outputs and
+    resume store are removed, then the folder if nothing else is left in it."""
+    for label in (get_norm(n).label for n in NORM_NAMES):
+        folder = out / label
+        if label in kept or not folder.is_dir():
+            continue
+        remove_stale(folder, [])
+        shutil.rmtree(folder / ".resume", ignore_errors=True)
+        if not any(folder.iterdir()):
+            folder.rmdir()
