@@ -14,6 +14,7 @@ them: ``advx.sharded`` (evaluation, one attack, certification) and ``advx.train`
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable, TypeVar
 
 import torch
@@ -34,16 +35,51 @@ def world() -> tuple[int, int]:
 
 def init(device: str = "cpu") -> str:
     """Join torchrun's process group when there is one (``WORLD_SIZE`` > 1); return the
-    device this rank works on (``cuda:<local rank>`` with CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1 or not dist.is_available():  # torchrun sets it
+    device this rank works on (``cuda:<local rank>`` with CUDA). A ``WORLD_SIZE`` without
+    any other of torchrun's variables (one left in the environment) runs as one process,
+    with a warning; some of them without the others is an ``InputError``."""
+    size = _whole("WORLD_SIZE", "1", minimum=1, why=" (torchrun sets it)")
+    if size == 1 or not dist.is_available():
         return device
+    given = {name: os.environ.get(name) for name in ("RANK", "MASTER_ADDR", "MASTER_PORT")}
+    missing = [name for name, value in given.items() if not value]
+    if len(missing) == len(given):
+        warnings.warn(f"WORLD_SIZE={size} is set, but not RANK, MASTER_ADDR or MASTER_PORT (torchrun sets them "
+                      f"all): running as one process; unset WORLD_SIZE, or launch with torchrun", RuntimeWarning,
+                      stacklevel=2)
+        return device
+    if missing:
+        present = [name for name in given if name not in missing]
+        raise InputError(f"WORLD_SIZE={size} and {', '.join(present)} are set, but not {' and '.join(missing)}: "
+                         f"launch with torchrun, which sets them all, or unset WORLD_SIZE")
+    rank = _whole("RANK", None, minimum=0, maximum=size - 1, why=f" (WORLD_SIZE={size})")
     if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", 0))
+        local = _whole("LOCAL_RANK", "0", minimum=0, why=" (torchrun sets it)")
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        try:
+            dist.init_process_group(backend)
+        except (RuntimeError, ValueError, OSError) as err:  # torch's DistError is a RuntimeError
+            lines = str(err).strip().splitlines()
+            cause = f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
+            raise InputError(f"joining torchrun's process group ({backend}, rank {rank} of {size}, "
+                             f"{given['MASTER_ADDR']}:{given['MASTER_PORT']}) failed: {cause}") from None
     return device
+
+
+def _whole(name: str, default: str | None, *, minimum: int, maximum: int | None = None, why: str = "") -> int:
+    """The environment variable ``name`` (``default`` when unset) as a whole number in range."""
+    text = os.environ.get(name) or default
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        expected = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise InputError(f"{name} must be a whole number {expected}{why}, got {text!r}")
+    return value
 
 
 def finish() -> None:

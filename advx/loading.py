@@ -5,7 +5,8 @@
 2. **a module + weights**: the same, then a ``state_dict`` file loaded with
    ``torch.load(weights_only=True)`` (a dict holding ``"state_dict"``, as advx and
    Lightning checkpoints do, works too);
-3. **an exported program**: a ``torch.export`` ``.pt2`` file, read with ``torch.export.load``.
+3. **an exported program**: a ``torch.export`` ``.pt2`` file with a dynamic batch dimension
+   (``dynamic_shapes=({0: torch.export.Dim("batch")},)``), read with ``torch.export.load``.
 
 advx's own checkpoints are read by ``advx.checkpoint.load_model``. Whatever the source,
 ``check_classifier`` runs the model on a few of the dataset's images and insists on logits
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,9 +53,7 @@ def import_object(spec: str):
             path = Path(module_name)
             if not path.is_file():
                 raise ModelLoadError(f"model: no file {path} (from {spec!r})")
-            unit = importlib.util.spec_from_file_location(f"advx_user_{path.stem}", path)
-            module = importlib.util.module_from_spec(unit)
-            unit.loader.exec_module(module)
+            module = _import_file(path, f"advx_user_{path.stem}")
         else:
             if os.getcwd() not in sys.path and "" not in sys.path:
                 sys.path.insert(0, os.getcwd())
@@ -68,6 +69,29 @@ def import_object(spec: str):
     except AttributeError:
         raise ModelLoadError(f"model: {module_name!r} has no {attr!r} (from {spec!r})") from None
     return obj
+
+
+def _import_file(path: Path, name: str):
+    """The module in the file ``path``, imported as ``python path`` would run it: registered
+    in ``sys.modules`` as ``name`` (``dataclasses`` and ``typing`` look it up there; removed
+    again if it fails), with its folder first on ``sys.path`` while it runs (so that it
+    imports the modules beside it)."""
+    unit = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(unit)
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    sys.modules[name] = module
+    try:
+        unit.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+    return module
 
 
 def model_from_import(spec: str, weights: str | os.PathLike | None = None) -> nn.Module:
@@ -143,16 +167,67 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model: no file at {path}")
-    try:
-        program = torch.export.load(path)
-    except Exception as err:
-        raise ModelLoadError(f"model: {path} could not be read as an exported program "
-                             f"(torch.export.save): {_first_line(err)}") from None
+    with _torch_export_logs_held() as held:
+        try:
+            program = torch.export.load(path)
+        except Exception as err:
+            cause = next((r.exc_info[1] for r in held if r.exc_info and r.exc_info[1] is not None), err)
+            raise ModelLoadError(f"model: {path} is not an exported program (a .pt2 file written by "
+                                 f"torch.export.save): {_first_sentence(cause)}") from None
+    batch = _static_batch_size(program)
+    if batch is not None:
+        raise ModelLoadError(f"model: {path} was exported for batches of exactly {batch} images, and advx runs "
+                             f"it on batches of any size: export it with a dynamic batch dimension, torch.export."
+                             f"export(model.eval(), (x,), dynamic_shapes=({{0: torch.export.Dim('batch')}},))")
     training = [str(n.target) for n in program.graph_module.graph.nodes if _in_training_mode(n)]
     if training:
         raise ModelLoadError(f"model: {path} was exported in training mode ({training[0]} with training=True): "
                              f"call model.eval() before torch.export.export")
     return Exported(program)
+
+
+class _Held(logging.Handler):
+    def __init__(self, records: list) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _torch_export_logs_held():
+    """The records torch.export's loggers write meanwhile, held in the list yielded instead
+    of printed: before raising on a file it cannot read, ``torch.export.load`` logs a
+    traceback, and advx reports the error in one line. The loggers are restored after."""
+    records: list = []
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    saved = [(logger.handlers, logger.propagate) for logger in loggers]
+    for logger in loggers:  # torch puts its own stderr handler on torch.export
+        logger.handlers, logger.propagate = [_Held(records)], False
+    try:
+        yield records
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved):
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+def _first_sentence(err: BaseException) -> str:
+    line = _first_line(err)
+    return line.split(". ", 1)[0].rstrip(".")
+
+
+def _static_batch_size(program) -> int | None:
+    """The batch size the program's first input was fixed to when exported, or None when its
+    first dimension is dynamic (a symbol, ``torch.export.Dim``)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph_module.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            shape = getattr(node.meta.get("val"), "shape", None)
+            if shape and isinstance(shape[0], int):
+                return shape[0]
+            return None
+    return None
 
 
 def _in_training_mode(node) -> bool:

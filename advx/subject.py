@@ -22,7 +22,7 @@ from advx.checkpoint import DEFAULT_CHECKPOINT, load_model
 from advx.data import Split, load_dataset
 from advx.datasets import Dataset, get_dataset
 from advx.loading import check_classifier, load_exported, model_from_import
-from advx.models import Normalized
+from advx.models import InputNormalization, Normalized
 from advx.modes import accuracy
 from advx.sanity import check_clean_accuracy, check_normalization
 from advx.validate import InputError, check_number
@@ -60,6 +60,20 @@ def check_sources(checkpoint: str | os.PathLike | None, model: str | None, weigh
                          f"weights), got " + (f"model={model!r}" if model else "no model"))
 
 
+def check_channels(normalization: tuple[Sequence[float], Sequence[float]], data: Dataset) -> None:
+    """``normalization`` is ``(mean, std)`` with std > 0, each one value per channel of the
+    dataset's images or one value for all of them (as ``advx.models.Normalized`` takes it)."""
+    mean, std = (list(values) for values in normalization)
+    InputNormalization(mean, std)  # numbers, std > 0, counts that broadcast
+    channels = data.shape[0]
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, channels):
+            allowed = "one value per channel" + (", or one for all" if channels > 1 else "")
+            unit = "channel" if channels == 1 else "channels"
+            raise InputError(f"{name} must hold {allowed} ({data.title} images have {channels} {unit}), "
+                             f"got {len(values)} values")
+
+
 def load_subject(checkpoint: str | os.PathLike | None = None, *, model: str | None = None,
                  weights: str | os.PathLike | None = None,
                  normalization: tuple[Sequence[float], Sequence[float]] | None = None,
@@ -81,8 +95,11 @@ def load_subject(checkpoint: str | os.PathLike | None = None, *, model: str | No
     check_sources(checkpoint, model, weights)
     final = None
     if model is not None:
+        data = get_dataset(dataset or "mnist")
+        if normalization is not None:
+            check_channels(normalization, data)
         net = load_exported(model) if model.endswith(".pt2") else model_from_import(model, weights)
-        where, name, data = (model if model.endswith(".pt2") else weights), model, get_dataset(dataset or "mnist")
+        where, name = (model if model.endswith(".pt2") else weights), model
         what = f"model={model!r}"
     else:
         where = str(checkpoint or DEFAULT_CHECKPOINT)
@@ -91,6 +108,8 @@ def load_subject(checkpoint: str | os.PathLike | None = None, *, model: str | No
             raise InputError(f"dataset={dataset!r} does not match the checkpoint: {where} was trained on "
                              f"{ckpt['dataset']} (without a dataset, the checkpoint's is used)")
         name, data, final = ckpt["model_name"], get_dataset(ckpt["dataset"]), ckpt["metrics"].get("final")
+        if normalization is not None:
+            check_channels(normalization, data)
         what = f"checkpoint={where!r}"
     if normalization is not None:
         normalization = {"mean": list(normalization[0]), "std": list(normalization[1])}

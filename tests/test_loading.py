@@ -5,6 +5,9 @@ the CLI, and the clear errors when something does not fit."""
 import copy
 import hashlib
 import json
+import logging
+import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from advx.checkpoint import load_checkpoint
 from advx.cli import main
 from advx.loading import ModelLoadError, load_exported, model_from_import
 from advx.models import Normalized
+from advx.subject import load_subject
+from advx.validate import InputError
 
 MEAN, STD = 0.5, 0.1  # the normalization the user's "normalized" model expects
 
@@ -139,6 +144,112 @@ def test_a_program_exported_in_training_mode_is_refused(bn_model, tmp_path):
         load_exported(tmp_path / "train-mode.pt2")
 
 
+
+def test_a_program_exported_for_one_batch_size_is_refused_and_the_advice_works(tmp_path):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    torch.export.save(torch.export.export(net, (torch.rand(2, 1, 28, 28),)), tmp_path / "fixed.pt2")
+    with pytest.raises(ModelLoadError, match=r"fixed.pt2 was exported for batches of exactly 2 images.*"
+                                             r"dynamic_shapes=\(\{0: torch.export.Dim\('batch'\)\},\)"):
+        load_exported(tmp_path / "fixed.pt2")
+    program = torch.export.export(net, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "dynamic.pt2")
+    exported = load_exported(tmp_path / "dynamic.pt2")
+    for size in (1, 2, 7):
+        x = torch.rand(size, 1, 28, 28)
+        assert torch.allclose(exported(x), net(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text", "state_dict"])
+def test_a_file_that_is_not_an_exported_program_is_one_error_and_no_log(kind, tmp_path, capfd, caplog):
+    path = tmp_path / f"{kind}.pt2"
+    if kind == "truncated":
+        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+        program = torch.export.export(net, (torch.rand(2, 1, 28, 28),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, tmp_path / "whole.pt2")
+        whole = (tmp_path / "whole.pt2").read_bytes()
+        path.write_bytes(whole[:len(whole) // 2])
+    elif kind == "text":
+        path.write_text("not a model\n")
+    else:
+        torch.save({"fc.weight": torch.zeros(10, 784)}, path)
+    capfd.readouterr()
+    caplog.clear()
+    def loggers():
+        return {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers),
+                       logging.getLogger(name).propagate) for name in ("torch", "torch.export", "torch._export")}
+
+    before = loggers()
+    with pytest.raises(ModelLoadError, match=re.escape(f"model: {path} is not an exported program")):
+        load_exported(path)
+    assert capfd.readouterr() == ("", "")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("torch")] == []
+    assert loggers() == before
+
+
+def _user_file(folder, name, text):
+    (folder / name).write_text(textwrap.dedent(text))
+    return folder / name
+
+
+def test_a_model_file_may_use_dataclasses_with_postponed_annotations(tmp_path):
+    path = _user_file(tmp_path, "dc_nets.py", """
+        from __future__ import annotations
+
+        from dataclasses import dataclass
+
+        from torch import nn
+
+
+        @dataclass
+        class Config:
+            width: int = 8
+
+
+        def build():
+            return nn.Sequential(nn.Flatten(), nn.Linear(784, Config().width))
+        """)
+    assert model_from_import(f"{path}:build")(torch.rand(3, 1, 28, 28)).shape == (3, 8)
+    broken = _user_file(tmp_path, "dc_broken.py", "raise RuntimeError('at import')\n")
+    with pytest.raises(ModelLoadError, match="cannot import .*RuntimeError: at import"):
+        model_from_import(f"{broken}:build")
+    assert not [name for name in sys.modules if name.endswith("dc_broken")]
+
+
+def test_a_model_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "advx_test_layers_beside", raising=False)
+    _user_file(folder, "advx_test_layers_beside.py", "from torch import nn\nHEAD = nn.Linear(784, 10)\n")
+    path = _user_file(folder, "nets.py", """
+        from torch import nn
+
+        import advx_test_layers_beside
+
+
+        def build():
+            return nn.Sequential(nn.Flatten(), advx_test_layers_beside.HEAD)
+        """)
+    before = list(sys.path)
+    assert model_from_import(f"{path}:build")(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert sys.path == before
+    broken = _user_file(folder, "broken.py", "import advx_test_no_such_sibling\n")
+    with pytest.raises(ModelLoadError, match="No module named 'advx_test_no_such_sibling'"):
+        model_from_import(f"{broken}:build")
+    assert sys.path == before
+
+
+@pytest.mark.parametrize("mean, std, message", [
+    ([0.5] * 3, [0.5] * 3, r"^mean must hold one value per channel \(MNIST images have 1 channel\), got 3 values$"),
+    ([0.5], [0.5, 0.5], r"^std must hold one value per channel \(MNIST images have 1 channel\), got 2 values$"),
+    ([0.5], [0.0], r"^std must hold numbers > 0, got \[0.0\]$"),
+])
+def test_a_normalization_that_does_not_fit_the_images_is_refused_before_the_model_loads(mean, std, message):
+    with pytest.raises(InputError, match=message):
+        load_subject(model="no_such_module_anywhere:build", normalization=(mean, std), data_dir=DATA_DIR)
+
+
 def test_mean_std_gives_the_model_its_input_and_a_wrong_one_is_flagged(user_module, capsys, monkeypatch):
     folder, name = user_module
     monkeypatch.chdir(folder)
@@ -238,6 +349,8 @@ def test_certificates_see_through_the_normalization(mnist_test):
     (["--weights", "weights.pt"], "--weights weights.pt goes with --model MODULE:NAME"),
     (["--model", "{name}:build", "--mean", "0.5"], "--mean and --std go together"),
     (["--model", "{name}:build", "--mean", "0.5", "--std", "0"], "--std must hold numbers > 0"),
+    (["--model", "{name}:build", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"],
+     "--mean must hold one value per channel (MNIST images have 1 channel), got 3 values"),
     (["--model", "missing.pt2"], "--model: no file at missing.pt2"),
 ])
 def test_a_model_that_does_not_load_or_fit_is_one_clear_line(argv, message, user_module, capsys, monkeypatch):
