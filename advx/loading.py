@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from advx.checkpoint import content_hash
 from advx.modes import checked_logits, frozen
 from advx.validate import AdvxError, InputError, InputTypeError
 
@@ -123,6 +124,9 @@ def load_weights(model: nn.Module, weights: str | os.PathLike) -> None:
     except Exception as err:
         raise ModelLoadError(f"weights: {path} could not be read as a state_dict with weights_only=True "
                              f"(save it with torch.save(model.state_dict(), path)): {_first_line(err)}") from None
+    if isinstance(state, dict) and isinstance(state.get("sha256"), str) and state["sha256"] != content_hash(state):
+        raise ModelLoadError(f"weights: {path} is damaged: its content does not match the SHA-256 stored in it "
+                             f"(a changed byte, a bad copy?); restore it from a backup or train again")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # an advx or Lightning checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

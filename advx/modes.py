@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from advx.validate import InputError, InputTypeError
+from advx.validate import InputError, InputTypeError, check_batch, check_label_range
 
 
 @contextmanager
@@ -96,5 +96,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
              device: str | torch.device | None = None) -> float:
     """The share of ``x`` [N, C, H, W] that ``model`` classifies as ``y`` [N] (``predictions``:
     eval mode for the duration, every mode restored)."""
+    y = check_batch(x, y, bounds=None)  # any pixel range: the model's own inputs
+    device = device_of(model, x.device) if device is None else torch.device(device)
+    with frozen(model), torch.no_grad():
+        check_label_range(y, checked_logits(model(x[:1].to(device)), 1).shape[1])
     right = predictions(model, x, batch_size=batch_size, device=device) == y.cpu()
     return int(right.sum()) / len(y)

@@ -22,7 +22,7 @@ from torch import nn
 
 from advx.adversarial import AdversarialConfig
 from advx.certified import CertifiedConfig
-from advx.checkpoint import load_checkpoint, save_checkpoint
+from advx.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from advx.data import load_dataset
 from advx.datasets import get_dataset
 from advx.distributed import world
@@ -107,7 +107,13 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
     state, best = None, {robust.best_key: -math.inf}
     saved_config = {**asdict(config), **{f"robust_{k}": v for k, v in asdict(robust).items()}}
     if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
+        try:
+            ckpt = load_checkpoint(last_path)
+        except CheckpointError as err:
+            raise CheckpointError(f"resume: {err}; run without --resume to start afresh") from None
+        if not isinstance(ckpt.get("train_state"), dict):
+            raise CheckpointError(f"resume: {last_path} holds no training state to resume from; run without "
+                                  f"--resume to start afresh")
         if ckpt["config"] != saved_config:
             raise InputError(f"resume: {last_path} was written with other settings; "
                              f"delete it or use the same options")

@@ -30,7 +30,7 @@ from advx.eval_config import EvalConfig
 from advx.evaluate import Evaluation, evaluate, sanity_warnings
 from advx.modes import predictions
 from advx.resume import ChunkStore
-from advx.validate import InputError
+from advx.validate import InputError, check_batch
 
 
 def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig,
@@ -54,6 +54,7 @@ def run_attack_sharded(attack, x: torch.Tensor, y: torch.Tensor, *, target: torc
     """``run_attack`` over all ranks (the attack needs a ``seed``: each sample's random
     stream comes from it and the sample's id); rank 0 returns the merged result, the
     others None. ``options``: those of ``run_attack``."""
+    check_batch(x, y, attack.bounds)
     if world()[1] > 1 and (attack.seed is None or attack.generator is not None):
         raise InputError("attack: run_attack_sharded needs an attack with a seed (and no generator of its own), "
                          "so that every sample's random stream is the same on any rank")
@@ -73,6 +74,7 @@ def certify_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: lis
     """Certify every image of ``x`` [N, C, H, W] (labels ``y``) at every ``eps`` by
     ``method``, each rank its shard; rank 0 returns the whole ``CertifyRun`` (with the clean
     predictions and, per eps, the seconds of the slowest rank), the others None."""
+    check_batch(x, y, shape=tuple(x.shape[1:]) if isinstance(x, torch.Tensor) and x.dim() > 1 else None)
     certifier = Certifier(model, tuple(x.shape[1:]), method=method, norm=norm)
 
     def work(ids: torch.Tensor):

@@ -80,10 +80,10 @@ def is_integer_labels(y) -> bool:
     return isinstance(y, torch.Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
 
 
-def check_batch(x, y, bounds: tuple[float, float] = (0.0, 1.0), *, num_classes: int | None = None,
+def check_batch(x, y, bounds: tuple[float, float] | None = (0.0, 1.0), *, num_classes: int | None = None,
                 shape=None, what: str = "labels") -> torch.Tensor:
     """``x`` a finite, non-empty float batch [N, C, H, W] (or [N, *shape] when ``shape`` is given)
-    within ``bounds``; ``y`` [N] integer labels (any integer dtype), in [0, num_classes)
+    within ``bounds`` (any values with None); ``y`` [N] integer labels (any integer dtype), in [0, num_classes)
     when ``num_classes`` is given. Returns ``y`` as int64 (a new tensor when converted)."""
     if not isinstance(x, torch.Tensor):
         raise InputTypeError(f"x must be a torch.Tensor of images [N, C, H, W], got {type(x).__name__}")
@@ -103,10 +103,11 @@ def check_batch(x, y, bounds: tuple[float, float] = (0.0, 1.0), *, num_classes: 
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise InputError(f"x must be finite, got {bad} NaN/inf values")
-    lo, hi = bounds
-    x_min, x_max = x.min().item(), x.max().item()
-    if x_min < lo - 1e-6 or x_max > hi + 1e-6:
-        raise InputError(f"x must lie within bounds {tuple(bounds)}, got values in [{x_min:.4g}, {x_max:.4g}]")
+    if bounds is not None:
+        lo, hi = bounds
+        x_min, x_max = x.min().item(), x.max().item()
+        if x_min < lo - 1e-6 or x_max > hi + 1e-6:
+            raise InputError(f"x must lie within bounds {tuple(bounds)}, got values in [{x_min:.4g}, {x_max:.4g}]")
     if y.dim() != 1 or len(y) != len(x):
         raise InputError(f"y must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
     if not is_integer_labels(y):

@@ -17,7 +17,7 @@ from advx.checkpoint import load_checkpoint
 from advx.modes import accuracy
 from advx.probe import catastrophic_overfitting
 from advx.robust_training import robust_config, train_robust
-from advx.train import TrainConfig, train
+from advx.train import TrainConfig, seeded_model, train
 
 
 def _tiny(seed=0):
@@ -212,3 +212,21 @@ def test_training_stops_when_a_hook_asks(mnist_train):
     history = train(_tiny(), mnist_train.head(128), None, TrainConfig(epochs=5, batch_size=64),
                     on_epoch_end=on_epoch_end, progress=False)
     assert seen == [1, 2] and len(history) == 2
+
+
+def test_a_damaged_resume_checkpoint_is_refused_in_one_line(tmp_path):
+    from advx.checkpoint import CheckpointError, save_checkpoint
+
+    last = tmp_path / "b.last.pt"
+    save_checkpoint(last, seeded_model("small", 0), model_name="small")
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # somewhere inside the weights
+    last.write_bytes(bytes(data))
+    config = TrainConfig(epochs=1, batch_size=100, train_size=200)
+    robust = AdversarialConfig(kind="pgd", eps=0.2, steps=2, holdout=100, final_n=0)
+    with pytest.raises(CheckpointError) as info:
+        train_robust(config, robust, checkpoint=tmp_path / "b.pt", resume=True, data_dir=DATA_DIR, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"resume: checkpoint: {last}") and message.endswith("run without --resume to start "
+                                                                                    "afresh")
+    assert "\n" not in message and not (tmp_path / "b.pt").exists()

@@ -432,3 +432,14 @@ def test_no_attack_breaks_a_certified_sample(kind, seed, eps, method):
     for attack in (PGD(model, eps=eps, steps=30, alpha=eps / 8, restarts=3, seed=seed),
                    APGD(model, eps=eps, steps=30, loss="dlr", seed=seed)):
         assert not attack.run(xs, ys).success.any(), attack
+
+
+def test_a_model_that_does_not_run_on_the_images_is_one_line_without_torchs_traceback(capfd):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(100, CLASSES)).eval()
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    with pytest.raises(UnsupportedModel) as info:
+        certify(model, x, y, eps=0.1)
+    assert str(info.value).startswith("cannot certify this model: it does not run on one input of shape [1, 28, 28] "
+                                      "(RuntimeError: mat1 and mat2 shapes cannot be multiplied")
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -1,8 +1,10 @@
 """Every public entry point that takes images and labels (each registered attack, ``run_attack``,
-``evaluate``, ``certify``, a ``Certifier``) treats them alike, and leaves alike:
+``evaluate``, ``certify``, a ``Certifier``, their sharded forms, ``accuracy``) treats them
+alike, and leaves alike:
 
 1. the same bad input gets the same one-line error, word for word: the one
    ``advx.validate.check_batch`` gives (labels out of the model's range included);
+   (``accuracy`` takes any pixel range: the model's own inputs);
 2. labels of any integer dtype give the result of int64 labels;
 3. every submodule's own ``training`` flag, every parameter's ``requires_grad``, the
    weights and buffers, the global RNG state and the environment come back as they were,
@@ -23,7 +25,10 @@ from advx import ATTACKS
 from advx.attacks.registry import build_attack
 from advx.certify import Certifier
 from advx.dataset_attack import run_attack
+from advx.eval_config import EvalConfig
 from advx.evaluate import evaluate
+from advx.modes import accuracy
+from advx.sharded import certify_sharded, evaluate_sharded, run_attack_sharded
 from advx.validate import AdvxError, check_batch
 
 BUDGET = dict(steps=2, queries=10, binary_search_steps=2, n_target_classes=2, restarts=1)
@@ -73,8 +78,27 @@ def _certifier(model, x, y):
     return Certifier(model, SHAPE, method="crown-ibp")(x, y, eps=0.05).margins
 
 
+def _evaluate_sharded(model, x, y):
+    config = EvalConfig(attacks=["fgsm"], eps=[0.05], progress=False, checks=False)
+    return evaluate_sharded(model, x, y, config).records["robust"]
+
+
+def _run_attack_sharded(model, x, y):
+    return run_attack_sharded(build_attack("fgsm", model, eps=0.1, seed=0), x, y, progress=False).success
+
+
+def _certify_sharded(model, x, y):
+    return certify_sharded(model, x, y, [0.05], method="ibp", norm="inf", progress=False).lower[0.05]
+
+
+def _accuracy(model, x, y):
+    return torch.tensor(accuracy(model, x, y))
+
+
 ENTRY_POINTS = {**{f"attack:{name}": _attack(name) for name in sorted(ATTACKS)},
-                "run_attack": _run_attack, "evaluate": _evaluate, "certify": _certify, "Certifier": _certifier}
+                "run_attack": _run_attack, "evaluate": _evaluate, "certify": _certify, "Certifier": _certifier,
+                "evaluate_sharded": _evaluate_sharded, "run_attack_sharded": _run_attack_sharded,
+                "certify_sharded": _certify_sharded, "accuracy": _accuracy}
 
 
 def _nan(x, y):
@@ -111,6 +135,9 @@ def _expected_message(x, y) -> str:
 def test_bad_input_gets_the_same_error_everywhere(entry, bad):
     model = mixed_model().eval()
     x, y = BAD_INPUTS[bad](*images())
+    if entry == "accuracy" and bad == "pixels out of bounds":
+        assert 0 <= ENTRY_POINTS[entry](model, x, y) <= 1  # accuracy takes the model's inputs in any range
+        return
     expected = _expected_message(x, y)
     with pytest.raises((ValueError, TypeError)) as info:
         ENTRY_POINTS[entry](model, x, y)

@@ -20,7 +20,7 @@ from advx import PGD
 from advx.certify import Certifier
 from advx.checkpoint import load_checkpoint
 from advx.cli import main
-from advx.loading import ModelLoadError, load_exported, model_from_import
+from advx.loading import ModelLoadError, load_exported, load_weights, model_from_import
 from advx.models import Normalized
 from advx.subject import load_subject
 from advx.validate import InputError
@@ -465,3 +465,17 @@ def test_the_readmes_three_ways_run(tmp_path, capsys, monkeypatch):
         assert main(argv) == 0, capsys.readouterr().err
         report = json.loads((tmp_path / f"run{i}" / "report.json").read_text())
         assert report["dataset"] == "fashion-mnist" and report["normalization"] == {"mean": [0.286], "std": [0.353]}
+
+
+def test_weights_from_a_damaged_advx_checkpoint_are_refused(tmp_path):
+    from advx.checkpoint import save_checkpoint
+    from advx.train import seeded_model
+
+    path = tmp_path / "m.pt"
+    model = seeded_model("small", 0)
+    save_checkpoint(path, model, model_name="small")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["classifier.1.bias"][3] += 1.0  # one weight changed, the stored hash kept
+    torch.save(ckpt, path)
+    with pytest.raises(ModelLoadError, match=r"weights: .*m.pt is damaged: its content does not match the SHA-256"):
+        load_weights(seeded_model("small", 1), path)

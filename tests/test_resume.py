@@ -159,6 +159,8 @@ def test_a_damaged_settings_file_starts_afresh_with_one_warning(small_checkpoint
         assert main(args) == 130
     settings = out / ".resume" / "settings.json"
     assert len(list(settings.parent.glob("*.pt"))) == 3
+    assert capsys.readouterr().err == (f"advx eval: interrupted; 3 batches of attack results are kept in "
+                                       f"{settings.parent}: add --resume to reuse them\n")
     settings.write_text(settings.read_text()[:40])  # cut short
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0

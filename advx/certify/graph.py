@@ -8,6 +8,9 @@ block) is one clear error naming it.
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stderr
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -52,11 +55,13 @@ def read_model(model: nn.Module, input_shape) -> list[ops.Op]:
                                f"({type(error).__name__}: {error})") from None
     device, dtype = device_of(model), weight_dtype(model)
     try:  # frozen: in train mode the shape pass would move BatchNorm's running statistics
-        with frozen(graph), torch.no_grad():
+        with frozen(graph), torch.no_grad(), redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
             ShapeProp(graph).propagate(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     except Exception as error:
+        cause = error.__cause__ or error  # ShapeProp wraps the model's own error
+        lines = str(cause).strip().splitlines() or [""]
         raise UnsupportedModel(f"cannot certify this model: it does not run on one input of shape "
-                               f"{list(input_shape)} ({str(error).splitlines()[0]})") from None
+                               f"{list(input_shape)} ({type(cause).__name__}: {lines[0][:200]})") from None
     modules = dict(graph.named_modules())
     chain: list[ops.Op] = []
     current = None  # the node whose value flows through the chain

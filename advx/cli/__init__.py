@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             where = f": {err.filename}" if err.filename else ""
             print(f"advx {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print(f"advx {args.command}: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as err:
+            print(f"advx {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
             return 130
         except Exception as err:  # raised inside torch or a user's model: one line, the traceback on request
             if os.environ.get("ADVX_TRACEBACK"):
