@@ -150,6 +150,8 @@ def _first_line(err: BaseException) -> str:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a checkpoint dict (CPU tensors). Raises ``CheckpointError`` with the reason."""
+    if not str(path).strip():
+        raise CheckpointError(f"checkpoint must name a file, got {str(path)!r}")
     path = Path(path)
     remove_stale_temps(path)  # left behind by a save that was killed
     if path.is_dir():

@@ -104,6 +104,8 @@ class OutputPathError(InputError):
 def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """Make sure ``path`` is (or can become) a writable folder; create it. Raises
     ``OutputPathError`` naming ``option`` otherwise."""
+    if not str(path).strip():
+        raise OutputPathError(f"{option} must name a folder, got {str(path)!r}")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{option} must be a folder, got {path}, which is an existing file")
@@ -118,6 +120,8 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
 def check_output_file(path: str | os.PathLike, option: str = "--checkpoint") -> Path:
     """Make sure a file can be written at ``path`` (its folder is created). Raises
     ``OutputPathError`` naming ``option`` otherwise."""
+    if not str(path).strip():
+        raise OutputPathError(f"{option} must name a file, got {str(path)!r}")
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{option} must be a file path, got {path}, which is an existing folder")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from advx.checkpoint import content_hash
-from advx.modes import checked_logits, frozen
+from advx.modes import check_not_lazy, checked_logits, frozen
 from advx.validate import AdvxError, InputError, InputTypeError
 
 
@@ -61,7 +61,7 @@ def import_object(spec: str):
             module = importlib.import_module(module_name)
     except ModelLoadError:
         raise
-    except Exception as err:  # ImportError, a SyntaxError in the user's file, ...
+    except (Exception, SystemExit) as err:  # ImportError, a SyntaxError in the user's file, a sys.exit() ...
         raise ModelLoadError(f"model: cannot import {module_name!r} (from {spec!r}): {_first_line(err)}") from None
     try:
         obj = module
@@ -105,7 +105,7 @@ def model_from_import(spec: str, weights: str | os.PathLike | None = None) -> nn
                                  f"returning an nn.Module")
         try:
             obj = obj()
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             raise ModelLoadError(f"model: calling {spec}() raised {_first_line(err)}") from None
         if not isinstance(obj, nn.Module):
             raise ModelLoadError(f"model: {spec}() returned a {type(obj).__name__}, expected an nn.Module")
@@ -117,6 +117,8 @@ def model_from_import(spec: str, weights: str | os.PathLike | None = None) -> nn
 def load_weights(model: nn.Module, weights: str | os.PathLike) -> None:
     """Load the ``state_dict`` in ``weights`` into ``model`` (``weights_only=True``, strict)."""
     path = Path(weights)
+    if path.is_dir():
+        raise ModelLoadError(f"weights: {path} is a folder, expected a state_dict file")
     if not path.is_file():
         raise ModelLoadError(f"weights: no file at {path}")
     try:
@@ -254,9 +256,13 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int, *, wha
     """Run ``model`` on a few images ``x`` and insist on finite logits ``[N, num_classes]``."""
     sample = x[:2]
     try:
+        check_not_lazy(model, what)
+    except InputError as err:
+        raise ModelLoadError(str(err)) from None
+    try:
         with frozen(model), torch.no_grad():
             out = model(sample)
-    except Exception as err:
+    except (Exception, SystemExit) as err:
         raise ModelLoadError(f"{what}: running it on {len(sample)} images of shape {list(sample.shape[1:])} "
                              f"(pixels in [0, 1]) raised {_first_line(err)}") from None
     try:

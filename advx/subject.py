@@ -102,7 +102,7 @@ def load_subject(checkpoint: str | os.PathLike | None = None, *, model: str | No
         where, name = (model if model.endswith(".pt2") else weights), model
         what = f"model={model!r}"
     else:
-        where = str(checkpoint or DEFAULT_CHECKPOINT)
+        where = str(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint)
         net, ckpt = load_model(where, device)
         if dataset is not None and dataset != ckpt["dataset"]:
             raise InputError(f"dataset={dataset!r} does not match the checkpoint: {where} was trained on "

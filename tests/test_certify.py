@@ -443,3 +443,24 @@ def test_a_model_that_does_not_run_on_the_images_is_one_line_without_torchs_trac
                                       "(RuntimeError: mat1 and mat2 shapes cannot be multiplied")
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+@pytest.mark.parametrize("model, message", [
+    (nn.Sequential(nn.Flatten(), nn.Linear(784, 1)), r"must return logits \[N, K\] for K >= 2 classes, got \[N, 1\]"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3)), r"must return logits \[N, K\] for K >= 2 classes, got \[N, 2, 26, 26\]"),
+    (nn.Sequential(nn.Flatten(), nn.LazyLinear(10)), r"lazy modules whose weights are not initialised yet"),
+])
+def test_a_model_that_is_not_a_classifier_is_not_certified(model, message):
+    """A one-class output has no other class to beat: its "certificate" would be vacuous."""
+    x, y = torch.rand(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=message):
+        certify(model.eval(), x, y, eps=0.1)
+
+
+def test_a_model_with_nan_weights_is_named_so_not_blamed_on_the_graph():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, CLASSES)).eval()
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    x, y = torch.rand(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"returned logits that are not finite \(NaN/inf\)"):
+        certify(model, x, y, eps=0.1)

@@ -479,3 +479,29 @@ def test_weights_from_a_damaged_advx_checkpoint_are_refused(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(ModelLoadError, match=r"weights: .*m.pt is damaged: its content does not match the SHA-256"):
         load_weights(seeded_model("small", 1), path)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("import sys\nsys.exit(4)\n", "model: cannot import .* raised SystemExit: 4|SystemExit: 4"),
+    ("import sys\nfrom torch import nn\n\ndef build():\n    sys.exit(5)\n", r"calling .*build\(\) raised SystemExit: 5"),
+    ("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(10))\n",
+     r"has lazy modules whose weights are not initialised yet \(1.weight, 1.bias\)"),
+])
+def test_a_model_file_that_exits_or_is_lazy_is_one_clear_line(source, message, tmp_path, capsys):
+    from advx.cli import main
+
+    (tmp_path / "odd.py").write_text(source)
+    code = main(["eval", "--model", f"{tmp_path / 'odd.py'}:build", "--n", "5", "--data-dir", str(DATA_DIR),
+                 "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
+
+
+@pytest.mark.parametrize("option", ["--out", "--checkpoint"])
+def test_an_empty_output_path_is_refused(option, tmp_path, capsys, monkeypatch):
+    from advx.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--out", ""] if option == "--out" else ["train", "--checkpoint", ""]
+    assert main([*argv, "--data-dir", str(DATA_DIR), "--quiet"]) == 2
+    assert f"{option} must name a" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

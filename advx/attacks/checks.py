@@ -10,22 +10,15 @@ from itertools import chain
 import torch
 from torch import nn
 
-from advx.modes import checked_logits
+from advx.modes import check_not_lazy, checked_logits
 from advx.validate import InputError, check_label_range
-
-
-def _is_lazy(tensor: torch.Tensor) -> bool:
-    return isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin)
 
 
 def check_model_ready(model: nn.Module, x: torch.Tensor) -> None:
     """Raise ``ValueError`` when ``model`` cannot take ``x`` as it is: lazy modules whose
     weights do not exist yet, or weights of another dtype or device than ``x``."""
     tensors = list(chain(model.parameters(), model.buffers()))
-    lazy = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if _is_lazy(t)]
-    if lazy:
-        raise InputError(f"model has lazy modules whose weights are not initialised yet ({', '.join(lazy[:3])}): "
-                         f"run one forward pass on a batch of images before attacking it")
+    check_not_lazy(model)
     weights = next((t for t in tensors if t.is_floating_point()), None)
     if weights is None:
         return

@@ -32,7 +32,7 @@ from torch import nn
 
 from advx.certify.graph import SUPPORTED, UnsupportedModel, read_model
 from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
-from advx.modes import device_of, frozen, weight_dtype
+from advx.modes import check_not_lazy, checked_logits, device_of, frozen, weight_dtype
 from advx.norms import Norm, get_norm
 from advx.progress import bar as progress_bar
 from advx.validate import AdvxError, InputError, check_batch, check_number
@@ -78,7 +78,12 @@ class Certifier:
         self.model, self.method, self.norm = model, method, get_norm(norm)
         self.bounds = _checked_bounds(bounds)
         self.input_shape = tuple(input_shape)
+        check_not_lazy(model)
         self.chain = read_model(model, self.input_shape)
+        out = self.chain[-1].out_shape if self.chain else self.input_shape
+        if len(out) != 1 or out[0] < 2:
+            raise UnsupportedModel(f"cannot certify this model: it must return logits [N, K] for K >= 2 classes, "
+                                   f"got [N, {', '.join(map(str, out))}] per input of shape {list(self.input_shape)}")
         self.screen, self.checked = bool(screen), False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +146,8 @@ class Certifier:
         dtype = weight_dtype(self.model)
         tolerance = 1e-4 if torch.finfo(dtype).bits >= 32 else 3e-2
         with frozen(self.model), torch.autocast(x.device.type, enabled=False):
-            expected, got = self.model(x.to(dtype)).float(), self.forward(x.float())
+            expected = checked_logits(self.model(x.to(dtype)), len(x)).float()
+            got = self.forward(x.float())
         scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
         if expected.shape != got.shape or not torch.allclose(expected, got, rtol=tolerance, atol=tolerance * scale):
             raise ChainMismatch("cannot certify this model: the layers read from it by torch.fx do not "

@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                          lr=args.lr, seed=args.seed, train_size=args.train_size, precision=args.precision)
     device = distributed.init(device_named(args.device))  # under torchrun: data-parallel, this rank's device
     rank, size = distributed.world()
-    checkpoint = check_output_file(args.checkpoint or (ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT))
+    default = ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT
+    checkpoint = check_output_file(default if args.checkpoint is None else args.checkpoint, "--checkpoint")
     dataset = get_dataset(config.dataset)
     robust = robust_config(args.kind, **{"eps": dataset.eps["inf"], **given}) if adv else None
     if adv:
