@@ -112,7 +112,8 @@ class AdversarialConfig:
     attack steps (``None``: 10). warmup_epochs: eps ramps from 0 over these. beta (trades):
     weight of the KL term (``None``: 6). early_stop (pgd): each sample stops at its first
     adversarial iterate (``None``: True). holdout: training images held out for the probe.
-    final_n: ``--suite strong`` on the first N held-out images at the end (0: skip)."""
+    final_n: ``--suite strong`` on the first N held-out images at the end (0: skip; default:
+    500, or every held-out image when there are fewer)."""
 
     kind: str = "pgd"
     eps: float = 0.3
@@ -122,7 +123,7 @@ class AdversarialConfig:
     beta: float | None = None
     early_stop: bool | None = None
     holdout: int = 1000
-    final_n: int = 500
+    final_n: int | None = None
 
     KINDS = KINDS
     best_key = "probe_acc"  # the held-out figure the best checkpoint is chosen by
@@ -139,8 +140,12 @@ class AdversarialConfig:
             raise InputError(f"early_stop must be True or False, got {self.early_stop!r}")
         checked = {"eps": check_number("eps", self.eps, minimum=0),
                    "warmup_epochs": check_number("warmup_epochs", self.warmup_epochs, minimum=0),
-                   "holdout": check_number("holdout", self.holdout, minimum=1, integer=True),
-                   "final_n": check_number("final_n", self.final_n, minimum=0, integer=True)}
+                   "holdout": check_number("holdout", self.holdout, minimum=1, integer=True)}
+        checked["final_n"] = (min(500, checked["holdout"]) if self.final_n is None else
+                              check_number("final_n", self.final_n, minimum=0, integer=True))
+        if checked["final_n"] > checked["holdout"]:
+            raise InputError(f"final_n must be <= holdout ({checked['holdout']}): the final suite runs on the held-out "
+                             f"images, got {self.final_n}")
         if self.kind != "fgsm-rs":
             checked["steps"] = 10 if self.steps is None else check_number("steps", self.steps, minimum=1,
                                                                          integer=True)

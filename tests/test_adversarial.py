@@ -230,3 +230,12 @@ def test_a_damaged_resume_checkpoint_is_refused_in_one_line(tmp_path):
     assert message.startswith(f"resume: checkpoint: {last}") and message.endswith("run without --resume to start "
                                                                                     "afresh")
     assert "\n" not in message and not (tmp_path / "b.pt").exists()
+
+
+def test_the_final_suite_runs_on_held_out_images_only():
+    assert AdversarialConfig(kind="pgd").final_n == 500
+    assert AdversarialConfig(kind="pgd", holdout=300).final_n == 300  # the default follows a smaller holdout
+    assert AdversarialConfig(kind="pgd", holdout=300, final_n=0).final_n == 0
+    with pytest.raises(ValueError, match=r"final_n must be <= holdout \(300\): the final suite runs on the held-out "
+                                         r"images, got 20000"):
+        AdversarialConfig(kind="pgd", holdout=300, final_n=20000)

@@ -62,8 +62,8 @@ def add(sub) -> None:
     t.add_argument("--holdout", type=int, default=None,
                    help=f"--adv: training images held out for the per-epoch check (default: {a.holdout})")
     t.add_argument("--final-n", type=int, default=None, metavar="N",
-                   help=f"--adv fgsm-rs/pgd/trades: at the end, --suite strong on the first N held-out images, "
-                        f"stored in the checkpoint (0: skip; default: {a.final_n})")
+                   help="--adv fgsm-rs/pgd/trades: at the end, --suite strong on the first N held-out images, "
+                        "stored in the checkpoint (0: skip; default: 500, at most --holdout)")
     t.add_argument("--resume", action="store_true",
                    help="--adv: continue from <checkpoint>.last.pt if it exists")
     common_options(t)
