@@ -56,9 +56,8 @@ def import_object(spec: str):
                 raise ModelLoadError(f"model: no file {path} (from {spec!r})")
             module = _import_file(path, f"advx_user_{path.stem}")
         else:
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
+            with _on_path(os.getcwd()):
+                module = importlib.import_module(module_name)
     except ModelLoadError:
         raise
     except (Exception, SystemExit) as err:  # ImportError, a SyntaxError in the user's file, a sys.exit() ...
@@ -79,25 +78,48 @@ def _import_file(path: Path, name: str):
     imports the modules beside it)."""
     unit = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(unit)
-    folder = str(path.resolve().parent)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
     sys.modules[name] = module
     try:
-        unit.loader.exec_module(module)
+        with _on_path(path.resolve().parent):
+            unit.loader.exec_module(module)
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    return module
+
+
+@contextmanager
+def _on_path(folder: str | os.PathLike):
+    """``folder`` first on ``sys.path`` for the duration (unless it is there already); the
+    path comes back as it was."""
+    folder = str(folder)
+    added = folder not in sys.path and not (folder == os.getcwd() and "" in sys.path)
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
     finally:
         if added and folder in sys.path:
             sys.path.remove(folder)
-    return module
+
+
+def _folder_of(spec: str) -> str:
+    """Where the modules of ``spec`` are found: a file's folder, or the current folder."""
+    module_name = spec.rpartition(":")[0]
+    return str(Path(module_name).resolve().parent) if module_name.endswith(".py") else os.getcwd()
 
 
 def model_from_import(spec: str, weights: str | os.PathLike | None = None) -> nn.Module:
     """Build the module ``spec`` names (calling it with no arguments unless it is a module
     already), then load ``weights`` into it if given (strict: every key must match)."""
+    with _on_path(_folder_of(spec)):  # the building may import more of the user's modules
+        obj = _built(spec)
+    if weights is not None:
+        load_weights(obj, weights)
+    return obj
+
+
+def _built(spec: str) -> nn.Module:
     obj = import_object(spec)
     if not isinstance(obj, nn.Module):
         if not callable(obj):
@@ -109,8 +131,6 @@ def model_from_import(spec: str, weights: str | os.PathLike | None = None) -> nn
             raise ModelLoadError(f"model: calling {spec}() raised {_first_line(err)}") from None
         if not isinstance(obj, nn.Module):
             raise ModelLoadError(f"model: {spec}() returned a {type(obj).__name__}, expected an nn.Module")
-    if weights is not None:
-        load_weights(obj, weights)
     return obj
 
 

@@ -505,3 +505,18 @@ def test_an_empty_output_path_is_refused(option, tmp_path, capsys, monkeypatch):
     argv = ["eval", "--out", ""] if option == "--out" else ["train", "--checkpoint", ""]
     assert main([*argv, "--data-dir", str(DATA_DIR), "--quiet"]) == 2
     assert f"{option} must name a" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_importing_a_users_model_leaves_sys_path_as_it_was(tmp_path, monkeypatch):
+    (tmp_path / "pkg_nets_for_path_test.py").write_text(
+        "from torch import nn\n\ndef build():\n    import pkg_layers_for_path_test as layers\n"
+        "    return nn.Sequential(nn.Flatten(), layers.head())\n")
+    (tmp_path / "pkg_layers_for_path_test.py").write_text("from torch import nn\n\ndef head():\n"
+                                                          "    return nn.Linear(784, 10)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    model = model_from_import("pkg_nets_for_path_test:build")  # its build imports a sibling late
+    assert isinstance(model, torch.nn.Module) and sys.path == before
+    model = model_from_import(f"{tmp_path / 'pkg_nets_for_path_test.py'}:build")
+    assert isinstance(model, torch.nn.Module) and sys.path == before
