@@ -21,8 +21,6 @@ loads, with one warning that it could not be checked.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 from torch import nn
 
 from advx.datasets import DATASET_NAMES, Dataset, get_dataset
-from advx.files import atomic_write, remove_stale_temps
+from advx.files import atomic_write, content_hash, remove_stale_temps
 from advx.models import MNIST_SHAPE, MODELS, build_model
 from advx.validate import AdvxError
 
@@ -87,32 +85,6 @@ def save_checkpoint(
     with atomic_write(path, "wb") as f:
         torch.save(payload, f)
     return path
-
-
-def content_hash(payload: dict) -> str:
-    """SHA-256 of a checkpoint's content (its ``sha256`` entry left out): keys in sorted
-    order, each tensor as its dtype, shape and bytes, plain values as JSON."""
-    h = hashlib.sha256()
-
-    def walk(value, where: str) -> None:
-        if isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous()
-            h.update(f"{where}:{t.dtype}:{list(t.shape)}:".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(value, dict):
-            for key in sorted(value, key=str):
-                if not (where == "" and key == "sha256"):
-                    walk(value[key], f"{where}/{key}")
-        elif isinstance(value, (list, tuple)):
-            h.update(f"{where}:{type(value).__name__}:{len(value)}:".encode())
-            for i, item in enumerate(value):
-                walk(item, f"{where}/{i}")
-        else:
-            h.update(f"{where}={json.dumps(value, default=repr)};".encode())
-
-    walk(payload, "")
-    return h.hexdigest()
 
 
 class UncheckedCheckpointWarning(UserWarning):

@@ -3,16 +3,22 @@
 - ``atomic_write``: a crash mid-write never leaves a half-written file in place, and the
   temp file of a killed writer is removed by the next write or read of the same path.
 - ``check_output_dir`` / ``check_output_file``: a bad output path is found before the
-  work that would fill it, not after.
+  work that would fill it, not after;
+- ``content_hash``: the SHA-256 a file of tensors carries, so that a changed byte is found
+  when it is read rather than loaded as other numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+import torch
 
 from advx.validate import InputError
 
@@ -129,3 +135,30 @@ def check_output_file(path: str | os.PathLike, option: str = "--checkpoint") -> 
         raise OutputPathError(f"{option}: {path} exists and is not writable")
     check_output_dir(path.parent, option)
     return path
+
+
+def content_hash(payload: dict) -> str:
+    """SHA-256 of what a file holds (a checkpoint, a resume chunk), its own ``sha256`` entry
+    left out: keys in sorted order, each tensor as its dtype, shape and bytes, plain values
+    as JSON. Stored in the file when it is written, compared when it is read."""
+    h = hashlib.sha256()
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{where}:{t.dtype}:{list(t.shape)}:".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if not (where == "" and key == "sha256"):
+                    walk(value[key], f"{where}/{key}")
+        elif isinstance(value, (list, tuple)):
+            h.update(f"{where}:{type(value).__name__}:{len(value)}:".encode())
+            for i, item in enumerate(value):
+                walk(item, f"{where}/{i}")
+        else:
+            h.update(f"{where}={json.dumps(value, default=repr)};".encode())
+
+    walk(payload, "")
+    return h.hexdigest()

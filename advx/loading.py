@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from advx.checkpoint import content_hash
+from advx.files import content_hash
 from advx.modes import check_not_lazy, checked_logits, frozen
 from advx.validate import AdvxError, InputError, InputTypeError
 

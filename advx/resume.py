@@ -5,8 +5,9 @@ killed ``advx eval`` started again with ``--resume`` carries on where it stopped
 of samples. The cascade is deterministic given the results (the survivors, hence the
 chunks, follow from them), so replaying stored chunks and running the missing ones ends
 with exactly the results of an uninterrupted run. A chunk file holds only what the
-records need (success, steps, distance), is written atomically and read with
-``weights_only=True``; one that cannot be read is computed again, never trusted. The
+records need (success, steps, distance) and the SHA-256 of that content, is written
+atomically and read with ``weights_only=True``; one that cannot be read, or whose content
+does not match its hash, is computed again, never trusted. The
 store's ``settings.json`` fingerprints the run (settings, model, data): resuming with
 anything changed is an error. Chunk names hold the samples' ids, so shards of a
 ``torchrun`` run share one store and a rank that died redoes only its missing chunks.
@@ -26,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from advx.files import atomic_write
+from advx.files import atomic_write, content_hash
 from advx.validate import InputError
 
 FIELDS = ("success", "steps", "distance")
@@ -86,14 +87,15 @@ class ChunkStore:
         if path.is_file():
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
-                if torch.equal(saved["ids"], ids.cpu()):
+                if saved["sha256"] == content_hash(saved) and torch.equal(saved["ids"], ids.cpu()):
                     self.reused += 1
                     return SimpleNamespace(**{k: saved[k] for k in FIELDS})
             except Exception:  # noqa: BLE001 - unreadable or foreign: computed again, never trusted
                 pass
         result = attack_run()
+        chunk = {"ids": ids.cpu(), **{k: getattr(result, k).detach().cpu() for k in FIELDS}}
         with atomic_write(path, "wb") as f:
-            torch.save({"ids": ids.cpu(), **{k: getattr(result, k).detach().cpu() for k in FIELDS}}, f)
+            torch.save({**chunk, "sha256": content_hash(chunk)}, f)
         self.computed += 1
         return result
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import DATA_DIR, _kill_every_process_of
@@ -180,3 +181,26 @@ def test_a_damaged_settings_file_starts_afresh_with_one_warning(untrained, tmp_p
     warned = [line for line in captured.err.splitlines() if "settings.json is damaged" in line]
     assert len(warned) == 1 and warned[0].startswith("advx eval: warning: resume:") and "starts afresh" in warned[0]
     assert (out / "per_sample.csv").exists() and not settings.parent.exists()
+
+
+def test_a_chunk_with_a_changed_byte_is_computed_again(tmp_path):
+    import torch
+
+    from advx.resume import ChunkStore
+
+    ids = torch.arange(40, 104)
+    result = SimpleNamespace(success=torch.zeros(64, dtype=torch.bool), steps=torch.arange(64),
+                             distance=torch.linspace(0, 1, 64))
+    store = ChunkStore(tmp_path / "s", {"run": 1}, resume=False)
+    store.run("pgd-0.1", ids, lambda: result)
+    (chunk,) = (tmp_path / "s").glob("*.pt")
+    data = bytearray(chunk.read_bytes())
+    at = data.find(result.distance.numpy().tobytes())
+    assert at > 0
+    data[at + 100] ^= 0x01  # one bit of one distance: torch reads it back without complaint
+    chunk.write_bytes(bytes(data))
+    again = ChunkStore(tmp_path / "s", {"run": 1}, resume=True)
+    calls = []
+    found = again.run("pgd-0.1", ids, lambda: calls.append(1) or result)
+    assert calls == [1] and again.reused == 0 and torch.equal(found.distance, result.distance)
+    assert ChunkStore(tmp_path / "s", {"run": 1}, resume=True).run("pgd-0.1", ids, lambda: 1 / 0) is not None
