@@ -7,7 +7,9 @@ alike, and leaves alike:
    (``accuracy`` takes any pixel range: the model's own inputs);
 2. labels of any integer dtype give the result of int64 labels;
 3. every submodule's own ``training`` flag, every parameter's ``requires_grad``, the
-   weights and buffers, the global RNG state and the environment come back as they were,
+   weights and buffers, the global RNG state, the environment, ``sys.path`` and torch's
+   global switches (grad mode, default dtype, autocast, determinism, threads) come back as
+   they were,
    on a model in training mode that holds a BatchNorm in eval mode and a frozen parameter.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -158,7 +161,9 @@ def _state(model: nn.Module) -> dict:
     return {"modes": [(name, m.training) for name, m in model.named_modules()],
             "flags": [(name, p.requires_grad) for name, p in model.named_parameters()],
             "tensors": {k: v.clone() for k, v in model.state_dict().items()},
-            "rng": torch.get_rng_state(), "environment": dict(os.environ)}
+            "rng": torch.get_rng_state(), "environment": dict(os.environ), "path": list(sys.path),
+            "torch": (torch.is_grad_enabled(), torch.get_default_dtype(), torch.is_autocast_enabled("cpu"),
+                      torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())}
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
@@ -173,6 +178,7 @@ def test_every_mode_flag_weight_and_the_global_rng_come_back(entry):
     assert after["modes"] == before["modes"] and after["flags"] == before["flags"]
     assert all(torch.equal(after["tensors"][k], v) for k, v in before["tensors"].items())
     assert torch.equal(after["rng"], before["rng"]) and after["environment"] == before["environment"]
+    assert after["path"] == before["path"] and after["torch"] == before["torch"]
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
