@@ -34,6 +34,8 @@ class EvalConfig:
               Success, the survivors and every figure are decided in fp32.
     certify:  also certify every correct sample at every eps with this method of
               ``advx.certify`` ("ibp", "crown-ibp", "crown"; None: attacks only), always in fp32.
+    adapt:    when a probe batch shows masked input gradients, attack through BPDA and add a
+              black-box stage (``advx.adapt``); an ordinary model is evaluated as without it.
     """
 
     attacks: Sequence = ("fgsm", "pgd")
@@ -52,6 +54,7 @@ class EvalConfig:
     progress: bool = True
     precision: str = "fp32"
     certify: str | None = None
+    adapt: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.attacks, (str, bytes)) or not self.attacks:
@@ -95,7 +98,7 @@ class EvalConfig:
                 "norm": self.norm.name, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
                 "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
                 "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n,
-                "precision": self.precision, "certify": self.certify}
+                "precision": self.precision, "certify": self.certify, "adapt": self.adapt}
 
 
 def _no_repeats(what: str, names: list[str], kind: str, note: str = "") -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 import torch
@@ -17,6 +17,7 @@ from advx import rng, sanity
 from advx.attacks.base import Attack
 from advx.attacks.checks import check_labels, check_model_ready
 from advx.attacks.registry import abilities, stage_name
+from advx.adapt import Adaptation, adapt
 from advx.certify import Certifier
 from advx.certify.sweep import certify_sweep
 from advx.eval_config import EvalConfig
@@ -146,7 +147,8 @@ def _checked(model: nn.Module, x: torch.Tensor, y, config: EvalConfig) -> tuple[
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig | None = None, *,
-             sample_ids: torch.Tensor | None = None, store=None, **options) -> Evaluation:
+             sample_ids: torch.Tensor | None = None, store=None, adaptation: Adaptation | None = None,
+             **options) -> Evaluation:
     """Robust accuracy of ``model`` on ``x`` [N, C, H, W], ``y`` [N] at each eps.
 
     Settings come as an ``EvalConfig`` or as its fields by keyword (``attacks``, ``eps``,
@@ -163,6 +165,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     attacks stop each sample as soon as it is fooled. A minimum-norm attack (FAB, FMN,
     CW, DeepFool) runs once per sample, with no budget: the sample is broken at every eps
     at least as large as the distance of the adversarial example it found.
+
+    With ``adapt`` (the default), ``advx.adapt`` first looks at the input gradients of the
+    first images: if they are masked, the attacks run through BPDA with a black-box stage
+    added, and ``settings["adaptations"]`` says so and why (``adaptation``: one decided
+    already, on the whole set of a sharded run).
 
     With ``certify`` (a method of ``advx.certify``), every correct sample is also bounded
     at every eps: ``certified_acc`` <= true robust accuracy <= ``robust_acc``. A sample
@@ -185,6 +192,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         raise InputError(f"give evaluate either config or options, got both ({', '.join(options)})")
     config = config if config is not None else EvalConfig(**options)
     y, certifier = _checked(model, x, y, config)
+    if adaptation is None:
+        adaptation = (adapt(model, x, y, config.attacks, device=config.device) if config.adapt
+                      else Adaptation(model, config.attacks))
+    config = replace(config, attacks=adaptation.attacks)
+    target = adaptation.model  # what the attacks and checks run on (its outputs are the model's own)
     stages, eps, n = config.stages(), list(config.eps), len(y)
     ids = torch.arange(n) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long).cpu()
     if ids.shape != (n,):
@@ -212,7 +224,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
             survivors, alive = correct.clone(), [correct.clone() for _ in stages]
         by_attack[e] = {}
         for a, (name, make) in enumerate(stages):
-            attack = make(model, None if a in once else e)
+            attack = make(target, None if a in once else e)
             precision_used[name] = attack.resolved_precision(config.device)
             idx = (survivors if config.cascade else alive[a]).nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
@@ -240,11 +252,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         records={"y": y.cpu(), "pred_clean": pred_clean, "robust": records.robust,
                  "broken_by": records.broken_by, "step": records.step, "distance": records.distance, **extra},
         seconds=time.perf_counter() - start,
-        settings={**config.settings(names, n), "precision_used": precision_used},
+        settings={**config.settings(names, n), "precision_used": precision_used,
+                  "adaptations": dict(adaptation.reasons)},
         certified_acc=certified_acc, norm=config.norm,
     )
     if config.checks:
-        ev.warnings = sanity_warnings(model, x, y, ev, config)
+        ev.warnings = sanity_warnings(target, x, y, ev, config)
     return ev
 
 

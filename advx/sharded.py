@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 import torch
 from torch import nn
 
+from advx.adapt import Adaptation, adapt
 from advx.certify import Certifier
 from advx.certify.sweep import CertifyRun
 from advx.dataset_attack import DatasetResult, run_attack
@@ -39,13 +40,16 @@ def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
     ``Evaluation`` (the others None). ``store``: a ``ChunkStore`` the ranks share."""
     if world()[1] == 1:
         return evaluate(model, x, y, config, store=store)
+    check_batch(x, y)
+    adaptation = (adapt(model, x, y, config.attacks, device=config.device) if config.adapt  # on the whole set
+                  else Adaptation(model, config.attacks))
     parts = on_shards(len(y), lambda ids: _portable(evaluate(model, x[ids], y[ids], replace(config, checks=False),
-                                                             sample_ids=ids, store=store)))
+                                                             sample_ids=ids, store=store, adaptation=adaptation)))
     if parts is None:
         return None
     ev = merge_evaluations([part for _, part in parts], [ids for ids, _ in parts])
     if config.checks:  # on the whole set, as a single run does
-        ev.warnings = sanity_warnings(model, x, y, ev, config)
+        ev.warnings = sanity_warnings(adaptation.model, x, y, ev, replace(config, attacks=adaptation.attacks))
     return ev
 
 

@@ -52,6 +52,9 @@ def add(sub) -> None:
                    help="run every attack on every correct sample (slower; per-attack figures standalone)")
     e.add_argument("--no-early-stop", action="store_true", help="run every step even on fooled samples")
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    e.add_argument("--no-adapt", action="store_true",
+                   help="attack the model as it is, even when a probe batch shows masked input gradients (by "
+                        "default such a model is attacked through BPDA, with the black-box Square stage added)")
     images_option(e, 10000)
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
@@ -131,7 +134,7 @@ def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalCo
                              steps=args.steps, alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
                              early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
                              device=device, checks=not args.no_checks, precision=args.precision,
-                             progress=not args.quiet, certify=args.certify)
+                             progress=not args.quiet, certify=args.certify, adapt=not args.no_adapt)
             for norm in _norms(args)}
 
 

@@ -32,6 +32,8 @@ def eval_table(ev: Evaluation, *, source: str) -> str:
     if cert is not None:
         lines.append(f"certified by {ev.settings['certify']} (a proved lower bound); the true robust accuracy "
                      f"lies between it and the worst case")
+    for reason in ev.settings.get("adaptations", {}).values():
+        lines.append(f"adapted: {reason}")
     used = ev.settings.get("precision_used", {})
     if any(p != "fp32" for p in used.values()):
         lines.append("search precision " + ", ".join(f"{a} {p}" for a, p in used.items())
