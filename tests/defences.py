@@ -1,6 +1,6 @@
-"""A small zoo of defences for the tests: each wraps a classifier behind a preprocessing whose
-gradient is zero or useless, the trap in which plain gradient attacks report false
-robustness. Their forward passes are deterministic."""
+"""A small zoo of defences for the tests (and ``scripts/bench_defences.py``): each wraps a
+classifier behind a preprocessing whose gradient is zero or useless, the trap in which plain
+gradient attacks report false robustness. Their forward passes are deterministic."""
 
 from __future__ import annotations
 
@@ -62,4 +62,14 @@ class Detached(Defended):
         return torch.floor(smooth.detach() * 2 + 0.5) / 2
 
 
-DEFENCES = (Quantized, Thresholded, Bytes, Detached)
+class Palette(Defended):
+    """Each pixel replaced by the nearest of 5 grey levels, chosen by ``argmin`` (a codebook quantizer)."""
+
+    name = "palette"
+
+    def preprocess(self, x):
+        levels = torch.linspace(0, 1, 5, dtype=x.dtype, device=x.device)
+        return levels[(x[..., None] - levels).abs().argmin(-1)]
+
+
+DEFENCES = (Quantized, Thresholded, Bytes, Detached, Palette)

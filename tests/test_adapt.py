@@ -57,8 +57,7 @@ def test_a_cascade_with_a_black_box_stage_keeps_it(trained_cnn, images):
     assert ev.attacks == ["pgd", "square"] and list(ev.settings["adaptations"]) == ["bpda"]
 
 
-def test_the_cli_says_what_it_adapted_and_no_adapt_keeps_the_plain_behaviour(trained_cnn, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_the_cli_adapts_eval_and_attacks_through_bpda_when_asked(trained_cnn, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "m"
     folder.mkdir()
     torch.save(Quantized(trained_cnn).state_dict(), folder / "weights.pt")
@@ -77,6 +76,14 @@ def test_the_cli_says_what_it_adapted_and_no_adapt_keeps_the_plain_behaviour(tra
     assert "adapted:" not in capsys.readouterr().out
     plain = json.loads((folder / "b" / "report.json").read_text())
     assert plain["settings"]["adaptations"] == {} and plain["robust_acc"]["0.3"] > report["robust_acc"]["0.3"] + 0.4
+
+    attack = ["attack", "--model", "defended.py:build", "--weights", "weights.pt", "--attack", "pgd", "--eps", "0.3",
+              "--steps", "10", "--n", "40", "--data-dir", str(DATA_DIR), "--quiet"]
+    assert main_ok([*attack, "--out", "c"]) and main_ok([*attack, "--out", "d", "--bpda"])
+    without, through = (json.loads((folder / name / "report.json").read_text()) for name in ("c", "d"))
+    assert through["bpda"] is True and without["bpda"] is False
+    assert through["results"]["clean_acc"] == without["results"]["clean_acc"]
+    assert through["results"]["robust_acc"] < without["results"]["robust_acc"] - 0.4
 
 
 def main_ok(argv) -> bool:

@@ -62,9 +62,9 @@ def test_the_forward_pass_is_exactly_the_models(defence, trained_cnn, correct):
 def test_evaluate_with_a_straight_through_model(trained_cnn, correct):
     x, y = correct
     model = DEFENCES[0](trained_cnn).eval()
-    plain = evaluate(model, x, y, attacks=["pgd"], eps=[0.3], steps=20, progress=False, checks=False)
-    adapted = evaluate(straight_through(model), x, y, attacks=["pgd"], eps=[0.3], steps=20, progress=False,
-                       checks=False)
+    settings = dict(attacks=["pgd"], eps=[0.3], steps=20, progress=False, checks=False, adapt=False)
+    plain = evaluate(model, x, y, **settings)
+    adapted = evaluate(straight_through(model), x, y, **settings)
     assert adapted.clean_acc == plain.clean_acc  # verdicts from the model's own forward pass
     assert adapted.robust_acc[0.3] < 0.1 < plain.robust_acc[0.3] - 0.3
 
@@ -102,7 +102,10 @@ def test_bpda_bad_input():
     lambda t: t // 0.25, lambda t: (t > 0.5).float(), lambda t: (0.5 < t).to(t.dtype),
     lambda t: torch.where(t > 0.5, 1.0, 0.0), lambda t: (t * 255).to(torch.uint8).float(),
     lambda t: t.detach() * 2,
-], ids=["round", "floor", "ceil", "sign", "floordiv", "gt-float", "lt-to", "where", "uint8", "detach"])
+    lambda t: torch.tensor([0.0, 0.3, 0.7, 1.0])[(t[..., None] - torch.tensor([0.0, 0.3, 0.7, 1.0])).abs().argmin(-1)],
+    lambda t: torch.bucketize(t, torch.tensor([0.25, 0.5, 0.75])).float() / 3,
+], ids=["round", "floor", "ceil", "sign", "floordiv", "gt-float", "lt-to", "where", "uint8", "detach", "nearest-level",
+        "bucketize"])
 def test_straight_through_keeps_values_and_passes_gradients(op):
     x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     expected = op(x)

@@ -9,8 +9,11 @@ through defences that quantize, threshold or compress their input.
 - ``StraightThrough()``: a ``TorchFunctionMode`` under which torch's common
   non-differentiable operations pass gradients straight through, as the identity: rounding
   (``round``, ``floor``, ``ceil``, ``trunc``, ``sign``, ``//``), ``detach``, casts to an
-  integer dtype and back, and comparisons turned into numbers (``(x > t).float()``,
-  ``torch.where(x > t, a, b)``). The values computed are exactly those without it.
+  integer dtype and back, comparisons turned into numbers (``(x > t).float()``,
+  ``torch.where(x > t, a, b)``), and quantizers that pick a level by index (``argmin``,
+  ``argmax``, ``bucketize``, ``searchsorted``, then ``levels[index]``: the gradient goes to
+  the tensor of the output's shape they were computed from). The values computed are
+  exactly those without it.
 - ``straight_through(model)``: the model, with ``StraightThrough`` on in every forward pass
   that records gradients (an attack's search) and off otherwise: a user's model needs no
   change, and every verdict (success, robust or not) comes from its own forward pass.
@@ -90,6 +93,8 @@ _ROUNDING = {torch.round, torch.floor, torch.ceil, torch.trunc, torch.fix, torch
 _COMPARISONS = {torch.gt, torch.ge, torch.lt, torch.le, torch.greater, torch.greater_equal, torch.less,
                 torch.less_equal, torch.Tensor.gt, torch.Tensor.ge, torch.Tensor.lt, torch.Tensor.le,
                 torch.Tensor.__gt__, torch.Tensor.__ge__, torch.Tensor.__lt__, torch.Tensor.__le__}
+_INDICES = {torch.argmin, torch.argmax, torch.Tensor.argmin, torch.Tensor.argmax, torch.bucketize,
+            torch.searchsorted}  # the index of a level: a quantizer's choice
 _CASTS = {torch.Tensor.float, torch.Tensor.double, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.to,
           torch.Tensor.type, torch.Tensor.type_as, torch.Tensor.long, torch.Tensor.int, torch.Tensor.short,
           torch.Tensor.byte, torch.Tensor.char, torch.Tensor.bool}
@@ -102,9 +107,13 @@ class StraightThrough(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self._sources: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # an integer/bool tensor -> its float source
+        self._by_shape: dict[tuple, torch.Tensor] = {}  # the latest float tensor of each shape that records gradients
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        for a in args[:2]:
+            if isinstance(a, torch.Tensor) and a.is_floating_point() and a.requires_grad:
+                self._by_shape[tuple(a.shape)] = a
         out = func(*args, **kwargs)
         if not isinstance(out, torch.Tensor):
             return out
@@ -112,6 +121,8 @@ class StraightThrough(TorchFunctionMode):
             if func in _COMPARISONS:
                 source = next((a for a in args[:2] if isinstance(a, torch.Tensor) and a.is_floating_point()
                                and a.requires_grad), None)
+            elif func in _INDICES:  # levels chosen for each value of the tensor of the same shape
+                source = self._by_shape.get(tuple(out.shape))
             else:  # a cast to integers, or integer arithmetic on them
                 source = next((s for s in map(self._source, args[:2]) if s is not None), None)
             if source is not None and source.shape == out.shape:
@@ -119,6 +130,9 @@ class StraightThrough(TorchFunctionMode):
             return out
         if func in _ROUNDING or func in _CASTS:  # rounded, or an integer/bool tensor made a number again
             return _through(self._source(args[0]), out)
+        if func is torch.Tensor.__getitem__ and len(args) == 2 and isinstance(args[0], torch.Tensor) \
+                and not args[0].requires_grad:  # a table of levels read at chosen indices
+            return _through(self._source(args[1]), out)
         if func is torch.where and len(args) == 3 and not any(
                 isinstance(a, torch.Tensor) and a.requires_grad for a in args[1:]):  # a step, not a selection
             return _through(self._source(args[0]), out)

@@ -8,6 +8,7 @@ import argparse
 import torch
 
 from advx import distributed
+from advx.attacks.bpda import straight_through
 from advx.attacks.registry import ATTACKS, abilities, attack_options, build_attack
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, images_option, load_subject,
                              model_options, precision_option)
@@ -40,6 +41,9 @@ def add(sub) -> None:
     a.add_argument("--early-stop", action="store_true", help="PGD: stop each sample once it is fooled")
     a.add_argument("--targeted", action="store_true", help="push every image to --target-class")
     a.add_argument("--target-class", type=int, default=None, help="target label for --targeted")
+    a.add_argument("--bpda", action="store_true",
+                   help="attack through BPDA: straight-through gradients for the model's rounding, thresholds, "
+                        "integer casts and detach (for a defence that hides its gradients; verdicts unchanged)")
     images_option(a, 1000)
     a.add_argument("--batch-size", type=int, default=500, help="default: 500")
     precision_option(a, "the attack's search (success is always decided in fp32)")
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     eps = args.eps
     if eps is None and not abilities(args.attack).minimum_norm:
         eps = subject.dataset.eps[norm]  # the dataset's standard budget in this norm
-    attack = build_attack(args.attack, subject.model, eps=eps, norm=args.norm, targeted=args.targeted,
+    attacked = straight_through(subject.model) if args.bpda else subject.model
+    attack = build_attack(args.attack, attacked, eps=eps, norm=args.norm, targeted=args.targeted,
                           precision=args.precision, seed=args.seed, alpha=args.alpha, steps=args.steps,
                           restarts=args.restarts, early_stop=args.early_stop or None)
     budget = "unbounded" if attack.eps is None else f"eps{attack.eps:g}"
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(attack_table(run, attack, source=subject.source))
     settings = {"n": len(run.y), "batch_size": args.batch_size, "seed": args.seed, "device": device, "ranks": size,
-                "target_class": args.target_class, "precision_used": attack.precision_used}
+                "target_class": args.target_class, "precision_used": attack.precision_used, "bpda": args.bpda}
     written = write_attack_outputs(out, run, test.x[:len(run.x_adv)], attack, settings=settings,
                                    source=subject.source)
     print(f"wrote {', '.join(str(out / w) for w in written)}")
