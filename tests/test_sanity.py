@@ -68,8 +68,10 @@ def test_evaluate_reports_the_checks_that_fire(trained_cnn, probe):
     normal = evaluate(trained_cnn, x, y, attacks=["pgd"], eps=[0.1, 0.3], steps=10, progress=False)
     assert normal.warnings == {}
     masked = evaluate(Binarized(trained_cnn), x, y, attacks=["pgd"], eps=[0.1, 0.3], steps=10,
-                      progress=False)
+                      progress=False, adapt=False)
     assert {"gradients", "large_eps", "monotone"} <= set(masked.warnings)
+    adapted = evaluate(Binarized(trained_cnn), x, y, attacks=["pgd"], eps=[0.1, 0.3], steps=10, progress=False)
+    assert "bpda" in adapted.settings["adaptations"] and "gradients" not in adapted.warnings
     soft = evaluate(Softmaxed(trained_cnn), x, y, attacks=["fgsm"], eps=[0.3], progress=False)
     assert "logits" in soft.warnings
 
