@@ -9,8 +9,8 @@ confident model). When it is zero or not finite on more than ``MASKED_SHARE`` of
 
 - the attacks get ``straight_through(model)`` (``advx.attacks.bpda``): the same outputs,
   and the gradients of BPDA through torch's non-differentiable operations;
-- a black-box stage (Square) joins the cascade when it has none, as the cross-check that
-  needs no gradients.
+- a black-box stage (Square, in Linf: the only norm a black-box attack of advx covers)
+  joins the cascade when it has none, as the cross-check that needs no gradients.
 
 An ordinary classifier has margin gradients everywhere, so nothing changes for it: the same
 attacks on the same model, the same figures.
@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from advx.attacks.bpda import straight_through
-from advx.attacks.registry import abilities, stage_name
+from advx.attacks.registry import ATTACKS, abilities, attack_class, stage_name
 from advx.modes import frozen
+from advx.norms import Norm, get_norm
 
 MASKED_SHARE = 0.05  # more than this share of the probe with masked gradients: adapt
 PROBE = 100  # images in the probe batch
@@ -58,9 +59,11 @@ def masked_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return ((~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)).float().mean().item()
 
 
-def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks, *, device="cpu") -> Adaptation:
-    """The model and cascade to evaluate ``model`` with, decided on the first ``PROBE`` of the
-    images ``x`` with labels ``y`` (the same on every rank of a sharded run: it sees the whole set)."""
+def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks, *, norm: Norm | str = "inf",
+          device="cpu") -> Adaptation:
+    """The model and cascade to evaluate ``model`` with in the threat model ``norm``, decided on
+    the first ``PROBE`` of the images ``x`` with labels ``y`` (the same on every rank of a
+    sharded run: it sees the whole set)."""
     xs, ys = x[:PROBE].to(device), y[:PROBE].to(device).long()
     share = masked_share(model, xs, ys)
     if share <= MASKED_SHARE:
@@ -68,8 +71,10 @@ def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks, *, device
     seen = f"input gradients were zero or not finite for {share:.0%} of a probe batch of {len(xs)} images"
     reasons = {"bpda": f"{seen}: the gradient attacks go straight through the model's non-differentiable "
                        f"operations (BPDA)"}
-    attacks = tuple(attacks)
-    if not any(not callable(a) and abilities(stage_name(a)).black_box for a in attacks):
-        attacks += ("square",)
-        reasons["square"] = f"{seen}: the black-box Square attack joins the cascade as a cross-check"
+    attacks, norm = tuple(attacks), get_norm(norm)
+    black_box = [name for name in sorted(ATTACKS) if abilities(name).black_box and norm.name in abilities(name).norms]
+    if black_box and not any(not callable(a) and abilities(stage_name(a)).black_box for a in attacks):
+        attacks += (black_box[0],)
+        reasons[black_box[0]] = (f"{seen}: the black-box {attack_class(black_box[0]).__name__} attack joins the "
+                                 f"cascade as a cross-check")
     return Adaptation(straight_through(model), attacks, reasons)

@@ -193,8 +193,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     config = config if config is not None else EvalConfig(**options)
     y, certifier = _checked(model, x, y, config)
     if adaptation is None:
-        adaptation = (adapt(model, x, y, config.attacks, device=config.device) if config.adapt
-                      else Adaptation(model, config.attacks))
+        adaptation = (adapt(model, x, y, config.attacks, norm=config.norm, device=config.device)
+                      if config.adapt else Adaptation(model, config.attacks))
     config = replace(config, attacks=adaptation.attacks)
     target = adaptation.model  # what the attacks and checks run on (its outputs are the model's own)
     stages, eps, n = config.stages(), list(config.eps), len(y)

@@ -41,8 +41,8 @@ def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
     if world()[1] == 1:
         return evaluate(model, x, y, config, store=store)
     check_batch(x, y)
-    adaptation = (adapt(model, x, y, config.attacks, device=config.device) if config.adapt  # on the whole set
-                  else Adaptation(model, config.attacks))
+    adaptation = (adapt(model, x, y, config.attacks, norm=config.norm, device=config.device)  # on the whole set
+                  if config.adapt else Adaptation(model, config.attacks))
     parts = on_shards(len(y), lambda ids: _portable(evaluate(model, x[ids], y[ids], replace(config, checks=False),
                                                              sample_ids=ids, store=store, adaptation=adaptation)))
     if parts is None:

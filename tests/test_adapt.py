@@ -90,3 +90,12 @@ def main_ok(argv) -> bool:
     from advx.cli import main
 
     return main(argv) == 0
+
+
+def test_in_l2_only_bpda_is_added(trained_cnn, images):
+    """Square attacks in Linf only: in L2 the adaptation is BPDA alone."""
+    x, y = images
+    ev = evaluate(Quantized(trained_cnn).eval(), x[:40], y[:40], attacks=["pgd"], eps=[3.0], norm="2", steps=10,
+                  progress=False, checks=False)
+    assert ev.attacks == ["pgd"] and list(ev.settings["adaptations"]) == ["bpda"]
+    assert ev.robust_acc[3.0] < 0.5 * ev.clean_acc
