@@ -1,7 +1,8 @@
 """Checks that a model can be attacked as it is (its weights exist and match the images,
 its output is a finite logits tensor [N, K]: ``advx.modes.checked_logits``) and that the
-labels fit its classes (the images and labels themselves: ``advx.validate.check_batch``). Each failure is a ``ValueError`` (or a ``TypeError`` for an
-argument or output that is not a tensor) that says what to change."""
+labels fit its classes (the images and labels themselves: ``advx.validate.check_batch``).
+Each failure is a ``ValueError`` (or a ``TypeError`` for an argument or output that is not
+a tensor) that says what to change."""
 
 from __future__ import annotations
 
