@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from advx.files import content_hash
-from advx.modes import check_not_lazy, checked_logits, frozen
+from advx.modes import check_not_lazy, checked_logits, frozen, weight_dtype
 from advx.validate import AdvxError, InputError, InputTypeError
 
 
@@ -279,6 +279,11 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int, *, wha
         check_not_lazy(model, what)
     except InputError as err:
         raise ModelLoadError(str(err)) from None
+    dtype = weight_dtype(model)
+    if dtype != sample.dtype:
+        raise ModelLoadError(f"{what} holds {str(dtype).replace('torch.', '')} weights, and the images are "
+                             f"{str(sample.dtype).replace('torch.', '')}: return the model in that precision "
+                             f"(model.float()); advx searches in bf16 with --precision, and certifies in fp32")
     try:
         with frozen(model), torch.no_grad():
             out = model(sample)

@@ -520,3 +520,17 @@ def test_importing_a_users_model_leaves_sys_path_as_it_was(tmp_path, monkeypatch
     assert isinstance(model, torch.nn.Module) and sys.path == before
     model = model_from_import(f"{tmp_path / 'pkg_nets_for_path_test.py'}:build")
     assert isinstance(model, torch.nn.Module) and sys.path == before
+
+
+@pytest.mark.parametrize("cast", ["double", "bfloat16"])
+def test_a_model_in_another_precision_than_the_images_is_one_line_that_says_what_to_do(cast, tmp_path, capsys):
+    from advx.cli import main
+
+    (tmp_path / "other.py").write_text("from torch import nn\n\ndef build():\n"
+                                       f"    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).{cast}()\n")
+    code = main(["certify", "--model", f"{tmp_path / 'other.py'}:build", "--n", "5", "--data-dir", str(DATA_DIR),
+                 "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    name = {"double": "float64", "bfloat16": "bfloat16"}[cast]
+    assert code == 2 and err.count("\n") == 1
+    assert f"holds {name} weights, and the images are float32: return the model in that precision" in err
