@@ -75,6 +75,6 @@ def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks, *, norm: 
     black_box = [name for name in sorted(ATTACKS) if abilities(name).black_box and norm.name in abilities(name).norms]
     if black_box and not any(not callable(a) and abilities(stage_name(a)).black_box for a in attacks):
         attacks += (black_box[0],)
-        reasons[black_box[0]] = (f"{seen}: the black-box {attack_class(black_box[0]).__name__} attack joins the "
-                                 f"cascade as a cross-check")
+        reasons[black_box[0]] = (f"the black-box {attack_class(black_box[0]).__name__} attack joins the cascade, "
+                                 f"as a cross-check that needs no gradients")
     return Adaptation(straight_through(model), attacks, reasons)
