@@ -68,7 +68,7 @@ def run_attack(
     if attack.targeted and target is None:
         raise InputError("the attack is targeted: pass target labels (target=...)")
     if target is not None:
-        check_batch(x, target, attack.bounds, what="target labels")
+        check_batch(x, target, attack.bounds, what="target labels", name="target")
     ids = torch.arange(len(y)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long).cpu()
     if ids.shape != (len(y),):
         raise InputError(f"sample_ids must hold one id per image ({len(y)}), got shape {list(ids.shape)}")

@@ -81,14 +81,15 @@ def is_integer_labels(y) -> bool:
 
 
 def check_batch(x, y, bounds: tuple[float, float] | None = (0.0, 1.0), *, num_classes: int | None = None,
-                shape=None, what: str = "labels") -> torch.Tensor:
+                shape=None, what: str = "labels", name: str = "y") -> torch.Tensor:
     """``x`` a finite, non-empty float batch [N, C, H, W] (or [N, *shape] when ``shape`` is given)
     within ``bounds`` (any values with None); ``y`` [N] integer labels (any integer dtype), in [0, num_classes)
-    when ``num_classes`` is given. Returns ``y`` as int64 (a new tensor when converted)."""
+    when ``num_classes`` is given (``name``: what the caller calls ``y``). Returns ``y`` as
+    int64 (a new tensor when converted)."""
     if not isinstance(x, torch.Tensor):
         raise InputTypeError(f"x must be a torch.Tensor of images [N, C, H, W], got {type(x).__name__}")
     if not isinstance(y, torch.Tensor):
-        raise InputTypeError(f"y must be a torch.Tensor of labels [N], got {type(y).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor of labels [N], got {type(y).__name__}")
     if x.is_meta:
         raise InputError("x must hold data, got a tensor on the meta device")
     if shape is None and x.dim() != 4:
@@ -109,17 +110,17 @@ def check_batch(x, y, bounds: tuple[float, float] | None = (0.0, 1.0), *, num_cl
         if x_min < lo - 1e-6 or x_max > hi + 1e-6:
             raise InputError(f"x must lie within bounds {tuple(bounds)}, got values in [{x_min:.4g}, {x_max:.4g}]")
     if y.dim() != 1 or len(y) != len(x):
-        raise InputError(f"y must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
+        raise InputError(f"{name} must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
     if not is_integer_labels(y):
-        raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
+        raise InputError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if num_classes is not None:
-        check_label_range(y, num_classes, what)
+        check_label_range(y, num_classes, what, name)
     return y.long()
 
 
-def check_label_range(y: torch.Tensor, num_classes: int, what: str = "labels") -> None:
+def check_label_range(y: torch.Tensor, num_classes: int, what: str = "labels", name: str = "y") -> None:
     """Every label of ``y`` names one of ``num_classes`` classes."""
     y_min, y_max = y.min().item(), y.max().item()
     if y_min < 0 or y_max >= num_classes:
-        raise InputError(f"y must hold {what} in [0, {num_classes - 1}] for this model, "
+        raise InputError(f"{name} must hold {what} in [0, {num_classes - 1}] for this model, "
                          f"got values in [{y_min}, {y_max}]")

@@ -195,3 +195,13 @@ def test_a_model_in_float64_or_bfloat16_is_certified_in_fp32(dtype):
     assert found.dtype == torch.float32
     tolerance = 0 if dtype == torch.bfloat16 else 1e-4
     assert torch.allclose(found, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_run_attack_names_a_bad_target_as_the_target():
+    model, (x, y) = mixed_model().eval(), images()
+    attack = build_attack("pgd", model, eps=0.1, steps=2, targeted=True)
+    for target, message in ((y.float(), "target must hold integer class labels, got dtype torch.float32"),
+                            (y[:2], r"target must be 1-D with one label per image \(6\), got shape \(2,\)"),
+                            (y.tolist(), "target must be a torch.Tensor of labels")):
+        with pytest.raises((ValueError, TypeError), match=message):
+            run_attack(attack, x, y, target=target, progress=False)
