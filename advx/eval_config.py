@@ -20,8 +20,9 @@ from advx.validate import InputError, check_number, check_seed
 class EvalConfig:
     """How ``evaluate`` attacks; checked once, held as plain values (as ``TrainConfig``).
 
-    attacks:  names from ``advx.ATTACKS``, ``(name, options)`` pairs such as
-              ``SUITES["strong"]`` holds, or factories ``f(model, eps) -> Attack``; each once.
+    attacks:  names from ``advx.ATTACKS`` (one name alone is one attack), ``(name, options)``
+              pairs such as ``SUITES["strong"]`` holds, or factories ``f(model, eps) -> Attack``;
+              each once.
     eps:      the budgets (one number or several; sorted, each once).
     norm:     the threat model: a ``Norm``, or its name (``"inf"``/``"2"``/``"1"``), held as a ``Norm``.
     steps, alpha, restarts: passed to the attacks that take them (``None``: their own).
@@ -57,7 +58,9 @@ class EvalConfig:
     adapt: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.attacks, (str, bytes)) or not self.attacks:
+        if isinstance(self.attacks, str):  # one attack
+            object.__setattr__(self, "attacks", (self.attacks,))
+        if isinstance(self.attacks, bytes) or not self.attacks:
             raise InputError(f"attacks must name at least one attack, got {self.attacks!r}")
         eps = self.eps
         if isinstance(eps, numbers.Real) or (isinstance(eps, torch.Tensor) and eps.dim() == 0):

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from advx.validate import InputError, InputTypeError, check_batch, check_label_range
+from advx.validate import InputError, InputTypeError, check_batch, check_label_range, check_number
 
 
 @contextmanager
@@ -97,6 +97,7 @@ def predictions(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1000,
     """The predicted class of every image of ``x`` [N, C, H, W], [N] on the CPU: the images
     go to ``device`` (default: the model's) one batch at a time, the model runs frozen,
     and every batch's output is checked (``checked_logits``)."""
+    batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
     device = device_of(model, x.device) if device is None else torch.device(device)
     pred = torch.empty(len(x), dtype=torch.long)
     with frozen(model):

@@ -205,3 +205,15 @@ def test_run_attack_names_a_bad_target_as_the_target():
                             (y.tolist(), "target must be a torch.Tensor of labels")):
         with pytest.raises((ValueError, TypeError), match=message):
             run_attack(attack, x, y, target=target, progress=False)
+
+
+def test_odd_settings_are_one_clear_error_or_taken_as_meant():
+    model, (x, y) = mixed_model().eval(), images()
+    with pytest.raises(ValueError, match=r"bounds must be a pair \(low, high\), got \(0, 1, 2\)"):
+        advx.certify(model, x, y, eps=0.1, bounds=(0, 1, 2))
+    with pytest.raises(ValueError, match=r"input_shape must be one input's shape, e.g. \(1, 28, 28\), got 'abc'"):
+        Certifier(model, "abc")
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        accuracy(model, x, y, batch_size=0)
+    one = evaluate(model, x, y, attacks="fgsm", eps=[0.05], progress=False, checks=False)  # one name: one attack
+    assert one.attacks == ["fgsm"]

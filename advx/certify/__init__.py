@@ -77,6 +77,9 @@ class Certifier:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
         self.model, self.method, self.norm = model, method, get_norm(norm)
         self.bounds = _checked_bounds(bounds)
+        if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+            raise InputError(f"input_shape must be one input's shape, e.g. (1, 28, 28), got {input_shape!r}")
         self.input_shape = tuple(input_shape)
         check_not_lazy(model)
         self.chain = read_model(model, self.input_shape)
@@ -168,6 +171,8 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, m
 
 
 def _checked_bounds(bounds) -> tuple[float, float]:
+    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+        raise InputError(f"bounds must be a pair (low, high), got {bounds!r}")
     low, high = (check_number("bounds", b) for b in bounds)
     if low >= high:
         raise InputError(f"bounds must be (lower, upper) with lower < upper, got {tuple(bounds)}")
