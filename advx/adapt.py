@@ -78,3 +78,10 @@ def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks, *, norm: 
         reasons[black_box[0]] = (f"the black-box {attack_class(black_box[0]).__name__} attack joins the cascade, "
                                  f"as a cross-check that needs no gradients")
     return Adaptation(straight_through(model), attacks, reasons)
+
+
+def adaptation_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config) -> Adaptation:
+    """``adapt`` with an ``EvalConfig``'s attacks, norm and device; the model as it is without ``config.adapt``."""
+    if not config.adapt:
+        return Adaptation(model, tuple(config.attacks))
+    return adapt(model, x, y, config.attacks, norm=config.norm, device=config.device)

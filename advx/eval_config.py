@@ -69,6 +69,8 @@ class EvalConfig:
             raise InputError(f"eps must hold at least one value, got {eps!r}")
         eps = sorted(check_number("eps", e, minimum=0) for e in eps)
         _no_repeats("eps", [f"{e:g}" for e in eps], "a value")
+        if not isinstance(self.adapt, bool):
+            raise InputError(f"adapt must be True or False, got {self.adapt!r}")
         if self.certify is not None and self.certify not in METHODS:
             raise InputError(f"certify must be one of {list(METHODS)} or None, got {self.certify!r}")
         checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm),

@@ -17,7 +17,7 @@ from advx import rng, sanity
 from advx.attacks.base import Attack
 from advx.attacks.checks import check_labels, check_model_ready
 from advx.attacks.registry import abilities, stage_name
-from advx.adapt import Adaptation, adapt
+from advx.adapt import Adaptation, adaptation_for
 from advx.certify import Certifier
 from advx.certify.sweep import certify_sweep
 from advx.eval_config import EvalConfig
@@ -193,8 +193,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     config = config if config is not None else EvalConfig(**options)
     y, certifier = _checked(model, x, y, config)
     if adaptation is None:
-        adaptation = (adapt(model, x, y, config.attacks, norm=config.norm, device=config.device)
-                      if config.adapt else Adaptation(model, config.attacks))
+        adaptation = adaptation_for(model, x, y, config)
     config = replace(config, attacks=adaptation.attacks)
     target = adaptation.model  # what the attacks and checks run on (its outputs are the model's own)
     stages, eps, n = config.stages(), list(config.eps), len(y)

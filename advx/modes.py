@@ -46,15 +46,10 @@ def device_of(model: nn.Module, default: str | torch.device = "cpu") -> torch.de
     return torch.device(default)
 
 
-def lazy_tensors(model: nn.Module) -> list[str]:
-    """The names of the model's parameters and buffers that lazy modules have not created yet."""
-    return [name for name, t in [*model.named_parameters(), *model.named_buffers()]
-            if isinstance(t, nn.parameter.UninitializedTensorMixin)]
-
-
 def check_not_lazy(model: nn.Module, what: str = "model") -> None:
     """A model with lazy modules that never ran cannot be attacked, loaded into or certified."""
-    lazy = lazy_tensors(model)
+    lazy = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+            if isinstance(t, nn.parameter.UninitializedTensorMixin)]
     if lazy:
         raise InputError(f"{what} has lazy modules whose weights are not initialised yet ({', '.join(lazy[:3])}): "
                          f"run one forward pass on a batch of images first")

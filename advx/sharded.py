@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 import torch
 from torch import nn
 
-from advx.adapt import Adaptation, adapt
+from advx.adapt import adaptation_for
 from advx.certify import Certifier
 from advx.certify.sweep import CertifyRun
 from advx.dataset_attack import DatasetResult, run_attack
@@ -41,8 +41,7 @@ def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
     if world()[1] == 1:
         return evaluate(model, x, y, config, store=store)
     check_batch(x, y)
-    adaptation = (adapt(model, x, y, config.attacks, norm=config.norm, device=config.device)  # on the whole set
-                  if config.adapt else Adaptation(model, config.attacks))
+    adaptation = adaptation_for(model, x, y, config)  # decided on the whole set
     parts = on_shards(len(y), lambda ids: _portable(evaluate(model, x[ids], y[ids], replace(config, checks=False),
                                                              sample_ids=ids, store=store, adaptation=adaptation)))
     if parts is None:

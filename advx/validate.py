@@ -80,16 +80,11 @@ def is_integer_labels(y) -> bool:
     return isinstance(y, torch.Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
 
 
-def check_batch(x, y, bounds: tuple[float, float] | None = (0.0, 1.0), *, num_classes: int | None = None,
-                shape=None, what: str = "labels", name: str = "y") -> torch.Tensor:
-    """``x`` a finite, non-empty float batch [N, C, H, W] (or [N, *shape] when ``shape`` is given)
-    within ``bounds`` (any values with None); ``y`` [N] integer labels (any integer dtype), in [0, num_classes)
-    when ``num_classes`` is given (``name``: what the caller calls ``y``). Returns ``y`` as
-    int64 (a new tensor when converted)."""
+def check_images(x, bounds: tuple[float, float] | None = (0.0, 1.0), *, shape=None) -> None:
+    """``x`` a finite, non-empty float batch [N, C, H, W] (or [N, *shape] when ``shape`` is
+    given) within ``bounds`` (any values with None)."""
     if not isinstance(x, torch.Tensor):
         raise InputTypeError(f"x must be a torch.Tensor of images [N, C, H, W], got {type(x).__name__}")
-    if not isinstance(y, torch.Tensor):
-        raise InputTypeError(f"{name} must be a torch.Tensor of labels [N], got {type(y).__name__}")
     if x.is_meta:
         raise InputError("x must hold data, got a tensor on the meta device")
     if shape is None and x.dim() != 4:
@@ -109,6 +104,16 @@ def check_batch(x, y, bounds: tuple[float, float] | None = (0.0, 1.0), *, num_cl
         x_min, x_max = x.min().item(), x.max().item()
         if x_min < lo - 1e-6 or x_max > hi + 1e-6:
             raise InputError(f"x must lie within bounds {tuple(bounds)}, got values in [{x_min:.4g}, {x_max:.4g}]")
+
+
+def check_batch(x, y, bounds: tuple[float, float] | None = (0.0, 1.0), *, num_classes: int | None = None,
+                shape=None, what: str = "labels", name: str = "y") -> torch.Tensor:
+    """The images ``x`` as ``check_images`` wants them, and ``y`` [N] integer labels (any
+    integer dtype), in [0, num_classes) when ``num_classes`` is given (``name``: what the
+    caller calls ``y``). Returns ``y`` as int64 (a new tensor when converted)."""
+    if isinstance(x, torch.Tensor) and not isinstance(y, torch.Tensor):
+        raise InputTypeError(f"{name} must be a torch.Tensor of labels [N], got {type(y).__name__}")
+    check_images(x, bounds, shape=shape)
     if y.dim() != 1 or len(y) != len(x):
         raise InputError(f"{name} must be 1-D with one label per image ({len(x)}), got shape {tuple(y.shape)}")
     if not is_integer_labels(y):

@@ -47,6 +47,24 @@ class Binarized(nn.Module):
         return self.model((x > 0.5).float())
 
 
+class Counting(nn.Module):
+    """The model, counting the images it is run on (``images``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x):
+        self.images += len(x)
+        return self.model(x)
+
+
+def train_checkpoint(path, *options) -> Path:
+    """``advx train`` into ``path`` with ``options``, quietly, on the test data."""
+    assert main(["train", *options, "--data-dir", str(DATA_DIR), "--checkpoint", str(path), "--quiet"]) == 0
+    return path
+
+
 class Boom(RuntimeError):
     pass
 
@@ -164,7 +182,5 @@ def bn_model():
 
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dist") / "tiny.pt"
-    assert main(["train", "--epochs", "2", "--train-size", "6000", "--batch-size", "64", "--data-dir", str(DATA_DIR),
-                 "--checkpoint", str(path), "--quiet"]) == 0
-    return path
+    return train_checkpoint(tmp_path_factory.mktemp("dist") / "tiny.pt", "--epochs", "2", "--train-size", "6000",
+                            "--batch-size", "64")

@@ -99,3 +99,10 @@ def test_in_l2_only_bpda_is_added(trained_cnn, images):
                   progress=False, checks=False)
     assert ev.attacks == ["pgd"] and list(ev.settings["adaptations"]) == ["bpda"]
     assert ev.robust_acc[3.0] < 0.5 * ev.clean_acc
+
+
+def test_adapt_must_be_a_boolean():
+    from advx import EvalConfig
+
+    with pytest.raises(ValueError, match="adapt must be True or False, got 'no'"):
+        EvalConfig(adapt="no")

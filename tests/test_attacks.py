@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import Binarized, Boom, FailsOnCall, Linear, success_rate
+from conftest import Binarized, Boom, Counting, FailsOnCall, Linear, success_rate
 from torch import nn
 
 from advx import APGD, ATTACKS, CW, FGSM, MIFGSM, PGD, DeepFool, Square
@@ -493,21 +493,12 @@ def test_numbers_out_of_range_for_their_use(kwargs, message, trained_cnn):
 def test_calling_an_attack_skips_the_forward_that_run_spends_on_the_result(trained_cnn, batch):
     """``attack(x, y)`` (what adversarial training calls) returns the same images as
     ``run`` without the final forward pass over them."""
-    class Counting(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model, self.rows = model, 0
-
-        def forward(self, x):
-            self.rows += len(x)
-            return self.model(x)
-
     x, y = batch[0][:32], batch[1][:32]
     counted = {}
     for how in ("call", "run"):
         model = Counting(trained_cnn)
         attack = PGD(model, eps=0.2, steps=3)
         x_adv = attack(x, y) if how == "call" else attack.run(x, y).x_adv
-        counted[how] = (model.rows, x_adv)
+        counted[how] = (model.images, x_adv)
     assert torch.equal(counted["call"][1], counted["run"][1])
     assert counted["run"][0] - counted["call"][0] == len(x)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import DATA_DIR
+from conftest import DATA_DIR, train_checkpoint
 from PIL import Image
 
 from advx.cli import build_parser, main
@@ -41,11 +41,8 @@ def test_no_command_prints_help_and_fails(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    code = main(["train", "--epochs", "2", "--train-size", "4000", "--batch-size", "64",
-                 "--data-dir", str(DATA_DIR), "--checkpoint", str(path), "--quiet"])
-    assert code == 0
-    return path
+    return train_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", "--epochs", "2", "--train-size", "4000",
+                            "--batch-size", "64")
 
 
 def test_train_writes_a_loadable_checkpoint(tiny_checkpoint):

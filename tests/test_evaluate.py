@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import DATA_DIR
+from conftest import DATA_DIR, Counting
 
 from advx.evaluate import evaluate
 
@@ -225,16 +225,6 @@ def test_labels_of_any_integer_dtype_and_numpy_eps(trained_cnn, data, fast):
 
 
 # --------------------------------------------------------- minimum-norm attacks
-class Counting(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.images = model, 0
-
-    def forward(self, x):
-        self.images += len(x)
-        return self.model(x)
-
-
 def test_evaluate_runs_a_minimum_norm_attack_once_for_every_eps(trained_cnn, few):
     x, y = few
     counted = Counting(trained_cnn)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA_DIR
+from conftest import DATA_DIR, train_checkpoint
 from torch import nn
 
 from advx import PGD
@@ -384,11 +384,8 @@ def test_weights_that_do_not_fit_name_the_keys(user_module, monkeypatch):
 
 @pytest.fixture(scope="module")
 def fashion_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fashion") / "tiny.pt"
-    code = main(["train", "--dataset", "fashion-mnist", "--epochs", "1", "--train-size", "4000",
-                 "--data-dir", str(DATA_DIR), "--checkpoint", str(path), "--quiet"])
-    assert code == 0
-    return path
+    return train_checkpoint(tmp_path_factory.mktemp("fashion") / "tiny.pt", "--dataset", "fashion-mnist",
+                            "--epochs", "1", "--train-size", "4000")
 
 
 def test_a_checkpoint_records_its_dataset_and_commands_follow_it(fashion_checkpoint, tmp_path, capsys):

@@ -35,7 +35,7 @@ from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.modes import check_not_lazy, checked_logits, device_of, frozen, weight_dtype
 from advx.norms import Norm, get_norm
 from advx.progress import bar as progress_bar
-from advx.validate import AdvxError, InputError, check_batch, check_number
+from advx.validate import AdvxError, InputError, check_batch, check_images, check_number
 
 __all__ = ["Certificate", "Certifier", "certify", "METHODS", "SUPPORTED", "UnsupportedModel"]
 
@@ -145,7 +145,7 @@ class Certifier:
         a misread graph, run once before the first bounds (and before any long work that
         needs them: ``advx.evaluate`` calls it before its attacks). A model in bf16 or fp16
         is compared with its own rounding allowed for."""
-        check_batch(x, torch.zeros(len(x), dtype=torch.long, device=x.device), self.bounds, shape=self.input_shape)
+        check_images(x, self.bounds, shape=self.input_shape)
         dtype = weight_dtype(self.model)
         tolerance = 1e-4 if torch.finfo(dtype).bits >= 32 else 3e-2
         with frozen(self.model), torch.autocast(x.device.type, enabled=False):
