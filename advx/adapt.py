@@ -9,36 +9,53 @@ confident model). When it is zero or not finite on more than ``MASKED_SHARE`` of
 
 - the attacks get ``straight_through(model)`` (``advx.attacks.bpda``): the same outputs,
   and the gradients of BPDA through torch's non-differentiable operations;
-- a black-box stage (Square, in Linf: the only norm a black-box attack of advx covers)
+- a black-box stage (``CROSS_CHECKS``: Square in Linf, the label-only HopSkipJump in L2)
   joins the cascade when it has none, as the cross-check that needs no gradients.
 
-An ordinary classifier has margin gradients everywhere, so nothing changes for it: the same
-attacks on the same model, the same figures.
+When two forward passes on the same images differ (a randomized model: input noise, random
+resizing or padding), the model's randomness is drawn from streams advx seeds
+(``advx.attacks.eot.Seeded``: reproducible, independent of the batch), every gradient is the
+mean over ``EOT`` draws, and a sample counts as correct (or robust) only when the model is
+right on the majority of ``VOTES`` draws.
+
+An ordinary classifier is deterministic and has margin gradients everywhere, so nothing
+changes for it: the same attacks on the same model, the same figures.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from advx.attacks.bpda import straight_through
-from advx.attacks.registry import ATTACKS, abilities, attack_class, stage_name
+from advx.attacks.eot import RandomnessWarning, Seeded, check_seedable, is_randomized
+from advx.attacks.registry import ATTACKS, abilities, attack_class, attack_options, stage_name
 from advx.modes import frozen
 from advx.norms import Norm, get_norm
 
 MASKED_SHARE = 0.05  # more than this share of the probe with masked gradients: adapt
 PROBE = 100  # images in the probe batch
+EOT = 20  # draws averaged per gradient on a randomized model (as AutoAttack's version="rand")
+# The black-box stage added when gradients are masked: the first of these that covers the norm
+# (Square reads scores and is the cheaper; HopSkipJump reads only labels, and covers L2 too).
+CROSS_CHECKS = ("square", "hsj")
+VOTES = 11  # draws whose majority decides a verdict on a randomized model
 
 
 @dataclass
 class Adaptation:
-    """What ``adapt`` decided: the model to attack, the cascade, and why (empty: nothing changed)."""
+    """What ``adapt`` decided: the model to attack, the cascade, the draws averaged per gradient
+    (``eot``) and the draws whose majority decides a verdict (``votes``; None: one forward
+    pass decides), and why (``reasons``; empty: nothing changed)."""
 
     model: nn.Module
     attacks: tuple
     reasons: dict[str, str] = field(default_factory=dict)
+    eot: int | None = None
+    votes: int | None = None
 
 
 def masked_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -60,28 +77,46 @@ def masked_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks, *, norm: Norm | str = "inf",
-          device="cpu") -> Adaptation:
+          device="cpu", seed: int = 0, eot: int | None = None, votes: int | None = None) -> Adaptation:
     """The model and cascade to evaluate ``model`` with in the threat model ``norm``, decided on
     the first ``PROBE`` of the images ``x`` with labels ``y`` (the same on every rank of a
-    sharded run: it sees the whole set)."""
+    sharded run: it sees the whole set). ``seed`` seeds a randomized model's draws; ``eot`` and
+    ``votes`` replace ``EOT`` and ``VOTES`` for one."""
     xs, ys = x[:PROBE].to(device), y[:PROBE].to(device).long()
-    share = masked_share(model, xs, ys)
-    if share <= MASKED_SHARE:
-        return Adaptation(model, tuple(attacks))
-    seen = f"input gradients were zero or not finite for {share:.0%} of a probe batch of {len(xs)} images"
-    reasons = {"bpda": f"{seen}: the gradient attacks go straight through the model's non-differentiable "
-                       f"operations (BPDA)"}
-    attacks, norm = tuple(attacks), get_norm(norm)
-    black_box = [name for name in sorted(ATTACKS) if abilities(name).black_box and norm.name in abilities(name).norms]
-    if black_box and not any(not callable(a) and abilities(stage_name(a)).black_box for a in attacks):
-        attacks += (black_box[0],)
-        reasons[black_box[0]] = (f"the black-box {attack_class(black_box[0]).__name__} attack joins the cascade, "
-                                 f"as a cross-check that needs no gradients")
-    return Adaptation(straight_through(model), attacks, reasons)
+    attacks, norm, reasons = tuple(attacks), get_norm(norm), {}
+    seeded = None
+    if is_randomized(model, xs):
+        seeded = Seeded(model, seed)
+        unseeded = check_seedable(seeded, xs)
+        if unseeded:
+            warnings.warn(unseeded, RandomnessWarning, stacklevel=3)
+        if any(callable(a) or "eot" in attack_options(stage_name(a)) for a in attacks):
+            eot = eot or EOT  # (a cascade of black-box attacks only has no gradient to average)
+        votes = votes or VOTES
+        averaged = f"each gradient is the mean over {eot} draws of its randomness (EOT), and " if eot else ""
+        reasons["eot"] = (f"two forward passes on the same images differ (a randomized model): {averaged}a sample "
+                          f"counts as correct or robust only when the model is right on the majority of {votes} "
+                          f"draws")
+    share = masked_share(seeded or model, xs, ys)
+    if share > MASKED_SHARE:
+        seen = f"input gradients were zero or not finite for {share:.0%} of a probe batch of {len(xs)} images"
+        reasons["bpda"] = (f"{seen}: the gradient attacks go straight through the model's non-differentiable "
+                           f"operations (BPDA)")
+        black_box = [name for name in CROSS_CHECKS if name in ATTACKS and norm.name in abilities(name).norms]
+        if black_box and not any(not callable(a) and abilities(stage_name(a)).black_box for a in attacks):
+            attacks += (black_box[0],)
+            reasons[black_box[0]] = (f"the black-box {attack_class(black_box[0]).__name__} attack joins the "
+                                     f"cascade, as a cross-check that needs no gradients")
+        model = straight_through(model)
+    if seeded is not None:
+        model = Seeded(model, seed)
+    return Adaptation(model, attacks, reasons, eot=eot, votes=votes)
 
 
 def adaptation_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config) -> Adaptation:
-    """``adapt`` with an ``EvalConfig``'s attacks, norm and device; the model as it is without ``config.adapt``."""
+    """``adapt`` with an ``EvalConfig``'s attacks, norm, device, seed, eot and votes; without
+    ``config.adapt`` the model as it is, with the eot and votes given."""
     if not config.adapt:
-        return Adaptation(model, tuple(config.attacks))
-    return adapt(model, x, y, config.attacks, norm=config.norm, device=config.device)
+        return Adaptation(model, tuple(config.attacks), eot=config.eot, votes=config.votes)
+    return adapt(model, x, y, config.attacks, norm=config.norm, device=config.device, seed=config.seed,
+                 eot=config.eot, votes=config.votes)

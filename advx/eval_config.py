@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from advx.attacks.eot import check_eot, check_votes
 from advx.attacks.registry import AttackFactory, abilities, check_options_apply, describe, stage_factory, stage_name
 from advx.certify.propagate import METHODS
 from advx.norms import Norm, get_norm
@@ -36,7 +37,14 @@ class EvalConfig:
     certify:  also certify every correct sample at every eps with this method of
               ``advx.certify`` ("ibp", "crown-ibp", "crown"; None: attacks only), always in fp32.
     adapt:    when a probe batch shows masked input gradients, attack through BPDA and add a
-              black-box stage (``advx.adapt``); an ordinary model is evaluated as without it.
+              black-box stage; when it shows a randomized model, seed its draws, average
+              gradients over draws (EOT) and decide verdicts by majority (``advx.adapt``); an
+              ordinary model is evaluated as without it.
+    eot:      draws of a randomized model averaged per gradient, for the attacks that take it
+              (None: 1, or ``advx.adapt.EOT`` when ``adapt`` finds a randomized model).
+    votes:    an odd number M: a sample counts as correct (robust) only when the model is right
+              on more than M/2 of M draws (None: one forward pass decides, or ``advx.adapt.VOTES``
+              when ``adapt`` finds a randomized model).
     """
 
     attacks: Sequence = ("fgsm", "pgd")
@@ -56,6 +64,8 @@ class EvalConfig:
     precision: str = "fp32"
     certify: str | None = None
     adapt: bool = True
+    eot: int | None = None
+    votes: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.attacks, str):  # one attack
@@ -71,6 +81,10 @@ class EvalConfig:
         _no_repeats("eps", [f"{e:g}" for e in eps], "a value")
         if not isinstance(self.adapt, bool):
             raise InputError(f"adapt must be True or False, got {self.adapt!r}")
+        if self.eot is not None:
+            object.__setattr__(self, "eot", check_eot("eot", self.eot))
+        if self.votes is not None:
+            object.__setattr__(self, "votes", check_votes("votes", self.votes))
         if self.certify is not None and self.certify not in METHODS:
             raise InputError(f"certify must be one of {list(METHODS)} or None, got {self.certify!r}")
         checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm),
@@ -81,12 +95,13 @@ class EvalConfig:
             object.__setattr__(self, name, value)
         _no_repeats("attacks", [name for name, _ in self.stages()], "an attack",
                     note=": each column of the report is one attack")
-        check_options_apply(self.attacks, dict(steps=self.steps, alpha=self.alpha, restarts=self.restarts))
+        check_options_apply(self.attacks, dict(steps=self.steps, alpha=self.alpha, restarts=self.restarts,
+                                               eot=self.eot))
 
     def options(self) -> dict:
         """The options every stage is built with (those an attack does not take are skipped)."""
         return dict(norm=self.norm, steps=self.steps, alpha=self.alpha, restarts=self.restarts,
-                    early_stop=self.early_stop or None, seed=self.seed)
+                    early_stop=self.early_stop or None, seed=self.seed, eot=self.eot)
 
     def stages(self) -> list[tuple[str, AttackFactory]]:
         return [stage_factory(a, {**self.options(), "precision": self._precision_of(a)}) for a in self.attacks]
@@ -103,7 +118,10 @@ class EvalConfig:
                 "norm": self.norm.name, "steps": self.steps, "alpha": self.alpha, "restarts": self.restarts,
                 "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
                 "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n,
-                "precision": self.precision, "certify": self.certify, "adapt": self.adapt}
+                "precision": self.precision, "certify": self.certify, "adapt": self.adapt,
+                "eot": self.eot, "votes": self.votes,
+                "verdict": ("one forward pass" if self.votes is None
+                            else f"the majority of {self.votes} draws of the model's randomness")}
 
 
 def _no_repeats(what: str, names: list[str], kind: str, note: str = "") -> None:

@@ -16,6 +16,7 @@ from torch import nn
 from advx import rng, sanity
 from advx.attacks.base import Attack
 from advx.attacks.checks import check_labels, check_model_ready
+from advx.attacks.eot import majority
 from advx.attacks.registry import abilities, stage_name
 from advx.adapt import Adaptation, adaptation_for
 from advx.certify import Certifier
@@ -109,10 +110,16 @@ class _Distances:
 
 def _run_chunk(attack: Attack, salt: tuple, x, y, chunk: torch.Tensor, config: EvalConfig, ids: torch.Tensor, store):
     """``attack.run`` on the samples ``chunk``, each with its own random stream; from the
-    ``store`` (``advx.resume``) when an earlier, killed run got that far."""
+    ``store`` (``advx.resume``) when an earlier, killed run got that far. With ``votes`` the
+    verdict on each adversarial image is the majority over that many draws of the model."""
     def run():
         gen = rng.SampleRNG.from_ids(config.seed, ids[chunk], rng.salt_of(*salt))
-        return attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+        result = attack.run(x[chunk].to(config.device), y[chunk].to(config.device), generator=gen)
+        if config.votes is not None:
+            pred = majority(attack.model, result.x_adv, votes=config.votes, batch_size=config.batch_size,
+                            device=config.device)
+            result.success = (pred != y[chunk].cpu()).to(result.success.device)
+        return result
     return run() if store is None else store.run("-".join(map(str, salt)), ids[chunk], run)
 
 
@@ -171,6 +178,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     added, and ``settings["adaptations"]`` says so and why (``adaptation``: one decided
     already, on the whole set of a sharded run).
 
+    On a randomized model (two forward passes differ) ``adapt`` draws its randomness from
+    streams seeded by ``seed`` and the images (``advx.attacks.eot.Seeded``), the gradient
+    attacks average ``eot`` draws per gradient, and every verdict (clean and adversarial) is
+    the majority of ``votes`` draws; ``settings["verdict"]`` states the rule.
+
     With ``certify`` (a method of ``advx.certify``), every correct sample is also bounded
     at every eps: ``certified_acc`` <= true robust accuracy <= ``robust_acc``. A sample
     both certified and broken raises ``advx.sanity.SoundnessError`` naming it.
@@ -194,14 +206,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     y, certifier = _checked(model, x, y, config)
     if adaptation is None:
         adaptation = adaptation_for(model, x, y, config)
-    config = replace(config, attacks=adaptation.attacks)
+    config = replace(config, attacks=adaptation.attacks, eot=adaptation.eot, votes=adaptation.votes)
     target = adaptation.model  # what the attacks and checks run on (its outputs are the model's own)
     stages, eps, n = config.stages(), list(config.eps), len(y)
     ids = torch.arange(n) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long).cpu()
     if ids.shape != (n,):
         raise InputError(f"sample_ids must hold one id per image ({n}), got shape {list(ids.shape)}")
     start = time.perf_counter()
-    pred_clean = predictions(model, x, batch_size=config.batch_size, device=config.device)
+    if config.votes is None:
+        pred_clean = predictions(model, x, batch_size=config.batch_size, device=config.device)
+    else:  # the class that wins the majority of the draws (-1: none does)
+        pred_clean = majority(target, x, votes=config.votes, batch_size=config.batch_size, device=config.device)
     correct = pred_clean == y.cpu()
     n_correct = int(correct.sum())
     records = _Records(len(eps), n)
@@ -268,4 +283,5 @@ def sanity_warnings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ev: Eval
         model, x, y, eps=ev.eps, robust_acc=ev.robust_acc, pred_clean=ev.records["pred_clean"],
         broken_by=ev.records["broken_by"],
         black_box=[not callable(s) and abilities(name).black_box for s, name in zip(config.attacks, ev.attacks)],
+        names=ev.attacks,
         norm=config.norm, device=config.device, seed=config.seed)

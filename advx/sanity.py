@@ -43,7 +43,8 @@ def check_deterministic(model: nn.Module, x: torch.Tensor) -> str | None:
         a, b = model(x), model(x)
     if not torch.allclose(a, b, atol=1e-5, rtol=1e-4):
         return ("two forward passes on the same input differ (randomized model); "
-                "gradient attacks then underestimate it: average gradients over draws (EOT)")
+                "gradient attacks then underestimate it: average gradients over draws (EOT: advx eval does "
+                "it unless --no-adapt; advx attack --eot N)")
     return None
 
 
@@ -133,12 +134,14 @@ def check_stronger_attack(weak_acc: float, strong_acc: float, *, tolerance: floa
     return None
 
 
-def check_black_box(broken_by: torch.Tensor, eps: Sequence[float], black_box: Sequence[bool]) -> str | None:
+def check_black_box(broken_by: torch.Tensor, eps: Sequence[float], black_box: Sequence[bool],
+                    names: Sequence[str] | None = None) -> str | None:
     """Flag samples that a black-box attack broke after every white-box attack before it
     in the cascade had failed on them: the gradients were misleading (masking).
 
     ``broken_by`` [len(eps), N]: index of the first attack (in cascade order) that broke
-    each sample at each eps, -1 for none; ``black_box[a]``: attack ``a`` uses no gradients."""
+    each sample at each eps, -1 for none; ``black_box[a]``: attack ``a`` uses no gradients;
+    ``names[a]``: its name, for the message."""
     black = [a for a, flag in enumerate(black_box) if flag]
     white = [a for a, flag in enumerate(black_box) if not flag]
     if not black or not white or min(black) < min(white):
@@ -146,15 +149,16 @@ def check_black_box(broken_by: torch.Tensor, eps: Sequence[float], black_box: Se
     for k, e in enumerate(eps):
         count = sum(int((broken_by[k] == a).sum()) for a in black)
         if count:
-            return (f"the black-box Square attack broke {count} samples at eps={e:g} that the gradient "
+            who = " and ".join(names[a] for a in black) if names is not None else "a"
+            return (f"the black-box attack ({who}) broke {count} samples at eps={e:g} that the gradient "
                     f"attacks before it did not: gradients are unreliable here (masking?)")
     return None
 
 
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Sequence[float],
                robust_acc: Mapping[float, float], pred_clean: torch.Tensor, broken_by: torch.Tensor,
-               black_box: Sequence[bool], norm: Norm = Linf(), bounds: tuple[float, float] = (0.0, 1.0),
-               device="cpu", seed: int = 0, first: int = 100) -> dict[str, str]:
+               black_box: Sequence[bool], names: Sequence[str] | None = None, norm: Norm = Linf(),
+               bounds: tuple[float, float] = (0.0, 1.0), device="cpu", seed: int = 0, first: int = 100) -> dict[str, str]:
     """Run every check above on the results of an evaluation (plain values: the eps, the
     robust accuracy per eps, the clean predictions and ``broken_by`` as ``check_black_box``
     takes it, in the threat model ``norm`` and the pixel box ``bounds``), attacking the
@@ -169,7 +173,7 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Seque
         "deterministic": check_deterministic(model, xs),
         "gradients": check_gradients(model, xs, ys),
         "monotone": check_monotone(robust_acc),
-        "black_box": check_black_box(broken_by, eps, black_box),
+        "black_box": check_black_box(broken_by, eps, black_box, names),
     }
     ok = (pred_clean[:first].to(device) == ys)
     if ok.any():

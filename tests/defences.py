@@ -1,6 +1,8 @@
 """A small zoo of defences for the tests (and ``scripts/bench_defences.py``): each wraps a
 classifier behind a preprocessing whose gradient is zero or useless, the trap in which plain
-gradient attacks report false robustness. Their forward passes are deterministic."""
+gradient attacks report false robustness. ``DEFENCES`` are deterministic; ``RANDOMIZED``
+draw fresh randomness on every forward pass (from torch's global RNG, as a user's model
+would), the trap in which attacks that take one draw per step report false robustness."""
 
 from __future__ import annotations
 
@@ -73,3 +75,41 @@ class Palette(Defended):
 
 
 DEFENCES = (Quantized, Thresholded, Bytes, Detached, Palette)
+
+
+class Noisy(Defended):
+    """Additive Gaussian input noise (sigma 0.3), clipped to the pixel box."""
+
+    name = "noisy"
+
+    def preprocess(self, x):
+        return (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+
+
+class ResizePad(Defended):
+    """Random resize and pad (Xie et al. 2018), per image: shrunk by a random factor and
+    placed at a random offset, by a sampling grid (differentiable)."""
+
+    name = "resize-pad"
+
+    def preprocess(self, x):
+        n = len(x)
+        scale = 1 + 0.3 * torch.rand(n, device=x.device)  # the image covers 1/scale of each side
+        shift = (torch.rand(n, 2, device=x.device) * 2 - 1) * (scale[:, None] - 1)
+        theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = scale
+        theta[:, :, 2] = shift
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        return torch.nn.functional.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+
+
+class NoisyBits(Defended):
+    """Input noise (sigma 0.2), then quantization to 2 bits: randomness behind a step with no gradient."""
+
+    name = "noisy-bits"
+
+    def preprocess(self, x):
+        return torch.round((x + 0.2 * torch.randn_like(x)).clamp(0, 1) * 3) / 3
+
+
+RANDOMIZED = (Noisy, ResizePad, NoisyBits)

@@ -92,13 +92,16 @@ def main_ok(argv) -> bool:
     return main(argv) == 0
 
 
-def test_in_l2_only_bpda_is_added(trained_cnn, images):
-    """Square attacks in Linf only: in L2 the adaptation is BPDA alone."""
+def test_in_l2_the_label_only_attack_is_the_cross_check_and_in_l1_bpda_is_alone(trained_cnn, images):
+    """Square attacks in Linf only: in L2 the label-only HopSkipJump joins; in L1 no black-box attack does."""
     x, y = images
-    ev = evaluate(Quantized(trained_cnn).eval(), x[:40], y[:40], attacks=["pgd"], eps=[3.0], norm="2", steps=10,
-                  progress=False, checks=False)
-    assert ev.attacks == ["pgd"] and list(ev.settings["adaptations"]) == ["bpda"]
+    model = Quantized(trained_cnn).eval()
+    ev = evaluate(model, x[:40], y[:40], attacks=["pgd"], eps=[3.0], norm="2", steps=10, progress=False, checks=False)
+    assert ev.attacks == ["pgd", "hsj"] and list(ev.settings["adaptations"]) == ["bpda", "hsj"]
     assert ev.robust_acc[3.0] < 0.5 * ev.clean_acc
+    ev = evaluate(model, x[:40], y[:40], attacks=["pgd"], eps=[15.0], norm="1", steps=10, progress=False,
+                  checks=False)
+    assert ev.attacks == ["pgd"] and list(ev.settings["adaptations"]) == ["bpda"]
 
 
 def test_adapt_must_be_a_boolean():

@@ -45,6 +45,9 @@ NAMES = sorted(ATTACKS)
 # Tiny budgets, so that an example runs in milliseconds; build_attack(strict=False) gives
 # each attack the options it takes.
 BUDGET = dict(steps=3, queries=15, binary_search_steps=2, n_target_classes=2)
+# HopSkipJump spends queries on the clean image, on random starting images (targeted, one in
+# about K is of the target class) and on bisections of the paper's precision (None: its own).
+BUDGETS = {"hsj": dict(queries=200, binary_search_steps=None)}
 BOUNDS = [(0.0, 1.0), (-1.0, 1.0), (0.2, 0.7), (-3.0, 5.0)]
 LABEL_DTYPES = [torch.int32, torch.int16, torch.int8, torch.uint8]
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
@@ -146,7 +149,7 @@ class Case:
         """The attack under test (``build_attack`` with the drawn options), or ``cls`` built
         from the same options (for the broken attacks of the last test)."""
         options = dict(eps=self.eps, norm=self.norm, bounds=self.bounds, targeted=self.targeted,
-                       seed=self.seed, restarts=self.restarts, **BUDGET, **options)
+                       seed=self.seed, restarts=self.restarts, **{**BUDGET, **BUDGETS.get(self.name, {})}, **options)
         if cls is None:
             return build_attack(self.name, self.model, strict=False, **options)
         return cls(self.model, **{k: v for k, v in options.items() if k not in ("queries", "binary_search_steps",

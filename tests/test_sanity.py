@@ -80,6 +80,6 @@ def test_black_box_check():
     only_white = torch.tensor([[0, -1, 0, 1]])
     square_found_more = torch.tensor([[0, 2, -1, 1]])
     assert sanity.check_black_box(only_white, [0.3], [False, False, True]) is None
-    message = sanity.check_black_box(square_found_more, [0.3], [False, False, True])
-    assert "Square attack broke 1 samples at eps=0.3" in message
+    message = sanity.check_black_box(square_found_more, [0.3], [False, False, True], ["fgsm", "pgd", "square"])
+    assert "the black-box attack (square) broke 1 samples at eps=0.3" in message
     assert sanity.check_black_box(square_found_more, [0.3], [True, False]) is None  # square first

@@ -8,6 +8,7 @@ from advx.attacks.deepfool import DeepFool
 from advx.attacks.fab import FAB
 from advx.attacks.fgsm import FGSM
 from advx.attacks.fmn import FMN
+from advx.attacks.hsj import HopSkipJump
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.registry import ATTACKS, SUITES
@@ -16,4 +17,4 @@ from advx.attacks.square import Square
 from advx.modes import frozen
 
 __all__ = ["Attack", "AttackResult", "frozen", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN",
-           "Square", "ATTACKS", "SUITES"]
+           "Square", "HopSkipJump", "ATTACKS", "SUITES"]

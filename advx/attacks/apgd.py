@@ -132,9 +132,9 @@ class APGD(Attack):
                  n_target_classes: int = 9, early_stop: bool = False, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", eot: int = 1) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator, precision=precision)
+                         seed=seed, generator=generator, precision=precision, eot=eot)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
         self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
         self.n_target_classes = check_number("n_target_classes", n_target_classes, minimum=1, integer=True)

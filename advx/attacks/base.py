@@ -29,6 +29,7 @@ weights stay frozen. The base class owns the parts that are easy to get wrong:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Callable, Iterable
@@ -38,6 +39,7 @@ from torch import nn
 
 from advx import rng
 from advx.attacks.checks import check_labels, check_model_ready
+from advx.attacks.eot import check_eot, draw
 from advx.attacks.gradients import input_gradient
 from advx.attacks.objectives import goal_for
 from advx.attacks.results import Abilities, AttackResult, Run
@@ -77,6 +79,7 @@ class Attack:
         seed: int | None = 0,
         generator: torch.Generator | None = None,
         precision: str = "fp32",
+        eot: int = 1,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -106,6 +109,7 @@ class Attack:
         self.seed = seed
         self.generator = generator
         self.precision = check_precision("precision", precision)
+        self.eot = check_eot("eot", eot)
         resolve(precision, "cpu", allowed=self.abilities().low_precision)  # refused here, not mid-run
         self._precision_used: str | None = None  # what the last call resolved it to (not a setting)
         self._search = "fp32"  # the precision of the search during a call
@@ -249,16 +253,21 @@ class Attack:
         """dLoss/dX at ``x_adv`` with the weights frozen: returns ``(grad, logits, loss)``.
         ``objective(logits) -> [N]`` replaces ``self.loss(logits, y)`` when given. The
         forward runs in the search precision (the logits come back as float32); decide
-        success on them only through ``confirm``."""
+        success on them only through ``confirm``. With ``eot=N`` all three are the means over
+        N draws of a randomized model (``advx.attacks.eot.draw``): the expected loss's gradient."""
         x_adv = x_adv.detach()
         if self._search != "fp32":  # the layout the low-precision convolutions run fastest on
             x_adv = fast_images(x_adv)
         x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.search_logits(x_adv)
-            loss = self.loss(logits, y) if objective is None else objective(logits)
-            grad = input_gradient(loss.sum(), x_adv)
-        return grad, logits.detach(), loss.detach()
+        total = None
+        for j in range(self.eot):
+            with torch.enable_grad(), (draw(j) if self.eot > 1 else contextlib.nullcontext()):
+                logits = self.search_logits(x_adv)
+                loss = self.loss(logits, y) if objective is None else objective(logits)
+                grad = input_gradient(loss.sum(), x_adv)
+            one = (grad, logits.detach(), loss.detach())
+            total = one if total is None else tuple(t + o for t, o in zip(total, one))
+        return total if self.eot == 1 else tuple(t / self.eot for t in total)
 
     def search_logits(self, x_adv: torch.Tensor) -> torch.Tensor:
         """A forward of the search in the search precision, as float32 (the images come in

@@ -33,9 +33,9 @@ class FGSM(Attack):
     def __init__(self, model: nn.Module, *, eps: float = 0.3, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", eot: int = 1) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator, precision=precision)
+                         seed=seed, generator=generator, precision=precision, eot=eot)
 
     def _run(self, x, y, generator):
         grad, _, _ = self.gradient(x, y)

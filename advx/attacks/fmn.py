@@ -86,9 +86,9 @@ class FMN(Attack):
                  norm: str | Norm = "2", bounds: tuple[float, float] = (0.0, 1.0),
                  targeted: bool = False, seed: int | None = 0,
                  generator: torch.Generator | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", eot: int = 1) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator, precision=precision)
+                         seed=seed, generator=generator, precision=precision, eot=eot)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
         self.alpha_init = (_ALPHA_INIT[type(self.norm)] if alpha_init is None
                            else check_number("alpha_init", alpha_init, minimum=0, strict=True))

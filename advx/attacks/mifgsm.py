@@ -42,9 +42,9 @@ class MIFGSM(Attack):
                  steps: int = 10, decay: float = 1.0, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", eot: int = 1) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator, precision=precision)
+                         seed=seed, generator=generator, precision=precision, eot=eot)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
         self.decay = check_number("decay", decay, minimum=0)
         # The default is 0 when eps is 0 (nothing to do); a step size given must be > 0.

@@ -49,9 +49,9 @@ class PGD(Attack):
                  restarts: int = 1, early_stop: bool = False, loss: str = "ce",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", eot: int = 1) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
-                         seed=seed, generator=generator, precision=precision)
+                         seed=seed, generator=generator, precision=precision, eot=eot)
         steps = check_number("steps", steps, minimum=1, integer=True)
         self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
         # The default is 0 when eps is 0 (nothing to do); a step size given must be > 0.

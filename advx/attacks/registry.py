@@ -21,6 +21,7 @@ from advx.attacks.deepfool import DeepFool
 from advx.attacks.fab import FAB
 from advx.attacks.fgsm import FGSM
 from advx.attacks.fmn import FMN
+from advx.attacks.hsj import HopSkipJump
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.results import Abilities
@@ -41,6 +42,7 @@ ATTACKS = {
     "fab-t": partial(FAB, n_target_classes=9),           # FAB-T: one target class at a time
     "fmn": FMN,
     "square": Square,
+    "hsj": HopSkipJump,                                  # HopSkipJump: labels only
 }
 
 

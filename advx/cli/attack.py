@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from advx import distributed
+from advx.adapt import PROBE
 from advx.attacks.bpda import straight_through
+from advx.attacks.eot import Seeded, is_randomized
 from advx.attacks.registry import ATTACKS, abilities, attack_options, build_attack
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, images_option, load_subject,
                              model_options, precision_option)
@@ -44,6 +47,9 @@ def add(sub) -> None:
     a.add_argument("--bpda", action="store_true",
                    help="attack through BPDA: straight-through gradients for the model's rounding, thresholds, "
                         "integer casts and detach (for a defence that hides its gradients; verdicts unchanged)")
+    a.add_argument("--eot", type=int, default=None,
+                   help="draws of a randomized model's randomness averaged per gradient (EOT; gradient attacks; "
+                        "default: 1)")
     images_option(a, 1000)
     a.add_argument("--batch-size", type=int, default=500, help="default: 500")
     precision_option(a, "the attack's search (success is always decided in fp32)")
@@ -67,9 +73,15 @@ def run(args: argparse.Namespace) -> int:
     if eps is None and not abilities(args.attack).minimum_norm:
         eps = subject.dataset.eps[norm]  # the dataset's standard budget in this norm
     attacked = straight_through(subject.model) if args.bpda else subject.model
+    if is_randomized(subject.model, test.x[:PROBE].to(device)):  # its draws seeded per image: reproducible
+        attacked = Seeded(attacked, args.seed)
+        if rank == 0:
+            print("the model is randomized (two forward passes differ): its draws are seeded per image; each "
+                  "verdict is one draw" + ("" if args.eot else "; --eot N averages each gradient over N draws")
+                  + " (advx eval decides by the majority of draws)", file=sys.stderr)
     attack = build_attack(args.attack, attacked, eps=eps, norm=args.norm, targeted=args.targeted,
                           precision=args.precision, seed=args.seed, alpha=args.alpha, steps=args.steps,
-                          restarts=args.restarts, early_stop=args.early_stop or None)
+                          restarts=args.restarts, early_stop=args.early_stop or None, eot=args.eot)
     budget = "unbounded" if attack.eps is None else f"eps{attack.eps:g}"
     out = check_output_dir(args.out or f"runs/{args.attack}-{attack.norm.name}-{budget}", "--out")
     target = None
@@ -86,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(attack_table(run, attack, source=subject.source))
     settings = {"n": len(run.y), "batch_size": args.batch_size, "seed": args.seed, "device": device, "ranks": size,
-                "target_class": args.target_class, "precision_used": attack.precision_used, "bpda": args.bpda}
+                "target_class": args.target_class, "precision_used": attack.precision_used, "bpda": args.bpda,
+                "eot": attack.eot}
     written = write_attack_outputs(out, run, test.x[:len(run.x_adv)], attack, settings=settings,
                                    source=subject.source)
     print(f"wrote {', '.join(str(out / w) for w in written)}")

@@ -54,7 +54,14 @@ def add(sub) -> None:
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
     e.add_argument("--no-adapt", action="store_true",
                    help="attack the model as it is, even when a probe batch shows masked input gradients (by "
-                        "default such a model is attacked through BPDA, with the black-box Square stage added)")
+                        "default such a model is attacked through BPDA, with the black-box Square stage added, and a "
+                        "randomized model with EOT and majority verdicts)")
+    e.add_argument("--eot", type=int, default=None,
+                   help="draws of a randomized model's randomness averaged per gradient (EOT), for the gradient "
+                        "attacks (default: 1, or 20 when a probe batch shows a randomized model)")
+    e.add_argument("--votes", type=int, default=None,
+                   help="an odd number M: a sample counts as correct or robust only when the model is right on "
+                        "the majority of M draws (default: one forward pass, or 11 on a randomized model)")
     images_option(e, 10000)
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
@@ -134,7 +141,8 @@ def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalCo
                              steps=args.steps, alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
                              early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
                              device=device, checks=not args.no_checks, precision=args.precision,
-                             progress=not args.quiet, certify=args.certify, adapt=not args.no_adapt)
+                             progress=not args.quiet, certify=args.certify, adapt=not args.no_adapt,
+                             eot=args.eot, votes=args.votes)
             for norm in _norms(args)}
 
 
