@@ -16,7 +16,8 @@ When two forward passes on the same images differ (a randomized model: input noi
 resizing or padding), the model's randomness is drawn from streams advx seeds
 (``advx.attacks.eot.Seeded``: reproducible, independent of the batch), every gradient is the
 mean over ``EOT`` draws, and a sample counts as correct (or robust) only when the model is
-right on the majority of ``VOTES`` draws.
+right on the majority of ``VOTES`` draws; APGD-CE and APGD-DLR join a gradient cascade that
+lacks them (``RANDOMIZED_STAGES``).
 
 An ordinary classifier is deterministic and has margin gradients everywhere, so nothing
 changes for it: the same attacks on the same model, the same figures.
@@ -43,6 +44,9 @@ EOT = 20  # draws averaged per gradient on a randomized model (as AutoAttack's v
 # (Square reads scores and is the cheaper; HopSkipJump reads only labels, and covers L2 too).
 CROSS_CHECKS = ("square", "hsj")
 VOTES = 11  # draws whose majority decides a verdict on a randomized model
+# Added to a gradient cascade on a randomized model: APGD-CE and APGD-DLR, as AutoAttack's
+# version="rand" runs them (on the randomized zoo, FGSM and PGD alone were weaker than it).
+RANDOMIZED_STAGES = ("apgd", "apgd-dlr")
 
 
 @dataclass
@@ -90,13 +94,22 @@ def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks, *, norm: 
         unseeded = check_seedable(seeded, xs)
         if unseeded:
             warnings.warn(unseeded, RandomnessWarning, stacklevel=3)
-        if any(callable(a) or "eot" in attack_options(stage_name(a)) for a in attacks):
-            eot = eot or EOT  # (a cascade of black-box attacks only has no gradient to average)
+        gradients = any(callable(a) or "eot" in attack_options(stage_name(a)) for a in attacks)
+        eot = (eot or EOT) if gradients else eot  # (black-box attacks alone have no gradient to average)
         votes = votes or VOTES
         averaged = f"each gradient is the mean over {eot} draws of its randomness (EOT), and " if eot else ""
         reasons["eot"] = (f"two forward passes on the same images differ (a randomized model): {averaged}a sample "
                           f"counts as correct or robust only when the model is right on the majority of {votes} "
                           f"draws")
+        with torch.no_grad(), frozen(seeded):
+            classes = seeded(xs[:1]).shape[1]
+        names = {stage_name(a) for a in attacks if not callable(a)}
+        added = tuple(name for name in RANDOMIZED_STAGES if gradients and name not in names
+                      and norm.name in abilities(name).norms and classes >= abilities(name).min_classes)
+        if added:
+            attacks += added
+            reasons["apgd"] = (f"{' and '.join(added)} join the cascade, with EOT (the stages of AutoAttack's "
+                               f"version for randomized models)")
     share = masked_share(seeded or model, xs, ys)
     if share > MASKED_SHARE:
         seen = f"input gradients were zero or not finite for {share:.0%} of a probe batch of {len(xs)} images"

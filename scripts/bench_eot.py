@@ -63,6 +63,7 @@ def main(argv=None) -> int:
         reference = AutoAttack(model, norm="Linf", eps=args.eps, version="rand", seed=0)
         reference.verbose = False
         x_ref = reference.run_standard_evaluation(x, y, batch_size=250)
+        x_ref = x_ref[0] if isinstance(x_ref, tuple) else x_ref  # pyautoattack 0.2 returns (x_adv, y_adv)
         t_ref = time.perf_counter() - start
         with torch.no_grad():
             own = (model(x_ref).argmax(1) == y).float().mean().item()

@@ -168,7 +168,9 @@ def test_evaluate_adapts_to_a_randomized_model(trained_cnn, images):
     settings = dict(attacks=["fgsm", "pgd"], eps=[0.3], steps=10, progress=False, checks=False)
     plain = evaluate(model, x, y, adapt=False, **settings)
     adapted = evaluate(model, x, y, **settings)
-    assert set(adapted.settings["adaptations"]) == {"eot", "bpda", "square"}
+    assert list(adapted.settings["adaptations"]) == ["eot", "apgd", "bpda", "square"]
+    assert adapted.attacks == ["fgsm", "pgd", "apgd", "apgd-dlr", "square"]
+    assert "apgd and apgd-dlr join the cascade, with EOT" in adapted.settings["adaptations"]["apgd"]
     assert "mean over 20 draws" in adapted.settings["adaptations"]["eot"]
     assert adapted.settings["eot"] == EOT and adapted.settings["votes"] == VOTES
     assert adapted.settings["verdict"] == f"the majority of {VOTES} draws of the model's randomness"
@@ -212,6 +214,14 @@ def test_the_cli_takes_eot_and_votes_and_names_them_when_bad(trained_cnn, tmp_pa
     report = json.loads((folder / "a" / "report.json").read_text())
     assert report["settings"]["eot"] == 3 and report["settings"]["votes"] == 5
     assert "majority of 5 draws" in capsys.readouterr().out
+    attack = ["attack", "--model", "defended.py:build", "--weights", "weights.pt", "--attack", "pgd", "--eps", "0.1",
+              "--steps", "3", "--n", "20", "--data-dir", str(DATA_DIR), "--quiet"]
+    assert main([*attack, "--out", "c"]) == 0
+    assert "the model is randomized" in capsys.readouterr().err
+    assert main([*attack, "--eot", "4", "--out", "d"]) == 0
+    assert json.loads((folder / "d" / "report.json").read_text())["eot"] == 4
+    assert main([*attack, "--eot", "0", "--out", "e"]) != 0
+    assert "--eot must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_a_black_box_cascade_on_a_randomized_model_gets_majority_verdicts_and_no_eot(trained_cnn, images):
