@@ -219,10 +219,11 @@ class Seeded(nn.Module):
 
 
 def is_randomized(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether two forward passes of ``model`` on ``x`` differ (the global RNG is left as it was)."""
+    """Whether two forward passes of ``model`` on ``x`` differ beyond float noise (a GPU's
+    non-deterministic kernels do not count; the global RNG is left as it was)."""
     with torch.no_grad(), frozen(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         a, b = model(x), model(x)
-    return not torch.equal(a, b)
+    return not torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def check_seedable(model: Seeded, x: torch.Tensor) -> str | None:
