@@ -6,6 +6,8 @@ would), the trap in which attacks that take one draw per step report false robus
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -113,3 +115,14 @@ class NoisyBits(Defended):
 
 
 RANDOMIZED = (Noisy, ResizePad, NoisyBits)
+
+
+def user_model_folder(folder: Path, defence: type, model: nn.Module) -> Path:
+    """``folder`` holding ``defended.py:build`` (``defence`` around a ``conftest.TinyCNN``) and
+    ``weights.pt`` (``defence(model)``'s), as a user would pass them to ``--model``/``--weights``."""
+    folder.mkdir()
+    torch.save(defence(model).state_dict(), folder / "weights.pt")
+    (folder / "defended.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom conftest import TinyCNN\n"
+        f"from defences import {defence.__name__}\n\ndef build():\n    return {defence.__name__}(TinyCNN())\n")
+    return folder

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from conftest import DATA_DIR
-from defences import DEFENCES, Quantized
+from defences import DEFENCES, Quantized, user_model_folder
 
 from advx import evaluate
 from advx.adapt import masked_share
@@ -58,12 +58,7 @@ def test_a_cascade_with_a_black_box_stage_keeps_it(trained_cnn, images):
 
 
 def test_the_cli_adapts_eval_and_attacks_through_bpda_when_asked(trained_cnn, tmp_path, capsys, monkeypatch):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    torch.save(Quantized(trained_cnn).state_dict(), folder / "weights.pt")
-    (folder / "defended.py").write_text(
-        "import sys\nsys.path.insert(0, %r)\nfrom conftest import TinyCNN\nfrom defences import Quantized\n\n"
-        "def build():\n    return Quantized(TinyCNN())\n" % str(DATA_DIR.parent / "tests"))
+    folder = user_model_folder(tmp_path / "m", Quantized, trained_cnn)
     monkeypatch.chdir(folder)
     common = ["eval", "--model", "defended.py:build", "--weights", "weights.pt", "--attacks", "pgd", "--eps", "0.3",
               "--steps", "10", "--n", "40", "--data-dir", str(DATA_DIR), "--no-checks", "--quiet"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA_DIR
-from defences import RANDOMIZED, Noisy, NoisyBits
+from defences import RANDOMIZED, Noisy, NoisyBits, user_model_folder
 from torch import nn
 
 from advx import PGD, EvalConfig, evaluate
@@ -197,12 +197,7 @@ def test_each_randomized_defence_is_found_and_majority_decides_clean_accuracy(de
 def test_the_cli_takes_eot_and_votes_and_names_them_when_bad(trained_cnn, tmp_path, capsys, monkeypatch):
     from advx.cli import main
 
-    folder = tmp_path / "m"
-    folder.mkdir()
-    torch.save(Noisy(trained_cnn).state_dict(), folder / "weights.pt")
-    (folder / "defended.py").write_text(
-        "import sys\nsys.path.insert(0, %r)\nfrom conftest import TinyCNN\nfrom defences import Noisy\n\n"
-        "def build():\n    return Noisy(TinyCNN())\n" % str(DATA_DIR.parent / "tests"))
+    folder = user_model_folder(tmp_path / "m", Noisy, trained_cnn)
     monkeypatch.chdir(folder)
     common = ["eval", "--model", "defended.py:build", "--weights", "weights.pt", "--attacks", "pgd", "--eps", "0.1",
               "--steps", "3", "--n", "20", "--data-dir", str(DATA_DIR), "--no-checks", "--quiet"]
