@@ -187,8 +187,8 @@ def test_each_randomized_defence_is_found_and_majority_decides_clean_accuracy(de
     x, y = images
     model = defence(trained_cnn).eval()
     assert is_randomized(model, x[:10])
-    ev = evaluate(model, x[:40], y[:40], attacks=["fgsm"], eps=[0.1], progress=False, checks=False)
-    assert "eot" in ev.settings["adaptations"]
+    ev = evaluate(model, x[:40], y[:40], attacks=["fgsm", "pgd"], eps=[0.1], steps=3, progress=False, checks=False)
+    assert "eot" in ev.settings["adaptations"] and ev.attacks[:4] == ["fgsm", "pgd", "apgd", "apgd-dlr"]
     seeded = Seeded(model, 0)
     expected = majority(seeded, x[:40], votes=VOTES) == y[:40]
     assert ev.clean_acc == expected.float().mean().item()
