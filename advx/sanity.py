@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from advx import rng
+from advx.attacks.eot import is_randomized
 from advx.attacks.gradients import input_gradient
 from advx.attacks.pgd import PGD
 from advx.modes import frozen
@@ -39,9 +40,7 @@ def check_logits(model: nn.Module, x: torch.Tensor) -> str | None:
 
 def check_deterministic(model: nn.Module, x: torch.Tensor) -> str | None:
     """Two forward passes on the same input must agree; a randomized model needs EOT attacks."""
-    with torch.no_grad(), frozen(model):
-        a, b = model(x), model(x)
-    if not torch.allclose(a, b, atol=1e-5, rtol=1e-4):
+    if is_randomized(model, x):
         return ("two forward passes on the same input differ (randomized model); "
                 "gradient attacks then underestimate it: average gradients over draws (EOT: advx eval does "
                 "it unless --no-adapt; advx attack --eot N)")
