@@ -35,7 +35,9 @@ class EvalConfig:
     precision: the attacks' search (``advx.precision``); an attack that needs fp32 keeps it.
               Success, the survivors and every figure are decided in fp32.
     certify:  also certify every correct sample at every eps with this method of
-              ``advx.certify`` ("ibp", "crown-ibp", "crown"; None: attacks only), always in fp32.
+              ``advx.certify`` ("ibp", "crown-ibp", "crown", "alpha-crown"; None: attacks only),
+              always in fp32; "bab": α-CROWN, then branch and bound on every sample left
+              unresolved (neither certified nor broken), ``certify_timeout`` seconds each.
     adapt:    when a probe batch shows masked input gradients, attack through BPDA and add a
               black-box stage; when it shows a randomized model, seed its draws, average
               gradients over draws (EOT) and decide verdicts by majority (``advx.adapt``); an
@@ -63,6 +65,7 @@ class EvalConfig:
     progress: bool = True
     precision: str = "fp32"
     certify: str | None = None
+    certify_timeout: float = 60.0
     adapt: bool = True
     eot: int | None = None
     votes: int | None = None
@@ -87,6 +90,9 @@ class EvalConfig:
             object.__setattr__(self, "votes", check_votes("votes", self.votes))
         if self.certify is not None and self.certify not in METHODS:
             raise InputError(f"certify must be one of {list(METHODS)} or None, got {self.certify!r}")
+        timeout = check_number("certify_timeout", self.certify_timeout)
+        if not timeout > 0:
+            raise InputError(f"certify_timeout must be > 0 seconds per sample, got {timeout:g}")
         checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm),
                    "batch_size": check_number("batch_size", self.batch_size, minimum=1, integer=True),
                    "seed": check_seed("seed", self.seed),
@@ -119,6 +125,7 @@ class EvalConfig:
                 "cascade": self.cascade, "reuse_eps": self.reuse_eps, "early_stop": self.early_stop,
                 "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device), "n": n,
                 "precision": self.precision, "certify": self.certify, "adapt": self.adapt,
+                **({"certify_timeout": self.certify_timeout} if self.certify == "bab" else {}),
                 "eot": self.eot, "votes": self.votes,
                 "verdict": ("one forward pass" if self.votes is None
                             else f"the majority of {self.votes} draws of the model's randomness")}

@@ -21,6 +21,7 @@ from advx.attacks.registry import abilities, stage_name
 from advx.adapt import Adaptation, adaptation_for
 from advx.certify import Certifier
 from advx.certify.sweep import certify_sweep
+from advx.verify import STAGE, close_band
 from advx.eval_config import EvalConfig
 from advx.modes import frozen, predictions
 from advx.norms import Linf, Norm
@@ -148,7 +149,9 @@ def _checked(model: nn.Module, x: torch.Tensor, y, config: EvalConfig) -> tuple[
         check_labels(model, first, y)
     certifier = None
     if config.certify:
-        certifier = Certifier(model, tuple(x.shape[1:]), method=config.certify, norm=config.norm)
+        method = "alpha-crown" if config.certify == "bab" else config.certify  # bab: on what stays open
+        certifier = Certifier(model, tuple(x.shape[1:]), method=method, norm=config.norm,
+                              timeout=config.certify_timeout)
         certifier.check(x[:min(config.batch_size, 256)].to(config.device))
     return y, certifier
 
@@ -257,6 +260,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         lower = certify_sweep(certifier, x, y, eps, only=correct, batch_size=min(config.batch_size, 256),
                               progress=config.progress)
         check_sandwich(lower > 0, records.broken_by, correct, eps, names)
+        if config.certify == "bab":  # the unresolved samples decided: the band closes
+            after = close_band(certifier, x, y, eps, lower, records, config.norm, stage=len(names),
+                               progress=config.progress)
+            names.append(STAGE)
+            for e in eps:
+                by_attack[e][STAGE] = after[e]
         extra = {"certified": lower > 0, "margin_lb": lower}
         certified_acc = {e: (lower[k] > 0).float().mean().item() for k, e in enumerate(eps)}
     ev = Evaluation(

@@ -79,8 +79,9 @@ class ChunkStore:
                 json.dump(fingerprint, f, indent=1, sort_keys=True)
         self.reused = self.computed = 0
 
-    def run(self, tag: str, ids: torch.Tensor, attack_run: Callable[[], object]):
-        """The stored result of ``(tag, ids)``, or ``attack_run()`` stored."""
+    def run(self, tag: str, ids: torch.Tensor, attack_run: Callable[[], object], fields: tuple = FIELDS):
+        """The stored result of ``(tag, ids)``, or ``attack_run()`` stored (its tensors
+        ``fields``: an attack's by default, a verdict's for branch and bound)."""
         name = f"{''.join(c if c.isalnum() else '_' for c in tag)}-{int(ids[0])}-{len(ids)}-" \
                f"{zlib.crc32(ids.cpu().numpy().tobytes()):08x}.pt"
         path = self.folder / name
@@ -89,11 +90,11 @@ class ChunkStore:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
                 if saved["sha256"] == content_hash(saved) and torch.equal(saved["ids"], ids.cpu()):
                     self.reused += 1
-                    return SimpleNamespace(**{k: saved[k] for k in FIELDS})
+                    return SimpleNamespace(**{k: saved[k] for k in fields})
             except Exception:  # noqa: BLE001 - unreadable or foreign: computed again, never trusted
                 pass
         result = attack_run()
-        chunk = {"ids": ids.cpu(), **{k: getattr(result, k).detach().cpu() for k in FIELDS}}
+        chunk = {"ids": ids.cpu(), **{k: getattr(result, k).detach().cpu() for k in fields}}
         with atomic_write(path, "wb") as f:
             torch.save({**chunk, "sha256": content_hash(chunk)}, f)
         self.computed += 1

@@ -25,6 +25,7 @@ from torch import nn
 from advx.adapt import adaptation_for
 from advx.certify import Certifier
 from advx.certify.sweep import CertifyRun
+from advx.certify.verdicts import VERDICTS
 from advx.dataset_attack import DatasetResult, run_attack
 from advx.distributed import barrier, in_order, on_shards, world
 from advx.eval_config import EvalConfig
@@ -72,35 +73,51 @@ def run_attack_sharded(attack, x: torch.Tensor, y: torch.Tensor, *, target: torc
 
 
 def certify_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *, method: str,
-                    norm, batch_size: int = 256, device: str | torch.device = "cpu",
-                    progress: bool = True) -> CertifyRun | None:
+                    norm, batch_size: int = 256, device: str | torch.device = "cpu", timeout: float = 60.0,
+                    store: ChunkStore | None = None, progress: bool = True) -> CertifyRun | None:
     """Certify every image of ``x`` [N, C, H, W] (labels ``y``) at every ``eps`` by
     ``method``, each rank its shard; rank 0 returns the whole ``CertifyRun`` (with the clean
-    predictions and, per eps, the seconds of the slowest rank), the others None."""
+    predictions and, per eps, the seconds of the slowest rank), the others None. With
+    ``method="bab"``: a verdict per sample (``timeout`` seconds each), each written into
+    ``store`` as it is decided when one is given."""
     check_batch(x, y, shape=tuple(x.shape[1:]) if isinstance(x, torch.Tensor) and x.dim() > 1 else None)
-    certifier = Certifier(model, tuple(x.shape[1:]), method=method, norm=norm)
+    certifier = Certifier(model, tuple(x.shape[1:]), method="alpha-crown" if method == "bab" else method,
+                          norm=norm, timeout=timeout)
 
     def work(ids: torch.Tensor):
         xs, ys = x[ids], y[ids]
         pred = predictions(model, xs, batch_size=batch_size, device=device)
-        lower, seconds = [], {}
+        lower, codes, took, seconds = [], [], [], {}
         for e in eps:
             start = time.perf_counter()
-            lower.append(certifier(xs, ys, eps=e, batch_size=batch_size, progress=progress).lower)
+            cert = certifier(xs, ys, eps=e, batch_size=batch_size, progress=progress)
+            if method == "bab":  # misclassified samples are falsified at once (x itself)
+                certifier.decide(xs, ys, cert, store=store, ids=ids, progress=progress)
+                codes.append(torch.tensor([VERDICTS.index(v) for v in cert.verdicts]))
+                took.append(cert.seconds)
+            lower.append(cert.lower)
             seconds[e] = time.perf_counter() - start
-        return pred, torch.stack(lower), seconds
+        return pred, torch.stack(lower), seconds, codes, took
 
     parts = on_shards(len(y), work)
     if parts is None:
         return None
     bounds = in_order([(ids, part[1]) for ids, part in parts])
+    verdicts = verdict_seconds = None
+    if method == "bab":
+        codes = in_order([(ids, torch.stack(part[3])) for ids, part in parts])
+        took = in_order([(ids, torch.stack(part[4])) for ids, part in parts])
+        verdicts = {e: codes[k] for k, e in enumerate(eps)}
+        verdict_seconds = {e: took[k] for k, e in enumerate(eps)}
+    settings = {"method": method, "eps": list(eps), "norm": certifier.norm.name, "n": len(y),
+                "batch_size": batch_size, "device": str(device), "precision": "fp32", "ranks": len(parts)}
+    if method == "bab":
+        settings["timeout_per_sample"] = timeout
     return CertifyRun(eps=list(eps), method=method, norm=certifier.norm, y=y.cpu(),
                       pred_clean=in_order([(ids, part[0]) for ids, part in parts]),
                       lower={e: bounds[k] for k, e in enumerate(eps)},
                       seconds={e: max(part[2][e] for _, part in parts) for e in eps},
-                      settings={"method": method, "eps": list(eps), "norm": certifier.norm.name, "n": len(y),
-                                "batch_size": batch_size, "device": str(device), "precision": "fp32",
-                                "ranks": len(parts)})
+                      settings=settings, verdicts=verdicts, verdict_seconds=verdict_seconds)
 
 
 def shared_store(folder: str | os.PathLike, fingerprint: dict, *, resume: bool) -> ChunkStore:

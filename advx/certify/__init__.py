@@ -9,8 +9,11 @@ answer: the sample is **certified** at that eps.
     >>> cert = advx.certify(model, x, y, eps=0.1, method="crown")
     >>> cert.certified.float().mean()     # certified accuracy: a lower bound
 
-Methods (``advx.certify.propagate``): "ibp" (fast, loose on normally trained models),
-"crown-ibp", "crown" (tightest, slowest). The model is read with ``torch.fx``
+Methods: "ibp" (fast, loose on normally trained models), "crown-ibp", "crown"
+(``advx.certify.propagate``), "alpha-crown" (CROWN with its ReLU slopes optimised,
+``advx.certify.alpha``) and "bab" (branch and bound with split constraints,
+``advx.certify.bab``: a *verdict* per sample, verified / falsified with a counterexample
+the model itself confirms / unknown when ``timeout`` seconds run out). The model is read with ``torch.fx``
 (``advx.certify.graph``); bounds are computed in fp32 whatever the model's precision
 (a bf16 or fp16 model is certified as the network its weights define, computed exactly:
 its own rounding of activations is not part of the certificate). Images and labels are
@@ -25,11 +28,12 @@ from __future__ import annotations
 import inspect
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from advx.certify import alpha, verdicts
 from advx.certify.graph import SUPPORTED, UnsupportedModel, read_model
 from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.modes import check_not_lazy, checked_logits, device_of, frozen, weight_dtype
@@ -49,11 +53,15 @@ class Certificate:
     eps: float
     method: str
     norm: Norm
+    verdicts: list[str] | None = None  # "bab": verified / falsified / unknown per sample
+    counterexamples: dict[int, torch.Tensor] = field(default_factory=dict)  # "bab": sample -> input
+    seconds: torch.Tensor | None = None  # "bab": the seconds each sample's verdict took
+    proved: torch.Tensor | None = None   # "bab": the smallest proved margin bound per sample
 
     @property
     def lower(self) -> torch.Tensor:
         """The smallest margin bound per sample [N]: > 0 means certified."""
-        return self.margins.min(1).values
+        return self.margins.min(1).values if self.proved is None else self.proved
 
     @property
     def certified(self) -> torch.Tensor:
@@ -72,7 +80,8 @@ class Certifier:
     ``screen=False`` gives every sample the CROWN bounds."""
 
     def __init__(self, model: nn.Module, input_shape=(1, 28, 28), *, method: str = "crown", norm: str | Norm = "inf",
-                 bounds: tuple[float, float] = (0.0, 1.0), screen: bool = True) -> None:
+                 bounds: tuple[float, float] = (0.0, 1.0), screen: bool = True, timeout: float = 60.0,
+                 iterations: int = 20) -> None:
         if method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
         self.model, self.method, self.norm = model, method, get_norm(norm)
@@ -88,6 +97,10 @@ class Certifier:
             raise UnsupportedModel(f"cannot certify this model: it must return logits [N, K] for K >= 2 classes, "
                                    f"got [N, {', '.join(map(str, out))}] per input of shape {list(self.input_shape)}")
         self.screen, self.checked = bool(screen), False
+        timeout = check_number("timeout", timeout)
+        if not timeout > 0:
+            raise InputError(f"timeout must be > 0 seconds (per sample), got {timeout:g}")
+        self.timeout, self.iterations = timeout, check_number("iterations", iterations, minimum=0, integer=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The chain's output: the model's logits in eval mode."""
@@ -103,8 +116,10 @@ class Certifier:
         """Lower bounds [N, K] of ``z_y - z_j`` (``+inf`` at y) by ``method`` (default: the
         certifier's) for every sample; differentiable in the weights."""
         ball = Ball(x.float(), float(eps), self.norm, *self.bounds)
-        classes, y = self.num_classes, y.long()
-        found = lower_bounds(self.chain, ball, method or self.method, margin_spec(y, classes))
+        classes, y, method = self.num_classes, y.long(), method or self.method
+        if method in ("alpha-crown", "bab"):
+            return alpha.margins(self.chain, ball, y, classes, iterations=self.iterations)
+        found = lower_bounds(self.chain, ball, method, margin_spec(y, classes))
         return found.masked_fill(torch.nn.functional.one_hot(y, classes).bool(), float("inf"))
 
     @torch.no_grad()
@@ -126,7 +141,14 @@ class Certifier:
                 bar.update(1)
             bar.close()
         margins = torch.cat(parts)
-        return Certificate(margins, eps, self.method, self.norm)
+        certificate = Certificate(margins, eps, self.method, self.norm)
+        if self.method == "bab":
+            self.decide(x, y, certificate, progress=progress)
+        return certificate
+
+    def decide(self, x: torch.Tensor, y: torch.Tensor, certificate: Certificate, **options) -> Certificate:
+        """Branch and bound where ``certificate`` is not yet proved (``advx.certify.verdicts.decide``)."""
+        return verdicts.decide(self, x, y, certificate, **options)
 
     def _screened(self, x, y, eps) -> torch.Tensor:
         """``margins``, but CROWN only where IBP (cheap) did not already certify the sample:
@@ -160,13 +182,15 @@ class Certifier:
 
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, method: str = "crown",
             norm: str | Norm = "inf", bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256,
-            screen: bool = True, progress: bool = False) -> Certificate:
+            screen: bool = True, timeout: float = 60.0, progress: bool = False) -> Certificate:
     """Certify ``model`` on ``x`` [N, C, H, W] with labels ``y`` [N] at radius ``eps``:
     per-sample lower bounds of every margin ``z_y - z_j`` over the ball (see ``Certificate``;
-    ``screen``: see ``Certifier``)."""
+    ``screen``: see ``Certifier``); with ``method="bab"``, a verdict per sample too
+    (``timeout``: seconds per sample)."""
     shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) and x.dim() > 1 else None  # images, or any inputs
     check_batch(x, y, _checked_bounds(bounds), shape=shape)  # before reading the model (the Certifier: the classes)
-    return Certifier(model, tuple(x.shape[1:]), method=method, norm=norm, bounds=bounds, screen=screen)(
+    return Certifier(model, tuple(x.shape[1:]), method=method, norm=norm, bounds=bounds, screen=screen,
+                     timeout=timeout)(
         x, y, eps=eps, batch_size=batch_size, progress=progress)
 
 

@@ -28,7 +28,8 @@ from advx.certify.ops import Op, ReLU
 from advx.norms import Linf, Norm
 from advx.validate import InputError
 
-METHODS = ("ibp", "crown-ibp", "crown")
+BOUNDS = ("ibp", "crown-ibp", "crown")  # computed here
+METHODS = BOUNDS + ("alpha-crown", "bab")  # advx.certify.alpha, advx.certify.bab
 ROWS_BUDGET = 2**25  # floats in one CROWN chunk of rows (about 128 MB)
 
 
@@ -97,18 +98,10 @@ def backward(chain: list[Op], start: int, stop: int, A: torch.Tensor, owner: tor
 
 def lower_bounds(chain: list[Op], ball: Ball, method: str, spec: torch.Tensor) -> torch.Tensor:
     """Lower bounds of ``spec @ output`` [N, S] for every sample of ``ball``."""
-    if method not in METHODS:
-        raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if method not in BOUNDS:
+        raise InputError(f"method must be one of {list(BOUNDS)}, got {method!r}")
     N = ball.x.shape[0]
-    boxes: list = [ball.box()]  # boxes[i]: bounds of chain[i]'s input
-    for i, op in enumerate(chain):
-        l, u = boxes[i]
-        if op.needs_bounds:
-            if method == "crown" and _has_relaxation(chain[:i]) and isinstance(op, ReLU):
-                l, u = _refine(chain, i, l, u, ball, boxes)
-                boxes[i] = (l, u)
-            op.set_bounds(l, u)
-        boxes.append(first_layer(chain[:i], op, ball, l, u))
+    boxes = layer_boxes(chain, ball, method)
     S = spec.shape[1]
     A = spec.reshape(N * S, *spec.shape[2:]).to(ball.x.dtype)
     owner = torch.arange(N, device=A.device).repeat_interleave(S)
@@ -118,6 +111,22 @@ def lower_bounds(chain: list[Op], ball: Ball, method: str, spec: torch.Tensor) -
     if method != "ibp":  # CROWN's margins, or IBP's where those are tighter (both are sound)
         found = torch.maximum(found, backward(chain, len(chain), 0, A, owner, ball, boxes))
     return found.view(N, S)
+
+
+def layer_boxes(chain: list[Op], ball: Ball, method: str = "crown") -> list:
+    """``boxes[i]``: elementwise bounds ``(l, u)`` [N, *in_shape] of ``chain[i]``'s input
+    over the ball (``boxes[len(chain)]``: of the output), by IBP, tightened by CROWN for
+    every unstable ReLU with ``method="crown"``; each relaxed op is left set to its box."""
+    boxes: list = [ball.box()]
+    for i, op in enumerate(chain):
+        l, u = boxes[i]
+        if op.needs_bounds:
+            if method == "crown" and _has_relaxation(chain[:i]) and isinstance(op, ReLU):
+                l, u = _refine(chain, i, l, u, ball, boxes)
+                boxes[i] = (l, u)
+            op.set_bounds(l, u)
+        boxes.append(first_layer(chain[:i], op, ball, l, u))
+    return boxes
 
 
 def _has_relaxation(chain: list[Op]) -> bool:

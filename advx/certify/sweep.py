@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from advx.certify import Certifier
+from advx.certify.verdicts import VERDICTS
 from advx.norms import Norm
 
 
@@ -25,6 +26,8 @@ class CertifyRun:
     lower: dict[float, torch.Tensor]  # eps -> [N] smallest margin bound
     seconds: dict[float, float]
     settings: dict = field(default_factory=dict)
+    verdicts: dict[float, torch.Tensor] | None = None  # "bab": eps -> [N] index into VERDICTS
+    verdict_seconds: dict[float, torch.Tensor] | None = None  # "bab": eps -> [N] seconds per sample
 
     @property
     def clean_acc(self) -> float:
@@ -32,6 +35,17 @@ class CertifyRun:
 
     def certified_acc(self, e: float) -> float:
         return (self.lower[e] > 0).float().mean().item()
+
+    def counts(self, e: float) -> dict[str, int]:
+        """"bab": how many samples are verified, falsified and unknown at ``e``."""
+        return {v: int((self.verdicts[e] == k).sum()) for k, v in enumerate(VERDICTS)}
+
+    def exact_acc(self, e: float) -> float | None:
+        """"bab": the exact robust accuracy at ``e`` once no sample is unknown (else None):
+        the share verified (falsified and misclassified samples are not robust)."""
+        if self.verdicts is None or bool((self.verdicts[e] == VERDICTS.index("unknown")).any()):
+            return None
+        return self.certified_acc(e)
 
 
 def certify_sweep(certifier: Certifier, x: torch.Tensor, y: torch.Tensor, eps: list[float], *,

@@ -5,6 +5,7 @@
     advx attack --attack pgd        attack it (dL/dX), print a table, write report.json + examples.png
     advx eval                       robust accuracy over the test set at several eps (worst case)
     advx certify                    certified accuracy: a proved lower bound (bound propagation)
+    advx verify NET.onnx P.vnnlib   a VNN-LIB property of an ONNX network: sat / unsat / timeout
 
 attack, eval and certify take an advx checkpoint (--checkpoint) or your own model (--model
 MODULE:NAME with --weights, or --model FILE.pt2), behind its normalization (--mean/--std).
@@ -19,12 +20,12 @@ import sys
 import warnings
 
 from advx import distributed
-from advx.cli import attack, certify, data, train
+from advx.cli import attack, certify, data, train, verify
 from advx.cli import eval as eval_command  # (not to shadow the builtin)
 from advx.cli.common import CLIError
 from advx.validate import AdvxError
 
-COMMANDS = (data, train, attack, eval_command, certify)  # each: add(subparsers) and run(args)
+COMMANDS = (data, train, attack, eval_command, certify, verify)  # each: add(subparsers) and run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

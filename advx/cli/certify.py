@@ -12,21 +12,31 @@ from advx.cli.common import (CLIError, check_model_options, common_options, devi
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
 from advx.report.certification import certify_table, write_certify_outputs
-from advx.sharded import certify_sharded
+from advx.resume import digest
+from advx.sharded import certify_sharded, shared_store
 
 
 def add(sub) -> None:
     c = sub.add_parser("certify", help="certified accuracy: a proved lower bound on robust accuracy",
                        description="Bound every margin z_y - z_j over the whole eps-ball (bound propagation: "
-                                   "ibp, crown-ibp or crown). A sample is certified when every bound is "
-                                   "positive: no input in the ball changes its class. Writes report.json, "
-                                   "per_sample.csv (each sample's margin bound) and curve.png.")
+                                   "ibp, crown-ibp, crown or alpha-crown). A sample is certified when every "
+                                   "bound is positive: no input in the ball changes its class. --method bab "
+                                   "adds branch and bound: a verdict per sample, verified, falsified (a "
+                                   "counterexample the model confirms) or unknown (out of time); with no "
+                                   "unknown left, the exact robust accuracy. Writes report.json, "
+                                   "per_sample.csv (each sample's margin bound, and verdict) and curve.png.")
     c.add_argument("--eps", default=None,
                    help="comma-separated budgets (default: a third and all of the dataset's standard budget "
                         "in the norm: MNIST Linf 0.1,0.3)")
     c.add_argument("--norm", default="inf", choices=NORM_NAMES, help="default: inf")
     c.add_argument("--method", default="crown", choices=METHODS,
-                   help="ibp: fast, loose; crown: tightest, slowest (default: crown)")
+                   help="ibp: fast, loose; crown, alpha-crown: tighter, slower; bab: a verdict per sample "
+                        "(default: crown)")
+    c.add_argument("--timeout", type=float, default=60.0,
+                   help="with --method bab: seconds per sample before it is left unknown (default: 60)")
+    c.add_argument("--resume", action="store_true",
+                   help="with --method bab: keep the verdicts a killed run of the same command had written "
+                        "(<out>/.resume/) and decide only the rest")
     images_option(c, 10000)
     c.add_argument("--batch-size", type=int, default=256, help="default: 256")
     c.add_argument("--out", default="runs/certify", help="output folder (default: runs/certify)")
@@ -41,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--eps must be comma-separated numbers >= 0, got {args.eps!r}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not args.timeout > 0:
+        raise CLIError(f"--timeout must be > 0 seconds per sample, got {args.timeout:g}")
+    if args.resume and args.method != "bab":
+        raise CLIError(f"--resume applies only with --method bab, got --method {args.method}")
     check_model_options(args)
     out = check_output_dir(args.out, "--out")
     device = distributed.init(device_named(args.device))  # under torchrun: this rank's device
@@ -48,12 +62,35 @@ def run(args: argparse.Namespace) -> int:
     if eps is None:
         standard = subject.dataset.eps[args.norm]
         eps = [float(f"{standard / 3:.3g}"), standard]
+    store = None
+    if args.method == "bab":  # every verdict written as it is decided
+        identity = {"source": subject.source, "images": digest(test.x, test.y), "eps": eps, "norm": args.norm,
+                    "weights": digest(*subject.model.state_dict().values()), "timeout": args.timeout}
+        store = shared_store(out / ".resume", identity, resume=args.resume)
     # each rank certifies its shard of the images; rank 0 reports
-    result = certify_sharded(subject.model, test.x, test.y, eps, method=args.method, norm=args.norm,
-                             batch_size=args.batch_size, device=device, progress=not args.quiet)
+    try:
+        result = certify_sharded(subject.model, test.x, test.y, eps, method=args.method, norm=args.norm,
+                                 batch_size=args.batch_size, device=device, timeout=args.timeout, store=store,
+                                 progress=not args.quiet)
+    except BaseException as err:
+        if store is not None:
+            _name_what_is_kept(err, store)
+        raise
     if result is None:
         return 0
     print(certify_table(result, source=subject.title))
     written = write_certify_outputs(out, result, source=subject.source)
     print(f"wrote {', '.join(str(out / w) for w in written)}")
+    if store is not None:
+        if store.reused:
+            print(f"resumed: {store.reused} verdicts read back from {store.folder}, {store.computed} decided now")
+        store.finish()
     return 0
+
+
+def _name_what_is_kept(err: BaseException, store) -> None:
+    """Add to ``err``'s one line where the verdicts decided so far are kept."""
+    kept = len(list(store.folder.glob("*.pt"))) if store.folder.is_dir() else 0
+    if kept and (not err.args or (len(err.args) == 1 and isinstance(err.args[0], str))):
+        note = f"{kept} verdicts are kept in {store.folder}: add --resume to reuse them"
+        err.args = (f"{err.args[0]}; {note}" if err.args else note,)

@@ -65,8 +65,12 @@ def add(sub) -> None:
     images_option(e, 10000)
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
-                   help="also certify each sample at each eps (ibp, crown-ibp or crown; crown if no METHOD): "
-                        "certified, broken or unresolved, and so the robust accuracy as an interval")
+                   help="also certify each sample at each eps (ibp, crown-ibp, crown or alpha-crown; crown if "
+                        "no METHOD): certified, broken or unresolved, and so the robust accuracy as an "
+                        "interval; bab: branch and bound then decides the unresolved samples")
+    e.add_argument("--timeout", type=float, default=60.0,
+                   help="with --certify bab: seconds per unresolved sample before it stays unresolved "
+                        "(default: 60)")
     precision_option(e, "the attacks' search (success, survivors and figures are always decided in fp32)")
     e.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
     e.add_argument("--resume", action="store_true",
@@ -78,6 +82,8 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:
+        raise CLIError(f"--timeout must be > 0 seconds per sample, got {args.timeout:g}")
     check_model_options(args)
     _configs(args, args.dataset or "mnist", "cpu")  # every setting checked before any work
     out = check_output_dir(args.out, "--out")
@@ -141,7 +147,8 @@ def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalCo
                              steps=args.steps, alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
                              early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
                              device=device, checks=not args.no_checks, precision=args.precision,
-                             progress=not args.quiet, certify=args.certify, adapt=not args.no_adapt,
+                             progress=not args.quiet, certify=args.certify, certify_timeout=args.timeout,
+                             adapt=not args.no_adapt,
                              eot=args.eot, votes=args.votes)
             for norm in _norms(args)}
 
