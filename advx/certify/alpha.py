@@ -91,15 +91,26 @@ def bound(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torch.T
         unstable, active = (l < 0) & (u > 0), (l >= 0).to(l.dtype)
         chord = torch.where(unstable, u / (u - l).clamp_min(1e-12), active)
         offset = torch.where(unstable, -chord * l, torch.zeros_like(l))
-        slope = torch.where(unstable[dom], _clamped(alpha[i], 0, 1), active[dom])
+        slope = torch.where(unstable[dom], slopes(alpha[i]), active[dom])
         pos, neg = A.clamp_min(0), A.clamp_max(0)
         bias = bias + (neg * offset[dom]).flatten(1).sum(1)
         A = pos * slope + neg * chord[dom]
         split = domains.splits.get(i)
-        if split is not None and i in beta:  # - β s z: zero on every point of the domain or below
-            A = A - _clamped(beta[i], 0, None) * split[dom].to(A.dtype)
+        if split is not None and i in beta:
+            A = A + split_term(beta[i], split[dom].to(A.dtype))
     lower = bias + ball.minimum(A, owner)
     return Bound(lower.view(D, S), A, outputs)
+
+
+def slopes(alpha: torch.Tensor) -> torch.Tensor:
+    """The lower slopes the bound uses: α projected into [0, 1] (any such slope is sound)."""
+    return _clamped(alpha, 0, 1)
+
+
+def split_term(beta: torch.Tensor, split: torch.Tensor) -> torch.Tensor:
+    """The split constraints' coefficients on z: ``-β s`` with β >= 0, so that the added
+    term ``-β s z`` is <= 0 on every point of the domain (there ``s z >= 0``)."""
+    return -_clamped(beta, 0, None) * split
 
 
 def _clamped(p: torch.Tensor, low, high) -> torch.Tensor:
@@ -143,10 +154,13 @@ def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torc
     beta = {} if beta is None else {i: b.clone() for i, b in beta.items()}
     for i in domains.splits:
         beta.setdefault(i, torch.zeros_like(alpha[i]))
-    best = ibp_fold(chain, ball, boxes, domains, C)
+    best = ibp_fold(chain, ball, boxes, domains, C).detach()
     if floor is not None:
         best = torch.maximum(best, floor)
     params = list(alpha.values()) + list(beta.values())
+    if not params:  # no ReLU: CROWN's pass is exact
+        found = bound(chain, ball, boxes, domains, C, alpha, beta).lower
+        return torch.maximum(best, found.detach()), alpha, beta
     rates = [lr_alpha] * len(alpha) + [lr_beta] * len(beta)
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     for step in range(iterations + 1):
