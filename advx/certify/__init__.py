@@ -41,6 +41,8 @@ from advx.norms import Norm, get_norm
 from advx.progress import bar as progress_bar
 from advx.validate import AdvxError, InputError, check_batch, check_images, check_number
 
+INTERMEDIATE_ROWS = 32  # "alpha-crown": intermediate neurons per layer and sample given optimised slopes
+
 __all__ = ["Certificate", "Certifier", "certify", "METHODS", "SUPPORTED", "UnsupportedModel"]
 
 
@@ -118,7 +120,8 @@ class Certifier:
         ball = Ball(x.float(), float(eps), self.norm, *self.bounds)
         classes, y, method = self.num_classes, y.long(), method or self.method
         if method in ("alpha-crown", "bab"):
-            return alpha.margins(self.chain, ball, y, classes, iterations=self.iterations)
+            return alpha.margins(self.chain, ball, y, classes, iterations=self.iterations,
+                                 intermediate=INTERMEDIATE_ROWS)
         found = lower_bounds(self.chain, ball, method, margin_spec(y, classes))
         return found.masked_fill(torch.nn.functional.one_hot(y, classes).bool(), float("inf"))
 

@@ -144,7 +144,7 @@ def initial_alpha(chain: list[Op], boxes: list, domains: Domains, S: int) -> dic
 def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torch.Tensor,
              threshold: torch.Tensor, *, alpha: dict | None = None, beta: dict | None = None,
              iterations: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05,
-             floor: torch.Tensor | None = None):
+             floor: torch.Tensor | None = None, stop=None):
     """Raise the lower bounds of ``C @ output`` by projected Adam on α (and β on split
     neurons) for at most ``iterations`` steps; a domain stops counting once every row's
     bound exceeds ``threshold`` [D, S] (all stop: early exit). Returns ``(best, alpha, beta)``:
@@ -164,7 +164,8 @@ def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torc
     rates = [lr_alpha] * len(alpha) + [lr_beta] * len(beta)
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     for step in range(iterations + 1):
-        open_rows = ~(best > threshold).all(1, keepdim=True).expand(D, S)
+        settled = (best > threshold).all(1) if stop is None else stop(best, threshold)
+        open_rows = ~settled.view(D, 1).expand(D, S)
         if step and not open_rows.any():  # the first pass always runs: never below CROWN
             break
         for p in params:
@@ -205,22 +206,65 @@ def primal_points(ball: Ball, inputs: torch.Tensor, owner: torch.Tensor) -> torc
     return point
 
 
-def margins(chain: list[Op], ball: Ball, y: torch.Tensor, classes: int, *, iterations: int = 20) -> torch.Tensor:
+def margins(chain: list[Op], ball: Ball, y: torch.Tensor, classes: int, *, iterations: int = 20,
+            intermediate: int = 0) -> torch.Tensor:
     """α-CROWN's lower bounds [N, K] of ``z_y - z_j`` (``+inf`` at j = y) for every sample
     of ``ball``: CROWN's intermediate bounds, the final pass's slopes optimised per margin
-    (samples in chunks of about ``ROWS_BUDGET`` floats of slopes)."""
+    (samples in chunks of about ``ROWS_BUDGET`` floats of slopes); with ``intermediate`` > 0,
+    α-CROWN's intermediate bounds too, for up to that many neurons per layer and sample."""
     width = sum(_numel(op.in_shape) for op in chain if isinstance(op, ReLU)) or 1
     chunk = max(1, ROWS_BUDGET // (width * (classes - 1)))
     parts = []
     for s in range(0, len(y), chunk):
         part = Ball(ball.x[s:s + chunk], ball.eps, ball.norm, ball.lower, ball.upper)
-        parts.append(_margins(chain, part, y[s:s + chunk], classes, iterations))
+        parts.append(_margins(chain, part, y[s:s + chunk], classes, iterations, intermediate))
     return torch.cat(parts) if parts else torch.zeros(0, classes)
 
 
-def _margins(chain, ball, y, classes, iterations):
+def refined_boxes(chain: list[Op], ball: Ball, *, iterations: int = 20, max_rows: int = 256) -> list:
+    """``propagate.layer_boxes`` with α-CROWN's intermediate bounds: the unstable inputs of
+    a ReLU that has a ReLU below it are bounded by ``optimise`` on the chain below it (its own
+    slopes per bound), layer by layer, each layer's boxes feeding the next. Per sample and
+    layer at most ``max_rows`` neurons, those whose relaxation is widest (-l u / (u - l)):
+    the cost stays bounded on wide convolutional layers; the others keep CROWN's bounds."""
+    def refine(i, l, u, boxes):
+        if not any(isinstance(op, ReLU) for op in chain[:i]) or not iterations or not max_rows:
+            return l, u
+        flat_l, flat_u = l.flatten(1).clone(), u.flatten(1).clone()
+        width = torch.where((flat_l < 0) & (flat_u > 0), -flat_l * flat_u / (flat_u - flat_l).clamp_min(1e-12),
+                            torch.zeros_like(flat_l))
+        top = width.topk(min(max_rows, width.shape[1]), dim=1)
+        keep = top.values > 0
+        sample = torch.arange(len(flat_l), device=l.device).unsqueeze(1).expand_as(keep)[keep]
+        position = top.indices[keep]
+        size = sum(_numel(op.in_shape) for op in chain[:i] if isinstance(op, ReLU)) + flat_l.shape[1]
+        chunk = max(1, ROWS_BUDGET // (8 * size))  # Adam's moments and autograd: a few copies per row
+        for s in range(0, len(sample), chunk):
+            rows_s, rows_p = sample[s:s + chunk], position[s:s + chunk]
+            R = len(rows_s)
+            C = torch.zeros(R, 2, flat_l.shape[1], dtype=l.dtype, device=l.device)
+            C[torch.arange(R), 0, rows_p] = 1.0   # lower bound of z_p
+            C[torch.arange(R), 1, rows_p] = -1.0  # lower bound of -z_p: minus an upper bound
+            C = C.view(R, 2, *l.shape[1:])
+            known = torch.stack([flat_l[rows_s, rows_p], -flat_u[rows_s, rows_p]], 1)
+            best, _, _ = optimise(chain[:i], ball, boxes, Domains(rows_s, {}), C, torch.zeros_like(known),
+                                  iterations=iterations, floor=known, stop=_crossed)
+            flat_l[rows_s, rows_p] = best[:, 0]
+            flat_u[rows_s, rows_p] = -best[:, 1]
+        return flat_l.view_as(l), flat_u.view_as(u)
+
+    return layer_boxes(chain, ball, "crown", refine=refine)
+
+
+def _crossed(best: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """[D] an intermediate neuron is settled once either bound crosses 0 (it is stable)."""
+    return (best > threshold).any(1)
+
+
+def _margins(chain, ball, y, classes, iterations, intermediate):
     N = len(y)
-    boxes = layer_boxes(chain, ball, "crown")
+    boxes = (refined_boxes(chain, ball, iterations=iterations, max_rows=intermediate) if intermediate
+             else layer_boxes(chain, ball, "crown"))
     others = torch.ones(N, classes, dtype=torch.bool, device=y.device)
     others[torch.arange(N), y] = False
     C = margin_spec(y, classes)[others].view(N, classes - 1, classes)

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from advx.certify.alpha import Domains, domain_box, optimise, bound, primal_points
+from advx.certify.alpha import Domains, bound, domain_box, optimise, primal_points, refined_boxes
 from advx.certify.ops import Op, ReLU
-from advx.certify.propagate import Ball, layer_boxes
+from advx.certify.propagate import Ball
 
 
 @dataclass
@@ -94,6 +94,8 @@ class Settings:
     timeout: float = 60.0
     batch: int = 64              # domains split per round (2x bounded)
     root_iterations: int = 50
+    intermediate_iterations: int = 20  # α-CROWN for the root's intermediate bounds (0: CROWN's)
+    intermediate_rows: int = 256       # ... for up to this many neurons per layer
     iterations: int = 15
     max_domains: int = 20000
     falsify_steps: int = 20
@@ -144,7 +146,8 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
     bool`` confirms candidate counterexamples (default: the chain's own forward pass)."""
     start = time.perf_counter()
     check = check or (lambda p: prop.violated(forward(chain, p)))
-    boxes = layer_boxes(chain, ball, "crown")
+    boxes = refined_boxes(chain, ball, iterations=settings.intermediate_iterations,
+                          max_rows=settings.intermediate_rows)
     S = len(prop.d)
     C, d = prop.C.unsqueeze(0), prop.d.unsqueeze(0)
     root = Domains(torch.zeros(1, dtype=torch.long, device=ball.x.device), {})

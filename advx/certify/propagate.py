@@ -113,16 +113,19 @@ def lower_bounds(chain: list[Op], ball: Ball, method: str, spec: torch.Tensor) -
     return found.view(N, S)
 
 
-def layer_boxes(chain: list[Op], ball: Ball, method: str = "crown") -> list:
+def layer_boxes(chain: list[Op], ball: Ball, method: str = "crown", refine=None) -> list:
     """``boxes[i]``: elementwise bounds ``(l, u)`` [N, *in_shape] of ``chain[i]``'s input
     over the ball (``boxes[len(chain)]``: of the output), by IBP, tightened by CROWN for
-    every unstable ReLU with ``method="crown"``; each relaxed op is left set to its box."""
+    every unstable ReLU with ``method="crown"``, then by ``refine(i, l, u, boxes)`` if given
+    (α-CROWN's); each relaxed op is left set to its box."""
     boxes: list = [ball.box()]
     for i, op in enumerate(chain):
         l, u = boxes[i]
         if op.needs_bounds:
             if method == "crown" and _has_relaxation(chain[:i]) and isinstance(op, ReLU):
                 l, u = _refine(chain, i, l, u, ball, boxes)
+                if refine is not None:
+                    l, u = refine(i, l, u, boxes)
                 boxes[i] = (l, u)
             op.set_bounds(l, u)
         boxes.append(first_layer(chain[:i], op, ball, l, u))
