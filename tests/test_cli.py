@@ -487,3 +487,72 @@ def test_warnings_are_one_line_each(tiny_checkpoint, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if "content hash" in line]
     assert lines == [f"advx attack: warning: checkpoint: {old} holds no content hash (written by an older advx), "
                      f"so damage to its weights cannot be detected; saving it again adds one"]
+
+
+@pytest.fixture(scope="module")
+def cert_checkpoint(tmp_path_factory):
+    """advx's certifiable CNN (no BatchNorm or max-pooling), trained briefly: fast to bound."""
+    return train_checkpoint(tmp_path_factory.mktemp("cert") / "cert.pt", "--model", "cert", "--epochs", "1",
+                            "--train-size", "3000", "--batch-size", "64")
+
+
+def test_certify_bab_end_to_end(cert_checkpoint, tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "bab"
+    code = main(["certify", "--checkpoint", str(cert_checkpoint), "--eps", "0.003", "--n", "6", "--method", "bab",
+                 "--timeout", "2", "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet"])
+    assert code == 0
+    assert "branch and bound, per sample" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    counts = report["verdicts"]["0.003"]
+    assert sum(counts.values()) == 6 and report["settings"]["timeout_per_sample"] == 2
+    rows = list(csv.DictReader((out / "per_sample.csv").open()))
+    assert all((r["verdict@0.003"] == "verified") == (r["certified@0.003"] == "1") for r in rows)
+    assert sum(r["verdict@0.003"] == "falsified" for r in rows) == counts["falsified"]
+    exact = report["exact_robust_acc"]["0.003"]
+    assert exact is None if counts["unknown"] else exact == pytest.approx(counts["verified"] / 6)
+    assert not (out / ".resume").exists()  # reported: the stored verdicts are no longer needed
+
+
+def test_certify_bab_resumes_what_a_killed_run_decided(cert_checkpoint, tmp_path, capsys, monkeypatch):
+    """The store's mechanics, with a stand-in for branch and bound (its answers are tested in
+    test_bab.py): a run killed after two verdicts keeps them; --resume decides only the rest."""
+    import csv
+
+    from advx.certify import bab, verdicts
+
+    calls = []
+
+    def stand_in(certifier, x, label, eps, **_):
+        calls.append(label)
+        if len(calls) == 3 and not resumed:
+            raise KeyboardInterrupt
+        return bab.Outcome("unknown", lower=-1.0, seconds=0.5)
+
+    monkeypatch.setattr(verdicts, "branch_and_bound", stand_in)
+    out = tmp_path / "bab"
+    argv = ["certify", "--checkpoint", str(cert_checkpoint), "--eps", "0.1", "--n", "12", "--method", "bab",
+            "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet"]
+    resumed = False
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "2 verdicts are kept in" in err and "add --resume" in err
+    first, resumed = len(calls) - 1, True
+    calls.clear()
+    assert main(argv + ["--resume"]) == 0
+    assert "resumed: 2 verdicts read back" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "per_sample.csv").open()))
+    open_ = sum(r["verdict@0.1"] == "unknown" for r in rows)
+    assert first == 2 and len(calls) == open_ - 2 > 0  # the two decided before the kill were not redone
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["certify", "--method", "bab", "--timeout", "0"], "--timeout must be > 0 seconds per sample, got 0"),
+    (["certify", "--method", "crown", "--resume"], "--resume applies only with --method bab, got --method crown"),
+    (["eval", "--certify", "bab", "--timeout", "-1"], "--timeout must be > 0 seconds per sample, got -1"),
+])
+def test_bab_options(argv, message, cert_checkpoint, capsys):
+    assert main(argv + ["--checkpoint", str(cert_checkpoint), "--data-dir", str(DATA_DIR), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -119,9 +119,14 @@ class Certifier:
         certifier's) for every sample; differentiable in the weights."""
         ball = Ball(x.float(), float(eps), self.norm, *self.bounds)
         classes, y, method = self.num_classes, y.long(), method or self.method
-        if method in ("alpha-crown", "bab"):
-            return alpha.margins(self.chain, ball, y, classes, iterations=self.iterations,
-                                 intermediate=INTERMEDIATE_ROWS)
+        if method in ("alpha-crown", "bab"):  # bab: branch and bound refines its root's own bounds
+            found = alpha.margins(self.chain, ball, y, classes, iterations=self.iterations)
+            todo = found.min(1).values <= 0
+            if method == "alpha-crown" and INTERMEDIATE_ROWS and todo.any():  # then, where that fails, the
+                part = Ball(x[todo].float(), float(eps), self.norm, *self.bounds)  # intermediate bounds too
+                found[todo] = torch.maximum(found[todo], alpha.margins(
+                    self.chain, part, y[todo], classes, iterations=self.iterations, intermediate=INTERMEDIATE_ROWS))
+            return found
         found = lower_bounds(self.chain, ball, method, margin_spec(y, classes))
         return found.masked_fill(torch.nn.functional.one_hot(y, classes).bool(), float("inf"))
 

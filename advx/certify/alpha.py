@@ -20,6 +20,7 @@ thousands of subdomains share its boxes and differ only in their splits.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -221,14 +222,17 @@ def margins(chain: list[Op], ball: Ball, y: torch.Tensor, classes: int, *, itera
     return torch.cat(parts) if parts else torch.zeros(0, classes)
 
 
-def refined_boxes(chain: list[Op], ball: Ball, *, iterations: int = 20, max_rows: int = 256) -> list:
+def refined_boxes(chain: list[Op], ball: Ball, *, iterations: int = 20, max_rows: int = 256,
+                  deadline: float = float("inf")) -> list:
     """``propagate.layer_boxes`` with α-CROWN's intermediate bounds: the unstable inputs of
     a ReLU that has a ReLU below it are bounded by ``optimise`` on the chain below it (its own
     slopes per bound), layer by layer, each layer's boxes feeding the next. Per sample and
     layer at most ``max_rows`` neurons, those whose relaxation is widest (-l u / (u - l)):
-    the cost stays bounded on wide convolutional layers; the others keep CROWN's bounds."""
+    the cost stays bounded on wide convolutional layers; the others keep CROWN's bounds, as do
+    the layers reached after ``deadline`` (a ``time.perf_counter()`` value)."""
     def refine(i, l, u, boxes):
-        if not any(isinstance(op, ReLU) for op in chain[:i]) or not iterations or not max_rows:
+        if (not any(isinstance(op, ReLU) for op in chain[:i]) or not iterations or not max_rows
+                or time.perf_counter() > deadline):
             return l, u
         flat_l, flat_u = l.flatten(1).clone(), u.flatten(1).clone()
         width = torch.where((flat_l < 0) & (flat_u > 0), -flat_l * flat_u / (flat_u - flat_l).clamp_min(1e-12),

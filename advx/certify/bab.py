@@ -95,7 +95,8 @@ class Settings:
     batch: int = 64              # domains split per round (2x bounded)
     root_iterations: int = 50
     intermediate_iterations: int = 20  # α-CROWN for the root's intermediate bounds (0: CROWN's)
-    intermediate_rows: int = 256       # ... for up to this many neurons per layer
+    intermediate_rows: int = 256       # ... for up to this many neurons per layer, layers begun
+                                       # in the first quarter of the timeout
     iterations: int = 15
     max_domains: int = 20000
     falsify_steps: int = 20
@@ -147,7 +148,7 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
     start = time.perf_counter()
     check = check or (lambda p: prop.violated(forward(chain, p)))
     boxes = refined_boxes(chain, ball, iterations=settings.intermediate_iterations,
-                          max_rows=settings.intermediate_rows)
+                          max_rows=settings.intermediate_rows, deadline=start + settings.timeout / 4)
     S = len(prop.d)
     C, d = prop.C.unsqueeze(0), prop.d.unsqueeze(0)
     root = Domains(torch.zeros(1, dtype=torch.long, device=ball.x.device), {})
