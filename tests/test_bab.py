@@ -190,6 +190,7 @@ def test_a_wrong_bound_is_caught(monkeypatch, mutant):
     assert (float(best) <= truth + 1e-6) == (mutant is None or mutant == "wrong sign of beta")
 
 
+@pytest.mark.slow
 def test_a_split_that_keeps_one_side_is_caught(monkeypatch):
     """Mutant: both children of a split take the active side, so half the set is never bounded.
     With no counterexample ever confirmed, the exact answers catch its "verified"."""

@@ -515,6 +515,7 @@ def test_certify_bab_end_to_end(cert_checkpoint, tmp_path, capsys):
     assert not (out / ".resume").exists()  # reported: the stored verdicts are no longer needed
 
 
+@pytest.mark.slow
 def test_certify_bab_resumes_what_a_killed_run_decided(cert_checkpoint, tmp_path, capsys, monkeypatch):
     """The store's mechanics, with a stand-in for branch and bound (its answers are tested in
     test_bab.py): a run killed after two verdicts keeps them; --resume decides only the rest."""
