@@ -50,28 +50,22 @@ class Property:
 
     def proved(self, lower: torch.Tensor) -> torch.Tensor:
         """[D] True where every group has a row whose bound (``lower`` [D, S]) beats its d."""
-        ok = (lower > self.d).to(torch.int64)
-        groups = int(self.group.max()) + 1
-        per_group = torch.zeros(len(lower), groups, dtype=torch.int64, device=lower.device)
-        per_group.index_add_(1, self.group, ok)
-        return (per_group > 0).all(1)
+        return self.worst(lower - self.d) > 0
 
     def violated(self, z: torch.Tensor) -> torch.Tensor:
         """[P] True where the outputs ``z`` [P, K] violate the property."""
-        holds = (z @ self.C.T <= self.d).to(torch.int64)  # [P, S]
-        groups = int(self.group.max()) + 1
-        count = torch.zeros(len(z), groups, dtype=torch.int64, device=z.device)
-        count.index_add_(1, self.group, holds)
-        size = torch.zeros(groups, dtype=torch.int64, device=z.device).index_add_(0, self.group, torch.ones_like(self.group))
-        return (count == size).any(1)
+        return self.value(z) <= 0
 
     def value(self, z: torch.Tensor) -> torch.Tensor:
         """[P]: the smallest over groups of the largest ``C z - d`` in the group (<= 0 where
         violated): what the falsifier descends."""
-        slack = z @ self.C.T - self.d
+        return self.worst(z @ self.C.T - self.d)
+
+    def worst(self, slack: torch.Tensor) -> torch.Tensor:
+        """[P]: per row of ``slack`` [P, S], the min over groups of the max over the group's rows."""
         groups = int(self.group.max()) + 1
-        worst = torch.full((len(z), groups), float("-inf"), device=z.device, dtype=z.dtype)
-        worst = worst.scatter_reduce(1, self.group.expand(len(z), -1), slack, "amax")
+        worst = torch.full((len(slack), groups), float("-inf"), device=slack.device, dtype=slack.dtype)
+        worst = worst.scatter_reduce(1, self.group.expand(len(slack), -1), slack, "amax")
         return worst.min(1).values
 
 
@@ -225,13 +219,8 @@ def _margin(lower: torch.Tensor, prop: Property) -> float:
 
 
 def _group_margin(lower: torch.Tensor, prop: Property) -> torch.Tensor:
-    """[D]: per domain, the min over groups of the max over the group's rows of bound - d
-    (> 0: proved)."""
-    slack = lower - prop.d
-    groups = int(prop.group.max()) + 1
-    worst = torch.full((len(lower), groups), float("-inf"), device=lower.device, dtype=lower.dtype)
-    worst = worst.scatter_reduce(1, prop.group.expand(len(lower), -1), slack, "amax")
-    return worst.min(1).values
+    """[D]: per domain, the property's proved margin (> 0: proved)."""
+    return prop.worst(lower - prop.d)
 
 
 def _take(params: dict, pick: torch.Tensor, S: int) -> dict:

@@ -8,7 +8,7 @@ import argparse
 from advx import distributed
 from advx.certify import METHODS
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, images_option,
-                             load_subject, model_options)
+                             load_subject, model_options, name_what_is_kept)
 from advx.files import check_output_dir
 from advx.norms import NORM_NAMES
 from advx.report.certification import certify_table, write_certify_outputs
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                                  progress=not args.quiet)
     except BaseException as err:
         if store is not None:
-            _name_what_is_kept(err, store)
+            name_what_is_kept(err, store, "verdicts")
         raise
     if result is None:
         return 0
@@ -87,10 +87,3 @@ def run(args: argparse.Namespace) -> int:
         store.finish()
     return 0
 
-
-def _name_what_is_kept(err: BaseException, store) -> None:
-    """Add to ``err``'s one line where the verdicts decided so far are kept."""
-    kept = len(list(store.folder.glob("*.pt"))) if store.folder.is_dir() else 0
-    if kept and (not err.args or (len(err.args) == 1 and isinstance(err.args[0], str))):
-        note = f"{kept} verdicts are kept in {store.folder}: add --resume to reuse them"
-        err.args = (f"{err.args[0]}; {note}" if err.args else note,)

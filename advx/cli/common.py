@@ -98,3 +98,12 @@ def load_subject(args: argparse.Namespace, device: str, verbose: bool = True) ->
         for warning in subject.warnings:
             print(f"WARNING: {warning}", file=sys.stderr)
     return subject, test
+
+
+def name_what_is_kept(err: BaseException, store, what: str) -> None:
+    """Add to ``err``'s one line how many results of a killed run ``store`` keeps (``what``:
+    e.g. "batches of attack results"), and how to reuse them."""
+    kept = len(list(store.folder.glob("*.pt"))) if store.folder.is_dir() else 0
+    if kept and (not err.args or (len(err.args) == 1 and isinstance(err.args[0], str))):
+        note = f"{kept} {what} are kept in {store.folder}: add --resume to reuse them"
+        err.args = (f"{err.args[0]}; {note}" if err.args else note,)

@@ -9,7 +9,7 @@ from advx import distributed
 from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, stage_name, suite
 from advx.certify.propagate import METHODS
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, images_option,
-                             load_subject, model_options, precision_option)
+                             load_subject, model_options, name_what_is_kept, precision_option)
 from advx.datasets import DATASETS
 from advx.eval_config import EvalConfig
 from advx.files import check_output_dir
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             ev = evaluate_sharded(subject.model, test.x, test.y, config, store=store)
         except BaseException as err:  # killed, or failed after hours of work: say where that work is
-            _name_what_is_kept(err, store)
+            name_what_is_kept(err, store, "batches of attack results")
             raise
         reused, computed = distributed.total([store.reused, store.computed])  # over every rank's batches
         if ev is None:  # another rank's shard: rank 0 reports
@@ -129,14 +129,6 @@ def run(args: argparse.Namespace) -> int:
         store.finish()
     remove_stale_norm_folders(out, [results[n].norm.label for n in results] if len(configs) > 1 else [])
     return 0
-
-
-def _name_what_is_kept(err: BaseException, store) -> None:
-    """Add to ``err``'s one line where the attack results computed so far are kept, and how to reuse them."""
-    kept = len(list(store.folder.glob("*.pt"))) if store.folder.is_dir() else 0
-    if kept and (not err.args or (len(err.args) == 1 and isinstance(err.args[0], str))):
-        note = f"{kept} batches of attack results are kept in {store.folder}: add --resume to reuse them"
-        err.args = (f"{err.args[0]}; {note}" if err.args else note,)
 
 
 def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalConfig]:
