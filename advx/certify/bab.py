@@ -178,17 +178,15 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
                            seconds=time.perf_counter() - start, notes=["too many domains"])
         order = _group_margin(lower, prop).argsort()
         pick, rest = order[:settings.batch], order[settings.batch:]
-        parents = domains.take(pick)
-        found = bound(chain, ball, boxes, parents, C.expand(len(parents), -1, -1),
-                      _take(alpha, pick, S), _take(beta, pick, S))
+        parents, parent_alpha, parent_beta = domains.take(pick), _take(alpha, pick, S), _take(beta, pick, S)
+        found = bound(chain, ball, boxes, parents, C.expand(len(parents), -1, -1), parent_alpha, parent_beta)
         choice = _branch(chain, boxes, parents, found, prop, lower[pick])
         if choice is None:
             return Outcome("unknown", lower=_margin(lower, prop), domains=count,
                            seconds=time.perf_counter() - start, notes=["a domain with every ReLU split stays open"])
         children = _split(parents, choice, chain, boxes)
         twice = torch.arange(len(pick), device=pick.device).repeat(2)
-        kid_alpha = _take(_take(alpha, pick, S), twice, S)
-        kid_beta = _take(_take(beta, pick, S), twice, S)
+        kid_alpha, kid_beta = _take(parent_alpha, twice, S), _take(parent_beta, twice, S)
         kid_best, kid_alpha, kid_beta = optimise(chain, ball, boxes, children, C.expand(len(children), -1, -1),
                                                  d.expand(len(children), -1), alpha=kid_alpha, beta=kid_beta,
                                                  iterations=settings.iterations, floor=lower[pick][twice])
