@@ -185,7 +185,7 @@ def test_a_wrong_bound_is_caught(monkeypatch, mutant):
     else:
         assert max(found) > truth + 0.5, found
     # and the optimiser, given the chance, finds the exact bound (or the mutant's wrong one)
-    best, _, _ = alpha.optimise(chain, ball, boxes, alpha.Domains(torch.zeros(1, dtype=torch.long), {}), C,
+    best, *_ = alpha.optimise(chain, ball, boxes, alpha.Domains(torch.zeros(1, dtype=torch.long), {}), C,
                                 torch.zeros(1, 1), iterations=30)
     assert (float(best) <= truth + 1e-6) == (mutant is None or mutant == "wrong sign of beta")
 

@@ -148,8 +148,10 @@ def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torc
              floor: torch.Tensor | None = None, stop=None):
     """Raise the lower bounds of ``C @ output`` by projected Adam on α (and β on split
     neurons) for at most ``iterations`` steps; a domain stops counting once every row's
-    bound exceeds ``threshold`` [D, S] (all stop: early exit). Returns ``(best, alpha, beta)``:
-    ``best`` [D, S] the largest bound seen per row (each one sound), at least ``floor``."""
+    bound exceeds ``threshold`` [D, S] (all stop: early exit). Returns ``(best, alpha, beta,
+    last)``: ``best`` [D, S] the largest bound seen per row (each one sound), at least
+    ``floor``; ``last`` the last pass's ``Bound``, detached (its coefficients: branching and
+    candidate counterexamples)."""
     D, S = C.shape[:2]
     alpha = initial_alpha(chain, boxes, domains, S) if alpha is None else {i: a.clone() for i, a in alpha.items()}
     beta = {} if beta is None else {i: b.clone() for i, b in beta.items()}
@@ -160,8 +162,8 @@ def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torc
         best = torch.maximum(best, floor)
     params = list(alpha.values()) + list(beta.values())
     if not params:  # no ReLU: CROWN's pass is exact
-        found = bound(chain, ball, boxes, domains, C, alpha, beta).lower
-        return torch.maximum(best, found.detach()), alpha, beta
+        last = bound(chain, ball, boxes, domains, C, alpha, beta)
+        return torch.maximum(best, last.lower.detach()), alpha, beta, last
     rates = [lr_alpha] * len(alpha) + [lr_beta] * len(beta)
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     for step in range(iterations + 1):
@@ -172,7 +174,8 @@ def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torc
         for p in params:
             p.requires_grad_(True)
         with torch.enable_grad():
-            found = bound(chain, ball, boxes, domains, C, alpha, beta).lower
+            last = bound(chain, ball, boxes, domains, C, alpha, beta)
+            found = last.lower
             best = torch.maximum(best, found.detach())
             if step == iterations:
                 break
@@ -194,7 +197,8 @@ def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torc
             b.clamp_(min=0)
     for p in params:
         p.requires_grad_(False)
-    return best, alpha, beta
+    last = Bound(last.lower.detach(), last.inputs.detach(), {i: w.detach() for i, w in last.outputs.items()})
+    return best, alpha, beta, last
 
 
 def primal_points(ball: Ball, inputs: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
@@ -251,7 +255,7 @@ def refined_boxes(chain: list[Op], ball: Ball, *, iterations: int = 20, max_rows
             C[torch.arange(R), 1, rows_p] = -1.0  # lower bound of -z_p: minus an upper bound
             C = C.view(R, 2, *l.shape[1:])
             known = torch.stack([flat_l[rows_s, rows_p], -flat_u[rows_s, rows_p]], 1)
-            best, _, _ = optimise(chain[:i], ball, boxes, Domains(rows_s, {}), C, torch.zeros_like(known),
+            best, *_ = optimise(chain[:i], ball, boxes, Domains(rows_s, {}), C, torch.zeros_like(known),
                                   iterations=iterations, floor=known, stop=_crossed)
             flat_l[rows_s, rows_p] = best[:, 0]
             flat_u[rows_s, rows_p] = -best[:, 1]
@@ -273,7 +277,7 @@ def _margins(chain, ball, y, classes, iterations, intermediate):
     others[torch.arange(N), y] = False
     C = margin_spec(y, classes)[others].view(N, classes - 1, classes)
     domains = Domains(torch.arange(N, device=y.device), {})
-    best, _, _ = optimise(chain, ball, boxes, domains, C, torch.zeros(N, classes - 1, device=y.device),
+    best, *_ = optimise(chain, ball, boxes, domains, C, torch.zeros(N, classes - 1, device=y.device),
                           iterations=iterations)
     found = torch.full((N, classes), float("inf"), device=y.device)
     found[others] = best.flatten()

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from advx.certify.alpha import Domains, bound, domain_box, optimise, primal_points, refined_boxes
+from advx.certify.alpha import Domains, domain_box, optimise, primal_points, refined_boxes
+from advx.certify.falsify import falsify, forward, into
 from advx.certify.ops import Op, ReLU
-from advx.certify.propagate import Ball
+from advx.certify.propagate import ROWS_BUDGET, Ball
 
 
 @dataclass
@@ -63,10 +64,13 @@ class Property:
 
     def worst(self, slack: torch.Tensor) -> torch.Tensor:
         """[P]: per row of ``slack`` [P, S], the min over groups of the max over the group's rows."""
+        return self.groups(slack).min(1).values
+
+    def groups(self, slack: torch.Tensor) -> torch.Tensor:
+        """[P, G]: per row of ``slack`` [P, S] and group, the max over the group's rows."""
         groups = int(self.group.max()) + 1
         worst = torch.full((len(slack), groups), float("-inf"), device=slack.device, dtype=slack.dtype)
-        worst = worst.scatter_reduce(1, self.group.expand(len(slack), -1), slack, "amax")
-        return worst.min(1).values
+        return worst.scatter_reduce(1, self.group.expand(len(slack), -1), slack, "amax")
 
 
 @dataclass
@@ -86,7 +90,8 @@ class Outcome:
 @dataclass
 class Settings:
     timeout: float = 60.0
-    batch: int = 64              # domains split per round (2x bounded)
+    batch: int = 1024            # domains split per round (2x bounded); fewer where their slopes
+                                 # would pass ROWS_BUDGET floats
     root_iterations: int = 50
     intermediate_iterations: int = 20  # α-CROWN for the root's intermediate bounds (0: CROWN's)
     intermediate_rows: int = 256       # ... for up to this many neurons per layer, layers begun
@@ -97,44 +102,6 @@ class Settings:
     falsify_restarts: int = 8
 
 
-def forward(chain: list[Op], x: torch.Tensor) -> torch.Tensor:
-    for op in chain:
-        x = op.forward(x)
-    return x
-
-
-def falsify(chain, ball: Ball, prop: Property, starts: torch.Tensor, steps: int, seed: int = 0):
-    """Projected sign-gradient descent of ``prop.value`` from ``starts`` [P, *input] inside
-    the ball of sample 0; returns the points met that violate the property (maybe none)."""
-    l, u = ball.box()
-    x = starts.clone()
-    found = []
-    for step in range(steps + 1):
-        with torch.enable_grad():
-            x.requires_grad_(True)
-            value = prop.value(forward(chain, x))
-            grad, = torch.autograd.grad(value.sum(), x)
-        x = x.detach()
-        hit = value.detach() <= 0
-        if hit.any():
-            found.append(x[hit])
-            break
-        if step == steps:
-            break
-        size = 0.25 * (u - l).amax().clamp_min(1e-12) * (1 - step / steps) + 1e-3 * (u - l).amax()
-        x = x - size * ball.norm.direction(grad)
-        x = _into(ball, x)
-    return torch.cat(found) if found else starts[:0]
-
-
-def _into(ball: Ball, x: torch.Tensor) -> torch.Tensor:
-    l, u = ball.box()
-    x = torch.max(torch.min(x, u[:1]), l[:1])
-    if not ball.norm.ball_is_box:
-        x = ball.norm.project(x, ball.x[:1].expand_as(x), ball.eps, (ball.lower, ball.upper))
-    return x
-
-
 def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Settings = Settings(), *,
                      check=None, generator: torch.Generator | None = None) -> Outcome:
     """The verdict for ``prop`` on the set ``ball`` (one sample). ``check(points) -> [P]
@@ -143,72 +110,96 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
     check = check or (lambda p: prop.violated(forward(chain, p)))
     boxes = refined_boxes(chain, ball, iterations=settings.intermediate_iterations,
                           max_rows=settings.intermediate_rows, deadline=start + settings.timeout / 4)
-    S = len(prop.d)
-    C, d = prop.C.unsqueeze(0), prop.d.unsqueeze(0)
-    root = Domains(torch.zeros(1, dtype=torch.long, device=ball.x.device), {})
 
     def counterexample(points):
-        points = _into(ball, points)
+        points = into(ball, points)
         if len(points):
             hit = check(points)
             if hit.any():
                 return points[hit.nonzero()[0, 0]]
         return None
 
+    def outcome(verdict, point=None, lower=float("-inf"), domains=0, notes=()):
+        return Outcome(verdict, point, lower, domains, time.perf_counter() - start, list(notes))
+
     # the set's centre, and random starts: the cheap search first
     g = generator or torch.Generator(device="cpu").manual_seed(0)
     l, u = ball.box()
     noise = torch.rand((settings.falsify_restarts, *ball.x.shape[1:]), generator=g).to(l)
-    starts = torch.cat([ball.x[:1], l + (u - l) * noise])
-    found = counterexample(falsify(chain, ball, prop, starts, settings.falsify_steps))
+    found = counterexample(falsify(chain, ball, prop, torch.cat([ball.x[:1], l + (u - l) * noise]),
+                                   settings.falsify_steps))
     if found is not None:
-        return Outcome("falsified", found, seconds=time.perf_counter() - start)
-    best, alpha, beta = optimise(chain, ball, boxes, root, C, d, iterations=settings.root_iterations)
-    count = 1
-    if prop.proved(best).all():
-        return Outcome("verified", lower=_margin(best, prop), domains=1, seconds=time.perf_counter() - start)
-    # open domains, held as one batch: splits, α, β, best bounds
-    domains, lower, proved = root, best, float("inf")
+        return outcome("falsified", found)
+    root = Domains(torch.zeros(1, dtype=torch.long, device=ball.x.device), {})
+    best, alpha, beta, last = optimise(chain, ball, boxes, root, prop.C.unsqueeze(0), prop.d.unsqueeze(0),
+                                       iterations=settings.root_iterations)
+    # the property holds when every group does: each group still open is searched on its own
+    # (its rows only: cheaper bounds, and branching aimed at it), the worst first
+    margins = prop.groups(best - prop.d)[0]
+    count, order = 1, margins.argsort().tolist()
+    for k, group in enumerate(order):
+        if margins[group] > 0:
+            break
+        rows = (prop.group == group).nonzero().squeeze(1)
+        part = Property(prop.C[rows], prop.d[rows], torch.zeros_like(rows))
+        verdict, point, lower, domains, notes = _search(
+            chain, ball, boxes, part, best[:, rows], {i: a[rows] for i, a in alpha.items()},
+            _branch(chain, boxes, root, last.outputs, rows, part, best[:, rows]), settings,
+            start + settings.timeout, counterexample)
+        count += domains
+        if verdict != "verified":  # the margin: this group's, or a later one's not yet searched
+            return outcome(verdict, point, min([lower, *margins[order[k + 1:]].tolist()]), count, notes)
+        margins[group] = lower
+    return outcome("verified", lower=float(margins.min()), domains=count)
+
+
+def _search(chain, ball, boxes, prop: Property, lower, alpha, choice, settings: Settings, deadline, counterexample):
+    """Branch and bound on one group's rows, from the root's bounds ``lower`` [1, S], slopes
+    and branching ``choice``: ``(verdict, counterexample, lower, domains, notes)``."""
+    S = len(prop.d)
+    C, d = prop.C.unsqueeze(0), prop.d.unsqueeze(0)
+    # open domains, held as one batch: splits, α, β, best bounds, the neuron each splits next
+    domains = Domains(torch.zeros(1, dtype=torch.long, device=ball.x.device), {})
+    beta, count, proved = {}, 0, float("inf")
+    width = sum(a.shape[1:].numel() for a in alpha.values()) or 1
+    batch = max(1, min(settings.batch, ROWS_BUDGET // (16 * S * width)))  # Adam, autograd: copies per row
     while len(domains):
-        if time.perf_counter() - start > settings.timeout:
-            return Outcome("unknown", lower=_margin(lower, prop), domains=count,
-                           seconds=time.perf_counter() - start, notes=["timeout"])
+        if time.perf_counter() > deadline:
+            return "unknown", None, _margin(lower, prop), count, ["timeout"]
         if len(domains) > settings.max_domains:
-            return Outcome("unknown", lower=_margin(lower, prop), domains=count,
-                           seconds=time.perf_counter() - start, notes=["too many domains"])
+            return "unknown", None, _margin(lower, prop), count, ["too many domains"]
         order = _group_margin(lower, prop).argsort()
-        pick, rest = order[:settings.batch], order[settings.batch:]
-        parents, parent_alpha, parent_beta = domains.take(pick), _take(alpha, pick, S), _take(beta, pick, S)
-        found = bound(chain, ball, boxes, parents, C.expand(len(parents), -1, -1), parent_alpha, parent_beta)
-        choice = _branch(chain, boxes, parents, found, prop, lower[pick])
-        if choice is None:
-            return Outcome("unknown", lower=_margin(lower, prop), domains=count,
-                           seconds=time.perf_counter() - start, notes=["a domain with every ReLU split stays open"])
-        children = _split(parents, choice, chain, boxes)
+        pick, rest = order[:batch], order[batch:]
+        parents = domains.take(pick)
+        if (choice[0][pick] < 0).any():
+            return "unknown", None, _margin(lower, prop), count, ["a domain with every ReLU split stays open"]
+        children = _split(parents, (choice[0][pick], choice[1][pick]), chain, boxes)
         twice = torch.arange(len(pick), device=pick.device).repeat(2)
-        kid_alpha, kid_beta = _take(parent_alpha, twice, S), _take(parent_beta, twice, S)
-        kid_best, kid_alpha, kid_beta = optimise(chain, ball, boxes, children, C.expand(len(children), -1, -1),
-                                                 d.expand(len(children), -1), alpha=kid_alpha, beta=kid_beta,
-                                                 iterations=settings.iterations, floor=lower[pick][twice])
+        kid_best, kid_alpha, kid_beta, last = optimise(
+            chain, ball, boxes, children, C.expand(len(children), -1, -1), d.expand(len(children), -1),
+            alpha=_take(_take(alpha, pick, S), twice, S), beta=_take(_take(beta, pick, S), twice, S),
+            iterations=settings.iterations, floor=lower[pick][twice])
         count += len(children)
-        final = bound(chain, ball, boxes, children, C.expand(len(children), -1, -1), kid_alpha, kid_beta)
-        points = primal_points(ball, final.inputs, children.root.repeat_interleave(S))
+        points = primal_points(ball, last.inputs, children.root.repeat_interleave(S))
         hit = counterexample(points)
         if hit is None:  # a few descent steps from the worst domains' minimisers
             worst = _group_margin(kid_best, prop).argsort()[:settings.falsify_restarts]
             rows = (worst.unsqueeze(1) * S + torch.arange(S, device=worst.device)).flatten()
             hit = counterexample(falsify(chain, ball, prop, points[rows], settings.falsify_steps // 4))
         if hit is not None:
-            return Outcome("falsified", hit, domains=count, seconds=time.perf_counter() - start)
-        keep = (~prop.proved(kid_best)).nonzero().squeeze(1)
+            return "falsified", hit, float("-inf"), count, []
+        closed = prop.proved(kid_best)
+        keep = (~closed).nonzero().squeeze(1)
+        proved = min([proved, *_group_margin(kid_best, prop)[closed].tolist()])
+        kid_choice = _branch(chain, boxes, children.take(keep), {i: w.view(len(children), S, *w.shape[1:])[keep]
+                             .flatten(0, 1) for i, w in last.outputs.items()}, None, prop, kid_best[keep])
         domains = _concat(domains.take(rest), children.take(keep))
-        closed = _group_margin(kid_best, prop)[prop.proved(kid_best)]
-        proved = min([proved, *closed.tolist()])
         rows_a, rows_b = len(rest) * S, len(keep) * S
         beta = _cat(_take(beta, rest, S), rows_a, _take(kid_beta, keep, S), rows_b, alpha)
         alpha = _cat(_take(alpha, rest, S), rows_a, _take(kid_alpha, keep, S), rows_b, alpha)
         lower = torch.cat([lower[rest], kid_best[keep]])
-    return Outcome("verified", lower=proved, domains=count, seconds=time.perf_counter() - start)
+        choice = tuple(torch.cat([c[rest], k]) for c, k in zip(choice, kid_choice))
+    return "verified", None, proved, count, []
 
 
 def _margin(lower: torch.Tensor, prop: Property) -> float:
@@ -238,29 +229,31 @@ def _cat(a: dict, rows_a: int, b: dict, rows_b: int, like: dict) -> dict:
     return out
 
 
-def _branch(chain, boxes, parents: Domains, found, prop: Property, lower):
-    """Per domain, the (ReLU index, flat position) of the neuron to split: the largest
-    ``-min(w, 0) * (-u l / (u - l))`` summed over the rows not yet proved."""
+def _branch(chain, boxes, domains: Domains, outputs: dict, rows, prop: Property, lower):
+    """Per domain, ``(layers, positions)`` [D] of the neuron to split next (layer -1: none
+    left): the largest ``-min(w, 0) * (-u l / (u - l))`` summed over the rows not yet
+    proved, ``w`` a row's coefficients on the ReLU's output (``outputs``; only ``rows`` of
+    them, if given)."""
     S = lower.shape[1]
     open_rows = (lower <= prop.d).to(lower.dtype)  # [D, S]
-    best_score = torch.full((len(parents),), -1.0, device=lower.device)
-    best_layer = torch.full((len(parents),), -1, dtype=torch.long, device=lower.device)
-    best_pos = torch.zeros(len(parents), dtype=torch.long, device=lower.device)
-    for i, w in found.outputs.items():
-        l, u = domain_box(boxes[i], parents, i)
+    best_score = torch.full((len(domains),), -1.0, device=lower.device)
+    best_layer = torch.full((len(domains),), -1, dtype=torch.long, device=lower.device)
+    best_pos = torch.zeros(len(domains), dtype=torch.long, device=lower.device)
+    for i, w in outputs.items():
+        if rows is not None:
+            w = w[rows]
+        l, u = domain_box(boxes[i], domains, i)
         free = (l < 0) & (u > 0)
-        if i in parents.splits:
-            free &= parents.splits[i] == 0
+        if i in domains.splits:
+            free &= domains.splits[i] == 0
         intercept = (-u * l / (u - l).clamp_min(1e-12)) * free
-        weight = (-w.clamp_max(0)).view(len(parents), S, *w.shape[1:]) * open_rows.view(len(parents), S, *[1] * (w.dim() - 1))
+        weight = (-w.clamp_max(0)).view(len(domains), S, *w.shape[1:]) * open_rows.view(len(domains), S, *[1] * (w.dim() - 1))
         score = (weight.sum(1) * intercept + 1e-6 * (u - l) * free).flatten(1)
         score = torch.where(free.flatten(1), score, torch.full_like(score, -1.0))
         value, pos = score.max(1)
         better = value > best_score
         best_score, best_layer, best_pos = (torch.where(better, value, best_score),
                                             torch.where(better, i, best_layer), torch.where(better, pos, best_pos))
-    if (best_layer < 0).any():
-        return None
     return best_layer, best_pos
 
 
