@@ -16,7 +16,7 @@ import time
 import torch
 
 from advx.certify import Certificate, Certifier
-from advx.certify.bab import Property
+from advx.certify.properties import Property
 from advx.certify.propagate import Ball
 from advx.certify.verdicts import branch_and_bound
 from advx.modes import frozen

@@ -95,6 +95,30 @@ def test_every_verdict_agrees_with_the_exact_answer():
     assert decided >= len(INSTANCES) - 2, decided  # complete in practice on networks this small
 
 
+def top_class_property(label: int, classes: int = 3) -> bab.Property:
+    """Robustness written as VNN-LIB would: violated when some other class j is on top, i.e.
+    every row ``z_k - z_j <= 0`` of j's group holds (groups of ``classes - 1`` rows)."""
+    rows = [torch.eye(classes)[k] - torch.eye(classes)[j]
+            for j in range(classes) if j != label for k in range(classes) if k != j]
+    return bab.Property(torch.stack(rows), torch.zeros(len(rows)), torch.arange(len(rows)) // (classes - 1))
+
+
+def test_groups_of_several_rows_agree_with_the_exact_answer():
+    """Each group is searched on its own: a group's rows must stay together (a violation
+    needs all of them), and every group must be proved for "verified"."""
+    decided = 0
+    for model, x, label, eps, truth in INSTANCES[:20]:
+        chain = read_model(model, (WIDTH,))
+        outcome = bab.branch_and_bound(chain, Ball(x, eps), top_class_property(label), bab.Settings(timeout=10))
+        assert outcome.verdict != "verified" or truth > -1e-6, (truth, outcome)
+        assert outcome.verdict != "falsified" or truth < 1e-6, (truth, outcome)
+        if outcome.verdict == "falsified":
+            with torch.no_grad():
+                assert model(outcome.counterexample.reshape(1, WIDTH)).argmax() != label
+        decided += outcome.verdict != "unknown"
+    assert decided >= 18, decided
+
+
 def split_domain_violations(seed: int = 3, samples: int = 40000, *, slope: float | None = None,
                             beta: float = 3.0) -> int:
     """Bounds of random subdomains (random splits of unstable ReLUs, random α and β) against
@@ -188,6 +212,16 @@ def test_a_wrong_bound_is_caught(monkeypatch, mutant):
     best, *_ = alpha.optimise(chain, ball, boxes, alpha.Domains(torch.zeros(1, dtype=torch.long), {}), C,
                                 torch.zeros(1, 1), iterations=30)
     assert (float(best) <= truth + 1e-6) == (mutant is None or mutant == "wrong sign of beta")
+
+
+def test_nothing_unsafe_is_verified_when_counterexamples_go_unconfirmed():
+    """With no counterexample ever confirmed, every unsafe instance must end unknown. This
+    catches a search that stops after the first open group it proves (on one of these
+    instances the worst group at the root is a safe one, the unsafe group comes second)."""
+    never = lambda points: torch.zeros(len(points), dtype=torch.bool)  # noqa: E731
+    unsafe = [i for i in INSTANCES if i[4] < 0]
+    found = [o.verdict for *_, o in verdicts(bab.Settings(timeout=0.3), check=never, instances=unsafe)]
+    assert found == ["unknown"] * len(unsafe), found
 
 
 @pytest.mark.slow

@@ -7,14 +7,16 @@ property is **verified** when every half proves it, **falsified** when a point o
 violates it (the minimiser of a half's bound, or a few projected-gradient steps from it,
 checked by a forward pass), and **unknown** when the time runs out first.
 
-A property is the rows ``C`` [S, K] with thresholds ``d`` [S] and groups ``group`` [S]:
-it is violated at a point when, for some group, every row of the group has ``C z <= d``
-(VNN-LIB's disjunction of conjunctions); a robustness property is one row
-``e_y - e_j`` per other class j, each its own group, with d = 0.
+A property (``advx.certify.properties``) holds when every group does, so each group still open at the root is searched
+on its own, the worst first: its domains carry only its rows (cheaper bounds), and the
+branching aims at it.
 
-Branching: the unstable neuron whose relaxation costs the open rows most (the intercept
-of its upper line times the weight on it; BaBSR-like, Bunel et al. 2020). Many domains
-are bounded in one batched pass; the ones with the lowest bounds go first.
+Branching (FSB-like, De Palma et al. 2021): the few unstable neurons whose relaxation costs
+the open rows most (the intercept of its upper line times the weight on it; BaBSR's score,
+Bunel et al. 2020) are candidates; each is tried with one cheap bound pass of both
+children (the parent's slopes and multipliers), and the one whose worse child is best is
+split. Many domains are bounded in one batched pass; the ones with the lowest bounds go
+first.
 """
 
 from __future__ import annotations
@@ -24,53 +26,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from advx.certify.alpha import Domains, domain_box, optimise, primal_points, refined_boxes
+from advx.certify.alpha import Domains, bound, domain_box, optimise, primal_points, refined_boxes
 from advx.certify.falsify import falsify, forward, into
 from advx.certify.ops import Op, ReLU
+from advx.certify.properties import Property
 from advx.certify.propagate import ROWS_BUDGET, Ball
 
-
-@dataclass
-class Property:
-    """Rows ``C`` [S, K], thresholds ``d`` [S] and ``group`` [S]: violated at output z when
-    some group has ``C[r] z <= d[r]`` for all of its rows; proved on a set when every group
-    has a row whose lower bound of ``C[r] z`` exceeds ``d[r]`` there."""
-
-    C: torch.Tensor
-    d: torch.Tensor
-    group: torch.Tensor
-
-    @classmethod
-    def robustness(cls, label: int, classes: int, device=None) -> "Property":
-        """z_label > z_j for every other class j."""
-        others = [j for j in range(classes) if j != label]
-        C = torch.zeros(len(others), classes, device=device)
-        C[:, label] = 1.0
-        C[torch.arange(len(others)), others] = -1.0
-        return cls(C, torch.zeros(len(others), device=device), torch.arange(len(others), device=device))
-
-    def proved(self, lower: torch.Tensor) -> torch.Tensor:
-        """[D] True where every group has a row whose bound (``lower`` [D, S]) beats its d."""
-        return self.worst(lower - self.d) > 0
-
-    def violated(self, z: torch.Tensor) -> torch.Tensor:
-        """[P] True where the outputs ``z`` [P, K] violate the property."""
-        return self.value(z) <= 0
-
-    def value(self, z: torch.Tensor) -> torch.Tensor:
-        """[P]: the smallest over groups of the largest ``C z - d`` in the group (<= 0 where
-        violated): what the falsifier descends."""
-        return self.worst(z @ self.C.T - self.d)
-
-    def worst(self, slack: torch.Tensor) -> torch.Tensor:
-        """[P]: per row of ``slack`` [P, S], the min over groups of the max over the group's rows."""
-        return self.groups(slack).min(1).values
-
-    def groups(self, slack: torch.Tensor) -> torch.Tensor:
-        """[P, G]: per row of ``slack`` [P, S] and group, the max over the group's rows."""
-        groups = int(self.group.max()) + 1
-        worst = torch.full((len(slack), groups), float("-inf"), device=slack.device, dtype=slack.dtype)
-        return worst.scatter_reduce(1, self.group.expand(len(slack), -1), slack, "amax")
+__all__ = ["Outcome", "Property", "Settings", "branch_and_bound"]
 
 
 @dataclass
@@ -97,7 +59,9 @@ class Settings:
     intermediate_rows: int = 256       # ... for up to this many neurons per layer, layers begun
                                        # in the first quarter of the timeout
     iterations: int = 15
-    max_domains: int = 20000
+    candidates: int = 3          # neurons tried per split (1: BaBSR's choice alone)
+    max_domains: int = 0         # open domains held at most (0: as many as 2**30 floats of
+                                 # their slopes and multipliers allow)
     falsify_steps: int = 20
     falsify_restarts: int = 8
 
@@ -144,7 +108,7 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
         part = Property(prop.C[rows], prop.d[rows], torch.zeros_like(rows))
         verdict, point, lower, domains, notes = _search(
             chain, ball, boxes, part, best[:, rows], {i: a[rows] for i, a in alpha.items()},
-            _branch(chain, boxes, root, last.outputs, rows, part, best[:, rows]), settings,
+            _branch(chain, boxes, root, last.outputs, rows, part, best[:, rows], settings.candidates), settings,
             start + settings.timeout, counterexample)
         count += domains
         if verdict != "verified":  # the margin: this group's, or a later one's not yet searched
@@ -163,22 +127,24 @@ def _search(chain, ball, boxes, prop: Property, lower, alpha, choice, settings: 
     beta, count, proved = {}, 0, float("inf")
     width = sum(a.shape[1:].numel() for a in alpha.values()) or 1
     batch = max(1, min(settings.batch, ROWS_BUDGET // (16 * S * width)))  # Adam, autograd: copies per row
+    most = settings.max_domains or max(4 * batch, 2**30 // (2 * S * width))
     while len(domains):
         if time.perf_counter() > deadline:
             return "unknown", None, _margin(lower, prop), count, ["timeout"]
-        if len(domains) > settings.max_domains:
+        if len(domains) > most:
             return "unknown", None, _margin(lower, prop), count, ["too many domains"]
         order = _group_margin(lower, prop).argsort()
         pick, rest = order[:batch], order[batch:]
-        parents = domains.take(pick)
-        if (choice[0][pick] < 0).any():
+        parents, parent_alpha, parent_beta = domains.take(pick), _take(alpha, pick, S), _take(beta, pick, S)
+        if (choice[0][pick, 0] < 0).any():
             return "unknown", None, _margin(lower, prop), count, ["a domain with every ReLU split stays open"]
-        children = _split(parents, (choice[0][pick], choice[1][pick]), chain, boxes)
         twice = torch.arange(len(pick), device=pick.device).repeat(2)
+        parent_alpha, parent_beta = _take(parent_alpha, twice, S), _take(parent_beta, twice, S)
+        children = _smart(chain, ball, boxes, parents, prop, parent_alpha, parent_beta,
+                          (choice[0][pick], choice[1][pick]))
         kid_best, kid_alpha, kid_beta, last = optimise(
             chain, ball, boxes, children, C.expand(len(children), -1, -1), d.expand(len(children), -1),
-            alpha=_take(_take(alpha, pick, S), twice, S), beta=_take(_take(beta, pick, S), twice, S),
-            iterations=settings.iterations, floor=lower[pick][twice])
+            alpha=parent_alpha, beta=parent_beta, iterations=settings.iterations, floor=lower[pick][twice])
         count += len(children)
         points = primal_points(ball, last.inputs, children.root.repeat_interleave(S))
         hit = counterexample(points)
@@ -192,7 +158,7 @@ def _search(chain, ball, boxes, prop: Property, lower, alpha, choice, settings: 
         keep = (~closed).nonzero().squeeze(1)
         proved = min([proved, *_group_margin(kid_best, prop)[closed].tolist()])
         kid_choice = _branch(chain, boxes, children.take(keep), {i: w.view(len(children), S, *w.shape[1:])[keep]
-                             .flatten(0, 1) for i, w in last.outputs.items()}, None, prop, kid_best[keep])
+                             .flatten(0, 1) for i, w in last.outputs.items()}, None, prop, kid_best[keep], settings.candidates)
         domains = _concat(domains.take(rest), children.take(keep))
         rows_a, rows_b = len(rest) * S, len(keep) * S
         beta = _cat(_take(beta, rest, S), rows_a, _take(kid_beta, keep, S), rows_b, alpha)
@@ -229,16 +195,14 @@ def _cat(a: dict, rows_a: int, b: dict, rows_b: int, like: dict) -> dict:
     return out
 
 
-def _branch(chain, boxes, domains: Domains, outputs: dict, rows, prop: Property, lower):
-    """Per domain, ``(layers, positions)`` [D] of the neuron to split next (layer -1: none
-    left): the largest ``-min(w, 0) * (-u l / (u - l))`` summed over the rows not yet
-    proved, ``w`` a row's coefficients on the ReLU's output (``outputs``; only ``rows`` of
-    them, if given)."""
+def _branch(chain, boxes, domains: Domains, outputs: dict, rows, prop: Property, lower, k: int):
+    """Per domain, ``(layers, positions)`` [D, k] of the ``k`` neurons with the largest
+    ``-min(w, 0) * (-u l / (u - l))`` summed over the rows not yet proved (layer -1: no
+    neuron left), ``w`` a row's coefficients on the ReLU's output (``outputs``; only
+    ``rows`` of them, if given)."""
     S = lower.shape[1]
     open_rows = (lower <= prop.d).to(lower.dtype)  # [D, S]
-    best_score = torch.full((len(domains),), -1.0, device=lower.device)
-    best_layer = torch.full((len(domains),), -1, dtype=torch.long, device=lower.device)
-    best_pos = torch.zeros(len(domains), dtype=torch.long, device=lower.device)
+    scores, layers = [], []
     for i, w in outputs.items():
         if rows is not None:
             w = w[rows]
@@ -249,12 +213,32 @@ def _branch(chain, boxes, domains: Domains, outputs: dict, rows, prop: Property,
         intercept = (-u * l / (u - l).clamp_min(1e-12)) * free
         weight = (-w.clamp_max(0)).view(len(domains), S, *w.shape[1:]) * open_rows.view(len(domains), S, *[1] * (w.dim() - 1))
         score = (weight.sum(1) * intercept + 1e-6 * (u - l) * free).flatten(1)
-        score = torch.where(free.flatten(1), score, torch.full_like(score, -1.0))
-        value, pos = score.max(1)
-        better = value > best_score
-        best_score, best_layer, best_pos = (torch.where(better, value, best_score),
-                                            torch.where(better, i, best_layer), torch.where(better, pos, best_pos))
-    return best_layer, best_pos
+        scores.append(torch.where(free.flatten(1), score, torch.full_like(score, -1.0)))
+        layers.append(torch.full((score.shape[1],), i, dtype=torch.long, device=score.device))
+    sizes = torch.tensor([0] + [len(x) for x in layers], device=lower.device).cumsum(0)
+    value, index = torch.cat(scores, 1).topk(min(k, int(sizes[-1])), dim=1)
+    layer = torch.where(value >= 0, torch.cat(layers)[index], -1)
+    return layer, index - sizes[torch.searchsorted(sizes, index, right=True) - 1]
+
+
+def _smart(chain, ball, boxes, parents: Domains, prop: Property, alpha, beta, candidates) -> Domains:
+    """The children of the best of each parent's ``candidates`` ([D, k] layers, positions):
+    the one whose worse child has the best bound in one pass with the parent's own slopes
+    and multipliers ``alpha``, ``beta`` (each already repeated for both children)."""
+    layers, positions = candidates
+    D = len(parents)
+    if layers.shape[1] == 1:
+        return _split(parents, (layers[:, 0], positions[:, 0]), chain, boxes)
+    C = prop.C.unsqueeze(0).expand(2 * D, -1, -1)
+    scores = []
+    for j in range(layers.shape[1]):
+        valid = layers[:, j] >= 0
+        choice = (torch.where(valid, layers[:, j], layers[:, 0]), torch.where(valid, positions[:, j], positions[:, 0]))
+        found = bound(chain, ball, boxes, _split(parents, choice, chain, boxes), C, alpha, beta).lower
+        gap = _group_margin(found, prop).clamp_max(0).view(2, D).sum(0)
+        scores.append(torch.where(valid, gap, float("-inf")))
+    best = torch.stack(scores, 1).argmax(1, keepdim=True)
+    return _split(parents, (layers.gather(1, best)[:, 0], positions.gather(1, best)[:, 0]), chain, boxes)
 
 
 def _split(parents: Domains, choice, chain, boxes) -> Domains:
