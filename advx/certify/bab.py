@@ -7,15 +7,15 @@ property is **verified** when every half proves it, **falsified** when a point o
 violates it (the minimiser of a half's bound, or a few projected-gradient steps from it,
 checked by a forward pass), and **unknown** when the time runs out first.
 
-A property (``advx.certify.properties``) holds when every group does, so each group still open at the root is searched
-on its own, the worst first: its domains carry only its rows (cheaper bounds), and the
-branching aims at it.
+A property (``advx.certify.properties``) holds when every group does, so each group still
+open at the root is searched on its own, the worst first: its domains carry only its rows
+(cheaper bounds), and the branching aims at it.
 
 Branching (FSB-like, De Palma et al. 2021): the few unstable neurons whose relaxation costs
 the open rows most (the intercept of its upper line times the weight on it; BaBSR's score,
 Bunel et al. 2020) are candidates; each is tried with one cheap bound pass of both
-children (the parent's slopes and multipliers), and the one whose worse child is best is
-split. Many domains are bounded in one batched pass; the ones with the lowest bounds go
+children (the parent's slopes and multipliers), and the one that leaves the least of the
+children's margins below zero is split. Many domains are bounded in one batched pass; the ones with the lowest bounds go
 first.
 """
 
@@ -108,7 +108,8 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
         part = Property(prop.C[rows], prop.d[rows], torch.zeros_like(rows))
         verdict, point, lower, domains, notes = _search(
             chain, ball, boxes, part, best[:, rows], {i: a[rows] for i, a in alpha.items()},
-            _branch(chain, boxes, root, last.outputs, rows, part, best[:, rows], settings.candidates), settings,
+            _branch(chain, boxes, root, {i: w[rows] for i, w in last.outputs.items()}, part, best[:, rows],
+                    settings.candidates), settings,
             start + settings.timeout, counterexample)
         count += domains
         if verdict != "verified":  # the margin: this group's, or a later one's not yet searched
@@ -157,8 +158,8 @@ def _search(chain, ball, boxes, prop: Property, lower, alpha, choice, settings: 
         closed = prop.proved(kid_best)
         keep = (~closed).nonzero().squeeze(1)
         proved = min([proved, *_group_margin(kid_best, prop)[closed].tolist()])
-        kid_choice = _branch(chain, boxes, children.take(keep), {i: w.view(len(children), S, *w.shape[1:])[keep]
-                             .flatten(0, 1) for i, w in last.outputs.items()}, None, prop, kid_best[keep], settings.candidates)
+        kid_choice = _branch(chain, boxes, children.take(keep), _take(last.outputs, keep, S), prop, kid_best[keep],
+                             settings.candidates)
         domains = _concat(domains.take(rest), children.take(keep))
         rows_a, rows_b = len(rest) * S, len(keep) * S
         beta = _cat(_take(beta, rest, S), rows_a, _take(kid_beta, keep, S), rows_b, alpha)
@@ -195,17 +196,14 @@ def _cat(a: dict, rows_a: int, b: dict, rows_b: int, like: dict) -> dict:
     return out
 
 
-def _branch(chain, boxes, domains: Domains, outputs: dict, rows, prop: Property, lower, k: int):
+def _branch(chain, boxes, domains: Domains, outputs: dict, prop: Property, lower, k: int):
     """Per domain, ``(layers, positions)`` [D, k] of the ``k`` neurons with the largest
     ``-min(w, 0) * (-u l / (u - l))`` summed over the rows not yet proved (layer -1: no
-    neuron left), ``w`` a row's coefficients on the ReLU's output (``outputs``; only
-    ``rows`` of them, if given)."""
+    neuron left), ``w`` a row's coefficients on the ReLU's output (``outputs[i]`` [D*S, ...])."""
     S = lower.shape[1]
     open_rows = (lower <= prop.d).to(lower.dtype)  # [D, S]
     scores, layers = [], []
     for i, w in outputs.items():
-        if rows is not None:
-            w = w[rows]
         l, u = domain_box(boxes[i], domains, i)
         free = (l < 0) & (u > 0)
         if i in domains.splits:
@@ -223,8 +221,9 @@ def _branch(chain, boxes, domains: Domains, outputs: dict, rows, prop: Property,
 
 def _smart(chain, ball, boxes, parents: Domains, prop: Property, alpha, beta, candidates) -> Domains:
     """The children of the best of each parent's ``candidates`` ([D, k] layers, positions):
-    the one whose worse child has the best bound in one pass with the parent's own slopes
-    and multipliers ``alpha``, ``beta`` (each already repeated for both children)."""
+    the one whose two children leave the least margin below zero in one bound pass with the
+    parent's own slopes and multipliers ``alpha``, ``beta`` (each already repeated for both
+    children)."""
     layers, positions = candidates
     D = len(parents)
     if layers.shape[1] == 1:
