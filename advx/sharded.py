@@ -74,15 +74,16 @@ def run_attack_sharded(attack, x: torch.Tensor, y: torch.Tensor, *, target: torc
 
 def certify_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *, method: str,
                     norm, batch_size: int = 256, device: str | torch.device = "cpu", timeout: float = 60.0,
-                    store: ChunkStore | None = None, progress: bool = True) -> CertifyRun | None:
+                    milp: float = 0.0, store: ChunkStore | None = None, progress: bool = True) -> CertifyRun | None:
     """Certify every image of ``x`` [N, C, H, W] (labels ``y``) at every ``eps`` by
     ``method``, each rank its shard; rank 0 returns the whole ``CertifyRun`` (with the clean
     predictions and, per eps, the seconds of the slowest rank), the others None. With
-    ``method="bab"``: a verdict per sample (``timeout`` seconds each), each written into
+    ``method="bab"``: a verdict per sample (``timeout`` seconds each, the share ``milp`` of
+    them for an exact MILP on what the search leaves open), each written into
     ``store`` as it is decided when one is given."""
     check_batch(x, y, shape=tuple(x.shape[1:]) if isinstance(x, torch.Tensor) and x.dim() > 1 else None)
     certifier = Certifier(model, tuple(x.shape[1:]), method="alpha-crown" if method == "bab" else method,
-                          norm=norm, timeout=timeout)
+                          norm=norm, timeout=timeout, milp=milp)
 
     def work(ids: torch.Tensor):
         xs, ys = x[ids], y[ids]
@@ -113,6 +114,7 @@ def certify_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: lis
                 "batch_size": batch_size, "device": str(device), "precision": "fp32", "ranks": len(parts)}
     if method == "bab":
         settings["timeout_per_sample"] = timeout
+        settings["milp_share"] = milp
     return CertifyRun(eps=list(eps), method=method, norm=certifier.norm, y=y.cpu(),
                       pred_clean=in_order([(ids, part[0]) for ids, part in parts]),
                       lower={e: bounds[k] for k, e in enumerate(eps)},

@@ -57,17 +57,19 @@ def close_band(certifier: Certifier, x: torch.Tensor, y: torch.Tensor, eps: list
     return after
 
 
-def verify_property(model, input_shape, prop, *, timeout: float = 60.0) -> tuple[str, tuple | None, float]:
+def verify_property(model, input_shape, prop, *, timeout: float = 60.0, milp: float = 0.0) -> tuple[str, tuple | None, float]:
     """VNN-COMP's question for ``model`` (a chain ``advx.certify`` reads; inputs of
     ``input_shape``) and a VNN-LIB ``prop`` (``advx.vnnlib.Property``): can an input in its
     box reach its unsafe region? Returns ``(result, counterexample, seconds)``: "unsat"
     (verified: no input can), "sat" with ``(x, y)`` (flat; the model's own output confirms
-    it), or "timeout" / "unknown"."""
+    it), or "timeout" / "unknown". ``milp``: the share of ``timeout`` kept for an exact MILP
+    on what branch and bound leaves open (``advx.certify.milp``)."""
     start = time.perf_counter()
     lower, upper = prop.lower.reshape(1, *input_shape), prop.upper.reshape(1, *input_shape)
     centre, radius = (lower + upper) / 2, (upper - lower) / 2
     certifier = Certifier(model, tuple(input_shape), method="alpha-crown",
-                          bounds=(float(lower.min()) - 1.0, float(upper.max()) + 1.0), timeout=timeout)
+                          bounds=(float(lower.min()) - 1.0, float(upper.max()) + 1.0), timeout=timeout,
+                          milp=milp)
     certifier.check(centre)
     rows = [(C, d, g) for g, (C, d) in enumerate(prop.disjuncts)]
     spec = Property(torch.cat([C for C, _, _ in rows]), torch.cat([d for _, d, _ in rows]),

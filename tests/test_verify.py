@@ -99,6 +99,7 @@ def test_bad_input_is_one_line(onnx_mlp, tmp_path, capsys):
     write_vnnlib(tmp_path / "p.vnnlib", torch.zeros(6), torch.ones(6), 0, 4)
     cases = [
         (["--timeout", "0"], "--timeout must be > 0 seconds, got 0"),
+        (["--milp", "1"], "--milp must be a share of --timeout in [0, 1), got 1"),
         ([], None),  # the control: the same files answer
     ]
     for extra, message in cases:

@@ -25,6 +25,7 @@ checked as the attacks check them (``advx.validate.check_batch``).
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import sys
 import types
@@ -83,7 +84,7 @@ class Certifier:
 
     def __init__(self, model: nn.Module, input_shape=(1, 28, 28), *, method: str = "crown", norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), screen: bool = True, timeout: float = 60.0,
-                 iterations: int = 20) -> None:
+                 iterations: int = 20, milp: float = 0.0) -> None:
         if method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
         self.model, self.method, self.norm = model, method, get_norm(norm)
@@ -103,6 +104,12 @@ class Certifier:
         if not timeout > 0:
             raise InputError(f"timeout must be > 0 seconds (per sample), got {timeout:g}")
         self.timeout, self.iterations = timeout, check_number("iterations", iterations, minimum=0, integer=True)
+        self.milp = check_number("milp", milp)
+        if not 0 <= self.milp < 1:
+            raise InputError(f"milp must be a share of the timeout in [0, 1), got {self.milp:g}")
+        if self.milp > 0 and importlib.util.find_spec("scipy") is None:
+            raise InputError("milp > 0 needs SciPy's MILP solver (HiGHS), which is not installed: "
+                             "pip install 'advx[milp]'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The chain's output: the model's logits in eval mode."""
@@ -190,15 +197,16 @@ class Certifier:
 
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, method: str = "crown",
             norm: str | Norm = "inf", bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256,
-            screen: bool = True, timeout: float = 60.0, progress: bool = False) -> Certificate:
+            screen: bool = True, timeout: float = 60.0, milp: float = 0.0, progress: bool = False) -> Certificate:
     """Certify ``model`` on ``x`` [N, C, H, W] with labels ``y`` [N] at radius ``eps``:
     per-sample lower bounds of every margin ``z_y - z_j`` over the ball (see ``Certificate``;
     ``screen``: see ``Certifier``); with ``method="bab"``, a verdict per sample too
-    (``timeout``: seconds per sample)."""
+    (``timeout``: seconds per sample; ``milp``: the share of it kept for an exact MILP on what
+    branch and bound leaves open, ``advx.certify.milp``)."""
     shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) and x.dim() > 1 else None  # images, or any inputs
     check_batch(x, y, _checked_bounds(bounds), shape=shape)  # before reading the model (the Certifier: the classes)
     return Certifier(model, tuple(x.shape[1:]), method=method, norm=norm, bounds=bounds, screen=screen,
-                     timeout=timeout)(
+                     timeout=timeout, milp=milp)(
         x, y, eps=eps, batch_size=batch_size, progress=progress)
 
 

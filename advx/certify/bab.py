@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from advx.certify import milp
 from advx.certify.alpha import Domains, bound, domain_box, optimise, primal_points, refined_boxes
 from advx.certify.falsify import falsify, forward, into
 from advx.certify.ops import Op, ReLU
@@ -62,6 +63,8 @@ class Settings:
     candidates: int = 3          # neurons tried per split (1: BaBSR's choice alone)
     max_domains: int = 0         # open domains held at most (0: as many as 2**30 floats of
                                  # their slopes and multipliers allow)
+    milp: float = 0.0            # the share of the timeout kept for an exact MILP (advx.certify.milp)
+                                 # on a group branch and bound leaves open (0: none)
     falsify_steps: int = 20
     falsify_restarts: int = 8
 
@@ -101,6 +104,9 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
     # (its rows only: cheaper bounds, and branching aimed at it), the worst first
     margins = prop.groups(best - prop.d)[0]
     count, order = 1, margins.argsort().tolist()
+    exact = settings.milp > 0 and milp.available(chain)
+    searched = start + settings.timeout * (1 - settings.milp if exact else 1)
+    skipped = ["milp: not for this network (max-pooling, or a layer too large)"] if settings.milp > 0 and not exact else []
     for k, group in enumerate(order):
         if margins[group] > 0:
             break
@@ -110,10 +116,18 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
             chain, ball, boxes, part, best[:, rows], {i: a[rows] for i, a in alpha.items()},
             _branch(chain, boxes, root, {i: w[rows] for i, w in last.outputs.items()}, part, best[:, rows],
                     settings.candidates), settings,
-            start + settings.timeout, counterexample)
+            searched, counterexample)
         count += domains
+        if verdict == "unknown" and exact:  # the rest of the time: the group's exact MILP
+            status, found, bound = milp.solve(chain, ball, boxes, part, 0, start + settings.timeout)
+            notes = [*notes, f"milp: {status}"]
+            hit = counterexample(found.unsqueeze(0)) if status == "point" else None
+            if status == "proved":
+                verdict, lower = "verified", bound
+            elif hit is not None:
+                verdict, point = "falsified", hit
         if verdict != "verified":  # the margin: this group's, or a later one's not yet searched
-            return outcome(verdict, point, min([lower, *margins[order[k + 1:]].tolist()]), count, notes)
+            return outcome(verdict, point, min([lower, *margins[order[k + 1:]].tolist()]), count, [*notes, *skipped])
         margins[group] = lower
     return outcome("verified", lower=float(margins.min()), domains=count)
 

@@ -80,6 +80,7 @@ def branch_and_bound(certifier, x: torch.Tensor, label: int | None, eps: float, 
             z = checked_logits(model(points.to(weight_dtype(model))), len(points)).float()
         return inside & prop.violated(z)
 
-    settings = bab.Settings(timeout=certifier.timeout, root_iterations=max(certifier.iterations, 1) * 2)
+    settings = bab.Settings(timeout=certifier.timeout, root_iterations=max(certifier.iterations, 1) * 2,
+                            milp=certifier.milp)
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         return bab.branch_and_bound(certifier.chain, ball, prop, settings, check=confirm)

@@ -34,6 +34,10 @@ def add(sub) -> None:
                         "(default: crown)")
     c.add_argument("--timeout", type=float, default=60.0,
                    help="with --method bab: seconds per sample before it is left unknown (default: 60)")
+    c.add_argument("--milp", type=float, default=0.0, metavar="SHARE",
+                   help="with --method bab: the share of --timeout kept for an exact MILP (HiGHS through "
+                        "SciPy) on what branch and bound leaves unknown; for MNIST-sized networks without "
+                        "max-pooling, e.g. 0.5 (default: 0, none)")
     c.add_argument("--resume", action="store_true",
                    help="with --method bab: keep the verdicts a killed run of the same command had written "
                         "(<out>/.resume/) and decide only the rest")
@@ -53,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.timeout > 0:
         raise CLIError(f"--timeout must be > 0 seconds per sample, got {args.timeout:g}")
+    if not 0 <= args.milp < 1:
+        raise CLIError(f"--milp must be a share of --timeout in [0, 1), got {args.milp:g}")
+    if args.milp > 0 and args.method != "bab":
+        raise CLIError(f"--milp applies only with --method bab, got --method {args.method}")
     if args.resume and args.method != "bab":
         raise CLIError(f"--resume applies only with --method bab, got --method {args.method}")
     check_model_options(args)
@@ -65,12 +73,13 @@ def run(args: argparse.Namespace) -> int:
     store = None
     if args.method == "bab":  # every verdict written as it is decided
         identity = {"source": subject.source, "images": digest(test.x, test.y), "eps": eps, "norm": args.norm,
-                    "weights": digest(*subject.model.state_dict().values()), "timeout": args.timeout}
+                    "weights": digest(*subject.model.state_dict().values()), "timeout": args.timeout,
+                    "milp": args.milp}
         store = shared_store(out / ".resume", identity, resume=args.resume)
     # each rank certifies its shard of the images; rank 0 reports
     try:
         result = certify_sharded(subject.model, test.x, test.y, eps, method=args.method, norm=args.norm,
-                                 batch_size=args.batch_size, device=device, timeout=args.timeout, store=store,
+                                 batch_size=args.batch_size, device=device, timeout=args.timeout, milp=args.milp, store=store,
                                  progress=not args.quiet)
     except BaseException as err:
         if store is not None:

@@ -25,6 +25,9 @@ def add(sub) -> None:
     v.add_argument("model", help="the network, an .onnx file")
     v.add_argument("property", help="the property, a .vnnlib file")
     v.add_argument("--timeout", type=float, default=300.0, help="seconds before the answer is timeout (default: 300)")
+    v.add_argument("--milp", type=float, default=0.0, metavar="SHARE",
+                   help="the share of --timeout kept for an exact MILP (HiGHS through SciPy) when branch "
+                        "and bound has not answered; for small networks without max-pooling (default: 0)")
     v.add_argument("--out", default=None, help="write the result file here (VNN-COMP format), e.g. result.txt")
     v.set_defaults(func=run)
 
@@ -32,6 +35,8 @@ def add(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise CLIError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if not 0 <= args.milp < 1:
+        raise CLIError(f"--milp must be a share of --timeout in [0, 1), got {args.milp:g}")
     out = check_output_file(args.out, "--out") if args.out is not None else None
     model = load_onnx(args.model)
     inputs = 1
@@ -40,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         outputs = model(torch.zeros(1, *model.input_shape)).shape[-1]
     prop = read_vnnlib(args.property, num_inputs=inputs, num_outputs=outputs)
-    result, counterexample, seconds = verify_property(model, model.input_shape, prop, timeout=args.timeout)
+    result, counterexample, seconds = verify_property(model, model.input_shape, prop, timeout=args.timeout,
+                                                        milp=args.milp)
     print(f"{result}  ({seconds:.2f} s; {args.model}, {args.property})")
     if counterexample is not None:
         x, y = counterexample
