@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--published", default=None, help="a published results CSV to compare with")
     p.add_argument("--timeout-cap", type=float, default=None,
                    help="cap every instance's timeout at this many seconds (default: the instances' own)")
+    p.add_argument("--milp", type=float, default=0.0, metavar="SHARE",
+                   help="the share of each timeout kept for an exact MILP (advx verify --milp; default: 0)")
     p.add_argument("--only", default=None, help="run only instances whose network name contains this text")
     p.add_argument("--out", default="runs/vnncomp", help="output folder (default: runs/vnncomp)")
     args = p.parse_args(argv)
@@ -48,6 +50,8 @@ def main(argv=None) -> int:
     listing = sorted(folder.glob("*instances.csv"))
     if not listing:
         p.error(f"--benchmark: {folder} holds no *_instances.csv")
+    if not 0 <= args.milp < 1:
+        p.error(f"--milp must be a share of the timeout in [0, 1), got {args.milp:g}")
     out = check_output_dir(args.out, "--out")
     instances = [row for row in csv.reader(listing[0].open()) if row and (args.only or "") in row[0]]
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
         with torch.no_grad():
             outputs = model(torch.zeros(1, *model.input_shape)).shape[-1]
         prop = read_vnnlib(folder / prop_file, num_inputs=inputs, num_outputs=outputs)
-        result, counterexample, seconds = verify_property(model, model.input_shape, prop, timeout=timeout)
+        result, counterexample, seconds = verify_property(model, model.input_shape, prop, timeout=timeout,
+                                                            milp=args.milp)
         write_result(out / f"{Path(network).stem}-{Path(prop_file).stem}.txt", result, counterexample)
         theirs = published.get((Path(network).name, Path(prop_file).name))
         rows.append({"network": network, "property": prop_file, "timeout": timeout, "prepare_s": f"{prepare:.3f}",
