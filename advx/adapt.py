@@ -9,7 +9,7 @@ confident model). When it is zero or not finite on more than ``MASKED_SHARE`` of
 
 - the attacks get ``straight_through(model)`` (``advx.attacks.bpda``): the same outputs,
   and the gradients of BPDA through torch's non-differentiable operations;
-- a black-box stage (``CROSS_CHECKS``: Square in Linf, the label-only HopSkipJump in L2)
+- a black-box stage (``CROSS_CHECKS``: Square in Linf and L2)
   joins the cascade when it has none, as the cross-check that needs no gradients.
 
 When two forward passes on the same images differ (a randomized model: input noise, random
@@ -41,7 +41,7 @@ MASKED_SHARE = 0.05  # more than this share of the probe with masked gradients: 
 PROBE = 100  # images in the probe batch
 EOT = 20  # draws averaged per gradient on a randomized model (as AutoAttack's version="rand")
 # The black-box stage added when gradients are masked: the first of these that covers the norm
-# (Square reads scores and is the cheaper; HopSkipJump reads only labels, and covers L2 too).
+# (Square reads scores and is the cheaper; HopSkipJump reads only labels).
 CROSS_CHECKS = ("square", "hsj")
 VOTES = 11  # draws whose majority decides a verdict on a randomized model
 # Added to a gradient cascade on a randomized model: APGD-CE and APGD-DLR, as AutoAttack's

@@ -67,3 +67,17 @@ def test_square_counts_queries_exactly(trained_cnn, batch):
     assert idle.rows.sum() > 0 and torch.equal(queries, model.rows - idle.rows)
     assert (queries[~success] == 60).all()                  # two full restarts
     assert success.any() and (~success).any() and (queries[success] < 60).all()
+
+
+def test_square_l2_breaks_images_inside_the_ball_without_gradients(trained_cnn, batch):
+    """L2: every point within eps and the pixel box, no gradient taken, and far stronger than
+    the noise it starts from (one query: the start alone, which spends most of the budget)."""
+    x, y = batch[0][:60], batch[1][:60]
+    model = ScoresOnly(copy.deepcopy(trained_cnn))
+    result = Square(model, eps=2.0, norm="2", queries=300).run(x, y)
+    assert (result.distance <= 2.0 + 1e-5).all() and result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    assert not any(model.grad_enabled)
+    start = Square(trained_cnn, eps=2.0, norm="2", queries=1).run(x, y)
+    assert result.success.float().mean() >= start.success.float().mean() + 0.3, (
+        result.success.float().mean(), start.success.float().mean())
+    assert start.distance.median() > 1.2  # the start spends most of the budget (the box clips the rest)

@@ -1,4 +1,4 @@
-"""Square Attack: score-based black-box Linf attack by random square updates.
+"""Square Attack: score-based black-box Linf and L2 attack by random square updates.
 
 Andriushchenko, Croce, Flammarion & Hein (2020), "Square Attack: a query-efficient
 black-box adversarial attack via random search" (ECCV). It never looks at a
@@ -28,18 +28,23 @@ _DRAWS_PER_CALL = 100
 _TIE = 1e-5
 
 
-def square_fraction(p_init: float, iteration: int, iterations: int) -> float:
-    """Fraction p of the image area the square covers at ``iteration`` (0-based)."""
-    rescaled = int(iteration / iterations * 10000)
-    return p_init / 2 ** sum(rescaled > t for t in _HALVE_AFTER)
+def square_fraction(p_init: float, iteration: int, iterations: int | None) -> float:
+    """Fraction p of the image area the square covers at ``iteration`` (0-based): the
+    schedule stretched to ``iterations``, or as it stands (``None``: AutoAttack's L2 way)."""
+    at = iteration if iterations is None else int(iteration / iterations * 10000)
+    return p_init / 2 ** sum(at > t for t in _HALVE_AFTER)
 
 
 class Square(Attack):
-    """Square Attack, Linf, untargeted or targeted; uses model outputs only.
+    """Square Attack, Linf or L2, untargeted or targeted; uses model outputs only.
 
-    Start from vertical stripes of +-eps; then, at each iteration, redraw a random
+    Linf: start from vertical stripes of +-eps; then, at each iteration, redraw a random
     square window of the perturbation to +-eps (one sign per channel) and keep the
-    change if the margin loss goes down. The margin is ``z_y - max_{j!=y} z_j``
+    change if the margin loss goes down. L2: start from a grid of bumps (a peak in the
+    middle of each tile, falling off ring by ring) with random signs, scaled to eps; then,
+    at each iteration, take two random windows, empty the second, and put its L2 mass (with
+    whatever of the budget is unused) into the first as the old contents of that window plus
+    a new random bump, keeping the change if the margin goes down. The margin is ``z_y - max_{j!=y} z_j``
     (untargeted) or ``max_{j!=t} z_j - z_t`` (targeted); a sample stops as soon as
     it reaches the goal.
 
@@ -51,14 +56,14 @@ class Square(Attack):
             restart (the initial one included). p_init: initial fraction of the
             image area changed per query (halved on the paper's schedule).
         restarts: independent runs, each only on samples not broken yet.
-        norm: must be ``"inf"``. targeted: ``y`` holds target labels.
+        norm: ``"inf"`` or ``"2"``. targeted: ``y`` holds target labels.
 
     Example:
         >>> atk = Square(model, eps=0.3, queries=1000)
         >>> result = atk.run(x, y)       # result.steps: queries per sample
     """
 
-    norms = ("inf",)
+    norms = ("inf", "2")
     black_box = True
     low_precision = False  # measured: a bf16 search is faster but breaks fewer images (bench_precision.py --square)
 
@@ -86,8 +91,12 @@ class Square(Attack):
     def _run_once(self, x, y, generator):
         """One random search; returns ``(x_best, margin, reached, queries)`` per sample."""
         n, channels, height, width = x.shape
-        stripes = self._random_signs((n, channels, 1, width), x, generator)
-        x_best = self.clip(x + self.eps * stripes)
+        l2 = self.norm.name == "2"
+        if l2:
+            x_best = self._inside(x, self._tiles(x, generator), x)
+        else:
+            stripes = self._random_signs((n, channels, 1, width), x, generator)
+            x_best = self.clip(x + self.eps * stripes)
         logits = self.search_logits(x_best)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         margin = self.margin(logits, y)
@@ -102,19 +111,24 @@ class Square(Attack):
                 # Random numbers for the next queries of each sample still running, in one
                 # call per sample: a sample's stream depends only on its own progress.
                 block = min(_DRAWS_PER_CALL, iterations - i)
-                uniforms = rng.rand((len(active), block, 2 + channels), rng.subset(generator, active),
+                uniforms = rng.rand((len(active), block, 2 + channels + 3 * l2), rng.subset(generator, active),
                                     device=x.device, dtype=x.dtype)
                 row[active] = torch.arange(len(active), device=x.device)
-            u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, 2 + C]
-            p = square_fraction(self.p_init, i, iterations)
+            u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, 2 + C (+ 3 in L2)]
+            p = square_fraction(self.p_init, i, None if l2 else iterations)
             side = min(max(round(math.sqrt(p * height * width)), 1), height - 1, width - 1)
+            if l2:  # L2: an odd side of at least 3, room for the two bumps
+                side = min(max(side + 1 - side % 2, 3), height - 1, width - 1)
             x0, current = x[active], x_best[active]
             window = self._window(u[:, 0], u[:, 1], side, height, width)
-            signs = torch.where(u[:, 2:] < 0.5, -1.0, 1.0).to(x.dtype).view(-1, channels, 1, 1)
-            candidate = torch.where(window, self.clip(x0 + self.eps * signs), current)
-            # A draw that changes nothing would waste a query: take the other sign.
-            same = per_sample((candidate == current).flatten(1).all(1), candidate)
-            candidate = torch.where(window & same, self.clip(x0 - self.eps * signs), candidate)
+            signs = torch.where(u[:, 2:2 + channels] < 0.5, -1.0, 1.0).to(x.dtype).view(-1, channels, 1, 1)
+            if l2:
+                candidate = self._moved(x0, current, window, side, signs, u[:, 2 + channels:])
+            else:
+                candidate = torch.where(window, self.clip(x0 + self.eps * signs), current)
+                # A draw that changes nothing would waste a query: take the other sign.
+                same = per_sample((candidate == current).flatten(1).all(1), candidate)
+                candidate = torch.where(window & same, self.clip(x0 - self.eps * signs), candidate)
 
             logits = self.search_logits(candidate)
             queries[active] += 1
@@ -130,6 +144,40 @@ class Square(Attack):
             reached[active[now_reached]] = True
             active = active[~now_reached]
         return x_best, margin, reached, queries
+
+    def _inside(self, x0, delta, like):
+        """``x0 + delta`` scaled to the L2 sphere of radius eps, then into the ball and the box."""
+        size = per_sample(delta.flatten(1).norm(dim=1).clamp_min(1e-12), like)
+        return self.norm.project(x0 + delta * (self.eps / size), x0, self.eps, self.bounds)
+
+    def _tiles(self, x, generator):
+        """The L2 start: a bump in each tile of side ~H/5, one random sign per channel and tile."""
+        n, channels, height, width = x.shape
+        side = max(height // 5, 1)
+        rows, cols = height // side, width // side
+        signs = self._random_signs((n, channels, rows, cols), x, generator)
+        tiles = _bumps(side, x.dtype, x.device)[0].repeat(rows, cols) * \
+            signs.repeat_interleave(side, 2).repeat_interleave(side, 3)
+        top, left = (height - rows * side) // 2, (width - cols * side) // 2  # the tiles centred
+        return torch.nn.functional.pad(tiles, (left, width - cols * side - left, top, height - rows * side - top))
+
+    def _moved(self, x0, current, window, side, signs, u):
+        """The L2 step: a second window (corner from ``u[:, 0:2]``) emptied, its mass and the
+        unused budget put into ``window`` as its old contents plus a new bump (shape from ``u[:, 2]``)."""
+        n, channels, height, width = x0.shape
+        other = self._window(u[:, 0], u[:, 1], side, height, width)
+        delta = current - x0
+        both = window | other
+        in_window = (delta * window).pow(2).flatten(2).sum(2).sqrt()          # [A, C]
+        in_both = (delta * both).pow(2).flatten(2).sum(2).sqrt()              # [A, C]
+        spare = (self.eps ** 2 - delta.flatten(1).pow(2).sum(1)).clamp_min(0)  # [A]
+        bump = _bumps(side, x0.dtype, x0.device)[(u[:, 2] * 2).long().clamp_max(1)]  # [A, s, s]
+        placed = torch.zeros_like(delta)
+        placed[window.expand_as(delta)] = (bump.unsqueeze(1) * signs).flatten()
+        new = placed + delta * window / in_window.clamp_min(1e-12)[..., None, None]
+        scale = (spare[:, None] / channels + in_both.pow(2)).sqrt()           # [A, C]
+        new = new / new.pow(2).flatten(2).sum(2).sqrt().clamp_min(1e-12)[..., None, None] * scale[..., None, None]
+        return self._inside(x0, torch.where(window, new, torch.where(other, 0.0, delta)), x0)
 
     @staticmethod
     def _random_signs(shape, like, generator):
@@ -147,3 +195,26 @@ class Square(Attack):
         in_rows = (rows >= top) & (rows < top + side)      # [n, H]
         in_cols = (cols >= left) & (cols < left + side)    # [n, W]
         return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
+
+
+
+def _bump(rows: int, cols: int, dtype, device) -> torch.Tensor:
+    """[rows, cols]: highest at the middle, each ring outwards lower (ring r adds 1/(r+1)^2
+    to itself and every ring inside it), unit L2 norm."""
+    i = (torch.arange(rows, device=device) - rows // 2).abs()
+    j = (torch.arange(cols, device=device) - cols // 2).abs()
+    ring = torch.maximum(i[:, None], j[None, :])
+    weights = 1.0 / (torch.arange(max(rows, cols), device=device, dtype=dtype) + 1) ** 2
+    values = weights.flip(0).cumsum(0).flip(0)[ring]  # the sum of the weights of rings >= r
+    return values / values.norm()
+
+
+def _bumps(side: int, dtype, device) -> torch.Tensor:
+    """[2, side, side], unit L2 norm: two bumps of opposite signs, one above the other, and
+    the same side by side (the L2 search's changes; a single bump for a side of 1)."""
+    if side < 2:
+        return torch.ones(2, 1, 1, dtype=dtype, device=device)
+    half = side // 2
+    pair = torch.cat([_bump(half, side, dtype, device), -_bump(side - half, side, dtype, device)])
+    pair = pair / pair.norm()
+    return torch.stack([pair, pair.T])
