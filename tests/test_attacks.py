@@ -181,7 +181,7 @@ def test_same_seed_same_result_of_the_strong_attacks(name, trained_cnn, batch):
     (lambda m: CW(m, norm="inf"), "norm must be '2' for CW, got 'inf'"),
     (lambda m: CW(m, lr=0), "lr must be > 0, got 0"),
     (lambda m: DeepFool(m, targeted=True), "targeted must be False: DeepFool is an untargeted attack"),
-    (lambda m: Square(m, norm="2"), "norm must be 'inf' for Square"),
+    (lambda m: Square(m, norm="1"), "norm must be 'inf' or '2' for Square, got '1'"),
     (lambda m: Square(m, p_init=2.0), "p_init must be in (0, 1], got 2.0"),
 ])
 def test_bad_hyperparameters_of_the_strong_attacks(make, message, bn_model):

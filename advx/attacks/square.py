@@ -16,7 +16,7 @@ from torch import nn
 from advx import rng
 from advx.attacks.base import Attack
 from advx.attacks.results import Run
-from advx.norms import Norm, per_sample
+from advx.norms import L2, Norm, per_sample
 from advx.validate import InputError, check_number
 
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
@@ -91,7 +91,7 @@ class Square(Attack):
     def _run_once(self, x, y, generator):
         """One random search; returns ``(x_best, margin, reached, queries)`` per sample."""
         n, channels, height, width = x.shape
-        l2 = self.norm.name == "2"
+        l2 = isinstance(self.norm, L2)
         if l2:
             x_best = self._inside(x, self._tiles(x, generator), x)
         else:
