@@ -46,7 +46,8 @@ def mismatches(shrink: float = 1.0) -> list:
             if status == "proved" and not (0 < bound <= truth + 1e-6 and bound >= truth - 1e-3):
                 wrong.append(("proved", truth, bound))
             elif status == "point":
-                inside = bool((point - x[0]).abs().max() <= eps + 1e-6) and 0 <= float(point.min()) <= float(point.max()) <= 1
+                inside = (bool((point - x[0]).abs().max() <= eps + 1e-6)
+                          and 0 <= float(point.min()) <= float(point.max()) <= 1)
                 with torch.no_grad():
                     value = float(prop.C[group] @ model(point.view(1, -1))[0])
                 if not (inside and value <= 1e-5 and abs(value - truth) <= 1e-3):
@@ -122,7 +123,8 @@ def test_networks_it_cannot_read_are_left_to_the_search():
     x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     label = int(pooled(x).argmax())
     outcome = bab.branch_and_bound(chain, Ball(x, 0.3), bab.Property.robustness(label, 3),
-                                   bab.Settings(timeout=0.5, milp=0.5), check=lambda p: torch.zeros(len(p), dtype=torch.bool))
+                                   bab.Settings(timeout=0.5, milp=0.5),
+                                   check=lambda p: torch.zeros(len(p), dtype=torch.bool))
     assert outcome.verdict != "verified" or "milp" not in " ".join(outcome.notes)
     if outcome.verdict == "unknown":
         assert any("milp: not for this network" in n for n in outcome.notes), outcome.notes

@@ -40,13 +40,13 @@ class Square(Attack):
 
     Linf: start from vertical stripes of +-eps; then, at each iteration, redraw a random
     square window of the perturbation to +-eps (one sign per channel) and keep the
-    change if the margin loss goes down. L2: start from a grid of bumps (a peak in the
-    middle of each tile, falling off ring by ring) with random signs, scaled to eps; then,
+    change if the margin loss goes down. L2: start from a grid of tiles, each a pair of
+    opposite bumps (peaks falling off ring by ring) with a random sign, scaled to eps; then,
     at each iteration, take two random windows, empty the second, and put its L2 mass (with
-    whatever of the budget is unused) into the first as the old contents of that window plus
-    a new random bump, keeping the change if the margin goes down. The margin is ``z_y - max_{j!=y} z_j``
-    (untargeted) or ``max_{j!=t} z_j - z_t`` (targeted); a sample stops as soon as
-    it reaches the goal.
+    whatever of the budget is unused) into the first as the old contents of that window
+    plus a new random pair of bumps, keeping the change if the margin goes down. The
+    margin is ``z_y - max_{j!=y} z_j`` (untargeted) or ``max_{j!=t} z_j - z_t``
+    (targeted); a sample stops as soon as it reaches the goal.
 
     ``steps`` in the result is the exact number of model evaluations ("queries")
     spent on each sample, the initial one included.
@@ -151,7 +151,8 @@ class Square(Attack):
         return self.norm.project(x0 + delta * (self.eps / size), x0, self.eps, self.bounds)
 
     def _tiles(self, x, generator):
-        """The L2 start: a bump in each tile of side ~H/5, one random sign per channel and tile."""
+        """The L2 start: a pair of opposite bumps in each tile of side H/5 (the tiles centred),
+        one random sign per channel and tile."""
         n, channels, height, width = x.shape
         side = max(height // 5, 1)
         rows, cols = height // side, width // side
@@ -163,7 +164,8 @@ class Square(Attack):
 
     def _moved(self, x0, current, window, side, signs, u):
         """The L2 step: a second window (corner from ``u[:, 0:2]``) emptied, its mass and the
-        unused budget put into ``window`` as its old contents plus a new bump (shape from ``u[:, 2]``)."""
+        unused budget put into ``window`` as its old contents plus a new pair of bumps
+        (side by side or one above the other, from ``u[:, 2]``)."""
         n, channels, height, width = x0.shape
         other = self._window(u[:, 0], u[:, 1], side, height, width)
         delta = current - x0

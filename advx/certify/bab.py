@@ -106,7 +106,8 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
     count, order = 1, margins.argsort().tolist()
     exact = settings.milp > 0 and milp.available(chain)
     searched = start + settings.timeout * (1 - settings.milp if exact else 1)
-    skipped = ["milp: not for this network (max-pooling, or a layer too large)"] if settings.milp > 0 and not exact else []
+    skipped = (["milp: not for this network (max-pooling, or a layer too large)"]
+               if settings.milp > 0 and not exact else [])
     for k, group in enumerate(order):
         if margins[group] > 0:
             break

@@ -75,7 +75,8 @@ def solve(chain: list[Op], ball: Ball, boxes: list, prop: Property, group: int, 
     objective[t] = 1.0
     result = optimize.milp(objective, integrality=np.array(program.integer),
                            bounds=optimize.Bounds(program.lower, program.upper),
-                           constraints=optimize.LinearConstraint(program.matrix(), program.row_lower, program.row_upper),
+                           constraints=optimize.LinearConstraint(program.matrix(), program.row_lower,
+                                                                 program.row_upper),
                            options={"time_limit": seconds, "disp": False})
     dual = getattr(result, "mip_dual_bound", None)
     if dual is not None and np.isfinite(dual) and dual > TOLERANCE:  # a lower bound, even out of time
