@@ -8,6 +8,7 @@ change only if it lowers the margin loss.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -211,6 +212,7 @@ def _bump(rows: int, cols: int, dtype, device) -> torch.Tensor:
     return values / values.norm()
 
 
+@functools.lru_cache(maxsize=32)  # one per side the schedule reaches: built once, not per query
 def _bumps(side: int, dtype, device) -> torch.Tensor:
     """[2, side, side], unit L2 norm: two bumps of opposite signs, one above the other, and
     the same side by side (the L2 search's changes; a single bump for a side of 1)."""

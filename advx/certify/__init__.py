@@ -25,7 +25,6 @@ checked as the attacks check them (``advx.validate.check_batch``).
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
 import types
@@ -36,6 +35,7 @@ from torch import nn
 
 from advx.certify import alpha, verdicts
 from advx.certify.graph import SUPPORTED, UnsupportedModel, read_model
+from advx.certify.milp import installed as milp_installed
 from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.modes import check_not_lazy, checked_logits, device_of, frozen, weight_dtype
 from advx.norms import Norm, get_norm
@@ -107,7 +107,7 @@ class Certifier:
         self.milp = check_number("milp", milp)
         if not 0 <= self.milp < 1:
             raise InputError(f"milp must be a share of the timeout in [0, 1), got {self.milp:g}")
-        if self.milp > 0 and importlib.util.find_spec("scipy") is None:
+        if self.milp > 0 and not milp_installed():
             raise InputError("milp > 0 needs SciPy's MILP solver (HiGHS), which is not installed: "
                              "pip install 'advx[milp]'")
 

@@ -15,8 +15,8 @@ Branching (FSB-like, De Palma et al. 2021): the few unstable neurons whose relax
 the open rows most (the intercept of its upper line times the weight on it; BaBSR's score,
 Bunel et al. 2020) are candidates; each is tried with one cheap bound pass of both
 children (the parent's slopes and multipliers), and the one that leaves the least of the
-children's margins below zero is split. Many domains are bounded in one batched pass; the ones with the lowest bounds go
-first.
+children's margins below zero is split. Many domains are bounded in one batched pass; the
+ones with the lowest bounds go first.
 """
 
 from __future__ import annotations

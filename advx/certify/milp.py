@@ -17,6 +17,7 @@ same radius, a superset: its proofs hold, its points are projected into the ball
 from __future__ import annotations
 
 import importlib.util
+import math
 import time
 
 import numpy as np
@@ -30,13 +31,17 @@ TOLERANCE = 1e-4      # a proof needs the solver's dual bound above this (its to
 MAX_ENTRIES = 2**26   # the largest dense affine map read into the program (in x out)
 
 
+def installed() -> bool:
+    """Whether SciPy (whose ``optimize.milp`` is HiGHS) can be imported."""
+    return importlib.util.find_spec("scipy") is not None
+
+
 def available(chain: list[Op]) -> bool:
     """Whether SciPy's HiGHS is installed and ``chain`` has only affine ops, reshapes and ReLUs
     of a size this module reads (MNIST-sized convolutions and dense layers)."""
-    if importlib.util.find_spec("scipy") is None:
-        return False
-    return all(isinstance(op, ReLU) or op.name == "Reshape"
-               or (op.affine and _numel(op.in_shape) * _numel(op.out_shape) <= MAX_ENTRIES) for op in chain)
+    return installed() and all(
+        isinstance(op, ReLU) or op.name == "Reshape"
+        or (op.affine and math.prod(op.in_shape) * math.prod(op.out_shape) <= MAX_ENTRIES) for op in chain)
 
 
 def solve(chain: list[Op], ball: Ball, boxes: list, prop: Property, group: int, deadline: float):
@@ -157,7 +162,7 @@ class _Program:
 
 def _dense(op: Op):
     """``(W, b)`` in float64: the affine op's matrix [out, in] and offset [out]."""
-    n = _numel(op.in_shape)
+    n = math.prod(op.in_shape)
     with torch.no_grad():
         columns = [op.linear(torch.eye(n)[s:s + 1024].view(-1, *op.in_shape)).flatten(1) for s in range(0, n, 1024)]
         W = torch.cat(columns).T.double().numpy()
@@ -168,10 +173,3 @@ def _dense(op: Op):
 
 def _flat(t: torch.Tensor) -> np.ndarray:
     return t.detach().flatten().double().cpu().numpy()
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

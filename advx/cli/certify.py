@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     # each rank certifies its shard of the images; rank 0 reports
     try:
         result = certify_sharded(subject.model, test.x, test.y, eps, method=args.method, norm=args.norm,
-                                 batch_size=args.batch_size, device=device, timeout=args.timeout, milp=args.milp, store=store,
-                                 progress=not args.quiet)
+                                 batch_size=args.batch_size, device=device, timeout=args.timeout, milp=args.milp,
+                                 store=store, progress=not args.quiet)
     except BaseException as err:
         if store is not None:
             name_what_is_kept(err, store, "verdicts")
