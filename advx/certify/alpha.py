@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advx.certify.ops import Op, ReLU
+from advx.certify.ops import MaxPool, Op, ReLU, simplex
 from advx.certify.propagate import ROWS_BUDGET, Ball, backward, layer_boxes, margin_spec
 
 
@@ -74,7 +74,8 @@ class Bound:
 def bound(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torch.Tensor,
           alpha: dict, beta: dict) -> Bound:
     """Lower bounds of ``C[d] @ output`` [D, S] over every domain d, with lower slopes
-    ``alpha[i]`` [D*S, *shape] (used where the neuron is unstable, clamped into [0, 1])
+    ``alpha[i]`` [D*S, *shape] (used where the neuron is unstable, clamped into [0, 1]),
+    for a MaxPool ``chain[i]`` its relaxation's parameters ``alpha[i]`` (``MaxPool.relax``),
     and split multipliers ``beta[i]`` [D*S, *shape] (>= 0; used where the neuron is split)."""
     D, S = C.shape[:2]
     dom = torch.arange(D, device=C.device).repeat_interleave(S)
@@ -84,8 +85,12 @@ def bound(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torch.T
     outputs = {}
     for i in reversed(range(len(chain))):
         op = chain[i]
+        if isinstance(op, MaxPool) and i in alpha:
+            l, u = boxes[i]
+            A = op.backward_with(A, bias, *op.relax(l[owner], u[owner], alpha[i]))
+            continue
         if not isinstance(op, ReLU):
-            A = op.backward(A, owner, bias)  # MaxPool: its relaxation set on the sample's box
+            A = op.backward(A, owner, bias)
             continue
         outputs[i] = A
         l, u = domain_box(boxes[i], domains, i)
@@ -132,14 +137,28 @@ def ibp_fold(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torc
 
 
 def initial_alpha(chain: list[Op], boxes: list, domains: Domains, S: int) -> dict:
-    """CROWN's slopes for every ReLU, one row per bounded row."""
+    """CROWN's slopes for every ReLU and CROWN's relaxation of every MaxPool, one row per
+    bounded row."""
     dom = torch.arange(len(domains), device=domains.root.device).repeat_interleave(S)
     alpha = {}
     for i, op in enumerate(chain):
         if isinstance(op, ReLU):
             l, u = domain_box(boxes[i], domains, i)
             alpha[i] = crown_slopes(l, u)[dom].clone()
+        elif isinstance(op, MaxPool):
+            l, u = boxes[i]
+            alpha[i] = op.initial(l, u)[domains.root[dom]]
     return alpha
+
+
+def project(chain: list[Op], alpha: dict) -> None:
+    """Put every parameter back into its feasible set, in place: a ReLU's slopes into
+    [0, 1], a MaxPool's weights λ onto the simplex (its t is clipped where it is used)."""
+    for i, a in alpha.items():
+        if isinstance(chain[i], MaxPool):
+            a[..., :-1] = simplex(a[..., :-1])
+        else:
+            a.clamp_(0, 1)
 
 
 def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torch.Tensor,
@@ -191,8 +210,7 @@ def optimise(chain: list[Op], ball: Ball, boxes: list, domains: Domains, C: torc
                 p.add_(rate * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8))  # ascent
         for p in params:
             p.requires_grad_(False)
-        for a in alpha.values():
-            a.clamp_(0, 1)
+        project(chain, alpha)
         for b in beta.values():
             b.clamp_(min=0)
     for p in params:

@@ -89,23 +89,20 @@ def walk(chain, start: int, A, owner, oy, ox, bias):
 
 
 def _maxpool(op: MaxPool, A, owner, oy, ox, bias):
-    """``MaxPool.backward`` on windows: each output's coefficient goes to the input its
-    relaxation picked, inside the input window under the output window."""
+    """``MaxPool.backward`` on windows: each output's coefficients go to its inputs, inside
+    the input window under the output window."""
     (kh, kw), (sh, sw) = op.kernel, op.stride
     R, C, h, w = A.shape
-    _, H, W = op.in_shape
-    exact = windows(op.exact, owner, oy, ox, h, w)
+    K = op.size
+    lam, slope, const = op.relaxation
+    lam, slope = (windows(r.movedim(-1, 1).flatten(1, 2), owner, oy, ox, h, w).view(R, K, C, h, w).movedim(1, -1)
+                  for r in (lam, slope))
+    const = windows(const, owner, oy, ox, h, w)
     pos, neg = A.clamp_min(0), A.clamp_max(0)
-    bias += (neg * (1 - exact) * windows(op.top, owner, oy, ox, h, w)).flatten(1).sum(1)
-    coef = pos + neg * exact
-    picked = windows(op.index.view(-1, *op.out_shape).to(A.dtype), owner, oy, ox, h, w).long()
-    iy, ix = picked % (H * W) // W - (oy * sh).view(-1, 1, 1, 1), picked % W - (ox * sw).view(-1, 1, 1, 1)
-    hi, wi = (h - 1) * sh + kh, (w - 1) * sw + kw
-    inside = (iy >= 0) & (iy < hi) & (ix >= 0) & (ix < wi)  # outputs hanging over the border
-    local = torch.where(inside, iy * wi + ix, 0) + torch.arange(C, device=A.device).view(1, -1, 1, 1) * hi * wi
-    out = torch.zeros(R, C * hi * wi, dtype=A.dtype, device=A.device)
-    out.scatter_add_(1, local.flatten(1), (coef * inside).flatten(1))
-    return out.view(R, C, hi, wi), oy * sh, ox * sw
+    bias += (neg * const).flatten(1).sum(1)
+    coef = pos.unsqueeze(-1) * lam + neg.unsqueeze(-1) * slope
+    out = A.new_zeros(R, C, (h - 1) * sh + kh, (w - 1) * sw + kw)
+    return op.spread(coef, out), oy * sh, ox * sw
 
 
 def input_minimum(ball, A, owner, oy, ox) -> torch.Tensor:
