@@ -29,6 +29,8 @@ from advx.progress import bar as progress_bar
 from advx.sanity import check_sandwich
 from advx.validate import InputError, check_batch
 
+SPOT_CHECK = 64  # proved samples per eps that the first attack stage checks anyway
+
 
 @dataclass
 class Evaluation:
@@ -186,9 +188,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     attacks average ``eot`` draws per gradient, and every verdict (clean and adversarial) is
     the majority of ``votes`` draws; ``settings["verdict"]`` states the rule.
 
-    With ``certify`` (a method of ``advx.certify``), every correct sample is also bounded
+    With ``certify`` (a method of ``advx.certify``), every correct sample is first bounded
     at every eps: ``certified_acc`` <= true robust accuracy <= ``robust_acc``. A sample
-    both certified and broken raises ``advx.sanity.SoundnessError`` naming it.
+    proved at an eps cannot be broken there, so the attacks skip it, except the
+    ``SPOT_CHECK`` proved samples with the smallest proved margins, which the first stage
+    attacks anyway (``settings["spot_checked"]``: how many, per eps). A sample both
+    certified and broken raises ``advx.sanity.SoundnessError`` naming it.
 
     Randomness: each (sample, attack, eps) has its own random stream, seeded from
     ``seed``, the sample's id (its index, or ``sample_ids[i]``: a shard of a larger set
@@ -231,6 +236,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     # each column is that attack on its own, exactly as if it had run alone.
     survivors, alive = correct.clone(), [correct.clone() for _ in stages]
     precision_used = {}
+    lower = spot = None
+    if config.certify:  # certify first: a proved sample leaves the cascade, bar a spot check
+        lower = certify_sweep(certifier, x, y, eps, only=correct, batch_size=min(config.batch_size, 256),
+                              progress=config.progress)
+        spot = spot_checked(lower, SPOT_CHECK)
     # minimum-norm attacks run once per sample, whatever the number of eps
     once = {a: _Distances(n) for a, stage in enumerate(config.attacks)
             if not callable(stage) and abilities(stage_name(stage)).minimum_norm}
@@ -243,7 +253,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         for a, (name, make) in enumerate(stages):
             attack = make(target, None if a in once else e)
             precision_used[name] = attack.resolved_precision(config.device)
-            idx = (survivors if config.cascade else alive[a]).nonzero().squeeze(1)
+            todo = survivors if config.cascade else alive[a]
+            if lower is not None:  # the first stage also runs on the spot-checked proved samples
+                todo = todo & ((lower[k] <= 0) | (spot[k] if a == 0 else False))
+            idx = todo.nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
             for chunk, result in _stage_results(attack, name, e, x, y, idx, config, once.get(a), ids, store):
                 hit = records.add(k, a, chunk, result)
@@ -257,8 +270,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     names = [name for name, _ in stages]
     extra, certified_acc = {}, None
     if config.certify:  # the lower bounds, checked against the attacks' upper bounds
-        lower = certify_sweep(certifier, x, y, eps, only=correct, batch_size=min(config.batch_size, 256),
-                              progress=config.progress)
         check_sandwich(lower > 0, records.broken_by, correct, eps, names)
         if config.certify == "bab":  # the unresolved samples decided: the band closes
             after = close_band(certifier, x, y, eps, lower, records, config.norm, stage=len(names),
@@ -276,12 +287,25 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
                  "broken_by": records.broken_by, "step": records.step, "distance": records.distance, **extra},
         seconds=time.perf_counter() - start,
         settings={**config.settings(names, n), "precision_used": precision_used,
-                  "adaptations": dict(adaptation.reasons)},
+                  "adaptations": dict(adaptation.reasons),
+                  **({"spot_checked": [int(s.sum()) for s in spot]} if config.certify else {})},
         certified_acc=certified_acc, norm=config.norm,
     )
     if config.checks:
         ev.warnings = sanity_warnings(target, x, y, ev, config)
     return ev
+
+
+def spot_checked(lower: torch.Tensor, count: int) -> torch.Tensor:
+    """[len(eps), N]: per eps, the ``count`` proved samples (``lower`` > 0) with the smallest
+    proved margin (ties: the lower index). The cascade's first stage attacks them anyway:
+    a certifier that proves what an attack breaks stops the evaluation (``check_sandwich``)."""
+    spot = torch.zeros_like(lower, dtype=torch.bool)
+    for k, row in enumerate(lower):
+        proved = (row > 0).nonzero().squeeze(1)
+        order = torch.sort(row[proved], stable=True).indices[:count]
+        spot[k, proved[order]] = True
+    return spot
 
 
 def sanity_warnings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ev: Evaluation,

@@ -147,7 +147,7 @@ def initial_alpha(chain: list[Op], boxes: list, domains: Domains, S: int) -> dic
             alpha[i] = crown_slopes(l, u)[dom].clone()
         elif isinstance(op, MaxPool):
             l, u = boxes[i]
-            alpha[i] = op.initial(l, u)[domains.root[dom]]
+            alpha[i] = op.initial(l, u).detach()[domains.root[dom]]
     return alpha
 
 

@@ -322,7 +322,7 @@ class MaxPool(Op):
     def spread(self, coef, out):
         """Add each window's coefficients [R, C, h, w, K] onto its inputs in ``out``
         [R, C, (h - 1) * stride + kernel (or more), ...]."""
-        (kh, kw), (sh, sw) = self.kernel, self.stride
+        kw, (sh, sw) = self.kernel[1], self.stride
         h, w = coef.shape[2], coef.shape[3]
         for k in range(self.size):
             ky, kx = divmod(k, kw)

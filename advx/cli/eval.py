@@ -65,9 +65,10 @@ def add(sub) -> None:
     images_option(e, 10000)
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
-                   help="also certify each sample at each eps (ibp, crown-ibp, crown or alpha-crown; crown if "
-                        "no METHOD): certified, broken or unresolved, and so the robust accuracy as an "
-                        "interval; bab: branch and bound then decides the unresolved samples")
+                   help="also certify each sample at each eps, first (ibp, crown-ibp, crown or alpha-crown; "
+                        "crown if no METHOD): certified, broken or unresolved, and so the robust accuracy as "
+                        "an interval; the attacks skip the certified samples but a spot check of 64 per eps; "
+                        "bab: branch and bound then decides the unresolved samples")
     e.add_argument("--timeout", type=float, default=60.0,
                    help="with --certify bab: seconds per unresolved sample before it stays unresolved "
                         "(default: 60)")
