@@ -20,7 +20,7 @@ from advx.attacks.eot import majority
 from advx.attacks.registry import abilities, stage_name
 from advx.adapt import Adaptation, adaptation_for
 from advx.certify import Certifier
-from advx.certify.sweep import certify_sweep
+from advx.certify.sweep import SPOT_CHECK, certify_sweep, spot_checked
 from advx.verify import STAGE, close_band
 from advx.eval_config import EvalConfig
 from advx.modes import frozen, predictions
@@ -28,8 +28,6 @@ from advx.norms import Linf, Norm
 from advx.progress import bar as progress_bar
 from advx.sanity import check_sandwich
 from advx.validate import InputError, check_batch
-
-SPOT_CHECK = 64  # proved samples per eps that the first attack stage checks anyway
 
 
 @dataclass
@@ -294,18 +292,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     if config.checks:
         ev.warnings = sanity_warnings(target, x, y, ev, config)
     return ev
-
-
-def spot_checked(lower: torch.Tensor, count: int) -> torch.Tensor:
-    """[len(eps), N]: per eps, the ``count`` proved samples (``lower`` > 0) with the smallest
-    proved margin (ties: the lower index). The cascade's first stage attacks them anyway:
-    a certifier that proves what an attack breaks stops the evaluation (``check_sandwich``)."""
-    spot = torch.zeros_like(lower, dtype=torch.bool)
-    for k, row in enumerate(lower):
-        proved = (row > 0).nonzero().squeeze(1)
-        order = torch.sort(row[proved], stable=True).indices[:count]
-        spot[k, proved[order]] = True
-    return spot
 
 
 def sanity_warnings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ev: Evaluation,

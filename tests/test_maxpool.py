@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import advx
-from advx.certify import alpha, ops
+from advx.certify import alpha, pooling
 from advx.certify.graph import read_model
 from advx.certify.propagate import Ball, layer_boxes, margin_spec
 from test_certify import smallest_margins
@@ -30,7 +30,7 @@ def boxes(seed: int, shape=(3, 2, 7, 7)):
     return l, u, g
 
 
-def worst_gaps(op: ops.MaxPool, l, u, param, g, points: int = 400):
+def worst_gaps(op: pooling.MaxPool, l, u, param, g, points: int = 400):
     """The largest ``lower - max`` and ``max - upper`` seen over random points and corners of
     the box (both <= 0 when the relaxation is sound)."""
     lam, slope, const = op.relax(l, u, param)
@@ -49,7 +49,7 @@ def worst_gaps(op: ops.MaxPool, l, u, param, g, points: int = 400):
 @pytest.mark.parametrize("seed", range(3))
 def test_the_relaxation_holds_for_every_parameter(kernel, stride, seed):
     l, u, g = boxes(seed)
-    op = ops.MaxPool(kernel, stride, l.shape[1:], ops.MaxPool(kernel, stride, l.shape[1:], ()).forward(l).shape[1:])
+    op = pooling.MaxPool(kernel, stride, l.shape[1:], pooling.MaxPool(kernel, stride, l.shape[1:], ()).forward(l).shape[1:])
     default = op.initial(l, u)
     random = torch.randn(default.shape, generator=g) * 3  # λ off the simplex, t anywhere
     for param in (None, default, random):
@@ -60,9 +60,9 @@ def test_the_relaxation_holds_for_every_parameter(kernel, stride, seed):
 def test_parameters_used_unprojected_are_caught(monkeypatch):
     """Mutant: λ and t used as given (no simplex, no clipping into [max l, max u])."""
     l, u, g = boxes(0)
-    op = ops.MaxPool((2, 2), (2, 2), l.shape[1:], (2, 3, 3))
+    op = pooling.MaxPool((2, 2), (2, 2), l.shape[1:], (2, 3, 3))
     param = torch.randn(*op.initial(l, u).shape, generator=g) * 3
-    monkeypatch.setattr(ops, "_straight", lambda raw, used: raw)
+    monkeypatch.setattr(pooling, "_straight", lambda raw, used: raw)
     below, above = worst_gaps(op, l, u, param, g)
     assert below > 0.1 and above > 0.1, (below, above)
 
@@ -70,7 +70,7 @@ def test_parameters_used_unprojected_are_caught(monkeypatch):
 def test_the_default_is_exact_where_one_input_dominates():
     l = torch.tensor([[[[2.0, -1.0], [0.0, 0.5]]]])
     u = torch.tensor([[[[3.0, 1.5], [1.0, 2.0]]]])
-    op = ops.MaxPool((2, 2), (2, 2), (1, 2, 2), (1, 1, 1))
+    op = pooling.MaxPool((2, 2), (2, 2), (1, 2, 2), (1, 1, 1))
     lam, slope, const = op.relax(l, u)
     assert lam.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
     assert slope.flatten().tolist() == [1.0, 0.0, 0.0, 0.0] and float(const) == 0.0  # max = x_1 exactly
@@ -84,9 +84,9 @@ def test_the_default_is_exact_where_one_input_dominates():
 def test_the_simplex_projection():
     g = torch.Generator().manual_seed(0)
     p = torch.randn(500, 4, generator=g) * 2
-    q = ops.simplex(p)
+    q = pooling.simplex(p)
     assert (q >= 0).all() and torch.allclose(q.sum(-1), torch.ones(500))
-    assert torch.allclose(ops.simplex(q), q, atol=1e-6)  # a point of the simplex stays
+    assert torch.allclose(pooling.simplex(q), q, atol=1e-6)  # a point of the simplex stays
     # no other point of the simplex is closer (random points of the simplex as rivals)
     rivals = torch.distributions.Dirichlet(torch.ones(4)).sample((200,))
     assert ((p - q).norm(dim=1)[:, None] <= (p[:, None] - rivals[None]).norm(dim=2) + 1e-5).all()
@@ -136,7 +136,7 @@ def test_alpha_optimises_the_pooling_parameters():
     box = layer_boxes(chain, ball, "crown")
     domains = alpha.Domains(torch.arange(4), {})
     start = alpha.initial_alpha(chain, box, domains, 4)
-    assert list(start) == [i for i, op in enumerate(chain) if isinstance(op, ops.MaxPool)]
+    assert list(start) == [i for i, op in enumerate(chain) if isinstance(op, pooling.MaxPool)]
     found, *_ = alpha.optimise(chain, ball, box, domains, margin_spec(y, 4), torch.full((4, 4), 1e9),
                                iterations=30)
     crown = advx.certify(model, x, y, eps=0.1, method="crown").margins

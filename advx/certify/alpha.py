@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from advx.certify.ops import MaxPool, Op, ReLU, simplex
+from advx.certify.ops import Op, ReLU
+from advx.certify.pooling import MaxPool, simplex
 from advx.certify.propagate import ROWS_BUDGET, Ball, backward, layer_boxes, margin_spec
 
 

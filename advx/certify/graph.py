@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from advx.certify import ops
+from advx.certify import ops, pooling
 from advx.certify.ops import pair
 from advx.loading import Exported
 from advx.models import InputNormalization
@@ -152,7 +152,7 @@ def _module_op(module, node, in_shape, out_shape):
     if isinstance(module, nn.MaxPool2d):
         if pair(module.padding) != (0, 0) or pair(module.dilation) != (1, 1) or module.ceil_mode:
             raise _unsupported(f"MaxPool2d with padding, dilation or ceil_mode ({node.target})")
-        return ops.MaxPool(pair(module.kernel_size), pair(module.stride or module.kernel_size), in_shape, out_shape)
+        return pooling.MaxPool(pair(module.kernel_size), pair(module.stride or module.kernel_size), in_shape, out_shape)
     raise _unsupported(_describe(node, modules={node.target: module}))
 
 

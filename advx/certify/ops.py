@@ -11,7 +11,8 @@ sample's tensor to the next and knows two things about itself:
   Zhang et al. 2018). An upper bound of ``c . z`` is minus the lower bound of ``-c . z``.
 
 Affine ops (Linear, Conv2d, eval-mode BatchNorm, AvgPool2d) are exact in both; ReLU and
-MaxPool are relaxed with the pre-activation bounds ``set_bounds(l, u)`` gave them.
+MaxPool (``advx.certify.pooling``) are relaxed with the pre-activation bounds
+``set_bounds(l, u)`` gave them.
 """
 
 from __future__ import annotations
@@ -241,105 +242,3 @@ class ReLU(Op):
         pos, neg = A.clamp_min(0), A.clamp_max(0)
         bias += (neg * self.upper_offset[owner]).flatten(1).sum(1)
         return pos * self.lower_slope[owner] + neg * self.upper_slope[owner]
-
-
-class MaxPool(Op):
-    """MaxPool2d (no padding, no dilation). In a window of inputs x_1..x_K with bounds
-    [l_i, u_i] the relaxation is, for any weights λ on the simplex and any t in
-    [max l, max u]:
-
-    - below: ``max x >= sum λ_i x_i`` (CROWN's default: λ one-hot at the largest l);
-    - above: ``max x <= t + sum s_i (x_i - l_i)`` with ``s_i = clip((u_i - t)/(u_i - l_i), 0, 1)``.
-      If the maximum x_m exceeds t, ``s_m (x_m - l_m) >= x_m - t`` (equality at u_m, and
-      s_m <= 1); otherwise every term is >= 0. t = max u is the constant bound max u;
-      t = max l is x_j plus chords of the others (exact when x_j dominates the window).
-      The default is t = max(max l, second largest u): the bound that is smallest at the
-      window's centre.
-
-    α-CROWN optimises λ and t (``relax(l, u, param)``); each choice is sound."""
-
-    name = "MaxPool2d"
-    needs_bounds = True
-
-    def __init__(self, kernel, stride, in_shape, out_shape) -> None:
-        super().__init__(in_shape, out_shape)
-        self.kernel, self.stride = kernel, stride
-
-    @property
-    def size(self) -> int:
-        """K: the inputs of one window."""
-        return self.kernel[0] * self.kernel[1]
-
-    def forward(self, x):
-        return F.max_pool2d(x, self.kernel, self.stride)
-
-    def interval(self, l, u):
-        return self.forward(l), self.forward(u)
-
-    def windows(self, t):
-        """[N, C, H, W] -> [N, C, Ho, Wo, K], the inputs of each output."""
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        return t.unfold(2, kh, sh).unfold(3, kw, sw).flatten(-2)
-
-    def initial(self, l, u) -> torch.Tensor:
-        """The default relaxation as one parameter [N, C, Ho, Wo, K + 1]: λ, then t."""
-        wl, wu = self.windows(l), self.windows(u)
-        lam = F.one_hot(wl.argmax(-1), self.size).to(l.dtype)
-        second = wu.topk(min(2, self.size), -1).values[..., -1]
-        return torch.cat([lam, torch.maximum(wl.max(-1).values, second).unsqueeze(-1)], -1)
-
-    def relax(self, l, u, param: torch.Tensor | None = None):
-        """``(lam, slope, const)`` for input bounds ``l, u`` [R, *in_shape] and ``param``
-        [R, C, Ho, Wo, K + 1] (default ``initial``): lower ``lam . x``, upper ``slope . x +
-        const``, per window. λ is projected onto the simplex and t into [max l, max u]
-        (with the gradient of the raw parameter), so every parameter gives a sound bound."""
-        if param is None:
-            param = self.initial(l, u)
-        wl, wu = self.windows(l), self.windows(u)
-        lam = _straight(param[..., :-1], simplex(param[..., :-1]))
-        t = param[..., -1]
-        t = _straight(t, torch.minimum(torch.maximum(t, wl.max(-1).values), wu.max(-1).values))
-        width = wu - wl
-        slope = torch.where(width > 0, ((wu - t.unsqueeze(-1)) / width.clamp_min(1e-12)).clamp(0, 1),
-                            torch.zeros_like(width))
-        return lam, slope, t - (slope * wl).sum(-1)
-
-    def set_bounds(self, l, u) -> None:
-        self.relaxation = self.relax(l, u)
-
-    def backward(self, A, owner, bias):
-        lam, slope, const = (r[owner] for r in self.relaxation)
-        return self.backward_with(A, bias, lam, slope, const)
-
-    def backward_with(self, A, bias, lam, slope, const):
-        """``backward`` with one relaxation per row of ``A``."""
-        pos, neg = A.clamp_min(0), A.clamp_max(0)
-        bias += (neg * const).flatten(1).sum(1)
-        coef = pos.unsqueeze(-1) * lam + neg.unsqueeze(-1) * slope
-        C, H, W = self.in_shape
-        return self.spread(coef, A.new_zeros(A.shape[0], C, H, W))
-
-    def spread(self, coef, out):
-        """Add each window's coefficients [R, C, h, w, K] onto its inputs in ``out``
-        [R, C, (h - 1) * stride + kernel (or more), ...]."""
-        kw, (sh, sw) = self.kernel[1], self.stride
-        h, w = coef.shape[2], coef.shape[3]
-        for k in range(self.size):
-            ky, kx = divmod(k, kw)
-            out[:, :, ky:ky + (h - 1) * sh + 1:sh, kx:kx + (w - 1) * sw + 1:sw] += coef[..., k]
-        return out
-
-
-def simplex(p: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each row of ``p`` [..., K] onto the probability simplex."""
-    top = p.sort(-1, descending=True).values
-    cum = top.cumsum(-1) - 1
-    k = torch.arange(1, p.shape[-1] + 1, device=p.device, dtype=p.dtype)
-    count = (top - cum / k > 0).sum(-1, keepdim=True).clamp_min(1)
-    theta = cum.gather(-1, count - 1) / count.to(p.dtype)
-    return (p - theta).clamp_min(0)
-
-
-def _straight(raw: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
-    """``used``'s value with ``raw``'s gradient (projected gradient steps)."""
-    return raw + (used - raw).detach()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advx.certify.ops import Conv, MaxPool, ReLU, Scale, pair
+from advx.certify.ops import Conv, ReLU, Scale, pair
+from advx.certify.pooling import MaxPool
 
 
 def spatial(op) -> bool:

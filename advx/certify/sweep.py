@@ -1,5 +1,6 @@
 """Certification over a test set at several eps: ``certify_sweep`` (the margin bound of
-every sample at every eps, what ``advx eval --certify`` sets beside the attacks) and
+every sample at every eps, what ``advx eval --certify`` computes before the attacks, with
+``spot_checked``: the proved samples the attacks check anyway) and
 ``CertifyRun`` (``advx certify``'s result: the bounds with the clean predictions)."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import torch
 from advx.certify import Certifier
 from advx.certify.verdicts import VERDICTS
 from advx.norms import Norm
+
+SPOT_CHECK = 64  # proved samples per eps that the first attack stage of advx eval checks anyway
 
 
 @dataclass
@@ -60,3 +63,15 @@ def certify_sweep(certifier: Certifier, x: torch.Tensor, y: torch.Tensor, eps: l
             cert = certifier(x[idx], y[idx], eps=e, batch_size=batch_size, progress=progress)  # batch by batch
             lower[k, idx] = cert.lower
     return lower
+
+
+def spot_checked(lower: torch.Tensor, count: int) -> torch.Tensor:
+    """[len(eps), N]: per eps, the ``count`` proved samples (``lower`` > 0) with the smallest
+    proved margin (ties: the lower index). The cascade's first stage attacks them anyway:
+    a certifier that proves what an attack breaks stops the evaluation (``check_sandwich``)."""
+    spot = torch.zeros_like(lower, dtype=torch.bool)
+    for k, row in enumerate(lower):
+        proved = (row > 0).nonzero().squeeze(1)
+        order = torch.sort(row[proved], stable=True).indices[:count]
+        spot[k, proved[order]] = True
+    return spot
