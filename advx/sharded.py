@@ -160,6 +160,13 @@ def _portable(ev: Evaluation) -> Evaluation:
     return replace(ev, records={k: v.cpu() for k, v in ev.records.items()})
 
 
+def _spot_checks(parts: list[Evaluation]) -> dict:
+    """With certify first, each shard spot-checks its own proved samples: the counts add up."""
+    if "spot_checked" not in parts[0].settings:
+        return {}
+    return {"spot_checked": [sum(c) for c in zip(*(p.settings["spot_checked"] for p in parts))]}
+
+
 def merge_evaluations(parts: list[Evaluation], ids: list[torch.Tensor]) -> Evaluation:
     """One ``Evaluation`` of the shards ``parts`` (``ids[i]``: the indices of part i's samples
     in the whole set): the per-sample records put back in sample order, every accuracy
@@ -181,7 +188,7 @@ def merge_evaluations(parts: list[Evaluation], ids: list[torch.Tensor]) -> Evalu
         eps=first.eps, attacks=first.attacks, n=n, clean_acc=correct.float().mean().item(),
         robust_acc={e: records["robust"][k].float().mean().item() for k, e in enumerate(first.eps)},
         robust_acc_by_attack=by_attack, records=records, seconds=max(p.seconds for p in parts),
-        settings={**first.settings, "n": n, "ranks": len(parts)}, norm=first.norm,
+        settings={**first.settings, "n": n, "ranks": len(parts), **_spot_checks(parts)}, norm=first.norm,
         certified_acc=None if certified is None else {e: certified[k].float().mean().item()
                                                       for k, e in enumerate(first.eps)},
     )

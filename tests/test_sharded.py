@@ -39,6 +39,22 @@ def test_merged_shards_are_the_whole_evaluation(trained_cnn, mnist_test):
         not torch.allclose(unkeyed.records["distance"], whole.records["distance"][:, 20:40])
 
 
+def test_shards_that_certify_first_merge_into_the_whole_interval(trained_cnn, mnist_test, monkeypatch):
+    monkeypatch.setattr(sys.modules["advx.evaluate"], "SPOT_CHECK", 5)
+    x, y = mnist_test.x[:60], mnist_test.y[:60]
+    options = dict(attacks=["fgsm", "pgd"], eps=[0.01, 0.05], steps=5, batch_size=16, checks=False,
+                   progress=False, certify="crown")
+    whole = evaluate(trained_cnn, x, y, **options)
+    ids = [torch.tensor(shard(60, r, 3)) for r in range(3)]
+    parts = [evaluate(trained_cnn, x[i], y[i], sample_ids=i, **options) for i in ids]
+    merged = merge_evaluations(parts, ids)
+    assert merged.robust_acc == whole.robust_acc and merged.certified_acc == whole.certified_acc
+    assert torch.equal(merged.records["broken_by"], whole.records["broken_by"])
+    counts = [p.settings["spot_checked"] for p in parts]
+    assert merged.settings["spot_checked"] == [sum(c[k] for c in counts) for k in range(2)]
+    assert merged.settings["spot_checked"] == [15, 15] and whole.settings["spot_checked"] == [5, 5]  # per shard
+
+
 def test_merged_attack_shards_are_the_whole_run(trained_cnn, mnist_test):
     """run_attack gives every sample its own random stream: shards (with their ids), any batch
     size, give the single run's per-sample results, and the whole set's first images to keep."""
