@@ -33,7 +33,8 @@ def test_an_ordinary_model_is_evaluated_as_without_adaptation(trained_cnn, image
     assert adapted.robust_acc == plain.robust_acc and adapted.warnings == plain.warnings
 
 
-@pytest.mark.parametrize("defence", DEFENCES, ids=lambda d: d.name)
+@pytest.mark.parametrize("defence", [d if k == 0 else pytest.param(d, marks=pytest.mark.slow) for k, d in
+                                     enumerate(DEFENCES)], ids=lambda d: d.name)
 def test_a_defence_is_evaluated_through_its_trap_by_default(defence, trained_cnn, images):
     x, y = images
     model = defence(trained_cnn).eval()

@@ -182,7 +182,8 @@ def test_evaluate_adapts_to_a_randomized_model(trained_cnn, images):
         assert torch.equal(torch.as_tensor(again.records[key]), torch.as_tensor(value)), key
 
 
-@pytest.mark.parametrize("defence", RANDOMIZED, ids=lambda d: d.name)
+@pytest.mark.parametrize("defence", [d if k == 0 else pytest.param(d, marks=pytest.mark.slow) for k, d in
+                                     enumerate(RANDOMIZED)], ids=lambda d: d.name)
 def test_each_randomized_defence_is_found_and_majority_decides_clean_accuracy(defence, trained_cnn, images):
     x, y = images
     model = defence(trained_cnn).eval()

@@ -77,6 +77,7 @@ def test_a_wrong_program_is_caught(monkeypatch, mutant):
         assert mismatches(shrink=0.3)
 
 
+@pytest.mark.slow
 def test_multi_row_groups_are_decided_exactly():
     """VNN-LIB's form: a group is violated only where all of its rows are (class j on top)."""
     for (model, x, label, eps, truth), truths in zip(INSTANCES[:20], TRUTHS):
