@@ -252,8 +252,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
             attack = make(target, None if a in once else e)
             precision_used[name] = attack.resolved_precision(config.device)
             todo = survivors if config.cascade else alive[a]
-            if lower is not None:  # the first stage also runs on the spot-checked proved samples
-                todo = todo & ((lower[k] <= 0) | (spot[k] if a == 0 else False))
+            if lower is not None:  # not proved, or (first stage only) spot-checked
+                todo = todo & ((lower[k] <= 0) | spot[k] if a == 0 else lower[k] <= 0)
             idx = todo.nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
             for chunk, result in _stage_results(attack, name, e, x, y, idx, config, once.get(a), ids, store):

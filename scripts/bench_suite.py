@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from advx.attacks.registry import describe, suite
+from advx.certify import METHODS
 from advx.evaluate import evaluate
 from advx.norms import get_norm
 from advx.subject import load_subject
@@ -84,7 +85,7 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=None,
                    help="default: the standard budget of the checkpoint's dataset in the norm (MNIST: 0.3, 2, 10)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "auto"], help="advx's search precision")
-    p.add_argument("--certify", default=None, choices=["ibp", "crown-ibp", "crown", "alpha-crown"],
+    p.add_argument("--certify", default=None, choices=METHODS,
                    help="advx certifies first: proved images leave its cascade (bar a spot check); "
                         "the time includes the certifier's")
     p.add_argument("--batch-size", type=int, default=500)

@@ -200,7 +200,6 @@ class Square(Attack):
         return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
 
 
-
 def _bump(rows: int, cols: int, dtype, device) -> torch.Tensor:
     """[rows, cols]: highest at the middle, each ring outwards lower (ring r adds 1/(r+1)^2
     to itself and every ring inside it), unit L2 norm."""

@@ -52,8 +52,10 @@ class MaxPool(Op):
 
     def initial(self, l, u) -> torch.Tensor:
         """The default relaxation as one parameter [N, C, Ho, Wo, K + 1]: λ, then t."""
-        wl, wu = self.windows(l), self.windows(u)
-        lam = F.one_hot(wl.argmax(-1), self.size).to(l.dtype)
+        return self._initial(self.windows(l), self.windows(u))
+
+    def _initial(self, wl, wu) -> torch.Tensor:
+        lam = F.one_hot(wl.argmax(-1), self.size).to(wl.dtype)
         second = wu.topk(min(2, self.size), -1).values[..., -1]
         return torch.cat([lam, torch.maximum(wl.max(-1).values, second).unsqueeze(-1)], -1)
 
@@ -62,9 +64,9 @@ class MaxPool(Op):
         [R, C, Ho, Wo, K + 1] (default ``initial``): lower ``lam . x``, upper ``slope . x +
         const``, per window. λ is projected onto the simplex and t into [max l, max u]
         (with the gradient of the raw parameter), so every parameter gives a sound bound."""
-        if param is None:
-            param = self.initial(l, u)
         wl, wu = self.windows(l), self.windows(u)
+        if param is None:
+            param = self._initial(wl, wu)
         lam = _straight(param[..., :-1], simplex(param[..., :-1]))
         t = param[..., -1]
         t = _straight(t, torch.minimum(torch.maximum(t, wl.max(-1).values), wu.max(-1).values))
