@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from advx.attacks.base import Attack
+from advx.attacks.budget import rerun_near
 from advx.attacks.objectives import dlr_loss
 from advx.attacks.results import Run
 from advx.norms import Norm, per_sample
@@ -119,6 +120,7 @@ class APGD(Attack):
         n_target_classes: target classes tried by APGD-T. norm: ``"inf"``, ``"2"`` or ``"1"``.
         early_stop: drop each sample from the run as soon as it reaches the goal (what
             ``advx.evaluate`` asks for; the result is then its first adversarial iterate).
+        near_restarts, near: more runs for a sample left near the boundary (``advx.attacks.budget``).
 
     Example:
         >>> atk = APGD(model, eps=0.3, steps=100, loss="dlr")
@@ -129,7 +131,8 @@ class APGD(Attack):
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, steps: int = 100,
                  restarts: int = 1, loss: str = "ce", rho: float = 0.75, momentum: float = 0.75,
-                 n_target_classes: int = 9, early_stop: bool = False, norm: str | Norm = "inf",
+                 n_target_classes: int = 9, early_stop: bool = False, near_restarts: int = 0,
+                 near: float = 0.25, norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None,
                  precision: str = "fp32", eot: int = 1) -> None:
@@ -138,6 +141,8 @@ class APGD(Attack):
         self.steps = check_number("steps", steps, minimum=1, integer=True)
         self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
         self.n_target_classes = check_number("n_target_classes", n_target_classes, minimum=1, integer=True)
+        self.near_restarts = check_number("near_restarts", near_restarts, minimum=0, integer=True)
+        self.near = check_number("near", near, minimum=0)
         for name, value in (("rho", rho), ("momentum", momentum)):
             if not 0 <= check_number(name, value) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {value!r}")
@@ -162,11 +167,10 @@ class APGD(Attack):
         if logits.shape[1] < needed:
             raise InputError(f"loss={self.loss_name!r} needs a model with at least {needed} classes, "
                              f"got {logits.shape[1]}")
-        targets = [None]
-        if self.loss_name == "dlr-targeted":
-            targets = self.goal.targets_to_try(logits, y, self.n_target_classes)
+        targets = self.goal.targets_to_try(logits, y, self.n_target_classes) if self.loss_name == "dlr-targeted" \
+            else [None]
 
-        def towards(target):
+        def towards(target, x, y):
             def run(idx, gen):
                 out = self._run_once(x[idx], y[idx], None if target is None else target[idx], gen)
                 if target is None:
@@ -177,7 +181,12 @@ class APGD(Attack):
                 return Run(out.x_out, out.success, score, out.steps)
             return run
 
-        return self.best_of_runs(x, generator, [towards(t) for t in targets for _ in range(self.restarts)])
+        x_best, steps = self.best_of_runs(x, generator, [towards(t, x, y) for t in targets for _ in range(self.restarts)])
+
+        def again(idx):  # near the boundary: more runs, the targets in turn
+            ts = [t if t is None else t[idx] for t in targets]
+            return [towards(ts[j % len(ts)], x[idx], y[idx]) for j in range(self.near_restarts)]
+        return rerun_near(self, x, y, generator, x_best, steps, again, self.near, self.near_restarts)
 
     def _run_once(self, x, y, target, generator) -> _Outcome:
         """One APGD run of ``self.steps`` iterations (``target`` only for APGD-T). For a sparse

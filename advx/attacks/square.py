@@ -16,6 +16,7 @@ from torch import nn
 
 from advx import rng
 from advx.attacks.base import Attack
+from advx.attacks.budget import rerun_near
 from advx.attacks.results import Run
 from advx.norms import L2, Norm, per_sample
 from advx.validate import InputError, check_number
@@ -57,6 +58,7 @@ class Square(Attack):
             restart (the initial one included). p_init: initial fraction of the
             image area changed per query (halved on the paper's schedule).
         restarts: independent runs, each only on samples not broken yet.
+        near_restarts, near: more runs for a sample left near the boundary (``advx.attacks.budget``).
         norm: ``"inf"`` or ``"2"``. targeted: ``y`` holds target labels.
 
     Example:
@@ -69,7 +71,8 @@ class Square(Attack):
     low_precision = False  # measured: a bf16 search is faster but breaks fewer images (bench_precision.py --square)
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, queries: int = 1000,
-                 p_init: float = 0.8, restarts: int = 1, norm: str | Norm = "inf",
+                 p_init: float = 0.8, restarts: int = 1, near_restarts: int = 0, near: float = 0.25,
+                 norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None,
                  precision: str = "fp32") -> None:
@@ -80,14 +83,21 @@ class Square(Attack):
         if self.p_init > 1:
             raise InputError(f"p_init must be in (0, 1], got {p_init!r}")
         self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
+        self.near_restarts = check_number("near_restarts", near_restarts, minimum=0, integer=True)
+        self.near = check_number("near", near, minimum=0)
 
     @torch.no_grad()
     def _run(self, x, y, generator):
-        def restart(idx, gen):
-            x_new, margin, reached, queries = self._run_once(x[idx], y[idx], gen)
-            return Run(x_new, reached, -margin, queries)  # the lower the margin, the better
+        def restart_on(x, y):
+            def restart(idx, gen):
+                x_new, margin, reached, queries = self._run_once(x[idx], y[idx], gen)
+                return Run(x_new, reached, -margin, queries)  # the lower the margin, the better
+            return restart
 
-        return self.best_of_runs(x, generator, [restart] * self.restarts)
+        x_best, steps = self.best_of_runs(x, generator, [restart_on(x, y)] * self.restarts)
+        def again(idx):  # near the boundary: more runs
+            return [restart_on(x[idx], y[idx])] * self.near_restarts
+        return rerun_near(self, x, y, generator, x_best, steps, again, self.near, self.near_restarts)
 
     def _run_once(self, x, y, generator):
         """One random search; returns ``(x_best, margin, reached, queries)`` per sample."""
