@@ -20,7 +20,7 @@ from advx.attacks.eot import majority
 from advx.attacks.registry import abilities, stage_name
 from advx.adapt import Adaptation, adaptation_for
 from advx.certify import Certifier
-from advx.certify.sweep import SPOT_CHECK, certify_sweep, spot_checked
+from advx.certify.sweep import SPOT_CHECK, as_spot_check, certify_sweep, spot_checked
 from advx.verify import STAGE, close_band
 from advx.eval_config import EvalConfig
 from advx.modes import frozen, predictions
@@ -190,17 +190,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     at every eps: ``certified_acc`` <= true robust accuracy <= ``robust_acc``. A sample
     proved at an eps cannot be broken there, so the attacks skip it, except the
     ``SPOT_CHECK`` proved samples with the smallest proved margins, which the first stage
-    attacks anyway (``settings["spot_checked"]``: how many, per eps). A sample both
+    attacks anyway, without extra runs near the boundary (``settings["spot_checked"]``:
+    how many, per eps). A sample both
     certified and broken raises ``advx.sanity.SoundnessError`` naming it.
 
     Randomness: each (sample, attack, eps) has its own random stream, seeded from
-    ``seed``, the sample's id (its index, or ``sample_ids[i]``: a shard of a larger set
-    passes its samples' indices in that set, so its results are those of the whole run)
-    and the attack's name and eps. ``store`` (an ``advx.resume.ChunkStore``) keeps every
-    chunk's results as it completes, and replays them when a killed run is resumed. The per-sample results
-    therefore do not depend on the batch size or on which other samples are attacked
-    alongside; only float rounding (results of batched convolutions differ in the last
-    bits across batch sizes) can flip a sample that sits exactly at a decision boundary.
+    ``seed``, the sample's id (its index, or ``sample_ids[i]``: a shard passes its samples'
+    indices in the whole set) and the attack's name and eps, so per-sample results do not
+    depend on the batch size or on the other samples alongside (only float rounding can
+    flip a sample exactly at a decision boundary). ``store`` (an ``advx.resume.ChunkStore``)
+    keeps every chunk's results as it completes, and replays them on ``--resume``.
 
     Example:
         >>> ev = evaluate(model, test.x, test.y, attacks=["fgsm", "pgd"], eps=[0.1, 0.3])
@@ -256,11 +255,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
                 todo = todo & ((lower[k] <= 0) | spot[k] if a == 0 else lower[k] <= 0)
             idx = todo.nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
-            for chunk, result in _stage_results(attack, name, e, x, y, idx, config, once.get(a), ids, store):
-                hit = records.add(k, a, chunk, result)
-                alive[a][hit] = False
-                survivors[hit] = False
-                bar.update(len(chunk))
+            proved = torch.zeros(len(idx), dtype=torch.bool) if lower is None else lower[k][idx] > 0
+            for group, atk in ((idx[~proved], attack), (idx[proved], as_spot_check(attack))):
+                for chunk, result in _stage_results(atk, name, e, x, y, group, config, once.get(a), ids, store):
+                    hit = records.add(k, a, chunk, result)
+                    alive[a][hit] = False
+                    survivors[hit] = False
+                    bar.update(len(chunk))
             by_attack[e][name] = (survivors if config.cascade else alive[a]).float().mean().item()
         records.robust[k] = survivors
     bar.close()

@@ -390,29 +390,32 @@ def test_proved_samples_leave_the_cascade_but_for_a_spot_check(trained_cnn, batc
     attacked, real = [], module._stage_results
 
     def recording(attack, name, eps, x, y, idx, *args, **kw):
-        attacked.append((name, eps, set(idx.tolist())))
+        attacked.append((name, eps, set(idx.tolist()), getattr(attack, "near_restarts", None)))
         return real(attack, name, eps, x, y, idx, *args, **kw)
 
-    plain = evaluate(trained_cnn, x, y, attacks=["fgsm", "pgd"], eps=[0.01, 0.05], steps=10, progress=False,
-                     checks=False)
+    stages = [("apgd", {"near_restarts": 2}), "pgd"]
+    plain = evaluate(trained_cnn, x, y, attacks=stages, eps=[0.01, 0.05], steps=10, progress=False, checks=False)
     monkeypatch.setattr(module, "_stage_results", recording)
     monkeypatch.setattr(module, "SPOT_CHECK", 5)
-    ev = evaluate(trained_cnn, x, y, attacks=["fgsm", "pgd"], eps=[0.01, 0.05], steps=10, certify="crown",
+    ev = evaluate(trained_cnn, x, y, attacks=stages, eps=[0.01, 0.05], steps=10, certify="crown",
                   progress=False, checks=False)
     assert ev.robust_acc == plain.robust_acc  # the certificates are sound: skipping changed nothing
     assert torch.equal(ev.records["broken_by"], plain.records["broken_by"])
     lower = ev.records["margin_lb"]
     for k, e in enumerate(ev.eps):
         proved = set((lower[k] > 0).nonzero().squeeze(1).tolist())
-        first = next(s for name, eps, s in attacked if name == "fgsm" and eps == e)
-        second = next(s for name, eps, s in attacked if name == "pgd" and eps == e)
+        first = [(s, near) for name, eps, s, near in attacked if name == "apgd" and eps == e]
+        second = set().union(*(s for name, eps, s, _ in attacked if name == "pgd" and eps == e))
         correct = set((ev.records["pred_clean"] == y).nonzero().squeeze(1).tolist())
-        spot = first & proved
+        spot = set().union(*(s for s, _ in first)) & proved
         assert len(proved) > 5 and len(spot) == 5 == ev.settings["spot_checked"][k]
         smallest = sorted(proved, key=lambda i: (float(lower[k, i]), i))[:5]
         assert spot == set(smallest)  # the proved samples nearest the boundary
-        assert first - spot == correct - proved  # and every sample not proved
+        assert set().union(*(s for s, _ in first)) - spot == correct - proved  # and every sample not proved
         assert not second & proved  # the later stages skip every proved sample
+        # the spot check tests the bound: no extra runs near the boundary for proved samples
+        assert all(near == (0 if s <= proved else 2) for s, near in first if s)
+    assert {near for name, _, s, near in attacked if name == "apgd" and s} == {0, 2}  # both kinds ran
 
 
 def test_certifier_reads_once_and_follows_the_weights(trained_cnn, batch):

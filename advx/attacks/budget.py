@@ -33,7 +33,7 @@ def rerun_near(attack, x: torch.Tensor, y: torch.Tensor, generator: rng.Generato
     updated ``(x_best, steps)``."""
     if n == 0:
         return x_best, steps
-    with torch.no_grad():
+    with torch.no_grad():  # Attack._run runs outside autocast: decided in full precision
         idx = near_boundary(attack, attack.model(x_best), y, near).nonzero().squeeze(1)
     if len(idx) == 0:
         return x_best, steps

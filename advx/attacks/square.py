@@ -95,6 +95,7 @@ class Square(Attack):
             return restart
 
         x_best, steps = self.best_of_runs(x, generator, [restart_on(x, y)] * self.restarts)
+
         def again(idx):  # near the boundary: more runs
             return [restart_on(x[idx], y[idx])] * self.near_restarts
         return rerun_near(self, x, y, generator, x_best, steps, again, self.near, self.near_restarts)
