@@ -191,8 +191,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     proved at an eps cannot be broken there, so the attacks skip it, except the
     ``SPOT_CHECK`` proved samples with the smallest proved margins, which the first stage
     attacks anyway, without extra runs near the boundary (``settings["spot_checked"]``:
-    how many, per eps). A sample both
-    certified and broken raises ``advx.sanity.SoundnessError`` naming it.
+    how many, per eps). A sample both certified and broken raises
+    ``advx.sanity.SoundnessError`` naming it.
 
     Randomness: each (sample, attack, eps) has its own random stream, seeded from
     ``seed``, the sample's id (its index, or ``sample_ids[i]``: a shard passes its samples'
