@@ -15,12 +15,13 @@ from torch import nn
 
 from advx import rng, sanity
 from advx.attacks.base import Attack
+from advx.attacks.budget import without_extra_runs
 from advx.attacks.checks import check_labels, check_model_ready
 from advx.attacks.eot import majority
 from advx.attacks.registry import abilities, stage_name
 from advx.adapt import Adaptation, adaptation_for
 from advx.certify import Certifier
-from advx.certify.sweep import SPOT_CHECK, as_spot_check, certify_sweep, spot_checked
+from advx.certify.sweep import SPOT_CHECK, certify_sweep, spot_checked
 from advx.verify import STAGE, close_band
 from advx.eval_config import EvalConfig
 from advx.modes import frozen, predictions
@@ -256,7 +257,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
             idx = todo.nonzero().squeeze(1)
             bar.update(n_correct - len(idx))  # skipped work counts as done, so the ETA is honest
             proved = torch.zeros(len(idx), dtype=torch.bool) if lower is None else lower[k][idx] > 0
-            for group, atk in ((idx[~proved], attack), (idx[proved], as_spot_check(attack))):
+            for group, atk in ((idx[~proved], attack), (idx[proved], without_extra_runs(attack))):
                 for chunk, result in _stage_results(atk, name, e, x, y, group, config, once.get(a), ids, store):
                     hit = records.add(k, a, chunk, result)
                     alive[a][hit] = False

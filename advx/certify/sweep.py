@@ -5,7 +5,6 @@ every sample at every eps, what ``advx eval --certify`` computes before the atta
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -77,12 +76,3 @@ def spot_checked(lower: torch.Tensor, count: int) -> torch.Tensor:
         spot[k, proved[order]] = True
     return spot
 
-
-def as_spot_check(attack):
-    """``attack`` as the spot check of proved samples runs it: without extra runs near the
-    boundary (``near_restarts``), since the check tests the bound, not the search."""
-    if not getattr(attack, "near_restarts", 0):
-        return attack
-    check = copy.copy(attack)
-    check.near_restarts = 0
-    return check
