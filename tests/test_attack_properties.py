@@ -44,7 +44,7 @@ from advx.rng import SampleRNG, salt_of
 NAMES = sorted(ATTACKS)
 # Tiny budgets, so that an example runs in milliseconds; build_attack(strict=False) gives
 # each attack the options it takes.
-BUDGET = dict(steps=3, queries=15, binary_search_steps=2, n_target_classes=2, near_restarts=1)
+BUDGET = dict(steps=3, queries=15, binary_search_steps=2, n_target_classes=2, near_restarts=1, screen=8)
 # HopSkipJump spends queries on the clean image, on random starting images (targeted, one in
 # about K is of the target class) and on bisections of the paper's precision (None: its own).
 BUDGETS = {"hsj": dict(queries=200, binary_search_steps=None)}
@@ -153,7 +153,7 @@ class Case:
         if cls is None:
             return build_attack(self.name, self.model, strict=False, **options)
         return cls(self.model, **{k: v for k, v in options.items() if k not in ("queries", "binary_search_steps",
-                                                                                 "n_target_classes", "near_restarts")})
+                                                                                 "n_target_classes", "near_restarts", "screen")})
 
     @property
     def tol(self) -> float:

@@ -61,3 +61,20 @@ def test_an_images_extra_runs_do_not_depend_on_its_batch(trained_cnn, batch):
     assert torch.equal(whole.success[20:30], part.success)
     assert torch.allclose(whole.x_adv[20:30], part.x_adv, atol=1e-6)
     assert (whole.steps > 10).any()  # some image of the batch did get more runs
+
+
+def test_square_screen_stops_only_the_images_far_from_the_boundary(trained_cnn, batch):
+    """After ``screen`` queries the images far from the boundary stop where they are; the
+    others go on exactly as without the screen."""
+    x, y = batch[0][:64], batch[1][:64]
+    full = Square(trained_cnn, eps=0.08, queries=60).run(x, y)
+    screened = Square(trained_cnn, eps=0.08, queries=60, screen=20, near=0.5).run(x, y)
+    stopped = screened.steps < full.steps
+    went_on = ~stopped & (full.steps > 20)
+    assert stopped.sum() >= 2 and went_on.sum() >= 2, "the batch must hold both kinds"
+    assert (screened.steps[stopped] == 20).all() and not screened.success[stopped].any()
+    assert not near_boundary(Square(trained_cnn, eps=0.08), screened.logits[stopped], y[stopped], 0.5).any()
+    assert torch.equal(screened.steps[~stopped], full.steps[~stopped])
+    assert torch.allclose(screened.x_adv[~stopped], full.x_adv[~stopped], atol=1e-6)
+    everyone = Square(trained_cnn, eps=0.08, queries=60, screen=20, near=1e9).run(x, y)
+    assert torch.equal(everyone.steps, full.steps)

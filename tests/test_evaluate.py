@@ -159,9 +159,9 @@ def test_every_named_suite_builds_and_describes_itself(trained_cnn):
         for norm in per_norm:
             for stage in suite(name, norm):  # a preset option the attack lacks would raise, a norm it lacks too
                 stage_factory(stage, {"norm": norm})[1](trained_cnn, 0.3)
-    assert describe(suite("strong")) == ("apgd(restarts=10, near_restarts=30),apgd-t(n_target_classes=3),"
-                                         "square(queries=1000)")
-    assert describe(suite("strong"), {"restarts": 1, "steps": None}).startswith("apgd(restarts=1, near_restarts=30),")
+    assert describe(suite("strong")) == ("apgd(restarts=1, near_restarts=30, near=0.5),apgd-t(n_target_classes=3),"
+                                         "square(queries=5000, screen=1000, near=0.5)")
+    assert describe(suite("strong"), {"restarts": 2, "steps": None}).startswith("apgd(restarts=2, near_restarts=30,")
     with pytest.raises(ValueError, match="suite must be one of"):
         suite("weak")
     assert describe(["fgsm", ("pgd", {})]) == "fgsm,pgd"

@@ -16,7 +16,7 @@ from torch import nn
 
 from advx import rng
 from advx.attacks.base import Attack
-from advx.attacks.budget import rerun_near
+from advx.attacks.budget import near_boundary, rerun_near
 from advx.attacks.results import Run
 from advx.norms import L2, Norm, per_sample
 from advx.validate import InputError, check_number
@@ -59,6 +59,8 @@ class Square(Attack):
             image area changed per query (halved on the paper's schedule).
         restarts: independent runs, each only on samples not broken yet.
         near_restarts, near: more runs for a sample left near the boundary (``advx.attacks.budget``).
+        screen: after this many queries, only the samples near the boundary (``near``) go
+            on to ``queries``; the others stop there (``None``: all go on).
         norm: ``"inf"`` or ``"2"``. targeted: ``y`` holds target labels.
 
     Example:
@@ -72,6 +74,7 @@ class Square(Attack):
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, queries: int = 1000,
                  p_init: float = 0.8, restarts: int = 1, near_restarts: int = 0, near: float = 0.25,
+                 screen: int | None = None,
                  norm: str | Norm = "inf",
                  bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
                  seed: int | None = 0, generator: torch.Generator | None = None,
@@ -85,6 +88,7 @@ class Square(Attack):
         self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
         self.near_restarts = check_number("near_restarts", near_restarts, minimum=0, integer=True)
         self.near = check_number("near", near, minimum=0)
+        self.screen = None if screen is None else check_number("screen", screen, minimum=1, integer=True)
 
     @torch.no_grad()
     def _run(self, x, y, generator):
@@ -117,6 +121,10 @@ class Square(Attack):
         iterations = self.queries - 1
         row = torch.full((n,), -1, dtype=torch.long, device=x.device)
         for i in range(iterations):
+            if self.screen is not None and i == self.screen - 1 and len(active):
+                # After ``screen`` queries only the samples near the boundary go on (a
+                # sample's own margin decides, so the gate is batch-independent).
+                active = active[near_boundary(self, self.search_logits(x_best[active]), y[active], self.near)]
             if len(active) == 0:
                 break
             if i % _DRAWS_PER_CALL == 0:
