@@ -41,6 +41,7 @@ class Evaluation:
                                 reports it); without, each attack on its own.
     records:                    per-sample columns (``report.per_sample_rows`` lays them out).
     warnings:                   sanity-check name -> message, for the checks that fired.
+    seconds_by_stage:           wall time per stage over every eps, the certifier's first.
     """
 
     eps: list[float]
@@ -54,6 +55,7 @@ class Evaluation:
     settings: dict = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
     certified_acc: dict[float, float] | None = None  # with certify: the proved lower bounds
+    seconds_by_stage: dict[str, float] = field(default_factory=dict)
     norm: Norm = field(default_factory=Linf)  # the threat model
 
 
@@ -167,20 +169,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     ``early_stop``, ``batch_size``, ``seed``, ``device``, ``checks``, ``progress``,
     ``precision``, ``certify``).
 
-    A sample counts as robust at eps only if it is correctly classified and survives
-    every attack. No work is wasted: only correctly classified samples are attacked;
-    with ``cascade`` each attack runs only on the survivors of the ones before it
-    (list cheap attacks first); with ``reuse_eps`` a sample broken at a smaller eps is
-    counted as broken at every larger one (the eps-balls are nested, so its adversarial
-    example still qualifies) and is not attacked again; with ``early_stop`` iterative
-    attacks stop each sample as soon as it is fooled. A minimum-norm attack (FAB, FMN,
-    CW, DeepFool) runs once per sample, with no budget: the sample is broken at every eps
-    at least as large as the distance of the adversarial example it found.
+    A sample counts as robust at eps only if it is correctly classified and survives every
+    attack. No work is wasted: only correct samples are attacked; with ``cascade`` each
+    attack runs only on the survivors of the ones before it; with ``reuse_eps`` a sample
+    broken at a smaller eps counts as broken at every larger one (the balls are nested) and
+    is not attacked again; with ``early_stop`` iterative attacks stop each sample as soon
+    as it is fooled. A minimum-norm attack (FAB, FMN, CW, DeepFool) runs once per sample,
+    with no budget: the sample is broken at every eps at least as large as the distance of
+    the adversarial example it found.
 
     With ``adapt`` (the default), ``advx.adapt`` first looks at the input gradients of the
     first images: if they are masked, the attacks run through BPDA with a black-box stage
-    added, and ``settings["adaptations"]`` says so and why (``adaptation``: one decided
-    already, on the whole set of a sharded run).
+    added; ``settings["adaptations"]`` says why (``adaptation``: one decided for a shard).
 
     On a randomized model (two forward passes differ) ``adapt`` draws its randomness from
     streams seeded by ``seed`` and the images (``advx.attacks.eot.Seeded``), the gradient
@@ -195,12 +195,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     how many, per eps). A sample both certified and broken raises
     ``advx.sanity.SoundnessError`` naming it.
 
-    Randomness: each (sample, attack, eps) has its own random stream, seeded from
-    ``seed``, the sample's id (its index, or ``sample_ids[i]``: a shard passes its samples'
-    indices in the whole set) and the attack's name and eps, so per-sample results do not
-    depend on the batch size or on the other samples alongside (only float rounding can
-    flip a sample exactly at a decision boundary). ``store`` (an ``advx.resume.ChunkStore``)
-    keeps every chunk's results as it completes, and replays them on ``--resume``.
+    Randomness: each (sample, attack, eps) has its own random stream, seeded from ``seed``,
+    the sample's id (its index, or ``sample_ids[i]`` in a shard) and the attack's name and
+    eps: per-sample results do not depend on the batch (only float rounding can flip a
+    sample exactly at a decision boundary). ``store`` (``advx.resume.ChunkStore``) keeps
+    every chunk's results as it completes, and replays them on ``--resume``.
 
     Example:
         >>> ev = evaluate(model, test.x, test.y, attacks=["fgsm", "pgd"], eps=[0.1, 0.3])
@@ -224,21 +223,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     else:  # the class that wins the majority of the draws (-1: none does)
         pred_clean = majority(target, x, votes=config.votes, batch_size=config.batch_size, device=config.device)
     correct = pred_clean == y.cpu()
-    n_correct = int(correct.sum())
-    records = _Records(len(eps), n)
-    by_attack: dict[float, dict[str, float]] = {}
+    n_correct, records, by_attack = int(correct.sum()), _Records(len(eps), n), {}
     bar = progress_bar(len(eps) * len(stages) * n_correct, desc="advx eval", unit="sample-attack",
                        enabled=config.progress)
     # survivors: the worst case, correct and not broken by any attack (at any eps so far,
     # with reuse). alive[a]: not broken by attack a itself, so that without the cascade
     # each column is that attack on its own, exactly as if it had run alone.
     survivors, alive = correct.clone(), [correct.clone() for _ in stages]
-    precision_used = {}
-    lower = spot = None
+    precision_used, seconds_by_stage, lower, spot = {}, {}, None, None
     if config.certify:  # certify first: a proved sample leaves the cascade, bar a spot check
+        began = time.perf_counter()
         lower = certify_sweep(certifier, x, y, eps, only=correct, batch_size=min(config.batch_size, 256),
                               progress=config.progress)
         spot = spot_checked(lower, SPOT_CHECK)
+        seconds_by_stage[config.certify] = time.perf_counter() - began
     # minimum-norm attacks run once per sample, whatever the number of eps
     once = {a: _Distances(n) for a, stage in enumerate(config.attacks)
             if not callable(stage) and abilities(stage_name(stage)).minimum_norm}
@@ -249,6 +247,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
             survivors, alive = correct.clone(), [correct.clone() for _ in stages]
         by_attack[e] = {}
         for a, (name, make) in enumerate(stages):
+            began = time.perf_counter()
             attack = make(target, None if a in once else e)
             precision_used[name] = attack.resolved_precision(config.device)
             todo = survivors if config.cascade else alive[a]
@@ -264,6 +263,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
                     survivors[hit] = False
                     bar.update(len(chunk))
             by_attack[e][name] = (survivors if config.cascade else alive[a]).float().mean().item()
+            seconds_by_stage[name] = seconds_by_stage.get(name, 0.0) + time.perf_counter() - began
         records.robust[k] = survivors
     bar.close()
 
@@ -272,9 +272,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
     if config.certify:  # the lower bounds, checked against the attacks' upper bounds
         check_sandwich(lower > 0, records.broken_by, correct, eps, names)
         if config.certify == "bab":  # the unresolved samples decided: the band closes
+            began = time.perf_counter()
             after = close_band(certifier, x, y, eps, lower, records, config.norm, stage=len(names),
                                progress=config.progress)
             names.append(STAGE)
+            seconds_by_stage[STAGE] = time.perf_counter() - began
             for e in eps:
                 by_attack[e][STAGE] = after[e]
         extra = {"certified": lower > 0, "margin_lb": lower}
@@ -289,7 +291,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalCon
         settings={**config.settings(names, n), "precision_used": precision_used,
                   "adaptations": dict(adaptation.reasons),
                   **({"spot_checked": [int(s.sum()) for s in spot]} if config.certify else {})},
-        certified_acc=certified_acc, norm=config.norm,
+        certified_acc=certified_acc, norm=config.norm, seconds_by_stage=seconds_by_stage,
     )
     if config.checks:
         ev.warnings = sanity_warnings(target, x, y, ev, config)

@@ -71,10 +71,17 @@ def reference_robust(model, x, y, norm, eps, batch_size):
     return correct & ~(fooled & inside), stages.found
 
 
-def by_stage(ev, eps) -> dict:
-    """advx's robust accuracy after each stage, led by the certified share when it certified first."""
-    proved = {} if ev.certified_acc is None else {"(certified)": ev.certified_acc[eps]}
-    return {**proved, **ev.robust_acc_by_attack[eps]}
+def by_stage(ev, eps) -> list:
+    """``(stage, robust accuracy after it, seconds so far)`` for advx, as the reference's are
+    reported, led by the certified share when it certified first."""
+    seconds = dict(ev.seconds_by_stage)
+    proved = [] if ev.certified_acc is None else [
+        ("(certified)", ev.certified_acc[eps], seconds.pop(ev.settings["certify"]))]
+    spent, rows = 0.0, []
+    for name, acc, s in proved + [(k, v, seconds[k]) for k, v in ev.robust_acc_by_attack[eps].items()]:
+        spent += s
+        rows.append((name, acc, spent))
+    return rows
 
 
 def main() -> None:
@@ -128,7 +135,8 @@ def main() -> None:
         print(f"{path:<28} {eps:>5g} {clean:>7.2%} {a_acc:>7.2%} {a_s:>7.1f} {r_acc:>9.2%} {r_s:>7.1f} "
               f"{a_s / r_s:>10.3f} {weaker:>14} {stronger:>11}")
     for path, *_, stages_of, stages in rows:
-        print(f"  {path}: advx, robust after each stage: " + ", ".join(f"{k} {v:.2%}" for k, v in stages_of.items()))
+        print(f"  {path}: advx, robust after each stage: "
+              + ", ".join(f"{k} {acc:.2%} ({t:.0f} s)" for k, acc, t in stages_of))
         print(f"  {path}: reference, robust after each stage: "
               + ", ".join(f"{k} {acc:.2%} ({t:.0f} s)" for k, acc, t in stages))
     print("targets: advx weaker on 0 images and advx <= reference, in <= 0.15x its time")

@@ -78,3 +78,25 @@ def test_square_screen_stops_only_the_images_far_from_the_boundary(trained_cnn, 
     assert torch.allclose(screened.x_adv[~stopped], full.x_adv[~stopped], atol=1e-6)
     everyone = Square(trained_cnn, eps=0.08, queries=60, screen=20, near=1e9).run(x, y)
     assert torch.equal(everyone.steps, full.steps)
+
+
+def test_apgd_t_extra_runs_go_first_to_the_classes_it_did_not_try(trained_cnn, batch, monkeypatch):
+    x, y = batch[0][:32], batch[1][:32]
+    with torch.no_grad():
+        logits = trained_cnn(x)
+    keep = logits.argmax(1) == y
+    x, y, logits = x[keep][:16], y[keep][:16], logits[keep][:16]
+    ranked = logits.argsort(1, descending=True)
+    others = ranked[ranked != y[:, None]].view(len(y), 9)  # the other classes, likeliest first
+    seen = []
+    run_once = APGD._run_once
+
+    def spy(self, x, y, target, generator):
+        seen.append(target.clone())
+        return run_once(self, x, y, target, generator)
+
+    monkeypatch.setattr(APGD, "_run_once", spy)
+    result = APGD(trained_cnn, eps=1e-4, steps=2, loss="dlr-targeted", n_target_classes=2,
+                  near_restarts=8, near=1e9).run(x, y)
+    assert not result.success.any()  # every run saw every image, in order
+    assert [next(k for k in range(9) if torch.equal(t, others[:, k])) for t in seen] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 0]

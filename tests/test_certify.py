@@ -373,6 +373,8 @@ def test_evaluate_gives_the_interval_and_stops_on_a_clash(trained_cnn, batch, mo
     for e in ev.eps:
         assert 0 < ev.certified_acc[e] <= ev.robust_acc[e] <= ev.clean_acc
     assert ev.certified_acc[0.05] <= ev.certified_acc[0.01]
+    assert list(ev.seconds_by_stage) == ["crown", "pgd"] and min(ev.seconds_by_stage.values()) > 0
+    assert sum(ev.seconds_by_stage.values()) <= ev.seconds
     module = sys.modules["advx.evaluate"]  # (advx.evaluate is also the function's name)
 
     def liar(model, x, y, eps, **kw):  # "certifies" everything

@@ -153,9 +153,11 @@ def test_eval_strong_suite(tiny_checkpoint, tmp_path, capsys):
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["attacks"] == ["apgd", "apgd-t", "square"]
-    assert report["settings"]["stages"] == ("apgd(restarts=2, near_restarts=30, near=0.5),apgd-t(n_target_classes=3),"
+    assert report["settings"]["stages"] == ("apgd(restarts=2, near_restarts=30, near=0.5),"
+                                           "apgd-t(n_target_classes=3, near_restarts=6, near=0.5),"
                                            "square(queries=5000, screen=1000, near=0.5)")
     assert list(report["robust_acc_by_attack"]["0.3"]) == ["apgd", "apgd-t", "square"]
+    assert list(report["seconds_by_stage"]) == ["apgd", "apgd-t", "square"]
 
 
 def test_eval_several_norms_one_report(tiny_checkpoint, tmp_path, capsys):

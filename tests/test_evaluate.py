@@ -68,6 +68,11 @@ def test_reuse_keeps_the_first_record(fast):
     assert (r["distance"][0][broken_small] <= 0.05 + 1e-6).all()
 
 
+def test_each_stage_has_its_wall_time(fast):
+    assert list(fast.seconds_by_stage) == fast.attacks
+    assert min(fast.seconds_by_stage.values()) > 0 and sum(fast.seconds_by_stage.values()) <= fast.seconds
+
+
 def test_independent_of_batch_size(trained_cnn, data, fast):
     other = evaluate(trained_cnn, *data, eps=EPS, batch_size=37, **SETTINGS)
     flips = (other.records["robust"] != fast.records["robust"]).sum().item()
@@ -159,7 +164,8 @@ def test_every_named_suite_builds_and_describes_itself(trained_cnn):
         for norm in per_norm:
             for stage in suite(name, norm):  # a preset option the attack lacks would raise, a norm it lacks too
                 stage_factory(stage, {"norm": norm})[1](trained_cnn, 0.3)
-    assert describe(suite("strong")) == ("apgd(restarts=1, near_restarts=30, near=0.5),apgd-t(n_target_classes=3),"
+    assert describe(suite("strong")) == ("apgd(restarts=1, near_restarts=30, near=0.5),"
+                                         "apgd-t(n_target_classes=3, near_restarts=6, near=0.5),"
                                          "square(queries=5000, screen=1000, near=0.5)")
     assert describe(suite("strong"), {"restarts": 2, "steps": None}).startswith("apgd(restarts=2, near_restarts=30,")
     with pytest.raises(ValueError, match="suite must be one of"):

@@ -120,7 +120,8 @@ class APGD(Attack):
         n_target_classes: target classes tried by APGD-T. norm: ``"inf"``, ``"2"`` or ``"1"``.
         early_stop: drop each sample from the run as soon as it reaches the goal (what
             ``advx.evaluate`` asks for; the result is then its first adversarial iterate).
-        near_restarts, near: more runs for a sample left near the boundary (``advx.attacks.budget``).
+        near_restarts, near: more runs for a sample left near the boundary (``advx.attacks.budget``);
+            APGD-T's go first to the classes after its ``n_target_classes``, then to all in turn.
 
     Example:
         >>> atk = APGD(model, eps=0.3, steps=100, loss="dlr")
@@ -131,11 +132,10 @@ class APGD(Attack):
 
     def __init__(self, model: nn.Module, *, eps: float = 0.3, steps: int = 100,
                  restarts: int = 1, loss: str = "ce", rho: float = 0.75, momentum: float = 0.75,
-                 n_target_classes: int = 9, early_stop: bool = False, near_restarts: int = 0,
-                 near: float = 0.25, norm: str | Norm = "inf",
-                 bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
-                 seed: int | None = 0, generator: torch.Generator | None = None,
-                 precision: str = "fp32", eot: int = 1) -> None:
+                 n_target_classes: int = 9, early_stop: bool = False, near_restarts: int = 0, near: float = 0.25,
+                 norm: str | Norm = "inf", bounds: tuple[float, float] = (0.0, 1.0), targeted: bool = False,
+                 seed: int | None = 0, generator: torch.Generator | None = None, precision: str = "fp32",
+                 eot: int = 1) -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator, precision=precision, eot=eot)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
@@ -167,8 +167,8 @@ class APGD(Attack):
         if logits.shape[1] < needed:
             raise InputError(f"loss={self.loss_name!r} needs a model with at least {needed} classes, "
                              f"got {logits.shape[1]}")
-        targets = self.goal.targets_to_try(logits, y, self.n_target_classes) if self.loss_name == "dlr-targeted" \
-            else [None]
+        ranked = self.goal.targets_to_try(logits, y, logits.shape[1]) if self.loss_name == "dlr-targeted" else [None]
+        targets = ranked[:self.n_target_classes]
 
         def towards(target, x, y):
             def run(idx, gen):
@@ -183,8 +183,8 @@ class APGD(Attack):
 
         x_best, steps = self.best_of_runs(x, generator, [towards(t, x, y) for t in targets for _ in range(self.restarts)])
 
-        def again(idx):  # near the boundary: more runs, the targets in turn
-            ts = [t if t is None else t[idx] for t in targets]
+        def again(idx):  # near the boundary: more runs
+            ts = [t if t is None else t[idx] for t in ranked[len(targets):] + targets]
             return [towards(ts[j % len(ts)], x[idx], y[idx]) for j in range(self.near_restarts)]
         return rerun_near(self, x, y, generator, x_best, steps, again, self.near, self.near_restarts)
 

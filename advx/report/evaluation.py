@@ -38,7 +38,8 @@ def eval_table(ev: Evaluation, *, source: str) -> str:
     if any(p != "fp32" for p in used.values()):
         lines.append("search precision " + ", ".join(f"{a} {p}" for a, p in used.items())
                      + " (success decided in fp32)")
-    lines.append(f"wall time {ev.seconds:.1f} s")
+    lines.append(f"wall time {ev.seconds:.1f} s" + (" (" + ", ".join(f"{k} {v:.1f} s" for k, v in ev.seconds_by_stage.items())
+                                                    + ")" if ev.seconds_by_stage else ""))
     return "\n".join(lines)
 
 
@@ -87,6 +88,7 @@ def write_eval_outputs(out: Path, ev: Evaluation, *, source: dict, training_fina
         "robust_acc_by_attack": {f"{e:g}": v for e, v in ev.robust_acc_by_attack.items()},
         **({} if ev.certified_acc is None else {"certified_acc": {f"{e:g}": v for e, v in ev.certified_acc.items()}}),
         "seconds": ev.seconds,
+        "seconds_by_stage": ev.seconds_by_stage,
         **({"training_final": training_final} if training_final else {}),
         "sanity": {"passed": not ev.warnings, "warnings": ev.warnings},
         "files": written,
