@@ -68,10 +68,10 @@ SUITES = {
     # measurement against the reference AutoAttack on the PGD-trained (Linf) MNIST model
     # (scripts/bench_suite.py, scripts/bench_cascades.py; docs/results.md). Linf: restarts of
     # APGD-CE broke more than more target classes did, and only on images near the boundary
-    # (near_restarts); Square is the check for gradient masking. L2 and L1: that model masks the gradient of the CE loss
-    # (APGD-CE leaves 80 % in L2); the minimum-norm attacks are not fooled, and FAB-T with
-    # 300 steps per target breaks images that the reference's FAB-T (100 steps) breaks and
-    # ours at 100 does not; Square (L2) is the black-box check. An image left standing near
+    # (near_restarts); Square is the check for gradient masking. L2 and L1: that model masks
+    # the gradient of the CE loss (APGD-CE leaves 80 % in L2); the minimum-norm attacks are
+    # not fooled, and FAB-T with 300 steps per target breaks images that the reference's
+    # FAB-T (100 steps) breaks and ours at 100 does not; Square (L2) is the black-box check. An image left standing near
     # the boundary gets more runs (near_restarts) or more queries (screen): it falls to a
     # lucky start or a long search, and one lucky run of the reference's must not leave it
     # broken there and standing here; an image far from it gets neither. Linf: the
@@ -79,7 +79,8 @@ SUITES = {
     # miss, and its APGD-T over 9 classes one of a Fashion-MNIST model that 3 miss (APGD-T's
     # extra runs go to the 6 others).
     "strong": {
-        "inf": [("apgd", {"restarts": 1, "near_restarts": 30, "near": 0.5}), ("apgd-t", {"n_target_classes": 3, "near_restarts": 6, "near": 0.5}),
+        "inf": [("apgd", {"restarts": 1, "near_restarts": 30, "near": 0.5}),
+                ("apgd-t", {"n_target_classes": 3, "near_restarts": 6, "near": 0.5}),
                 ("square", {"queries": 5000, "screen": 1000, "near": 0.5})],
         "2": [("apgd", {}), ("fab", {"steps": 50}), ("fmn", {"steps": 200}), ("fab-t", {"steps": 300}),
               ("square", {"queries": 5000, "near_restarts": 10})],
