@@ -9,7 +9,7 @@ confident model). When it is zero or not finite on more than ``MASKED_SHARE`` of
 
 - the attacks get ``straight_through(model)`` (``advx.attacks.bpda``): the same outputs,
   and the gradients of BPDA through torch's non-differentiable operations;
-- a black-box stage (``CROSS_CHECKS``: Square in Linf and L2)
+- a black-box stage (``CROSS_CHECKS``: Square in Linf, L2 and L1)
   joins the cascade when it has none, as the cross-check that needs no gradients.
 
 When two forward passes on the same images differ (a randomized model: input noise, random

@@ -88,8 +88,8 @@ def main_ok(argv) -> bool:
     return main(argv) == 0
 
 
-def test_in_l2_square_is_the_cross_check_and_in_l1_bpda_is_alone(trained_cnn, images):
-    """Square attacks in Linf and L2: it joins in L2 too; in L1 no black-box attack does."""
+def test_square_is_the_cross_check_in_l2_and_l1_too(trained_cnn, images):
+    """Square attacks in Linf, L2 and L1: it joins the cascade in each norm."""
     x, y = images
     model = Quantized(trained_cnn).eval()
     ev = evaluate(model, x[:40], y[:40], attacks=["pgd"], eps=[3.0], norm="2", steps=10, progress=False, checks=False)
@@ -97,7 +97,8 @@ def test_in_l2_square_is_the_cross_check_and_in_l1_bpda_is_alone(trained_cnn, im
     assert ev.robust_acc[3.0] < 0.5 * ev.clean_acc
     ev = evaluate(model, x[:40], y[:40], attacks=["pgd"], eps=[15.0], norm="1", steps=10, progress=False,
                   checks=False)
-    assert ev.attacks == ["pgd"] and list(ev.settings["adaptations"]) == ["bpda"]
+    assert ev.attacks == ["pgd", "square"] and list(ev.settings["adaptations"]) == ["bpda", "square"]
+    assert ev.robust_acc[15.0] < 0.5 * ev.clean_acc
 
 
 def test_adapt_must_be_a_boolean():

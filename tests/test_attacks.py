@@ -13,7 +13,7 @@ import torch
 from conftest import Binarized, Boom, Counting, FailsOnCall, Linear, success_rate
 from torch import nn
 
-from advx import APGD, ATTACKS, CW, FGSM, MIFGSM, PGD, DeepFool, Square
+from advx import APGD, ATTACKS, CW, FGSM, MIFGSM, PGD, DeepFool, HopSkipJump, Square
 from advx.attacks.registry import abilities, attack_class, build_attack
 from advx.norms import get_norm
 
@@ -181,7 +181,7 @@ def test_same_seed_same_result_of_the_strong_attacks(name, trained_cnn, batch):
     (lambda m: CW(m, norm="inf"), "norm must be '2' for CW, got 'inf'"),
     (lambda m: CW(m, lr=0), "lr must be > 0, got 0"),
     (lambda m: DeepFool(m, targeted=True), "targeted must be False: DeepFool is an untargeted attack"),
-    (lambda m: Square(m, norm="1"), "norm must be 'inf' or '2' for Square, got '1'"),
+    (lambda m: HopSkipJump(m, norm="1"), "norm must be 'inf' or '2' for HopSkipJump, got '1'"),
     (lambda m: Square(m, p_init=2.0), "p_init must be in (0, 1], got 2.0"),
 ])
 def test_bad_hyperparameters_of_the_strong_attacks(make, message, bn_model):

@@ -81,3 +81,19 @@ def test_square_l2_breaks_images_inside_the_ball_without_gradients(trained_cnn, 
     assert result.success.float().mean() >= start.success.float().mean() + 0.3, (
         result.success.float().mean(), start.success.float().mean())
     assert start.distance.median() > 1.2  # the start spends most of the budget (the box clips the rest)
+
+
+def test_square_l1_breaks_images_inside_the_ball_without_gradients(trained_cnn, batch):
+    """L1 (the reference AutoAttack's L1 Square): every point within eps in L1 and in the
+    pixel box, no gradient taken, and far stronger than the start it projects into the ball."""
+    x, y = batch[0][:60], batch[1][:60]
+    model = ScoresOnly(copy.deepcopy(trained_cnn))
+    result = Square(model, eps=10.0, norm="1", queries=300).run(x, y)
+    l1 = (result.x_adv - x).flatten(1).abs().sum(1)
+    assert (l1 <= 10.0 + 1e-4).all() and result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    assert torch.allclose(result.distance, l1, atol=1e-4)
+    assert not any(model.grad_enabled)
+    start = Square(trained_cnn, eps=10.0, norm="1", queries=1).run(x, y)
+    assert result.success.float().mean() >= start.success.float().mean() + 0.2, (
+        result.success.float().mean(), start.success.float().mean())
+    assert start.distance.median() > 5.0  # the start spends most of the budget

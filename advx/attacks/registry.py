@@ -71,21 +71,25 @@ SUITES = {
     # (near_restarts); Square is the check for gradient masking. L2 and L1: that model masks
     # the gradient of the CE loss (APGD-CE leaves 80 % in L2); the minimum-norm attacks are
     # not fooled, and FAB-T with 300 steps per target breaks images that the reference's
-    # FAB-T (100 steps) breaks and ours at 100 does not; Square (L2) is the black-box check. An image left standing near
-    # the boundary gets more runs (near_restarts) or more queries (screen): it falls to a
-    # lucky start or a long search, and one lucky run of the reference's must not leave it
-    # broken there and standing here; an image far from it gets neither. Linf: the
-    # reference's Square (5,000 queries) breaks images of a TRADES-trained model that 1,000
-    # miss, and its APGD-T over 9 classes one of a Fashion-MNIST model that 3 miss (APGD-T's
-    # extra runs go to the 6 others).
+    # FAB-T (100 steps) breaks and ours at 100 does not; Square is the black-box check. An
+    # image left standing near the boundary gets more runs (near_restarts) or more queries
+    # (screen): it falls to a lucky start or a long search, and one lucky run of the
+    # reference's must not leave it broken there and standing here; an image far from it gets
+    # neither. Linf: the reference's Square (5,000 queries) breaks images of a TRADES-trained
+    # model that 1,000 miss, and its APGD-T over 9 classes one of a Fashion-MNIST model that 3
+    # miss (APGD-T's extra runs go to the 6 others). L1: the reference's Square (5,000
+    # queries) breaks images of the Fashion-MNIST model that every gradient and minimum-norm
+    # stage leaves, and its APGD-CE images near the boundary that 5 restarts miss. L2: Square
+    # is not screened (images far from the boundary after 1,000 queries fall later).
     "strong": {
         "inf": [("apgd", {"restarts": 1, "near_restarts": 30, "near": 0.5}),
                 ("apgd-t", {"n_target_classes": 3, "near_restarts": 6, "near": 0.5}),
                 ("square", {"queries": 5000, "screen": 1000, "near": 0.5})],
         "2": [("apgd", {}), ("fab", {"steps": 50}), ("fmn", {"steps": 200}), ("fab-t", {"steps": 300}),
               ("square", {"queries": 5000, "near_restarts": 10})],
-        "1": [("apgd", {"restarts": 5}), ("fab", {"steps": 300}), ("apgd-t", {"n_target_classes": 9}),
-              ("fmn", {"steps": 1000}), ("fab-t", {"steps": 300})],
+        "1": [("apgd", {"restarts": 5, "near_restarts": 30, "near": 0.5}), ("fab", {"steps": 300}),
+              ("apgd-t", {"n_target_classes": 9}), ("fmn", {"steps": 1000}), ("fab-t", {"steps": 300}),
+              ("square", {"queries": 5000})],
     },
 }
 

@@ -1,4 +1,4 @@
-"""Square Attack: score-based black-box Linf and L2 attack by random square updates.
+"""Square Attack: score-based black-box Linf, L2 and L1 attack by random square updates.
 
 Andriushchenko, Croce, Flammarion & Hein (2020), "Square Attack: a query-efficient
 black-box adversarial attack via random search" (ECCV). It never looks at a
@@ -18,7 +18,7 @@ from advx import rng
 from advx.attacks.base import Attack
 from advx.attacks.budget import near_boundary, rerun_near
 from advx.attacks.results import Run
-from advx.norms import L2, Norm, per_sample
+from advx.norms import L1, Linf, Norm, per_sample
 from advx.validate import InputError, check_number
 
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
@@ -38,7 +38,7 @@ def square_fraction(p_init: float, iteration: int, iterations: int | None) -> fl
 
 
 class Square(Attack):
-    """Square Attack, Linf or L2, untargeted or targeted; uses model outputs only.
+    """Square Attack, Linf, L2 or L1, untargeted or targeted; uses model outputs only.
 
     Linf: start from vertical stripes of +-eps; then, at each iteration, redraw a random
     square window of the perturbation to +-eps (one sign per channel) and keep the
@@ -46,7 +46,10 @@ class Square(Attack):
     opposite bumps (peaks falling off ring by ring) with a random sign, scaled to eps; then,
     at each iteration, take two random windows, empty the second, and put its L2 mass (with
     whatever of the budget is unused) into the first as the old contents of that window
-    plus a new random pair of bumps, keeping the change if the margin goes down. The
+    plus a new random pair of bumps, keeping the change if the margin goes down. L1 (as in
+    the reference AutoAttack): the same, with bumps falling off faster (ring r adds
+    1/(r+1)^4), masses measured in L1, and the projection onto the L1 ball and the box in
+    place of the scaling to the sphere. The
     margin is ``z_y - max_{j!=y} z_j`` (untargeted) or ``max_{j!=t} z_j - z_t``
     (targeted); a sample stops as soon as it reaches the goal.
 
@@ -54,21 +57,21 @@ class Square(Attack):
     spent on each sample, the initial one included.
 
     Args:
-        eps: Linf budget in pixel units. queries: most queries per sample and
+        eps: budget in the norm, pixel units. queries: most queries per sample and
             restart (the initial one included). p_init: initial fraction of the
             image area changed per query (halved on the paper's schedule).
         restarts: independent runs, each only on samples not broken yet.
         near_restarts, near: more runs for a sample left near the boundary (``advx.attacks.budget``).
         screen: after this many queries, only the samples near the boundary (``near``) go
             on to ``queries``; the others stop there (``None``: all go on).
-        norm: ``"inf"`` or ``"2"``. targeted: ``y`` holds target labels.
+        norm: ``"inf"``, ``"2"`` or ``"1"``. targeted: ``y`` holds target labels.
 
     Example:
         >>> atk = Square(model, eps=0.3, queries=1000)
         >>> result = atk.run(x, y)       # result.steps: queries per sample
     """
 
-    norms = ("inf", "2")
+    norms = ("inf", "2", "1")
     black_box = True
     low_precision = False  # measured: a bf16 search is faster but breaks fewer images (bench_precision.py --square)
 
@@ -107,8 +110,8 @@ class Square(Attack):
     def _run_once(self, x, y, generator):
         """One random search; returns ``(x_best, margin, reached, queries)`` per sample."""
         n, channels, height, width = x.shape
-        l2 = isinstance(self.norm, L2)
-        if l2:
+        bumps = not isinstance(self.norm, Linf)  # L2 and L1: tiles and pairs of bumps
+        if bumps:
             x_best = self._inside(x, self._tiles(x, generator), x)
         else:
             stripes = self._random_signs((n, channels, 1, width), x, generator)
@@ -131,18 +134,18 @@ class Square(Attack):
                 # Random numbers for the next queries of each sample still running, in one
                 # call per sample: a sample's stream depends only on its own progress.
                 block = min(_DRAWS_PER_CALL, iterations - i)
-                uniforms = rng.rand((len(active), block, 2 + channels + 3 * l2), rng.subset(generator, active),
+                uniforms = rng.rand((len(active), block, 2 + channels + 3 * bumps), rng.subset(generator, active),
                                     device=x.device, dtype=x.dtype)
                 row[active] = torch.arange(len(active), device=x.device)
             u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, 2 + C (+ 3 in L2)]
-            p = square_fraction(self.p_init, i, None if l2 else iterations)
+            p = square_fraction(self.p_init, i, None if bumps else iterations)
             side = min(max(round(math.sqrt(p * height * width)), 1), height - 1, width - 1)
-            if l2:  # L2: an odd side of at least 3, room for the two bumps
+            if bumps:  # an odd side of at least 3, room for the two bumps
                 side = min(max(side + 1 - side % 2, 3), height - 1, width - 1)
             x0, current = x[active], x_best[active]
             window = self._window(u[:, 0], u[:, 1], side, height, width)
             signs = torch.where(u[:, 2:2 + channels] < 0.5, -1.0, 1.0).to(x.dtype).view(-1, channels, 1, 1)
-            if l2:
+            if bumps:
                 candidate = self._moved(x0, current, window, side, signs, u[:, 2 + channels:])
             else:
                 candidate = torch.where(window, self.clip(x0 + self.eps * signs), current)
@@ -166,7 +169,10 @@ class Square(Attack):
         return x_best, margin, reached, queries
 
     def _inside(self, x0, delta, like):
-        """``x0 + delta`` scaled to the L2 sphere of radius eps, then into the ball and the box."""
+        """``x0 + delta`` scaled to the L2 sphere of radius eps, then into the ball and the box;
+        in L1 projected onto the ball and the box (the reference's way: no scaling)."""
+        if isinstance(self.norm, L1):
+            return self.norm.project(x0 + delta, x0, self.eps, self.bounds)
         size = per_sample(delta.flatten(1).norm(dim=1).clamp_min(1e-12), like)
         return self.norm.project(x0 + delta * (self.eps / size), x0, self.eps, self.bounds)
 
@@ -177,28 +183,34 @@ class Square(Attack):
         side = max(height // 5, 1)
         rows, cols = height // side, width // side
         signs = self._random_signs((n, channels, rows, cols), x, generator)
-        tiles = _bumps(side, x.dtype, x.device)[0].repeat(rows, cols) * \
+        tiles = _bumps(side, x.dtype, x.device, self._p)[0].repeat(rows, cols) * \
             signs.repeat_interleave(side, 2).repeat_interleave(side, 3)
         top, left = (height - rows * side) // 2, (width - cols * side) // 2  # the tiles centred
         return torch.nn.functional.pad(tiles, (left, width - cols * side - left, top, height - rows * side - top))
 
+    @property
+    def _p(self):
+        """The exponent of the bumps' norm: 1 in L1, 2 in L2."""
+        return 1 if isinstance(self.norm, L1) else 2
+
     def _moved(self, x0, current, window, side, signs, u):
-        """The L2 step: a second window (corner from ``u[:, 0:2]``) emptied, its mass and the
-        unused budget put into ``window`` as its old contents plus a new pair of bumps
+        """The L2 (L1) step: a second window (corner from ``u[:, 0:2]``) emptied, its mass and
+        the unused budget put into ``window`` as its old contents plus a new pair of bumps
         (side by side or one above the other, from ``u[:, 2]``)."""
         n, channels, height, width = x0.shape
+        p = self._p
         other = self._window(u[:, 0], u[:, 1], side, height, width)
         delta = current - x0
         both = window | other
-        in_window = (delta * window).pow(2).flatten(2).sum(2).sqrt()          # [A, C]
-        in_both = (delta * both).pow(2).flatten(2).sum(2).sqrt()              # [A, C]
-        spare = (self.eps ** 2 - delta.flatten(1).pow(2).sum(1)).clamp_min(0)  # [A]
-        bump = _bumps(side, x0.dtype, x0.device)[(u[:, 2] * 2).long().clamp_max(1)]  # [A, s, s]
+        in_window = _root(_power(delta * window, p).flatten(2).sum(2), p)          # [A, C]
+        in_both = _root(_power(delta * both, p).flatten(2).sum(2), p)              # [A, C]
+        spare = (self.eps ** p - _power(delta, p).flatten(1).sum(1)).clamp_min(0)  # [A]
+        bump = _bumps(side, x0.dtype, x0.device, p)[(u[:, 2] * 2).long().clamp_max(1)]  # [A, s, s]
         placed = torch.zeros_like(delta)
         placed[window.expand_as(delta)] = (bump.unsqueeze(1) * signs).flatten()
         new = placed + delta * window / in_window.clamp_min(1e-12)[..., None, None]
-        scale = (spare[:, None] / channels + in_both.pow(2)).sqrt()           # [A, C]
-        new = new / new.pow(2).flatten(2).sum(2).sqrt().clamp_min(1e-12)[..., None, None] * scale[..., None, None]
+        scale = _root(spare[:, None] / channels + _power(in_both, p), p)          # [A, C]
+        new = new / _root(_power(new, p).flatten(2).sum(2), p).clamp_min(1e-12)[..., None, None] * scale[..., None, None]
         return self._inside(x0, torch.where(window, new, torch.where(other, 0.0, delta)), x0)
 
     @staticmethod
@@ -219,24 +231,35 @@ class Square(Attack):
         return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
 
 
-def _bump(rows: int, cols: int, dtype, device) -> torch.Tensor:
-    """[rows, cols]: highest at the middle, each ring outwards lower (ring r adds 1/(r+1)^2
-    to itself and every ring inside it), unit L2 norm."""
+def _power(t: torch.Tensor, p: int) -> torch.Tensor:
+    """|t|^p for p = 2 or 1: the summands of the p-norm."""
+    return t.pow(2) if p == 2 else t.abs()
+
+
+def _root(mass: torch.Tensor, p: int) -> torch.Tensor:
+    """The p-th root of a sum of |t|^p, for p = 2 or 1."""
+    return mass.sqrt() if p == 2 else mass
+
+
+def _bump(rows: int, cols: int, dtype, device, p: int = 2) -> torch.Tensor:
+    """[rows, cols]: highest at the middle, each ring outwards lower (ring r adds 1/(r+1)^2,
+    in L1 1/(r+1)^4, to itself and every ring inside it), unit Lp norm (p = 2 or 1)."""
     i = (torch.arange(rows, device=device) - rows // 2).abs()
     j = (torch.arange(cols, device=device) - cols // 2).abs()
     ring = torch.maximum(i[:, None], j[None, :])
-    weights = 1.0 / (torch.arange(max(rows, cols), device=device, dtype=dtype) + 1) ** 2
+    weights = 1.0 / (torch.arange(max(rows, cols), device=device, dtype=dtype) + 1) ** (2 if p == 2 else 4)
     values = weights.flip(0).cumsum(0).flip(0)[ring]  # the sum of the weights of rings >= r
-    return values / values.norm()
+    return values / values.norm(p)
 
 
 @functools.lru_cache(maxsize=32)  # one per side the schedule reaches: built once, not per query
-def _bumps(side: int, dtype, device) -> torch.Tensor:
-    """[2, side, side], unit L2 norm: two bumps of opposite signs, one above the other, and
-    the same side by side (the L2 search's changes; a single bump for a side of 1)."""
+def _bumps(side: int, dtype, device, p: int = 2) -> torch.Tensor:
+    """[2, side, side], unit Lp norm (p = 2 or 1): two bumps of opposite signs, one above the
+    other, and the same side by side (the L2 and L1 search's changes; a single bump for a
+    side of 1)."""
     if side < 2:
         return torch.ones(2, 1, 1, dtype=dtype, device=device)
     half = side // 2
-    pair = torch.cat([_bump(half, side, dtype, device), -_bump(side - half, side, dtype, device)])
-    pair = pair / pair.norm()
+    pair = torch.cat([_bump(half, side, dtype, device, p), -_bump(side - half, side, dtype, device, p)])
+    pair = pair / pair.norm(p)
     return torch.stack([pair, pair.T])
