@@ -137,7 +137,7 @@ class Square(Attack):
                 uniforms = rng.rand((len(active), block, 2 + channels + 3 * bumps), rng.subset(generator, active),
                                     device=x.device, dtype=x.dtype)
                 row[active] = torch.arange(len(active), device=x.device)
-            u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, 2 + C (+ 3 in L2)]
+            u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, 2 + C (+ 3 in L2 and L1)]
             p = square_fraction(self.p_init, i, None if bumps else iterations)
             side = min(max(round(math.sqrt(p * height * width)), 1), height - 1, width - 1)
             if bumps:  # an odd side of at least 3, room for the two bumps
