@@ -36,6 +36,7 @@ from torch import nn
 from advx.certify import alpha, verdicts
 from advx.certify.graph import SUPPORTED, UnsupportedModel, read_model
 from advx.certify.milp import installed as milp_installed
+from advx.certify.pooling import split_pools
 from advx.certify.propagate import METHODS, Ball, lower_bounds, margin_spec
 from advx.modes import check_not_lazy, checked_logits, device_of, frozen, weight_dtype
 from advx.norms import Norm, get_norm
@@ -95,6 +96,10 @@ class Certifier:
         self.input_shape = tuple(input_shape)
         check_not_lazy(model)
         self.chain = read_model(model, self.input_shape)
+        # CROWN and what builds on it bound each max-pooling as ReLUs of its inputs'
+        # differences, which they bound far tighter than the inputs themselves (correlated
+        # neighbours); IBP keeps the pooling's own interval, the tighter one for intervals
+        self.split_chain = split_pools(self.chain)
         out = self.chain[-1].out_shape if self.chain else self.input_shape
         if len(out) != 1 or out[0] < 2:
             raise UnsupportedModel(f"cannot certify this model: it must return logits [N, K] for K >= 2 classes, "
@@ -127,14 +132,15 @@ class Certifier:
         ball = Ball(x.float(), float(eps), self.norm, *self.bounds)
         classes, y, method = self.num_classes, y.long(), method or self.method
         if method in ("alpha-crown", "bab"):  # bab: branch and bound refines its root's own bounds
-            found = alpha.margins(self.chain, ball, y, classes, iterations=self.iterations)
+            found = alpha.margins(self.split_chain, ball, y, classes, iterations=self.iterations)
             todo = found.min(1).values <= 0
             if method == "alpha-crown" and INTERMEDIATE_ROWS and todo.any():  # then, where that fails, the
                 part = Ball(x[todo].float(), float(eps), self.norm, *self.bounds)  # intermediate bounds too
                 found[todo] = torch.maximum(found[todo], alpha.margins(
-                    self.chain, part, y[todo], classes, iterations=self.iterations, intermediate=INTERMEDIATE_ROWS))
+                    self.split_chain, part, y[todo], classes, iterations=self.iterations, intermediate=INTERMEDIATE_ROWS))
             return found
-        found = lower_bounds(self.chain, ball, method, margin_spec(y, classes))
+        chain = self.split_chain if method == "crown" else self.chain
+        found = lower_bounds(chain, ball, method, margin_spec(y, classes))
         return found.masked_fill(torch.nn.functional.one_hot(y, classes).bool(), float("inf"))
 
     @torch.no_grad()

@@ -11,6 +11,10 @@ A property (``advx.certify.properties``) holds when every group does, so each gr
 open at the root is searched on its own, the worst first: its domains carry only its rows
 (cheaper bounds), and the branching aims at it.
 
+Max-pooling is branched on too: branch and bound works on the chain with each pooling
+written as ReLUs (``advx.certify.pooling.split_pools``), so a split decides which of two
+inputs of a window is the larger.
+
 Branching (FSB-like, De Palma et al. 2021): the few unstable neurons whose relaxation costs
 the open rows most (the intercept of its upper line times the weight on it; BaBSR's score,
 Bunel et al. 2020) are candidates; each is tried with one cheap bound pass of both
@@ -30,6 +34,7 @@ from advx.certify import milp
 from advx.certify.alpha import Domains, bound, domain_box, optimise, primal_points, refined_boxes
 from advx.certify.falsify import falsify, forward, into
 from advx.certify.ops import Op, ReLU
+from advx.certify.pooling import split_pools
 from advx.certify.properties import Property
 from advx.certify.propagate import ROWS_BUDGET, Ball
 
@@ -67,6 +72,7 @@ class Settings:
                                  # on a group branch and bound leaves open (0: none)
     falsify_steps: int = 20
     falsify_restarts: int = 8
+    pool_splits: bool = True     # max-pooling as ReLUs that can be split (False: relaxed, never split)
 
 
 def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Settings = Settings(), *,
@@ -74,7 +80,9 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
     """The verdict for ``prop`` on the set ``ball`` (one sample). ``check(points) -> [P]
     bool`` confirms candidate counterexamples (default: the chain's own forward pass)."""
     start = time.perf_counter()
-    check = check or (lambda p: prop.violated(forward(chain, p)))
+    check = check or (lambda p, given=chain: prop.violated(forward(given, p)))  # the chain as given
+    if settings.pool_splits:
+        chain = split_pools(chain)
     boxes = refined_boxes(chain, ball, iterations=settings.intermediate_iterations,
                           max_rows=settings.intermediate_rows, deadline=start + settings.timeout / 4)
 
@@ -106,7 +114,7 @@ def branch_and_bound(chain: list[Op], ball: Ball, prop: Property, settings: Sett
     count, order = 1, margins.argsort().tolist()
     exact = settings.milp > 0 and milp.available(chain)
     searched = start + settings.timeout * (1 - settings.milp if exact else 1)
-    skipped = (["milp: not for this network (max-pooling, or a layer too large)"]
+    skipped = (["milp: not for this network (a layer too large)"]
                if settings.milp > 0 and not exact else [])
     for k, group in enumerate(order):
         if margins[group] > 0:
@@ -228,6 +236,9 @@ def _branch(chain, boxes, domains: Domains, outputs: dict, prop: Property, lower
         score = (weight.sum(1) * intercept + 1e-6 * (u - l) * free).flatten(1)
         scores.append(torch.where(free.flatten(1), score, torch.full_like(score, -1.0)))
         layers.append(torch.full((score.shape[1],), i, dtype=torch.long, device=score.device))
+    if not scores:  # no ReLU to split (a chain whose only nonlinearity is relaxed)
+        none = torch.full((len(domains), 1), -1, dtype=torch.long, device=lower.device)
+        return none, torch.zeros_like(none)
     sizes = torch.tensor([0] + [len(x) for x in layers], device=lower.device).cumsum(0)
     value, index = torch.cat(scores, 1).topk(min(k, int(sizes[-1])), dim=1)
     layer = torch.where(value >= 0, torch.cat(layers)[index], -1)

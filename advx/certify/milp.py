@@ -38,7 +38,8 @@ def installed() -> bool:
 
 def available(chain: list[Op]) -> bool:
     """Whether SciPy's HiGHS is installed and ``chain`` has only affine ops, reshapes and ReLUs
-    of a size this module reads (MNIST-sized convolutions and dense layers)."""
+    of a size this module reads (MNIST-sized convolutions and dense layers); branch and bound
+    hands it max-pooling written as ReLUs (``advx.certify.pooling.split_pools``)."""
     return installed() and all(
         isinstance(op, ReLU) or op.name == "Reshape"
         or (op.affine and math.prod(op.in_shape) * math.prod(op.out_shape) <= MAX_ENTRIES) for op in chain)

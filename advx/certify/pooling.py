@@ -1,7 +1,12 @@
-"""Max-pooling's relaxation, with parameters α-CROWN can optimise.
+"""Max-pooling: its own relaxation (with parameters α-CROWN can optimise), and the same
+pooling written as ReLUs.
 
 MaxPool2d (no padding, no dilation) is the one op of the chain besides ReLU that bound
 propagation relaxes (``advx.certify.ops``: the other ops and the contract they share).
+``split_pools`` writes it as fixed convolutions and ReLUs of its inputs' differences, which
+CROWN bounds far tighter than the relaxation of the inputs' own bounds can (neighbouring
+inputs move together) and which branch and bound can split; the ``Certifier`` uses that
+form for CROWN, α-CROWN and branch and bound, and the relaxation for CROWN-IBP.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advx.certify.ops import Op
+from advx.certify.ops import Conv, Op, ReLU
 
 
 class MaxPool(Op):
@@ -114,3 +119,68 @@ def simplex(p: torch.Tensor) -> torch.Tensor:
 def _straight(raw: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
     """``used``'s value with ``raw``'s gradient (projected gradient steps)."""
     return raw + (used - raw).detach()
+
+
+def split_pools(chain: list[Op]) -> list[Op]:
+    """``chain`` with each max-pooling written as ReLUs (``as_relus``): the same function,
+    whose ReLUs branch and bound can split."""
+    device = next((op._weight.device for op in chain if getattr(op, "_weight", None) is not None), "cpu")
+    return [new for op in chain for new in (as_relus(op, device) if isinstance(op, MaxPool) else [op])]
+
+
+def as_relus(pool: MaxPool, device="cpu") -> list[Op]:
+    """The same max-pooling as a chain of fixed convolutions and ReLUs, whose differences
+    CROWN bounds by back-substitution and branch and bound can split (which input of a
+    window is the larger): a tournament in which each pair ``(p, q)`` becomes ``max(p, q) = relu(p - q) + relu(q) -
+    relu(-q)`` (a lone input ``v`` passes as ``relu(v) - relu(-v)``). Splitting the ReLU of
+    ``p - q`` decides which of the two is larger; the others are stable where the inputs'
+    sign is known (after a ReLU). Equal to ``pool`` at every input."""
+    C = pool.in_shape[0]
+    out_hw = pool.out_shape[1:]
+    # level 0 takes the K inputs of each window; each level halves the values per window
+    values = pool.size
+    mix = torch.eye(values)  # [values, inputs of the level]: the values as combinations of the level's inputs
+    chain: list[Op] = []
+    first, width = True, values
+    while True:
+        pre, after = _level(values)  # [rows, values] pre-activations, [next values, rows] after the ReLU
+        weight = pre @ mix  # pre-activations from the level's inputs
+        rows = weight.shape[0]
+        if first:
+            kernel = weight.view(rows, 1, *pool.kernel).repeat(C, 1, 1, 1)
+            chain.append(Conv(kernel.to(device), None, pool.stride, (0, 0), (1, 1), C, pool.in_shape,
+                              (C * rows, *out_hw), name="MaxPool2d (as ReLUs)"))
+        else:
+            kernel = weight.view(rows, width, 1, 1).repeat(C, 1, 1, 1)
+            chain.append(Conv(kernel.to(device), None, 1, (0, 0), (1, 1), C, (C * width, *out_hw),
+                              (C * rows, *out_hw), name="MaxPool2d (as ReLUs)"))
+        chain.append(ReLU((C * rows, *out_hw), (C * rows, *out_hw)))
+        first, values, mix, width = False, after.shape[0], after, rows
+        if values == 1:
+            kernel = mix.view(1, width, 1, 1).repeat(C, 1, 1, 1)
+            chain.append(Conv(kernel.to(device), None, 1, (0, 0), (1, 1), C, (C * width, *out_hw),
+                              (C, *out_hw), name="MaxPool2d (as ReLUs)"))
+            return chain
+
+
+def _level(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One round of the tournament on ``n`` values: the ReLUs' inputs [rows, n] and the
+    next round's values from the ReLUs' outputs [ceil(n / 2), rows]."""
+    pre, after = [], []
+    for j in range(0, n, 2):
+        if j + 1 < n:  # p - q, q, -q -> relu(p - q) + relu(q) - relu(-q)
+            p, q = F.one_hot(torch.tensor(j), n).float(), F.one_hot(torch.tensor(j + 1), n).float()
+            pre += [p - q, q, -q]
+            after.append([1.0, 1.0, -1.0])
+        else:  # v, -v -> relu(v) - relu(-v)
+            v = F.one_hot(torch.tensor(j), n).float()
+            pre += [v, -v]
+            after.append([1.0, -1.0])
+    rows = len(pre)
+    out = torch.zeros(len(after), rows)
+    r = 0
+    for i, coef in enumerate(after):
+        out[i, r:r + len(coef)] = torch.tensor(coef)
+        r += len(coef)
+    return torch.stack(pre), out
+

@@ -36,8 +36,8 @@ def add(sub) -> None:
                    help="with --method bab: seconds per sample before it is left unknown (default: 60)")
     c.add_argument("--milp", type=float, default=0.0, metavar="SHARE",
                    help="with --method bab: the share of --timeout kept for an exact MILP (HiGHS through "
-                        "SciPy) on what branch and bound leaves unknown; for MNIST-sized networks without "
-                        "max-pooling, e.g. 0.5 (default: 0, none)")
+                        "SciPy) on what branch and bound leaves unknown; for MNIST-sized networks, e.g. 0.5 "
+                        "(default: 0, none)")
     c.add_argument("--resume", action="store_true",
                    help="with --method bab: keep the verdicts a killed run of the same command had written "
                         "(<out>/.resume/) and decide only the rest")

@@ -27,7 +27,7 @@ def add(sub) -> None:
     v.add_argument("--timeout", type=float, default=300.0, help="seconds before the answer is timeout (default: 300)")
     v.add_argument("--milp", type=float, default=0.0, metavar="SHARE",
                    help="the share of --timeout kept for an exact MILP (HiGHS through SciPy) when branch "
-                        "and bound has not answered; for small networks without max-pooling (default: 0)")
+                        "and bound has not answered; for small networks (default: 0)")
     v.add_argument("--out", default=None, help="write the result file here (VNN-COMP format), e.g. result.txt")
     v.set_defaults(func=run)
 
