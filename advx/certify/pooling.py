@@ -130,18 +130,18 @@ def split_pools(chain: list[Op]) -> list[Op]:
 
 def as_relus(pool: MaxPool, device="cpu") -> list[Op]:
     """The same max-pooling as a chain of fixed convolutions and ReLUs, whose differences
-    CROWN bounds by back-substitution and branch and bound can split (which input of a
-    window is the larger): a tournament in which each pair ``(p, q)`` becomes ``max(p, q) = relu(p - q) + relu(q) -
-    relu(-q)`` (a lone input ``v`` passes as ``relu(v) - relu(-v)``). Splitting the ReLU of
-    ``p - q`` decides which of the two is larger; the others are stable where the inputs'
-    sign is known (after a ReLU). Equal to ``pool`` at every input."""
+    CROWN bounds by back-substitution and branch and bound can split: a tournament in which
+    each pair ``(p, q)`` of a window becomes ``max(p, q) = relu(p - q) + relu(q) - relu(-q)``
+    (a lone input ``v`` passes as ``relu(v) - relu(-v)``). Splitting the ReLU of ``p - q``
+    decides which of the two is larger; the others are stable where the inputs' sign is
+    known (after a ReLU). Equal to ``pool`` at every input (up to float rounding)."""
     C = pool.in_shape[0]
     out_hw = pool.out_shape[1:]
     # level 0 takes the K inputs of each window; each level halves the values per window
     values = pool.size
     mix = torch.eye(values)  # [values, inputs of the level]: the values as combinations of the level's inputs
     chain: list[Op] = []
-    first, width = True, values
+    first, width = True, 1
     while True:
         pre, after = _level(values)  # [rows, values] pre-activations, [next values, rows] after the ReLU
         weight = pre @ mix  # pre-activations from the level's inputs
@@ -183,4 +183,3 @@ def _level(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         out[i, r:r + len(coef)] = torch.tensor(coef)
         r += len(coef)
     return torch.stack(pre), out
-
