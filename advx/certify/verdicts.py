@@ -83,4 +83,4 @@ def branch_and_bound(certifier, x: torch.Tensor, label: int | None, eps: float, 
     settings = bab.Settings(timeout=certifier.timeout, root_iterations=max(certifier.iterations, 1) * 2,
                             milp=certifier.milp)
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-        return bab.branch_and_bound(certifier.chain, ball, prop, settings, check=confirm)
+        return bab.branch_and_bound(certifier.split_chain, ball, prop, settings, check=confirm)
