@@ -52,7 +52,7 @@ class AdversarialLoss:
                  precision: str = "fp32", early_stop: bool = True) -> None:
         if kind not in KINDS:
             raise InputError(f"kind must be one of {list(KINDS)} (an attack; for ibp/crown-ibp use "
-                             f"advx.certify.training.CertifiedLoss), got {kind!r}")
+                             f"advx.certified.CertifiedLoss), got {kind!r}")
         self.kind = kind
         self.eps = check_number("eps", eps, minimum=0)
         self.steps = check_number("steps", steps, minimum=1, integer=True)
@@ -126,14 +126,14 @@ class AdversarialConfig:
     final_n: int | None = None
 
     KINDS = KINDS
+    USES = {"steps": ("pgd", "trades"), "beta": ("trades",), "early_stop": ("pgd",)}  # options of some kinds only
     best_key = "probe_acc"  # the held-out figure the best checkpoint is chosen by
     data_parallel = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
-        uses = {"steps": ("pgd", "trades"), "beta": ("trades",), "early_stop": ("pgd",)}
-        for name, kinds in uses.items():
+        for name, kinds in self.USES.items():
             if getattr(self, name) is not None and self.kind not in kinds:
                 raise InputError(only_with(name, kinds, self.kind))
         if self.early_stop not in (None, True, False):

@@ -71,12 +71,20 @@ class MadryCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def _interval_init(model: nn.Module) -> None:
+    """The initialisation of Shi et al. (2021), "Fast certified robust training with short
+    warmup": it keeps the interval bounds from growing layer by layer at the start of training."""
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            fan_in = layer.weight[0].numel()
+            nn.init.normal_(layer.weight, std=(2 * math.pi) ** 0.5 / fan_in)
+            nn.init.zeros_(layer.bias)
+
+
 class CertCNN(nn.Module):
-    """A network that trains well under bound propagation (certified training, IBP and
-    CROWN-IBP): strided convolutions instead of max-pooling, no BatchNorm (its batch
-    statistics differ from the running ones the bounds use), and the initialisation of
-    Shi et al. (2021), "Fast certified robust training with short warmup", which keeps the
-    interval bounds from growing layer by layer at the start of training.
+    """A small network that trains fast under bound propagation (certified training):
+    strided convolutions instead of max-pooling, no BatchNorm, and the initialisation of
+    Shi et al. (2021).
 
     conv 4x4/2 32 -> ReLU -> conv 4x4/2 64 -> ReLU -> fc 256 -> ReLU -> fc 10
     """
@@ -91,21 +99,50 @@ class CertCNN(nn.Module):
             nn.Flatten(), nn.Linear(_features_size(self.features, input_shape), 256), nn.ReLU(),
             nn.Linear(256, num_classes)
         )
-        for layer in self.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                fan_in = layer.weight[0].numel()
-                nn.init.normal_(layer.weight, std=(2 * math.pi) ** 0.5 / fan_in)
-                nn.init.zeros_(layer.bias)
+        _interval_init(self)
 
     def forward(self, x):
         return self.classifier(self.features(x))
 
 
-MODELS = {"small": SmallCNN, "madry": MadryCNN, "cert": CertCNN}
+class CNN7(nn.Module):
+    """The network of the certified-training literature (Shi et al. 2021; SABR, Müller et al.
+    2023; MTL-IBP, De Palma et al. 2024): five 3x3 convolutions (the third strided), each with
+    BatchNorm and ReLU, a dense layer with BatchNorm and ReLU, and the output; the
+    initialisation of Shi et al. ``width`` scales every layer: 1 is CNN7 (64, 64, 128, 128,
+    128 channels, 512 units), 1/4 the CPU-sized ``cnn7-cpu``.
+    """
+
+    def __init__(self, num_classes: int = 10, input_shape: Sequence[int] = MNIST_SHAPE, width: float = 1.0) -> None:
+        super().__init__()
+        width = check_number("width", width, strict=True, minimum=0)
+        layers, channels = [], input_shape[0]
+        for out, stride in zip((64, 64, 128, 128, 128), (1, 1, 2, 1, 1)):
+            out = max(1, round(out * width))
+            layers += [nn.Conv2d(channels, out, 3, stride=stride, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        units = max(1, round(512 * width))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(_features_size(self.features, input_shape), units), nn.BatchNorm1d(units),
+            nn.ReLU(), nn.Linear(units, num_classes)
+        )
+        _interval_init(self)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def _cnn7_cpu(num_classes: int = 10, input_shape: Sequence[int] = MNIST_SHAPE) -> CNN7:
+    return CNN7(num_classes, input_shape, width=0.25)
+
+
+MODELS = {"small": SmallCNN, "madry": MadryCNN, "cert": CertCNN, "cnn7": CNN7, "cnn7-cpu": _cnn7_cpu}
 
 
 def build_model(name: str = "small", *, num_classes: int = 10, input_shape: Sequence[int] = MNIST_SHAPE) -> nn.Module:
-    """A fresh, untrained model by name, one of ``MODELS`` ("small", "madry", "cert"), for
+    """A fresh, untrained model by name, one of ``MODELS`` ("small", "madry", "cert", "cnn7",
+    "cnn7-cpu"), for
     images of ``input_shape`` [C, H, W] and ``num_classes`` classes (default: MNIST's)."""
     if name not in MODELS:
         raise InputError(f"model must be one of {sorted(MODELS)}, got {name!r}")

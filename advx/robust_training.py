@@ -47,7 +47,8 @@ def check_options(kind: str, options: dict) -> None:
     """Every option (a field name) must be one that ``kind``'s config takes; ``kind`` may be
     ``"none"`` (clean training: none does)."""
     for option in options:
-        takers = [k for config in CONFIGS if option in {f.name for f in fields(config)} for k in config.KINDS]
+        takers = [k for config in CONFIGS if option in {f.name for f in fields(config)}
+                  for k in config.USES.get(option, config.KINDS)]
         if not takers:
             raise InputError(f"{option} is not a training option (those of {', '.join(c.__name__ for c in CONFIGS)})")
         if kind not in takers:

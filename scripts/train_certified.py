@@ -1,26 +1,58 @@
 #!/usr/bin/env python
-"""Train a network whose robustness is *proved*: IBP certified training (Gowal et al., 2018)
-of the `cert` CNN on MNIST, saved to checkpoints/certified.pt.
+"""Train a network whose robustness is *proved* (certified training), by recipe.
 
-    python scripts/train_certified.py                   # 20 epochs, about 8 minutes on 2 CPU cores
-    python scripts/train_certified.py --adv crown-ibp   # any `advx train` option overrides the recipe
-    python scripts/train_certified.py --resume          # continue an interrupted run
+    python scripts/train_certified.py                      # --recipe cpu-0.1: about 8 minutes on 2 CPU cores
+    python scripts/train_certified.py --recipe cpu-0.3     # for eps 0.3
+    python scripts/train_certified.py --adv sabr           # any `advx train` option overrides the recipe
+    python scripts/train_certified.py --resume             # continue an interrupted run
 
-The recipe: one clean epoch, then eps ramps from 0 to 0.15 over 8 epochs while the weight
-of the clean loss goes from 1 to 0.5; training at eps 0.15 leaves room for certifying at
-0.1. The search runs in bf16; every certificate is computed in fp32 afterwards:
+Recipes (``--recipe NAME``):
+
+    cpu-0.1  IBP on the `cert` CNN at eps 0.15 (room for certifying 0.1): one clean epoch, eps
+             ramped over 8 while the clean loss's weight goes from 1 to 0.5, 20 epochs, bf16
+             -> checkpoints/certified.pt
+    cpu-0.3  the same at eps 0.4 -> checkpoints/certified-03.pt
+    gpu-0.1  SABR (lambda 0.4) on CNN7 at eps 0.1, 70 epochs, eps ramped over 20, batch 256,
+             lr 5e-4: the settings of Müller et al. (2023) as far as `advx train` takes them
+             (its learning rate is one-cycle, not their step decay); untested here
+    gpu-0.3  the same with lambda 0.6 at eps 0.3; untested here
+
+Every certificate is computed in fp32 afterwards:
 
     advx certify --checkpoint checkpoints/certified.pt --eps 0.1 --method crown
     advx eval --checkpoint checkpoints/certified.pt --suite strong --eps 0.1 --n 1000 --certify crown
 """
 
+import argparse
 import sys
 
 from advx.cli import main
 
-RECIPE = ["--model", "cert", "--adv", "ibp", "--eps", "0.15", "--epochs", "20", "--ramp-start", "1",
-          "--warmup-epochs", "8", "--kappa", "0.5", "--batch-size", "256", "--lr", "2e-3", "--precision", "bf16",
-          "--checkpoint", "checkpoints/certified.pt"]
+_CPU = ["--model", "cert", "--adv", "ibp", "--epochs", "20", "--ramp-start", "1", "--warmup-epochs", "8",
+        "--kappa", "0.5", "--batch-size", "256", "--lr", "2e-3", "--precision", "bf16"]
+_GPU = ["--model", "cnn7", "--adv", "sabr", "--epochs", "70", "--ramp-start", "1", "--warmup-epochs", "20",
+        "--kappa", "0", "--batch-size", "256", "--lr", "5e-4", "--device", "cuda", "--precision", "bf16"]
+RECIPES = {
+    "cpu-0.1": _CPU + ["--eps", "0.15", "--checkpoint", "checkpoints/certified.pt"],
+    "cpu-0.3": _CPU + ["--eps", "0.4", "--checkpoint", "checkpoints/certified-03.pt"],
+    "gpu-0.1": _GPU + ["--eps", "0.1", "--box-share", "0.4", "--checkpoint", "checkpoints/certified-cnn7.pt"],
+    "gpu-0.3": _GPU + ["--eps", "0.3", "--box-share", "0.6", "--checkpoint", "checkpoints/certified-cnn7-03.pt"],
+}
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--recipe", default="cpu-0.1")
+    known, rest = parser.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print(__doc__)
+        return main(["train", "--help"])
+    if known.recipe not in RECIPES:
+        print(f"train_certified.py: error: --recipe must be one of {', '.join(RECIPES)}, got {known.recipe!r}",
+              file=sys.stderr)
+        return 2
+    return main(["train", *RECIPES[known.recipe], *rest])
+
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *RECIPE, *sys.argv[1:]]))
+    sys.exit(run(sys.argv[1:]))

@@ -152,10 +152,12 @@ def test_bad_settings():
 
 
 @pytest.mark.parametrize("kind, options, message", [
-    ("fgsm-rs", {"steps": 3}, "steps applies only with kind='pgd' or 'trades', got kind='fgsm-rs'"),
+    ("fgsm-rs", {"steps": 3}, "steps applies only with kind='pgd' or 'trades' or 'sabr' or 'mtl-ibp' or 'cc-ibp', "
+                             "got kind='fgsm-rs'"),
     ("pgd", {"beta": 3.0}, "beta applies only with kind='trades', got kind='pgd'"),
     ("trades", {"early_stop": False}, "early_stop applies only with kind='pgd', got kind='trades'"),
-    ("pgd", {"kappa": 0.5}, "kappa applies only with kind='ibp' or 'crown-ibp', got kind='pgd'"),
+    ("pgd", {"kappa": 0.5}, "kappa applies only with kind='ibp' or 'crown-ibp' or 'sabr' or 'mtl-ibp' or 'cc-ibp', "
+                     "got kind='pgd'"),
     ("ibp", {"final_n": 5}, "final_n applies only with kind='fgsm-rs' or 'pgd' or 'trades', got kind='ibp'"),
     ("ibp", {"gamma": 5}, "gamma is not a training option"),
 ])

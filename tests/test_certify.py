@@ -433,7 +433,7 @@ def test_certifier_reads_once_and_follows_the_weights(trained_cnn, batch):
 
 
 def test_certified_loss_schedules_and_gradients():
-    from advx.certify.training import CertifiedLoss
+    from advx.certified import CertifiedLoss
     from advx.models import build_model
 
     loss_fn = CertifiedLoss("crown-ibp", eps=0.2, ramp_start=1, ramp_epochs=2, kappa_end=0.5)

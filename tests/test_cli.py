@@ -266,8 +266,10 @@ def test_diverged_training_keeps_the_good_checkpoint(tiny_checkpoint, tmp_path, 
     (["eval", "--n", "20000"], "--n must be <= 10000 (the test images), got 20000"),
     (["attack", "--n", "10001"], "--n must be <= 10000 (the test images), got 10001"),
     (["attack", "--seed", str(2**64)], "--seed must be <= 9223372036854775807"),
-    (["train", "--eps", "0.1"], "--eps applies only with --adv fgsm-rs or pgd or trades or ibp or crown-ibp, got --adv none"),
-    (["train", "--adv", "fgsm-rs", "--steps", "3"], "--steps applies only with --adv pgd or trades, got --adv fgsm-rs"),
+    (["train", "--eps", "0.1"], "--eps applies only with --adv fgsm-rs or pgd or trades or ibp or crown-ibp or sabr or "
+                                   "mtl-ibp or cc-ibp, got --adv none"),
+    (["train", "--adv", "fgsm-rs", "--steps", "3"], "--steps applies only with --adv pgd or trades or sabr or mtl-ibp or "
+                                                   "cc-ibp, got --adv fgsm-rs"),
     (["train", "--adv", "pgd", "--beta", "3"], "--beta applies only with --adv trades, got --adv pgd"),
     (["train", "--resume"], "--resume applies only with --adv"),
     (["train", "--adv", "trades", "--no-early-stop"], "--no-early-stop applies only with --adv pgd, got --adv trades"),
@@ -369,8 +371,12 @@ def test_eval_with_certify_gives_the_interval(tiny_checkpoint, tmp_path, capsys)
 @pytest.mark.parametrize("argv,message", [
     (["certify", "--eps", "-0.1"], "--eps must be comma-separated numbers >= 0"),
     (["certify", "--eps", "0.1", "--n", "0"], "--n must be >= 1"),
-    (["train", "--adv", "pgd", "--kappa", "0.5"], "--kappa applies only with --adv ibp or crown-ibp"),
+    (["train", "--adv", "pgd", "--kappa", "0.5"], "--kappa applies only with --adv ibp or crown-ibp or sabr"),
     (["train", "--adv", "ibp", "--kappa", "2"], "--kappa must be <= 1"),
+    (["train", "--adv", "sabr", "--box-share", "0"], "--box-share (SABR's lambda) must be in (0, 1]"),
+    (["train", "--adv", "cc-ibp", "--mix", "1.5"], "--mix must be <= 1, got 1.5"),
+    (["train", "--adv", "ibp", "--box-share", "0.5"], "--box-share applies only with --adv sabr, got --adv ibp"),
+    (["train", "--adv", "sabr", "--mix", "0.5"], "--mix applies only with --adv mtl-ibp or cc-ibp, got --adv sabr"),
 ])
 def test_certify_and_certified_training_options(argv, message, tiny_checkpoint, tmp_path, capsys):
     extra = ["--checkpoint", str(tiny_checkpoint)] if argv[0] == "certify" else ["--checkpoint", str(tmp_path / "c.pt")]

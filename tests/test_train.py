@@ -73,7 +73,7 @@ def test_models_output_logits(name):
 
 
 def test_unknown_model_and_bad_config_are_clear_errors():
-    with pytest.raises(ValueError, match=r"model must be one of \['cert', 'madry', 'small'\], got 'resnet'"):
+    with pytest.raises(ValueError, match=r"model must be one of \['cert', 'cnn7', 'cnn7-cpu', 'madry', 'small'\], got 'resnet'"):
         build_model("resnet")
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
         TrainConfig(epochs=0)

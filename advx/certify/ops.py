@@ -161,12 +161,15 @@ class Conv(Affine):
 
 class Scale(Affine):
     """Per-channel ``y = s x + t``: BatchNorm with its running statistics (eval mode), or an
-    input normalization (``advx.models.InputNormalization``: its ``affine()`` gives ``s`` and ``t``)."""
+    input normalization (``advx.models.InputNormalization``: its ``affine()`` gives ``s`` and ``t``).
+    Certified training sets ``statistics`` to a clean batch's ``(mean, var)`` for the bound
+    pass of a model in train mode (``advx.certified``), and clears it after."""
 
     def __init__(self, module, in_shape) -> None:
         super().__init__(in_shape, in_shape)
         self.module, self.view = module, (-1,) + (1,) * (len(in_shape) - 1)
         self.name = "BatchNorm" if isinstance(module, nn.modules.batchnorm._BatchNorm) else "Normalized"
+        self.statistics = None
 
     def _affine(self):
         """``(s, t)`` flat per channel, read afresh (so the op follows weight steps)."""
@@ -174,9 +177,10 @@ class Scale(Affine):
         if self.name == "Normalized":
             s, t = m.affine()
             return s.float(), t.float()
-        s = torch.rsqrt(m.running_var.float() + m.eps)
+        mean, var = (m.running_mean, m.running_var) if self.statistics is None else self.statistics
+        s = torch.rsqrt(var.float() + m.eps)
         s = s if m.weight is None else m.weight.float() * s
-        return s, -m.running_mean.float() * s + (0 if m.bias is None else m.bias.float())
+        return s, -mean.float() * s + (0 if m.bias is None else m.bias.float())
 
     @property
     def scale(self):

@@ -37,17 +37,22 @@ def add(sub) -> None:
     t.add_argument("--checkpoint", default=None,
                    help=f"output (default: {DEFAULT_CHECKPOINT}, or {ROBUST_CHECKPOINT} with --adv)")
     a, c = AdversarialConfig(), CertifiedConfig()
+    CERTIFIED = "/".join(CertifiedConfig.KINDS)
     # The --adv options default to None, so that one given without --adv (or to a kind that
     # does not take it) is an error instead of being ignored; the kind's config fills the rest.
     t.add_argument("--adv", dest="kind", default="none", choices=["none", *KINDS],
                    help="adversarial training: the attack that makes each batch; ibp/crown-ibp: "
-                        "certified training on bounds over the whole ball (default: none)")
+                        "certified training on bounds over the whole ball; sabr: on bounds over a small box "
+                        "around an attacked point; mtl-ibp/cc-ibp: an attacked point and IBP's bounds mixed "
+                        "(default: none)")
     t.add_argument("--eps", type=float, default=None,
                    help="--adv: Linf budget (default: the dataset's standard one: "
                         + ", ".join(f"{d.title} {d.eps['inf']:g}" for d in DATASETS.values()) + ")")
     t.add_argument("--alpha", type=float, default=None,
                    help="--adv fgsm-rs/pgd/trades: step size (default: 1.25*eps for fgsm-rs, 2.5*eps/steps otherwise)")
-    t.add_argument("--steps", type=int, default=None, help="--adv pgd/trades: attack steps (default: 10)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="--adv pgd/trades: attack steps (default: 10); sabr/mtl-ibp/cc-ibp: PGD steps of the "
+                        "search for the attacked point (default: 8)")
     t.add_argument("--warmup-epochs", type=float, default=None,
                    help=f"--adv: ramp eps from 0 over this many epochs (default: {a.warmup_epochs:g})")
     t.add_argument("--no-early-stop", dest="early_stop", action="store_const", const=False, default=None,
@@ -55,10 +60,16 @@ def add(sub) -> None:
                         "first adversarial iterate; without, the PGD-5 recipe overfits catastrophically)")
     t.add_argument("--beta", type=float, default=None, help="--adv trades: weight of the KL term (default: 6)")
     t.add_argument("--ramp-start", type=float, default=None,
-                   help=f"--adv ibp/crown-ibp: clean epochs before the eps ramp (default: {c.ramp_start:g})")
+                   help=f"--adv {CERTIFIED}: clean epochs before the eps ramp (default: {c.ramp_start:g})")
     t.add_argument("--kappa", type=float, default=None,
-                   help=f"--adv ibp/crown-ibp: final weight of the clean loss, from 1 over the ramp "
+                   help=f"--adv {CERTIFIED}: final weight of the clean loss, from 1 over the ramp "
                         f"(default: {c.kappa:g})")
+    t.add_argument("--box-share", type=float, default=None, metavar="LAMBDA",
+                   help="--adv sabr: the small box's radius as a share of eps, in (0, 1]; 1 is IBP "
+                        "(default: 0.4)")
+    t.add_argument("--mix", type=float, default=None, metavar="ALPHA",
+                   help="--adv mtl-ibp/cc-ibp: weight of IBP's bounds against the attacked point, in [0, 1]; "
+                        "1 is IBP, 0 adversarial training (default: 0.5)")
     t.add_argument("--holdout", type=int, default=None,
                    help=f"--adv: training images held out for the per-epoch check (default: {a.holdout})")
     t.add_argument("--final-n", type=int, default=None, metavar="N",
