@@ -11,7 +11,9 @@ advx's attack classes; nothing here re-implements an attack loop:
   not kill training"): run to the last step, the PGD-5 recipe overfits catastrophically
   in its 4th epoch; stopped, it does not (docs/robust-training.md);
 - ``"trades"``:  clean CE + beta * KL(p(x) || p(x_adv)), the adversary ascending the KL
-  term (Zhang et al., 2019) = ``PGD(loss="kl")``.
+  term (Zhang et al., 2019) = ``PGD(loss="kl")``;
+- ``"mart"``:    PGD-k on the CE loss, then the boosted CE of x_adv + beta * KL(p(x) ||
+  p(x_adv)) weighted by 1 - p(y | x) (Wang et al., 2020, "MART").
 
 eps warm-up ramps eps linearly from 0 over the first ``warmup_epochs``. After every epoch
 the held-out probe of ``advx.probe`` measures the model, picks the best epoch and stops a
@@ -29,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from advx.attacks import PGD
-from advx.attacks.objectives import trades_loss
+from advx.attacks.objectives import mart_loss, trades_loss
 from advx.datasets import Dataset
 from advx.precision import check_precision
 from advx.probe import catastrophic_overfitting, final_metrics, probe_metrics
@@ -37,7 +39,7 @@ from advx.rng import mix_seed
 from advx.train import TrainConfig
 from advx.validate import InputError, check_number, check_seed, only_with
 
-KINDS = ("fgsm-rs", "pgd", "trades")
+KINDS = ("fgsm-rs", "pgd", "trades", "mart")
 
 
 class AdversarialLoss:
@@ -78,7 +80,7 @@ class AdversarialLoss:
             return PGD(model, eps=eps, alpha=self.alpha, steps=self.steps, generator=self.generator,
                        loss="kl", precision=self.precision)
         return PGD(model, eps=eps, alpha=self.alpha, steps=self.steps, generator=self.generator,
-                   precision=self.precision, early_stop=self.early_stop)
+                   precision=self.precision, early_stop=self.early_stop and self.kind == "pgd")
 
     def __call__(self, model, x, y, *, epoch: float):
         eps = self.eps_at(epoch)
@@ -89,9 +91,10 @@ class AdversarialLoss:
         # on the module inside it: its forward and backward passes never touch DDP's
         # gradient synchronisation, which only the weight step's backward below triggers.
         x_adv = self.attack(model.module if isinstance(model, DistributedDataParallel) else model, eps)(x, y)
-        if self.kind == "trades":
+        if self.kind in ("trades", "mart"):
             logits = model(x)
-            return trades_loss(logits, model(x_adv), y, self.beta), logits
+            loss = trades_loss if self.kind == "trades" else mart_loss
+            return loss(logits, model(x_adv), y, self.beta), logits
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
@@ -107,13 +110,13 @@ class AdversarialConfig:
     """Adversarial-training settings (saved in the checkpoint). An option the kind does not
     use is an error, not ignored; ``None`` is the kind's default (or: not used).
 
-    kind: ``"fgsm-rs"``, ``"pgd"`` or ``"trades"``. eps: the Linf budget. alpha: the step size
-    (``None``: 1.25 eps for fgsm-rs, PGD's 2.5 eps / steps otherwise). steps (pgd, trades):
-    attack steps (``None``: 10). warmup_epochs: eps ramps from 0 over these. beta (trades):
-    weight of the KL term (``None``: 6). early_stop (pgd): each sample stops at its first
-    adversarial iterate (``None``: True). holdout: training images held out for the probe.
-    final_n: ``--suite strong`` on the first N held-out images at the end (0: skip; default:
-    500, or every held-out image when there are fewer)."""
+    kind: ``"fgsm-rs"``, ``"pgd"``, ``"trades"`` or ``"mart"``. eps: the Linf budget. alpha: the
+    step size (``None``: 1.25 eps for fgsm-rs, PGD's 2.5 eps / steps otherwise). steps (pgd,
+    trades, mart): attack steps (``None``: 10). warmup_epochs: eps ramps from 0 over these.
+    beta (trades, mart): weight of the KL term (``None``: 6). early_stop (pgd): each sample
+    stops at its first adversarial iterate (``None``: True). holdout: training images held out
+    for the probe. final_n: ``--suite strong`` on the first N held-out images at the end (0:
+    skip; default: 500, or every held-out image when there are fewer)."""
 
     kind: str = "pgd"
     eps: float = 0.3
@@ -126,7 +129,8 @@ class AdversarialConfig:
     final_n: int | None = None
 
     KINDS = KINDS
-    USES = {"steps": ("pgd", "trades"), "beta": ("trades",), "early_stop": ("pgd",)}  # options of some kinds only
+    # options of some kinds only
+    USES = {"steps": ("pgd", "trades", "mart"), "beta": ("trades", "mart"), "early_stop": ("pgd",)}
     best_key = "probe_acc"  # the held-out figure the best checkpoint is chosen by
     data_parallel = True
 
@@ -149,7 +153,7 @@ class AdversarialConfig:
         if self.kind != "fgsm-rs":
             checked["steps"] = 10 if self.steps is None else check_number("steps", self.steps, minimum=1,
                                                                          integer=True)
-        if self.kind == "trades":
+        if self.kind in ("trades", "mart"):
             checked["beta"] = 6.0 if self.beta is None else check_number("beta", self.beta, minimum=0)
         if self.kind == "pgd":
             checked["early_stop"] = self.early_stop is not False

@@ -224,7 +224,7 @@ class CertifiedConfig:
     eval_steps: int = 20
 
     KINDS = KINDS
-    USES = {"box_share": ("sabr",), "mix": MIXED_KINDS, "steps": ATTACKED_KINDS}  # options of some kinds only
+    USES = {"box_share": ("sabr",), "mix": MIXED_KINDS, "steps": ATTACKED_KINDS}  # options of some kinds
     best_key = "cert_acc"  # the held-out figure the best checkpoint is chosen by
     data_parallel = False
 

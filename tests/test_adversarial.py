@@ -11,7 +11,7 @@ from conftest import DATA_DIR, TinyCNN
 from advx import PGD
 from advx import adversarial as adv_mod
 from advx.adversarial import AdversarialConfig, AdversarialLoss
-from advx.attacks.objectives import trades_loss
+from advx.attacks.objectives import mart_loss, trades_loss
 from advx.certified import CertifiedConfig
 from advx.checkpoint import load_checkpoint
 from advx.modes import accuracy
@@ -43,7 +43,7 @@ def test_adversarial_training_raises_pgd_accuracy(mnist_train, mnist_test):
     assert accuracy(robust, x, y) > 0.8
 
 
-@pytest.mark.parametrize("kind", ["fgsm-rs", "pgd", "trades"])
+@pytest.mark.parametrize("kind", ["fgsm-rs", "pgd", "trades", "mart"])
 def test_weights_are_trainable_again_after_each_inner_attack(kind, mnist_train):
     model = _tiny()
     inner = AdversarialLoss(kind, eps=0.3, steps=2)
@@ -98,6 +98,22 @@ def test_trades_loss_equals_its_formula():
     assert trades_loss(clean, clean, y, beta=6.0).item() == pytest.approx(ce, rel=1e-6)
 
 
+def test_mart_loss_equals_its_formula():
+    clean = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    adv = torch.tensor([[1.0, 1.5, 0.0], [0.3, 2.0, 0.0]])
+    y = torch.tensor([0, 1])
+    p, q = clean.softmax(1).tolist(), adv.softmax(1).tolist()
+    total = 0.0
+    for i, label in enumerate(y.tolist()):
+        other = max(q[i][j] for j in range(3) if j != label)
+        boosted = -math.log(q[i][label]) - math.log(1 - other)
+        kl = sum(p[i][j] * math.log(p[i][j] / q[i][j]) for j in range(3))
+        total += boosted + 5.0 * kl * (1 - p[i][label])
+    assert mart_loss(clean, adv, y, beta=5.0).item() == pytest.approx(total / 2, rel=1e-6)
+    # beta 0: the boosted CE alone, which adds -log(1 - p(largest other class)) to plain CE
+    assert mart_loss(clean, adv, y, beta=0.0).item() > torch.nn.functional.cross_entropy(adv, y).item()
+
+
 def test_catastrophic_overfitting_detection():
     healthy = [{"probe_acc": 0.70, "fgsm_acc": 0.80}, {"probe_acc": 0.80, "fgsm_acc": 0.85},
                {"probe_acc": 0.82, "fgsm_acc": 0.86}]
@@ -141,7 +157,7 @@ def test_collapse_detector_on_real_runs(eps, alpha, epochs, collapses, tmp_path)
 
 
 def test_bad_settings():
-    with pytest.raises(ValueError, match=r"kind must be one of \['fgsm-rs', 'pgd', 'trades'\] \(an attack.*got 'free'"):
+    with pytest.raises(ValueError, match=r"kind must be one of \['fgsm-rs', 'pgd', 'trades', 'mart'\] \(an attack.*got 'free'"):
         AdversarialLoss("free", eps=0.3)
     with pytest.raises(ValueError, match="eps must be >= 0, got -0.3"):
         AdversarialLoss("pgd", eps=-0.3)
@@ -152,13 +168,13 @@ def test_bad_settings():
 
 
 @pytest.mark.parametrize("kind, options, message", [
-    ("fgsm-rs", {"steps": 3}, "steps applies only with kind='pgd' or 'trades' or 'sabr' or 'mtl-ibp' or 'cc-ibp', "
-                             "got kind='fgsm-rs'"),
-    ("pgd", {"beta": 3.0}, "beta applies only with kind='trades', got kind='pgd'"),
+    ("fgsm-rs", {"steps": 3}, "steps applies only with kind='pgd' or 'trades' or 'mart' or 'sabr' or 'mtl-ibp' or "
+                             "'cc-ibp', got kind='fgsm-rs'"),
+    ("pgd", {"beta": 3.0}, "beta applies only with kind='trades' or 'mart', got kind='pgd'"),
     ("trades", {"early_stop": False}, "early_stop applies only with kind='pgd', got kind='trades'"),
     ("pgd", {"kappa": 0.5}, "kappa applies only with kind='ibp' or 'crown-ibp' or 'sabr' or 'mtl-ibp' or 'cc-ibp', "
                      "got kind='pgd'"),
-    ("ibp", {"final_n": 5}, "final_n applies only with kind='fgsm-rs' or 'pgd' or 'trades', got kind='ibp'"),
+    ("ibp", {"final_n": 5}, "final_n applies only with kind='fgsm-rs' or 'pgd' or 'trades' or 'mart', got kind='ibp'"),
     ("ibp", {"gamma": 5}, "gamma is not a training option"),
 ])
 def test_an_option_the_kind_does_not_take_is_refused(kind, options, message):

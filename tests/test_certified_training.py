@@ -134,9 +134,9 @@ def test_bad_settings_are_one_clear_error(options, message):
 @pytest.mark.parametrize("kind, options, message", [
     ("ibp", {"box_share": 0.5}, "box_share applies only with kind='sabr', got kind='ibp'"),
     ("sabr", {"mix": 0.5}, "mix applies only with kind='mtl-ibp' or 'cc-ibp', got kind='sabr'"),
-    ("crown-ibp", {"steps": 4}, "steps applies only with kind='pgd' or 'trades' or 'sabr' or 'mtl-ibp' or 'cc-ibp', "
+    ("crown-ibp", {"steps": 4}, "steps applies only with kind='pgd' or 'trades' or 'mart' or 'sabr' or 'mtl-ibp' or 'cc-ibp', "
      "got kind='crown-ibp'"),
-    ("cc-ibp", {"beta": 6.0}, "beta applies only with kind='trades', got kind='cc-ibp'"),
+    ("cc-ibp", {"beta": 6.0}, "beta applies only with kind='trades' or 'mart', got kind='cc-ibp'"),
 ])
 def test_an_option_of_another_kind_is_refused(kind, options, message):
     with pytest.raises(ValueError, match=message):

@@ -266,14 +266,14 @@ def test_diverged_training_keeps_the_good_checkpoint(tiny_checkpoint, tmp_path, 
     (["eval", "--n", "20000"], "--n must be <= 10000 (the test images), got 20000"),
     (["attack", "--n", "10001"], "--n must be <= 10000 (the test images), got 10001"),
     (["attack", "--seed", str(2**64)], "--seed must be <= 9223372036854775807"),
-    (["train", "--eps", "0.1"], "--eps applies only with --adv fgsm-rs or pgd or trades or ibp or crown-ibp or sabr or "
-                                   "mtl-ibp or cc-ibp, got --adv none"),
-    (["train", "--adv", "fgsm-rs", "--steps", "3"], "--steps applies only with --adv pgd or trades or sabr or mtl-ibp or "
-                                                   "cc-ibp, got --adv fgsm-rs"),
-    (["train", "--adv", "pgd", "--beta", "3"], "--beta applies only with --adv trades, got --adv pgd"),
+    (["train", "--eps", "0.1"], "--eps applies only with --adv fgsm-rs or pgd or trades or mart or ibp or crown-ibp or "
+                                   "sabr or mtl-ibp or cc-ibp, got --adv none"),
+    (["train", "--adv", "fgsm-rs", "--steps", "3"], "--steps applies only with --adv pgd or trades or mart or sabr or "
+                                                   "mtl-ibp or cc-ibp, got --adv fgsm-rs"),
+    (["train", "--adv", "pgd", "--beta", "3"], "--beta applies only with --adv trades or mart, got --adv pgd"),
     (["train", "--resume"], "--resume applies only with --adv"),
     (["train", "--adv", "trades", "--no-early-stop"], "--no-early-stop applies only with --adv pgd, got --adv trades"),
-    (["train", "--final-n", "5"], "--final-n applies only with --adv fgsm-rs or pgd or trades, got --adv none"),
+    (["train", "--final-n", "5"], "--final-n applies only with --adv fgsm-rs or pgd or trades or mart, got --adv none"),
     (["train", "--adv", "pgd", "--final-n", "-1"], "--final-n must be >= 0, got -1"),
     (["train", "--train-size", "70000"], "--train-size must be <= 60000"),
 ])

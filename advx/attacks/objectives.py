@@ -115,3 +115,16 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
     """TRADES: ``CE(clean, y) + beta * mean_i KL(p_clean_i || p_adv_i)``."""
     kl = kl_from_clean(logits_clean.log_softmax(1), logits_adv).mean()
     return F.cross_entropy(logits_clean, y) + beta * kl
+
+
+def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
+              beta: float) -> torch.Tensor:
+    """MART (Wang et al. 2020): the boosted CE of the adversarial point, ``CE(adv, y) -
+    log(1 - p_adv(largest other class))``, plus ``beta * mean_i KL(p_clean_i || p_adv_i) *
+    (1 - p_clean_i(y))``: the KL term weighs most where the clean image is misclassified."""
+    p_other = logits_adv.softmax(1).scatter(1, y[:, None], 0.0).amax(1)
+    boosted = F.cross_entropy(logits_adv, y, reduction="none") - torch.log((1 - p_other).clamp_min(1e-12))
+    log_p_clean = logits_clean.log_softmax(1)
+    kl = kl_from_clean(log_p_clean, logits_adv)
+    return boosted.mean() + beta * (kl * (1 - log_p_clean.exp().gather(1, y[:, None]).squeeze(1))).mean()
+

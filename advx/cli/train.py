@@ -49,16 +49,17 @@ def add(sub) -> None:
                    help="--adv: Linf budget (default: the dataset's standard one: "
                         + ", ".join(f"{d.title} {d.eps['inf']:g}" for d in DATASETS.values()) + ")")
     t.add_argument("--alpha", type=float, default=None,
-                   help="--adv fgsm-rs/pgd/trades: step size (default: 1.25*eps for fgsm-rs, 2.5*eps/steps otherwise)")
+                   help="--adv fgsm-rs/pgd/trades/mart: step size (default: 1.25*eps for fgsm-rs, 2.5*eps/steps "
+                        "otherwise)")
     t.add_argument("--steps", type=int, default=None,
-                   help="--adv pgd/trades: attack steps (default: 10); sabr/mtl-ibp/cc-ibp: PGD steps of the "
+                   help="--adv pgd/trades/mart: attack steps (default: 10); sabr/mtl-ibp/cc-ibp: PGD steps of the "
                         "search for the attacked point (default: 8)")
     t.add_argument("--warmup-epochs", type=float, default=None,
                    help=f"--adv: ramp eps from 0 over this many epochs (default: {a.warmup_epochs:g})")
     t.add_argument("--no-early-stop", dest="early_stop", action="store_const", const=False, default=None,
                    help="--adv pgd: run every step on every sample (default: stop each sample at its "
                         "first adversarial iterate; without, the PGD-5 recipe overfits catastrophically)")
-    t.add_argument("--beta", type=float, default=None, help="--adv trades: weight of the KL term (default: 6)")
+    t.add_argument("--beta", type=float, default=None, help="--adv trades/mart: weight of the KL term (default: 6)")
     t.add_argument("--ramp-start", type=float, default=None,
                    help=f"--adv {CERTIFIED}: clean epochs before the eps ramp (default: {c.ramp_start:g})")
     t.add_argument("--kappa", type=float, default=None,
@@ -73,7 +74,7 @@ def add(sub) -> None:
     t.add_argument("--holdout", type=int, default=None,
                    help=f"--adv: training images held out for the per-epoch check (default: {a.holdout})")
     t.add_argument("--final-n", type=int, default=None, metavar="N",
-                   help="--adv fgsm-rs/pgd/trades: at the end, --suite strong on the first N held-out images, "
+                   help="--adv fgsm-rs/pgd/trades/mart: at the end, --suite strong on the first N held-out images, "
                         "stored in the checkpoint (0: skip; default: 500, at most --holdout)")
     t.add_argument("--resume", action="store_true",
                    help="--adv: continue from <checkpoint>.last.pt if it exists")
