@@ -137,30 +137,24 @@ def as_relus(pool: MaxPool, device="cpu") -> list[Op]:
     known (after a ReLU). Equal to ``pool`` at every input (up to float rounding)."""
     C = pool.in_shape[0]
     out_hw = pool.out_shape[1:]
-    # level 0 takes the K inputs of each window; each level halves the values per window
-    values = pool.size
-    mix = torch.eye(values)  # [values, inputs of the level]: the values as combinations of the level's inputs
-    chain: list[Op] = []
-    first, width = True, 1
-    while True:
-        pre, after = _level(values)  # [rows, values] pre-activations, [next values, rows] after the ReLU
-        weight = pre @ mix  # pre-activations from the level's inputs
+
+    def conv(weight, in_shape, kernel, stride):  # the same combination in every channel
         rows = weight.shape[0]
-        if first:
-            kernel = weight.view(rows, 1, *pool.kernel).repeat(C, 1, 1, 1)
-            chain.append(Conv(kernel.to(device), None, pool.stride, (0, 0), (1, 1), C, pool.in_shape,
-                              (C * rows, *out_hw), name="MaxPool2d (as ReLUs)"))
-        else:
-            kernel = weight.view(rows, width, 1, 1).repeat(C, 1, 1, 1)
-            chain.append(Conv(kernel.to(device), None, 1, (0, 0), (1, 1), C, (C * width, *out_hw),
-                              (C * rows, *out_hw), name="MaxPool2d (as ReLUs)"))
-        chain.append(ReLU((C * rows, *out_hw), (C * rows, *out_hw)))
-        first, values, mix, width = False, after.shape[0], after, rows
-        if values == 1:
-            kernel = mix.view(1, width, 1, 1).repeat(C, 1, 1, 1)
-            chain.append(Conv(kernel.to(device), None, 1, (0, 0), (1, 1), C, (C * width, *out_hw),
-                              (C, *out_hw), name="MaxPool2d (as ReLUs)"))
-            return chain
+        return Conv(weight.view(rows, -1, *kernel).repeat(C, 1, 1, 1).to(device), None, stride, (0, 0), (1, 1), C,
+                    in_shape, (C * rows, *out_hw), name="MaxPool2d (as ReLUs)")
+
+    # level 0 takes the K inputs of each window (the pooling's own kernel and stride); each
+    # level halves the values per window, from the ReLUs of the level before (1x1 convolutions)
+    values, mix = pool.size, torch.eye(pool.size)  # mix: the values from the level's inputs
+    in_shape, kernel, stride = pool.in_shape, pool.kernel, pool.stride
+    chain: list[Op] = []
+    while values > 1:
+        pre, after = _level(values)  # [rows, values] pre-activations, [next values, rows] after the ReLU
+        rows = pre.shape[0]
+        chain += [conv(pre @ mix, in_shape, kernel, stride), ReLU((C * rows, *out_hw), (C * rows, *out_hw))]
+        values, mix = after.shape[0], after
+        in_shape, kernel, stride = (C * rows, *out_hw), (1, 1), 1
+    return chain + [conv(mix, in_shape, kernel, stride)]
 
 
 def _level(n: int) -> tuple[torch.Tensor, torch.Tensor]:

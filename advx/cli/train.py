@@ -37,7 +37,7 @@ def add(sub) -> None:
     t.add_argument("--checkpoint", default=None,
                    help=f"output (default: {DEFAULT_CHECKPOINT}, or {ROBUST_CHECKPOINT} with --adv)")
     a, c = AdversarialConfig(), CertifiedConfig()
-    CERTIFIED = "/".join(CertifiedConfig.KINDS)
+    certified_kinds = "/".join(CertifiedConfig.KINDS)
     # The --adv options default to None, so that one given without --adv (or to a kind that
     # does not take it) is an error instead of being ignored; the kind's config fills the rest.
     t.add_argument("--adv", dest="kind", default="none", choices=["none", *KINDS],
@@ -61,9 +61,9 @@ def add(sub) -> None:
                         "first adversarial iterate; without, the PGD-5 recipe overfits catastrophically)")
     t.add_argument("--beta", type=float, default=None, help="--adv trades/mart: weight of the KL term (default: 6)")
     t.add_argument("--ramp-start", type=float, default=None,
-                   help=f"--adv {CERTIFIED}: clean epochs before the eps ramp (default: {c.ramp_start:g})")
+                   help=f"--adv {certified_kinds}: clean epochs before the eps ramp (default: {c.ramp_start:g})")
     t.add_argument("--kappa", type=float, default=None,
-                   help=f"--adv {CERTIFIED}: final weight of the clean loss, from 1 over the ramp "
+                   help=f"--adv {certified_kinds}: final weight of the clean loss, from 1 over the ramp "
                         f"(default: {c.kappa:g})")
     t.add_argument("--box-share", type=float, default=None, metavar="LAMBDA",
                    help="--adv sabr: the small box's radius as a share of eps, in (0, 1]; 1 is IBP "
