@@ -174,7 +174,11 @@ class AdversarialConfig:
         return lambda model: probe_metrics(model, x, y, eps=self.eps, precision=config.precision, seed=config.seed)
 
     def collapsed(self, history: list[dict]) -> bool:
-        """Catastrophic overfitting at the last epoch: the model learnt to beat the weak attack only."""
+        """Catastrophic overfitting at the last epoch: the model learnt to beat the weak attack
+        only. Not judged while eps still ramps up: the held-out check is at the full eps, which
+        a model trained on a smaller one is expected to fail."""
+        if not history or history[-1]["epoch"] < self.warmup_epochs:
+            return False
         return catastrophic_overfitting(history, key=self.best_key)
 
     def final_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, *,

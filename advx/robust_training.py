@@ -62,11 +62,14 @@ def last_checkpoint(checkpoint: str | Path) -> Path:
 
 class _Keeper:
     """The ``on_epoch_end`` hook: saves the best epoch (by ``key``) and the latest one, and
-    stops the run when ``collapsed(history)`` says it collapsed."""
+    stops the run when ``collapsed(history)`` says it collapsed. With weight averaging the
+    best checkpoint holds the averaged weights (loaded into ``averaged``, the network that
+    was measured); the latest holds the trained ones, which ``resume`` continues."""
 
-    def __init__(self, save, checkpoint: Path, model: nn.Module, key: str, collapsed, best: dict) -> None:
+    def __init__(self, save, checkpoint: Path, model: nn.Module, key: str, collapsed, best: dict,
+                 averaged: nn.Module | None = None) -> None:
         self.save, self.checkpoint, self.model, self.key, self.collapsed = save, checkpoint, model, key, collapsed
-        self.best = best
+        self.best, self.averaged = best, averaged
 
     def __call__(self, record: dict, train_state: dict) -> bool:
         key, history = self.key, train_state["history"]
@@ -74,12 +77,17 @@ class _Keeper:
         # model learns to defeat the weak training attack only. Later epochs do not recover.
         collapsed = self.collapsed(history)
         if collapsed:
+            best = max(history, key=lambda r: r[key])
             warnings.warn(f"catastrophic overfitting at epoch {record['epoch']}: held-out {key} "
                           f"collapsed to {record[key]:.2%}; training stops, the best checkpoint "
-                          f"(epoch {self.best['epoch']}, {self.best[key]:.2%}) is kept", stacklevel=3)
+                          f"(epoch {best['epoch']}, {best[key]:.2%}) is kept", stacklevel=3)
         if record[key] > self.best[key]:
             self.best = dict(record)
-            self.save(self.checkpoint, self.model, {"best": self.best, "history": history})
+            measured = self.model
+            if "average" in train_state:
+                self.averaged.load_state_dict(train_state["average"]["weights"])
+                measured = self.averaged
+            self.save(self.checkpoint, measured, {"best": self.best, "history": history})
         self.save(last_checkpoint(self.checkpoint), self.model, {"best": self.best, "history": history},
                   extra={"train_state": train_state})
         return collapsed
@@ -127,7 +135,9 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
 
     history = train(model, train_set, test_set, config, loss_fn=robust.loss_fn(config, dataset, world()[0]),
                     device=device, progress=progress, resume=state,
-                    on_epoch_end=_Keeper(save, checkpoint, model, robust.best_key, robust.collapsed, best),
+                    on_epoch_end=_Keeper(save, checkpoint, model, robust.best_key, robust.collapsed, best,
+                                         seeded_model(config.model, config.seed, dataset).to(device)
+                                         if config.ema is not None else None),
                     epoch_metrics=robust.epoch_metrics(config, hx, hy))
     best_model = seeded_model(config.model, config.seed, dataset).to(device)
     saved = load_checkpoint(checkpoint)  # rank 0 wrote it before the others left the epoch

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from advx.averaging import WeightAverage, check_decay
 from advx.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from advx.data import Split, iterate_batches, load_dataset
 from advx.datasets import MNIST, Dataset, get_dataset
@@ -59,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     train_size: int | None = None  # first N training images only (None: all 60,000)
     precision: str = "fp32"  # forward and backward under autocast in bf16/fp16 (see advx.precision)
+    ema: float | None = None  # decay of an average of the weights, the network measured and kept (None: off)
 
     def __post_init__(self) -> None:
         # Checked and stored as plain numbers (a frozen dataclass: set through object).
@@ -69,6 +71,7 @@ class TrainConfig:
         checked["seed"] = check_seed("seed", self.seed)
         checked["precision"] = check_precision("precision", self.precision)
         checked["dataset"] = get_dataset(self.dataset).name
+        checked["ema"] = check_decay("ema", self.ema)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -114,6 +117,10 @@ def train(
     uninterrupted run (load the weights into ``model`` first). A hook that
     returns True ends training after that epoch.
 
+    ``config.ema`` keeps an exponential moving average of the weights
+    (``advx.averaging``): the test accuracy and ``epoch_metrics`` measure the averaged
+    network, ``state["average"]`` holds its weights, and ``model`` ends holding them.
+
     ``config.precision`` other than fp32 runs the forward passes (and so the backward)
     under autocast with the weights in ``channels_last`` layout; the weights, the
     optimizer state and the reported accuracies stay fp32.
@@ -147,6 +154,10 @@ def train(
             if rank < len(per_rank):  # a rank the saved run did not have keeps its fresh stream
                 loss_fn.load_state_dict(per_rank[rank])
         history = [dict(r) for r in resume["history"]]
+    average = WeightAverage(model, config.ema) if config.ema is not None else None
+    if average is not None and resume is not None:
+        average.load_state_dict(resume["average"])
+    measured = model if average is None else average.model
     # the same weights, synced gradients (buffers: ``buffers_of_rank_0`` at every step)
     net = DistributedDataParallel(model, broadcast_buffers=False) if size > 1 else model
     progress = progress and rank == 0
@@ -158,25 +169,29 @@ def train(
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=True, unit="batch")
         train_loss, train_acc = _one_epoch(net, bar, steps_per_epoch, loss_fn, optimizer, scheduler, epoch,
-                                           device, precision)
+                                           device, precision, average)
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "train_acc": train_acc,
-            "test_acc": accuracy(model, test_set.x, test_set.y) if test_set is not None else None,
+            "test_acc": accuracy(measured, test_set.x, test_set.y) if test_set is not None else None,
             "seconds": time.perf_counter() - start,
             "precision": precision,  # as resolved on this device
         }
         if epoch_metrics is not None:
-            record.update(from_rank_0(lambda: epoch_metrics(model)))
+            record.update(from_rank_0(lambda: epoch_metrics(measured)))
         history.append(record)
         if progress:
             shown = {k: v for k, v in record.items() if k.endswith("_acc") and v is not None}
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         if on_epoch_end is not None:
             state = _training_state(optimizer, scheduler, shuffle, loss_fn, history, size)
+            if average is not None:
+                state["average"] = average.state_dict()
             if from_rank_0(lambda: bool(on_epoch_end(record, state))):  # asks to end here
                 break
+    if average is not None:
+        model.load_state_dict(average.model.state_dict())
     model.to(memory_format=torch.contiguous_format).eval()
     return history
 
@@ -192,7 +207,7 @@ def training_precision(precision: str, device) -> str:
 
 
 def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, scheduler, epoch: int,
-               device, precision: str) -> tuple[float, float]:
+               device, precision: str, average: WeightAverage | None = None) -> tuple[float, float]:
     """One pass over the batches of ``bar``, a weight step each: the loop of this module.
     The forward passes (and so their backward) run in ``precision``; the weights, the
     optimizer and the loss value stay fp32. Returns the epoch's mean training loss and accuracy."""
@@ -219,6 +234,8 @@ def _one_epoch(model, bar, steps_per_epoch: int, loss_fn: LossFn, optimizer, sch
             scaler.step(optimizer)
             scaler.update()
         scheduler.step()
+        if average is not None:
+            average.update(model.module if isinstance(model, DistributedDataParallel) else model)
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)

@@ -23,10 +23,9 @@ Every certificate is computed in fp32 afterwards:
     advx eval --checkpoint checkpoints/certified.pt --suite strong --eps 0.1 --n 1000 --certify crown
 """
 
-import argparse
 import sys
 
-from advx.cli import main
+from advx.cli import run_recipe
 
 _CPU = ["--model", "cert", "--adv", "ibp", "--epochs", "20", "--ramp-start", "1", "--warmup-epochs", "8",
         "--kappa", "0.5", "--batch-size", "256", "--lr", "2e-3", "--precision", "bf16"]
@@ -41,17 +40,7 @@ RECIPES = {
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--recipe", default="cpu-0.1")
-    known, rest = parser.parse_known_args(argv)
-    if "-h" in rest or "--help" in rest:
-        print(__doc__)
-        return main(["train", "--help"])
-    if known.recipe not in RECIPES:
-        print(f"train_certified.py: error: --recipe must be one of {', '.join(RECIPES)}, got {known.recipe!r}",
-              file=sys.stderr)
-        return 2
-    return main(["train", *RECIPES[known.recipe], *rest])
+    return run_recipe(argv, RECIPES, script="train_certified.py", doc=__doc__, default="cpu-0.1")
 
 
 if __name__ == "__main__":

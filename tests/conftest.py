@@ -96,6 +96,16 @@ class Linear(nn.Module):
         return self.fc(x.flatten(1))
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def success_rate(attack, model, x, y, goal):
     """Success on the samples the model gets right (and, targeted, whose label is not the goal)."""
     with torch.no_grad():

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import DATA_DIR, TinyCNN
+from conftest import DATA_DIR, TinyCNN, load_script
 
 from advx import PGD
 from advx import adversarial as adv_mod
@@ -156,6 +156,22 @@ def test_collapse_detector_on_real_runs(eps, alpha, epochs, collapses, tmp_path)
         assert last["probe_acc"] > 0.5 and last["fgsm_acc"] - last["probe_acc"] < 0.1
 
 
+def test_no_collapse_is_judged_while_eps_ramps_and_one_in_the_first_epoch_is_said_plainly(tmp_path):
+    """The held-out check is at the full eps: an epoch that ends with eps still ramping is
+    expected to fail it and is not a collapse. A collapse in the very first judged epoch
+    names that epoch as the one kept (before, its warning raised a KeyError)."""
+    from advx.robust_training import _Keeper
+    masked = [{"epoch": 1, "probe_acc": 0.02, "fgsm_acc": 0.98}]
+    assert not AdversarialConfig(kind="pgd", warmup_epochs=2).collapsed(masked)
+    assert AdversarialConfig(kind="pgd", warmup_epochs=1).collapsed(masked)
+    saved = []
+    keeper = _Keeper(lambda path, model, metrics, **extra: saved.append(path), tmp_path / "m.pt", TinyCNN(),
+                     "probe_acc", AdversarialConfig(kind="pgd", warmup_epochs=1).collapsed, {"probe_acc": -math.inf})
+    with pytest.warns(UserWarning, match=r"at epoch 1: .*the best checkpoint \(epoch 1, 2.00%\) is kept"):
+        assert keeper(masked[0], {"history": masked}) is True
+    assert saved == [tmp_path / "m.pt", tmp_path / "m.last.pt"]
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match=r"kind must be one of \['fgsm-rs', 'pgd', 'trades', 'mart'\] \(an attack.*got 'free'"):
         AdversarialLoss("free", eps=0.3)
@@ -191,8 +207,9 @@ def test_each_config_holds_the_defaults_of_its_kind():
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    config = TrainConfig(epochs=2, batch_size=100, train_size=600, seed=3)
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, ema):
+    config = TrainConfig(epochs=2, batch_size=100, train_size=600, seed=3, ema=ema)
     robust = AdversarialConfig(kind="pgd", eps=0.2, steps=2, warmup_epochs=1, holdout=100, final_n=0)
     common = dict(data_dir=DATA_DIR, progress=False)
     train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
@@ -218,6 +235,18 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     for k, v in uninterrupted["state_dict"].items():
         assert torch.equal(resumed["state_dict"][k], v), k
     assert uninterrupted["state_dict"]["features.0.weight"].abs().sum() > 0
+    best_a, best_b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    timeless = [{k: v for k, v in c["metrics"]["best"].items() if k != "seconds"} for c in (best_a, best_b)]
+    assert timeless[0] == timeless[1]
+    for k, v in best_a["state_dict"].items():
+        assert torch.equal(best_b["state_dict"][k], v), k
+    # with averaging the best checkpoint holds the average, the latest the trained weights
+    if best_a["metrics"]["best"]["epoch"] == 2:
+        kept = uninterrupted["train_state"]["average"]["weights"] if ema else uninterrupted["state_dict"]
+        assert all(torch.equal(best_a["state_dict"][k], v) for k, v in kept.items())
+    if ema:
+        assert not torch.equal(best_a["state_dict"]["features.0.weight"],
+                               uninterrupted["state_dict"]["features.0.weight"])
 
 
 def test_training_stops_when_a_hook_asks(mnist_train):
@@ -257,3 +286,22 @@ def test_the_final_suite_runs_on_held_out_images_only():
     with pytest.raises(ValueError, match=r"final_n must be <= holdout \(300\): the final suite runs on the held-out "
                                          r"images, got 20000"):
         AdversarialConfig(kind="pgd", holdout=300, final_n=20000)
+
+
+@pytest.mark.parametrize("name", ["cpu-short", "cpu-long"])
+def test_every_adversarial_recipe_is_a_valid_training_command(name):
+    from advx.cli import build_parser
+    from advx.robust_training import check_options
+    args = build_parser().parse_args(["train", *load_script("train_robust").RECIPES[name]])
+    given = {k: getattr(args, k) for k in ("steps", "warmup_epochs", "holdout") if getattr(args, k) is not None}
+    check_options(args.kind, given)
+    config = TrainConfig(epochs=args.epochs, ema=args.ema, precision=args.precision)
+    assert robust_config(args.kind, **given).kind == "pgd" and args.model == "small"
+    assert (config.ema is not None) == (name == "cpu-long")  # the long recipe keeps the averaged network
+    # the long recipe must not overwrite the short one's checkpoint
+    assert (args.checkpoint is None) == (name == "cpu-short")
+
+
+def test_an_unknown_adversarial_recipe_is_one_clear_error(capsys):
+    assert load_script("train_robust").run(["--recipe", "cpu-medium"]) == 2
+    assert "--recipe must be one of cpu-short, cpu-long, got 'cpu-medium'" in capsys.readouterr().err

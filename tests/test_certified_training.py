@@ -210,13 +210,8 @@ def test_batchnorm_in_train_mode_is_bounded_with_the_clean_batchs_statistics(kin
 
 
 def _recipes():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_certified.py"
-    spec = importlib.util.spec_from_file_location("train_certified", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from conftest import load_script
+    return load_script("train_certified")
 
 
 @pytest.mark.parametrize("name", ["cpu-0.1", "cpu-0.3", "gpu-0.1", "gpu-0.3"])
@@ -237,3 +232,44 @@ def test_every_recipe_is_a_valid_training_command(name):
 def test_an_unknown_recipe_is_one_clear_error(capsys):
     assert _recipes().run(["--recipe", "gpu-9"]) == 2
     assert "--recipe must be one of cpu-0.1, cpu-0.3, gpu-0.1, gpu-0.3, got 'gpu-9'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sabr", "cc-ibp"])
+def test_an_interrupted_certified_run_resumes_to_the_uninterrupted_weights(kind, tmp_path, monkeypatch):
+    """Killed in its second epoch's held-out check, then resumed: the same weights (the
+    attack's random stream and the averaged weights included) as a run never stopped."""
+    from conftest import DATA_DIR
+
+    from advx import certified as certified_mod
+    from advx.checkpoint import load_checkpoint
+    from advx.robust_training import train_robust
+    from advx.train import TrainConfig
+
+    config = TrainConfig(model="cert", epochs=2, batch_size=100, train_size=300, seed=4, ema=0.9)
+    robust = CertifiedConfig(kind=kind, eps=0.1, warmup_epochs=1, holdout=50, steps=2, eval_steps=2)
+    common = dict(data_dir=DATA_DIR, progress=False)
+    train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
+    real, calls = certified_mod.certified_metrics, []
+
+    def crash_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(certified_mod, "certified_metrics", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_robust(config, robust, checkpoint=tmp_path / "b.pt", **common)
+    monkeypatch.setattr(certified_mod, "certified_metrics", real)
+    train_robust(config, robust, checkpoint=tmp_path / "b.pt", resume=True, **common)
+    for name in ("a.last.pt", "b.last.pt"):
+        assert len(load_checkpoint(tmp_path / name)["metrics"]["history"]) == 2
+    a, b = load_checkpoint(tmp_path / "a.last.pt"), load_checkpoint(tmp_path / "b.last.pt")
+    for k, v in a["state_dict"].items():
+        assert torch.equal(b["state_dict"][k], v), k
+    for k, v in a["train_state"]["average"]["weights"].items():
+        assert torch.equal(b["train_state"]["average"]["weights"][k], v), k
+    from advx.train import seeded_model
+    initial = seeded_model("cert", 4).state_dict()["features.0.weight"]
+    assert not torch.equal(a["state_dict"]["features.0.weight"], initial)  # it trained

@@ -107,3 +107,58 @@ def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="training diverged: the loss became nan at epoch 1, step 2"):
         train_baseline(config, data_dir=DATA_DIR, checkpoint=path, progress=False)
     assert path.read_bytes() == before  # NaN weights were saved over it before the fix
+
+
+# ------------------------------- weight averaging (EMA)
+def test_weight_average_follows_its_formula_and_copies_integer_buffers():
+    from advx.averaging import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    start = _weights(net)
+    average = WeightAverage(net, decay=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        net[1].running_mean.fill_(4.0)
+        net[1].num_batches_tracked.fill_(7)
+    average.update(net)  # the first update's decay is min(0.5, 2/11): it moves 9/11 of the way
+    got = average.model.state_dict()
+    assert torch.allclose(got["0.weight"], start["0.weight"] + 9 / 11)
+    assert torch.allclose(got["1.running_mean"], torch.full((2,), 4 * 9 / 11))
+    assert got["1.num_batches_tracked"].item() == 7
+    for _ in range(30):
+        average.update(net)  # the decay is 0.5 from the 9th update on
+    assert torch.allclose(got["0.weight"], start["0.weight"] + 1, atol=1e-6)
+    assert not average.model.training and not any(p.requires_grad for p in average.model.parameters())
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_training_with_ema_measures_and_keeps_the_average_and_trains_as_without(small_set, mnist_test):
+    subset = small_set.head(512)
+    plain = seeded_model("small", 0)
+    train(plain, subset, None, TrainConfig(epochs=2, batch_size=128), progress=False)
+    model, raw, states, records = seeded_model("small", 0), [], [], []
+
+    def hook(record, state):
+        raw.append(_weights(model))
+        states.append(state)
+        records.append(record)
+
+    train(model, subset, mnist_test.head(500), TrainConfig(epochs=2, batch_size=128, ema=0.9), progress=False,
+          on_epoch_end=hook)
+    assert all(torch.equal(raw[-1][k], v) for k, v in plain.state_dict().items())  # the same weight steps
+    average = states[-1]["average"]
+    assert average["updates"] == 8
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in average["weights"].items())  # ends averaged
+    assert not torch.equal(model.state_dict()["features.0.weight"], raw[-1]["features.0.weight"])
+    # the test accuracy recorded is the averaged network's
+    from advx.modes import accuracy
+    assert records[-1]["test_acc"] == accuracy(model, mnist_test.x[:500], mnist_test.y[:500])
+
+
+@pytest.mark.parametrize("ema,message", [
+    (1.0, "ema must be < 1"), (0.0, "ema must be > 0, got 0.0"), (float("nan"), "ema must be a finite number"),
+])
+def test_ema_outside_zero_one_is_a_clear_error(ema, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(ema=ema)

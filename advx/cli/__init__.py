@@ -107,4 +107,21 @@ def _one_line_warning(command: str):
     return show
 
 
-__all__ = ["CLIError", "build_parser", "main"]
+
+def run_recipe(argv: list[str], recipes: dict[str, list[str]], *, script: str, doc: str, default: str) -> int:
+    """``advx train`` with the options of the recipe ``--recipe NAME`` in ``argv`` (``default``
+    when none is named) followed by the rest of ``argv``, whose options win; the body of the
+    ``scripts/train_*.py`` that offer recipes. ``--help`` prints ``doc``, then ``advx train --help``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--recipe", default=default)
+    known, rest = parser.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print(doc)
+        return main(["train", "--help"])
+    if known.recipe not in recipes:
+        print(f"{script}: error: --recipe must be one of {', '.join(recipes)}, got {known.recipe!r}", file=sys.stderr)
+        return 2
+    return main(["train", *recipes[known.recipe], *rest])
+
+
+__all__ = ["CLIError", "build_parser", "main", "run_recipe"]

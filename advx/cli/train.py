@@ -32,6 +32,9 @@ def add(sub) -> None:
     t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
     t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
     precision_option(t, "forward and backward (weights and optimizer stay fp32; fp16 on CUDA only)")
+    t.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay, in (0, 1) (e.g. "
+                        "0.999); the averaged network is the one measured and saved (default: off)")
     t.add_argument("--train-size", type=int, default=None, metavar="N",
                    help="train on the first N images only, for quick trials (default: all 60,000)")
     t.add_argument("--checkpoint", default=None,
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not adv:
         raise CLIError(f"--resume applies only with --adv ({', '.join(KINDS)}), got --adv none")
     config = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, seed=args.seed, train_size=args.train_size, precision=args.precision)
+                         lr=args.lr, seed=args.seed, train_size=args.train_size, precision=args.precision,
+                         ema=args.ema)
     device = distributed.init(device_named(args.device))  # under torchrun: data-parallel, this rank's device
     rank, size = distributed.world()
     default = ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT
