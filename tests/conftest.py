@@ -106,6 +106,18 @@ def load_script(name: str):
     return module
 
 
+def failing_on_call(real, call: int):
+    """``real``, except that its ``call``-th call raises KeyboardInterrupt (a power cut mid-run)."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt("power cut")
+        return real(*args, **kwargs)
+    return wrapped
+
+
 def success_rate(attack, model, x, y, goal):
     """Success on the samples the model gets right (and, targeted, whose label is not the goal)."""
     with torch.no_grad():

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import DATA_DIR, TinyCNN, load_script
+from conftest import DATA_DIR, TinyCNN, failing_on_call, load_script
 
 from advx import PGD
 from advx import adversarial as adv_mod
@@ -216,15 +216,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, ema):
     uninterrupted = load_checkpoint(tmp_path / "a.last.pt")
 
     real = adv_mod.probe_metrics
-    calls = []
-
-    def crash_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("power cut")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(adv_mod, "probe_metrics", crash_in_epoch_two)
+    monkeypatch.setattr(adv_mod, "probe_metrics", failing_on_call(real, 2))  # in epoch two
     with pytest.raises(KeyboardInterrupt):
         train_robust(config, robust, checkpoint=tmp_path / "b.pt", **common)
     assert len(load_checkpoint(tmp_path / "b.last.pt")["metrics"]["history"]) == 1

@@ -239,7 +239,7 @@ def test_an_unknown_recipe_is_one_clear_error(capsys):
 def test_an_interrupted_certified_run_resumes_to_the_uninterrupted_weights(kind, tmp_path, monkeypatch):
     """Killed in its second epoch's held-out check, then resumed: the same weights (the
     attack's random stream and the averaged weights included) as a run never stopped."""
-    from conftest import DATA_DIR
+    from conftest import DATA_DIR, failing_on_call
 
     from advx import certified as certified_mod
     from advx.checkpoint import load_checkpoint
@@ -250,15 +250,8 @@ def test_an_interrupted_certified_run_resumes_to_the_uninterrupted_weights(kind,
     robust = CertifiedConfig(kind=kind, eps=0.1, warmup_epochs=1, holdout=50, steps=2, eval_steps=2)
     common = dict(data_dir=DATA_DIR, progress=False)
     train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
-    real, calls = certified_mod.certified_metrics, []
-
-    def crash_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("power cut")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(certified_mod, "certified_metrics", crash_in_epoch_two)
+    real = certified_mod.certified_metrics
+    monkeypatch.setattr(certified_mod, "certified_metrics", failing_on_call(real, 2))  # in epoch two
     with pytest.raises(KeyboardInterrupt):
         train_robust(config, robust, checkpoint=tmp_path / "b.pt", **common)
     monkeypatch.setattr(certified_mod, "certified_metrics", real)
