@@ -46,7 +46,7 @@ class CheckpointError(AdvxError, ValueError):
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     *,
     model_name: str,
     dataset: str | Dataset = "mnist",
@@ -55,7 +55,8 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Save ``model`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+    """Save ``model`` (a module, or its state dict) to ``path`` atomically: a temp file in
+    the same folder, fsync, rename.
 
     A crash mid-save leaves the previous file at ``path`` as it was, and weights that are
     not finite (a diverged run) are refused, so they never replace a good checkpoint.
@@ -63,7 +64,8 @@ def save_checkpoint(
     ``input_shape``: one image's (default: the dataset's).
     """
     path, dataset = Path(path), get_dataset(dataset)
-    bad = non_finite_weights(model.state_dict())
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
+    bad = non_finite_weights(weights)
     if bad:
         raise CheckpointError(f"checkpoint: refusing to save {path}: the model's weights are not finite "
                               f"(NaN/inf in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
@@ -75,7 +77,7 @@ def save_checkpoint(
         "dataset": dataset.name,
         "input_shape": [int(v) for v in (dataset.shape if input_shape is None else input_shape)],
         "num_classes": dataset.num_classes,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
         "config": dict(config or {}),
         "metrics": dict(metrics or {}),
     }

@@ -1,7 +1,8 @@
 """The pictures advx draws: the examples grid of ``advx attack`` (originals, adversarials,
 perturbations, captioned with class names) and the accuracy-vs-eps curves of ``advx eval``
 and ``advx certify`` (with certificates: the certified lower bound, the attacks' upper
-bound and the unresolved band between them). Each is written atomically as a PNG."""
+bound and the unresolved band between them), and randomized smoothing's certified accuracy
+vs radius. Each is written atomically as a PNG."""
 
 from __future__ import annotations
 
@@ -112,23 +113,43 @@ def save_bounds_curve(path, eps: Sequence[float], certified: dict, attack: dict 
     return save_accuracy_axes(fig, ax, path, title, legend_size=8)
 
 
+def save_radius_curve(path, curves: dict, *, title: str = "") -> Path:
+    """Randomized smoothing's plot: certified accuracy vs L2 radius, one step line per sigma.
+    ``curves[sigma]`` is each image's certified radius where it is certified correct, ``None``
+    elsewhere (abstained or wrong), over the same images."""
+    fig, ax = _figure()
+    top = max([r for radii in curves.values() for r in radii if r is not None] + [1.0])
+    xs = torch.linspace(0, top * 1.05, 200)
+    for sigma, radii in curves.items():
+        held = torch.tensor([r for r in radii if r is not None], dtype=torch.float64)
+        acc = [(held >= float(r)).sum().item() / max(len(radii), 1) for r in xs]
+        ax.plot(xs.tolist(), acc, drawstyle="steps-post", label=f"sigma = {sigma:g}")
+    return save_accuracy_axes(fig, ax, path, title or "certified accuracy vs radius (randomized smoothing)",
+                              xlabel="L2 radius (pixel units)")
+
+
 def _accuracy_axes(eps: Sequence[float], clean_acc: float):
     """A figure for accuracy vs eps: ``(fig, ax, xs, head)``, where ``xs`` starts at eps = 0
     with the clean accuracy (``head``, prepended to every line) unless ``eps`` does."""
+    with_zero = eps[0] > 0
+    fig, ax = _figure()
+    return fig, ax, ([0.0, *eps] if with_zero else list(eps)), ([clean_acc] if with_zero else [])
+
+
+def _figure():
     import matplotlib  # imported here: it is slow to import and only the pictures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_zero = eps[0] > 0
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    return fig, ax, ([0.0, *eps] if with_zero else list(eps)), ([clean_acc] if with_zero else [])
+    return plt.subplots(figsize=(6, 4), dpi=120)
 
 
-def save_accuracy_axes(fig, ax, path, title: str = "", legend_size=None) -> Path:
-    """Label an accuracy-vs-eps plot, write it as PNG atomically, close it."""
+def save_accuracy_axes(fig, ax, path, title: str = "", legend_size=None,
+                       xlabel: str = "eps (pixel units)") -> Path:
+    """Label an accuracy-vs-eps plot (or vs ``xlabel``), write it as PNG atomically, close it."""
     import matplotlib.pyplot as plt
-    ax.set_xlabel("eps (pixel units)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)

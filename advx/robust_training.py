@@ -1,5 +1,6 @@
-"""Training for robustness, adversarial (``advx.adversarial``) or certified
-(``advx.certified``): the ``advx.train`` loop with the kind's loss, a held-out slice of the
+"""Training for robustness, adversarial (``advx.adversarial``), certified
+(``advx.certified``) or under noise for randomized smoothing (``advx.noisy``): the
+``advx.train`` loop with the kind's loss, a held-out slice of the
 training set measured after every epoch, the best epoch and the last one kept.
 
 ``train_robust`` writes ``checkpoint`` (the epoch with the best held-out figure, the
@@ -26,11 +27,12 @@ from advx.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from advx.data import load_dataset
 from advx.datasets import get_dataset
 from advx.distributed import world
+from advx.noisy import NoisyConfig
 from advx.train import TrainConfig, seeded_model, train, training_slice
 from advx.validate import InputError, only_with
 
-RobustConfig = Union[AdversarialConfig, CertifiedConfig]
-CONFIGS = (AdversarialConfig, CertifiedConfig)
+RobustConfig = Union[AdversarialConfig, CertifiedConfig, NoisyConfig]
+CONFIGS = (AdversarialConfig, CertifiedConfig, NoisyConfig)
 KINDS = tuple(kind for config in CONFIGS for kind in config.KINDS)
 
 
@@ -63,13 +65,12 @@ def last_checkpoint(checkpoint: str | Path) -> Path:
 class _Keeper:
     """The ``on_epoch_end`` hook: saves the best epoch (by ``key``) and the latest one, and
     stops the run when ``collapsed(history)`` says it collapsed. With weight averaging the
-    best checkpoint holds the averaged weights (loaded into ``averaged``, the network that
-    was measured); the latest holds the trained ones, which ``resume`` continues."""
+    best checkpoint holds the averaged weights (the network that was measured); the latest
+    holds the trained ones, which ``resume`` continues."""
 
-    def __init__(self, save, checkpoint: Path, model: nn.Module, key: str, collapsed, best: dict,
-                 averaged: nn.Module | None = None) -> None:
+    def __init__(self, save, checkpoint: Path, model: nn.Module, key: str, collapsed, best: dict) -> None:
         self.save, self.checkpoint, self.model, self.key, self.collapsed = save, checkpoint, model, key, collapsed
-        self.best, self.averaged = best, averaged
+        self.best = best
 
     def __call__(self, record: dict, train_state: dict) -> bool:
         key, history = self.key, train_state["history"]
@@ -83,10 +84,7 @@ class _Keeper:
                           f"(epoch {best['epoch']}, {best[key]:.2%}) is kept", stacklevel=3)
         if record[key] > self.best[key]:
             self.best = dict(record)
-            measured = self.model
-            if "average" in train_state:
-                self.averaged.load_state_dict(train_state["average"]["weights"])
-                measured = self.averaged
+            measured = train_state["average"]["weights"] if "average" in train_state else self.model
             self.save(self.checkpoint, measured, {"best": self.best, "history": history})
         self.save(last_checkpoint(self.checkpoint), self.model, {"best": self.best, "history": history},
                   extra={"train_state": train_state})
@@ -97,8 +95,8 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
                  data_dir=None, device: str = "cpu", progress: bool = True,
                  resume: bool = False) -> tuple[nn.Module, list[dict]]:
     """Train ``config.model`` on ``config.dataset``'s training set, less ``robust.holdout``
-    held-out images, with the loss of ``robust`` (an ``AdversarialConfig`` or a
-    ``CertifiedConfig``); see the module docstring. Returns the best model (eval mode) and
+    held-out images, with the loss of ``robust`` (an ``AdversarialConfig``, a
+    ``CertifiedConfig`` or a ``NoisyConfig``); see the module docstring. Returns the best model (eval mode) and
     the history of every epoch."""
     if not robust.data_parallel and world()[1] > 1:
         raise InputError(f"kind {robust.kind!r}: certified training does not run data-parallel yet; run it in one "
@@ -135,9 +133,7 @@ def train_robust(config: TrainConfig, robust: RobustConfig, *, checkpoint: str |
 
     history = train(model, train_set, test_set, config, loss_fn=robust.loss_fn(config, dataset, world()[0]),
                     device=device, progress=progress, resume=state,
-                    on_epoch_end=_Keeper(save, checkpoint, model, robust.best_key, robust.collapsed, best,
-                                         seeded_model(config.model, config.seed, dataset).to(device)
-                                         if config.ema is not None else None),
+                    on_epoch_end=_Keeper(save, checkpoint, model, robust.best_key, robust.collapsed, best),
                     epoch_metrics=robust.epoch_metrics(config, hx, hy))
     best_model = seeded_model(config.model, config.seed, dataset).to(device)
     saved = load_checkpoint(checkpoint)  # rank 0 wrote it before the others left the epoch

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advx.certified import CertifiedConfig
+from advx.certified import CertifiedConfig, CertifiedLoss
 from advx.certify import Certifier
-from advx.certified import CertifiedLoss
 from advx.models import build_model
 from advx.robust_training import robust_config
+from conftest import DATA_DIR, failing_on_call, load_script
 
 EPS, KAPPA = 0.2, 0.3
 
@@ -209,16 +209,11 @@ def test_batchnorm_in_train_mode_is_bounded_with_the_clean_batchs_statistics(kin
     assert not torch.allclose(eval_margins[other], train_margins[other], atol=1e-2)
 
 
-def _recipes():
-    from conftest import load_script
-    return load_script("train_certified")
-
-
 @pytest.mark.parametrize("name", ["cpu-0.1", "cpu-0.3", "gpu-0.1", "gpu-0.3"])
 def test_every_recipe_is_a_valid_training_command(name):
     from advx.cli import build_parser
     from advx.robust_training import check_options
-    script = _recipes()
+    script = load_script("train_certified")
     args = build_parser().parse_args(["train", *script.RECIPES[name]])
     given = {k: getattr(args, k) for k in ("eps", "box_share", "kappa", "warmup_epochs", "ramp_start")
              if getattr(args, k) is not None}
@@ -230,7 +225,7 @@ def test_every_recipe_is_a_valid_training_command(name):
 
 
 def test_an_unknown_recipe_is_one_clear_error(capsys):
-    assert _recipes().run(["--recipe", "gpu-9"]) == 2
+    assert load_script("train_certified").run(["--recipe", "gpu-9"]) == 2
     assert "--recipe must be one of cpu-0.1, cpu-0.3, gpu-0.1, gpu-0.3, got 'gpu-9'" in capsys.readouterr().err
 
 
@@ -239,8 +234,6 @@ def test_an_unknown_recipe_is_one_clear_error(capsys):
 def test_an_interrupted_certified_run_resumes_to_the_uninterrupted_weights(kind, tmp_path, monkeypatch):
     """Killed in its second epoch's held-out check, then resumed: the same weights (the
     attack's random stream and the averaged weights included) as a run never stopped."""
-    from conftest import DATA_DIR, failing_on_call
-
     from advx import certified as certified_mod
     from advx.checkpoint import load_checkpoint
     from advx.robust_training import train_robust

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advx.certify.ops import Conv, Op, ReLU
+from advx.certify.ops import Conv, Linear, Op, ReLU
 
 
 class MaxPool(Op):
@@ -124,7 +124,7 @@ def _straight(raw: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
 def split_pools(chain: list[Op]) -> list[Op]:
     """``chain`` with each max-pooling written as ReLUs (``as_relus``): the same function,
     whose ReLUs branch and bound can split."""
-    device = next((op._weight.device for op in chain if getattr(op, "_weight", None) is not None), "cpu")
+    device = next((op.weight.device for op in chain if isinstance(op, (Linear, Conv))), "cpu")
     return [new for op in chain for new in (as_relus(op, device) if isinstance(op, MaxPool) else [op])]
 
 

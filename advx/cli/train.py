@@ -1,4 +1,5 @@
-"""``advx train``: train a CNN, clean or adversarially (dL/dW), and save a checkpoint."""
+"""``advx train``: train a CNN, clean, adversarially, for certificates or under noise (dL/dW),
+and save a checkpoint."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from advx.cli.common import CLIError, common_options, device_named, precision_op
 from advx.datasets import DATASET_NAMES, DATASETS, get_dataset
 from advx.files import check_output_file
 from advx.models import MODELS
+from advx.noisy import NoisyConfig
 from advx.report.common import format_table
 from advx.robust_training import CONFIGS, KINDS, check_options, last_checkpoint, robust_config, train_robust
 from advx.train import TrainConfig, train_baseline, training_precision
@@ -24,7 +26,9 @@ def add(sub) -> None:
                        description="Train a CNN on MNIST or Fashion-MNIST (the weight-gradient loop) and save a "
                                    "checkpoint (it records the dataset). "
                                    "With --adv, each batch is first attacked (dL/dX, weights frozen), then "
-                                   "the weights step on the attacked batch.")
+                                   "the weights step on the attacked batch; --adv gaussian/consistency trains "
+                                   "on noisy copies instead, for randomized smoothing (advx certify --method "
+                                   "smoothing).")
     d = TrainConfig()
     t.add_argument("--model", default=d.model, choices=sorted(MODELS), help=f"default: {d.model}")
     t.add_argument("--dataset", default=d.dataset, choices=DATASET_NAMES, help=f"default: {d.dataset}")
@@ -46,8 +50,8 @@ def add(sub) -> None:
     t.add_argument("--adv", dest="kind", default="none", choices=["none", *KINDS],
                    help="adversarial training: the attack that makes each batch; ibp/crown-ibp: "
                         "certified training on bounds over the whole ball; sabr: on bounds over a small box "
-                        "around an attacked point; mtl-ibp/cc-ibp: an attacked point and IBP's bounds mixed "
-                        "(default: none)")
+                        "around an attacked point; mtl-ibp/cc-ibp: an attacked point and IBP's bounds mixed; "
+                        "gaussian/consistency: Gaussian noise, for randomized smoothing (default: none)")
     t.add_argument("--eps", type=float, default=None,
                    help="--adv: Linf budget (default: the dataset's standard one: "
                         + ", ".join(f"{d.title} {d.eps['inf']:g}" for d in DATASETS.values()) + ")")
@@ -74,8 +78,17 @@ def add(sub) -> None:
     t.add_argument("--mix", type=float, default=None, metavar="ALPHA",
                    help="--adv mtl-ibp/cc-ibp: weight of IBP's bounds against the attacked point, in [0, 1]; "
                         "1 is IBP, 0 adversarial training (default: 0.5)")
+    n = NoisyConfig()
+    t.add_argument("--sigma", type=float, default=None,
+                   help=f"--adv gaussian/consistency: the noise's standard deviation, the sigma the model will be "
+                        f"smoothed with (default: {n.sigma:g})")
+    t.add_argument("--copies", type=int, default=None,
+                   help="--adv consistency: noisy copies of each image (default: 2)")
+    t.add_argument("--kl-weight", type=float, default=None, metavar="LAMBDA",
+                   help="--adv consistency: weight of the copies' disagreement (KL to their mean; default: 10)")
     t.add_argument("--holdout", type=int, default=None,
-                   help=f"--adv: training images held out for the per-epoch check (default: {a.holdout})")
+                   help=f"--adv: training images held out for the per-epoch check (default: {a.holdout}; "
+                        f"gaussian/consistency: {n.holdout})")
     t.add_argument("--final-n", type=int, default=None, metavar="N",
                    help="--adv fgsm-rs/pgd/trades/mart: at the end, --suite strong on the first N held-out images, "
                         "stored in the checkpoint (0: skip; default: 500, at most --holdout)")
@@ -101,12 +114,17 @@ def run(args: argparse.Namespace) -> int:
     default = ROBUST_CHECKPOINT if adv else DEFAULT_CHECKPOINT
     checkpoint = check_output_file(default if args.checkpoint is None else args.checkpoint, "--checkpoint")
     dataset = get_dataset(config.dataset)
-    robust = robust_config(args.kind, **{"eps": dataset.eps["inf"], **given}) if adv else None
+    noisy = args.kind in NoisyConfig.KINDS
+    defaults = {} if noisy else {"eps": dataset.eps["inf"]}
+    robust = robust_config(args.kind, **{**defaults, **given}) if adv else None
     if adv:
         check_output_file(last_checkpoint(checkpoint))
     certified = isinstance(robust, CertifiedConfig)
-    what = f"{'certified' if certified else 'adversarial'} training ({args.kind}, eps {robust.eps:g})" if adv \
-        else "training"
+    if noisy:
+        what = f"training under noise ({args.kind}, sigma {robust.sigma:g})"
+    else:
+        what = f"{'certified' if certified else 'adversarial'} training ({args.kind}, eps {robust.eps:g})" if adv \
+            else "training"
     precision = training_precision(config.precision, device)
     if rank == 0:
         print(f"{what}: {config.model} on {dataset.title}, {config.epochs} epochs, "
@@ -122,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = _robust_rows(robust, history, checkpoint) if adv else [("test accuracy", f"{history[-1]['test_acc']:.2%}")]
     rows += [("wall time", f"{time.perf_counter() - start:.1f} s"), ("checkpoint", str(checkpoint))]
-    title = ("certified model" if certified else "robust model") if adv else "baseline"
+    title = ("noise-trained model" if noisy else "certified model" if certified else "robust model") if adv \
+        else "baseline"
     print(format_table(rows, title=title))
     return 0
 
@@ -131,6 +150,12 @@ def _robust_rows(robust, history: list[dict], checkpoint) -> list[tuple[str, str
     """The summary of adversarial or certified training: the best epoch's held-out figures
     and the final strong-suite figure stored in the checkpoint."""
     best = max(history, key=lambda r: r[robust.best_key])
+    if isinstance(robust, NoisyConfig):
+        return [("best epoch (held-out ACR)", f"{best['epoch']} of {len(history)}"),
+                ("test accuracy (clean)", f"{best['test_acc']:.2%}"),
+                (f"held-out smoothed accuracy (sigma {robust.sigma:g})", f"{best['smoothed_acc']:.2%}"),
+                (f"held-out certified accuracy at radius {robust.sigma:g}", f"{best['cert_acc_sigma']:.2%}"),
+                ("held-out average certified radius", f"{best['acr']:.3f}")]
     certified = isinstance(robust, CertifiedConfig)
     eps, by = f"at eps {robust.eps:g}", "certified" if certified else "probe"
     rows = [(f"best epoch (held-out {by})", f"{best['epoch']} of {len(history)}"),
