@@ -25,6 +25,7 @@ from advx.loading import ModelLoadError, check_classifier, load_exported, model_
 from advx.models import MODELS, MadryCNN, Normalized, SmallCNN, build_model
 from advx.modes import accuracy, frozen, predictions
 from advx.norms import L1, L2, Linf, get_norm
+from advx.smoothing import ABSTAIN, Smoothed, certify_smoothed
 from advx.subject import Subject, load_subject
 from advx.train import TrainConfig, train, train_baseline
 
@@ -46,4 +47,5 @@ __all__ = [
     "TrainConfig", "train", "train_baseline",
     "EvalConfig", "Evaluation", "evaluate", "run_attack", "Subject", "load_subject",
     "Certificate", "Certifier", "certify",
+    "ABSTAIN", "Smoothed", "certify_smoothed",
 ]

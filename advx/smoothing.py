@@ -130,13 +130,14 @@ class Smoothed(nn.Module):
                batch_size: int = 1000, precision: str = "fp32", progress: bool = False) -> torch.Tensor:
         """Votes [N, K] of ``samples`` noisy copies of each image of ``x``, after ``skip``
         draws of its stream (CERTIFY's selection draws come first, then its estimation)."""
+        check_images(x, bounds=None, shape=tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None)
         samples = check_number("samples", samples, minimum=1, integer=True)
         batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
         seed = check_seed("seed", seed)
         ids = _ids(sample_ids, len(x))
         device = device_of(self.model, x.device)
         precision = resolve(precision, device)
-        votes = None
+        votes = torch.zeros(0)
         low = precision != "fp32"  # bf16: the convolutions' fast layout too
         with frozen(self.model), search_layout(self.model, low), \
                 bar(len(x), desc=f"smoothing (sigma {self.sigma:g})", unit="img", enabled=progress) as shown:
@@ -150,11 +151,11 @@ class Smoothed(nn.Module):
                         noisy = fast_images(noisy) if low else noisy
                         with autocast(precision, device):
                             logits = checked_logits(self.model(noisy), len(noisy), what="the base model")
-                        if votes is None:
+                        if votes.numel() == 0:
                             votes = torch.zeros(len(x), logits.shape[1], dtype=torch.long)
                         votes[i] += torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1])
                 shown.update(1)
-        return torch.zeros(0, 0, dtype=torch.long) if votes is None else votes
+        return votes
 
     def predict(self, x: torch.Tensor, *, samples: int = 1000, alpha: float = 0.001, seed: int = 0,
                 sample_ids=None, batch_size: int = 1000, precision: str = "fp32",
@@ -163,7 +164,6 @@ class Smoothed(nn.Module):
         binomial test says it beats the runner-up at level ``alpha`` (then it is g's class
         with probability at least ``1 - alpha``)."""
         samples = check_samples(samples, alpha, two_sided=True)
-        check_images(x, bounds=None, shape=tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None)
         votes = self.counts(x, samples, seed=seed, sample_ids=sample_ids, batch_size=batch_size,
                             precision=precision, progress=progress)
         top2 = votes.topk(2, dim=1)
@@ -182,7 +182,6 @@ class Smoothed(nn.Module):
         ``sigma * Phi^-1(p_lower)``, or ``ABSTAIN`` when ``p_lower <= 1/2``."""
         n0 = check_number("n0", n0, minimum=1, integer=True)
         samples = check_samples(samples, alpha)
-        check_images(x, bounds=None, shape=tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None)
         common = dict(seed=seed, sample_ids=sample_ids, batch_size=batch_size, precision=precision)
         chosen = self.counts(x, n0, **common).argmax(1)
         votes = self.counts(x, samples, skip=n0, progress=progress, **common)

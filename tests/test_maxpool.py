@@ -207,6 +207,7 @@ def pool_instance(seed: int, relu_first: bool):
     return model, x, label, eps, truth
 
 
+@pytest.mark.slow
 def test_branch_and_bound_splits_max_pooling_and_agrees_with_the_exact_answer():
     """Max-pooling as ReLUs is branched on: every verdict agrees with the exact MILP of the
     same network, and without the splits a network whose only nonlinearity is max-pooling

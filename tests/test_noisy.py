@@ -8,12 +8,13 @@ from torch import nn
 
 from advx import noisy as noisy_mod
 from advx.checkpoint import load_checkpoint
+from advx.cli import build_parser
 from advx.noisy import NoisyConfig, NoisyLoss
 from advx.robust_training import robust_config, train_robust
 from advx.smoothing import Smoothed
 from advx.train import TrainConfig, train_baseline
 from advx.validate import InputError
-from conftest import DATA_DIR, failing_on_call
+from conftest import DATA_DIR, failing_on_call, load_script
 
 
 def _model():
@@ -90,6 +91,7 @@ def test_an_interrupted_noisy_run_resumes_to_the_uninterrupted_weights(kind, tmp
         assert torch.equal(b["state_dict"][k], v), k
 
 
+@pytest.mark.slow
 def test_noise_training_makes_the_smoothed_model_better_than_clean_training(mnist_test, tmp_path):
     """Same model, data and steps: trained on noisy images, the model smoothed at sigma 0.5
     is right on more test images than the same model trained on clean ones."""
@@ -106,3 +108,16 @@ def test_noise_training_makes_the_smoothed_model_better_than_clean_training(mnis
         result = Smoothed(model, 0.5).predict(x, samples=100, alpha=0.01)
         smoothed[kind] = (result.prediction == y).float().mean().item()
     assert smoothed["gaussian"] > smoothed[None] + 0.1
+
+
+@pytest.mark.parametrize("name", load_script("train_smoothed").RECIPES)
+def test_every_smoothing_recipe_is_a_valid_training_command(name):
+    args = build_parser().parse_args(["train", *load_script("train_smoothed").RECIPES[name]])
+    config = robust_config(args.kind, sigma=args.sigma, holdout=args.holdout)
+    assert config.kind == name.split("-")[0] and config.sigma == float(name.split("-")[1])
+    assert args.checkpoint == f"checkpoints/smoothed-{name}.pt"
+
+
+def test_an_unknown_smoothing_recipe_is_one_clear_error(capsys):
+    assert load_script("train_smoothed").run(["--recipe", "gaussian-2"]) == 2
+    assert "--recipe must be one of gaussian-0.25, gaussian-0.5" in capsys.readouterr().err

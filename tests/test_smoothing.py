@@ -2,23 +2,18 @@
 a linear classifier (where p_A has a closed form), PREDICT's abstention at a tie, and the
 contract of a measurement (reproducible, batch-size independent, the model left as it was)."""
 
-import csv
-import json
 import math
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from scipy.stats import beta, binom, binomtest
 from torch import nn
 
 from advx.attacks.eot import Seeded, draw
-from advx.cli import main
 from advx.smoothing import ABSTAIN, Smoothed, binomial_p_value, check_samples, lower_confidence_bound
 from advx.validate import InputError
-from conftest import DATA_DIR
 
 D = 6  # inputs of the linear classifier
 
@@ -175,45 +170,7 @@ def test_the_least_sample_count_is_the_first_that_can_decide(alpha):
     assert lower_confidence_bound(least - 1, least - 1, alpha) <= 0.5
 
 
-def test_the_cli_certifies_at_each_sigma_and_writes_its_report(small_checkpoint, tmp_path, capsys):
-    out = tmp_path / "smooth"
-    code = main(["certify", "--checkpoint", str(small_checkpoint), "--method", "smoothing", "--sigma", "0.5,0.25",
-                 "--n", "6", "--samples", "200", "--n0", "20", "--alpha", "0.01", "--eps", "0.25,0.5",
-                 "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet"])
-    assert code == 0
-    assert "certified accuracy at L2 radius:" in capsys.readouterr().out
-    report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["sigmas"] == [0.25, 0.5] and report["settings"]["samples"] == 200
-    rows = list(csv.DictReader((out / "per_sample.csv").open()))
-    assert len(rows) == 6
-    for sigma in ("0.25", "0.5"):
-        radius = [float(r[f"radius@{sigma}"]) for r in rows]
-        answered = [r[f"prediction@{sigma}"] != "abstain" for r in rows]
-        assert all((r > 0) == a for r, a in zip(radius, answered))
-        right = [a and int(r[f"prediction@{sigma}"]) == int(r["label"]) for r, a in zip(rows, answered)]
-        for reported, acc in report["certified_acc"][sigma].items():
-            assert acc == pytest.approx(sum(ok and x >= float(reported) for ok, x in zip(right, radius)) / 6)
-    assert Image.open(out / "curve.png").size[0] > 100
-
-
-@pytest.mark.parametrize("options, message", [
-    (["--method", "smoothing", "--norm", "inf"], "--norm must be 2 with --method smoothing"),
-    (["--method", "smoothing", "--sigma", "0.5,-1"], "--sigma must be > 0, got -1"),
-    (["--method", "smoothing", "--samples", "5"], "--samples must be >= 10 at alpha=0.001"),
-    (["--method", "smoothing", "--n0", "0"], "--n0 must be >= 1, got 0"),
-    (["--method", "smoothing", "--alpha", "0"], "--alpha must be > 0, got 0"),
-    (["--method", "smoothing", "--timeout", "5"], "--timeout applies only with --method bab"),
-    (["--samples", "100"], "--samples applies only with --method smoothing, got --method crown"),
-])
-def test_bad_smoothing_options_are_one_line_and_write_nothing(small_checkpoint, tmp_path, capsys, options, message):
-    out = tmp_path / "smooth"
-    code = main(["certify", "--checkpoint", str(small_checkpoint), "--n", "2", "--data-dir", str(DATA_DIR),
-                 "--out", str(out), "--quiet", *options])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and "Traceback" not in err
-    assert not (out / "report.json").exists()
-
-
+@pytest.mark.slow
 def test_an_eot_attack_does_not_break_a_certified_image_inside_its_radius(trained_cnn, mnist_test):
     """L2 PGD with EOT gradients on the smoothed model, inside 0.9 of each certified radius,
     then PREDICT's statistical verdict on what it found: a changed answer may come only from
