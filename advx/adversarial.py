@@ -35,14 +35,14 @@ from advx.attacks.objectives import mart_loss, trades_loss
 from advx.datasets import Dataset
 from advx.precision import check_precision
 from advx.probe import catastrophic_overfitting, final_metrics, probe_metrics
-from advx.rng import mix_seed
+from advx.rng import StreamState, mix_seed
 from advx.train import TrainConfig
-from advx.validate import InputError, check_number, check_seed, only_with
+from advx.validate import InputError, check_kind_options, check_number, check_seed
 
 KINDS = ("fgsm-rs", "pgd", "trades", "mart")
 
 
-class AdversarialLoss:
+class AdversarialLoss(StreamState):
     """The trainer's ``loss_fn`` for adversarial training (see module docstring).
 
     Its random stream (random starts) is part of the training state, so a resumed run
@@ -98,12 +98,6 @@ class AdversarialLoss:
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
 
 @dataclass(frozen=True)
 class AdversarialConfig:
@@ -135,11 +129,7 @@ class AdversarialConfig:
     data_parallel = True
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise InputError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
-        for name, kinds in self.USES.items():
-            if getattr(self, name) is not None and self.kind not in kinds:
-                raise InputError(only_with(name, kinds, self.kind))
+        check_kind_options(self)
         if self.early_stop not in (None, True, False):
             raise InputError(f"early_stop must be True or False, got {self.early_stop!r}")
         checked = {"eps": check_number("eps", self.eps, minimum=0),

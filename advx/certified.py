@@ -47,14 +47,15 @@ from advx.datasets import Dataset
 from advx.modes import accuracy
 from advx.precision import check_precision
 from advx.train import TrainConfig
-from advx.validate import InputError, check_number, check_seed, only_with
+from advx.rng import StreamState
+from advx.validate import InputError, check_kind_options, check_number, check_seed
 
 KINDS = ("ibp", "crown-ibp", "sabr", "mtl-ibp", "cc-ibp")
 ATTACKED_KINDS = ("sabr", "mtl-ibp", "cc-ibp")  # those that search the ball first (``steps``)
 MIXED_KINDS = ("mtl-ibp", "cc-ibp")  # those that take ``mix`` (alpha)
 
 
-class CertifiedLoss:
+class CertifiedLoss(StreamState):
     """``loss_fn(model, x, y, *, epoch)`` of certified training (see the module docstring).
 
     ``box_share`` is SABR's lam in (0, 1], ``mix`` the alpha of MTL-IBP and CC-IBP in
@@ -157,12 +158,6 @@ class CertifiedLoss:
             for op in ops:
                 op.statistics = None
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
 
 @contextmanager
 def _recorded(model: nn.Module):
@@ -229,11 +224,7 @@ class CertifiedConfig:
     data_parallel = False
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise InputError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
-        for name, kinds in self.USES.items():
-            if getattr(self, name) is not None and self.kind not in kinds:
-                raise InputError(only_with(name, kinds, self.kind))
+        check_kind_options(self)
         checked = {"eps": check_number("eps", self.eps, minimum=0),
                    "ramp_start": check_number("ramp_start", self.ramp_start, minimum=0),
                    "warmup_epochs": check_number("warmup_epochs", self.warmup_epochs, minimum=0),

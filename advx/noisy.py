@@ -28,17 +28,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from advx.datasets import Dataset
 from advx.modes import accuracy
-from advx.rng import mix_seed
+from advx.rng import StreamState, mix_seed
 from advx.smoothing import Smoothed
 from advx.train import TrainConfig
-from advx.validate import InputError, check_number, check_seed, only_with
+from advx.validate import InputError, check_kind_options, check_number, check_seed
 
 KINDS = ("gaussian", "consistency")
 ENTROPY = 0.5  # Jeong & Shin's eta, the weight of the mean prediction's entropy
 HOLDOUT_CERTIFY = {"n0": 16, "samples": 128, "alpha": 0.001}  # the per-epoch check: quick, coarse
 
 
-class NoisyLoss:
+class NoisyLoss(StreamState):
     """The trainer's ``loss_fn`` for training under Gaussian noise (see the module docstring)."""
 
     def __init__(self, kind: str, *, sigma: float, copies: int = 2, kl_weight: float = 10.0, seed: int = 0) -> None:
@@ -69,12 +69,6 @@ class NoisyLoss:
         entropy = -(mean * log_mean).sum(1).mean()
         return loss + self.kl_weight * kl + ENTROPY * entropy, logits[:len(y)]
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
 
 @dataclass(frozen=True)
 class NoisyConfig:
@@ -98,11 +92,7 @@ class NoisyConfig:
     data_parallel = True
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise InputError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
-        for name, kinds in self.USES.items():
-            if getattr(self, name) is not None and self.kind not in kinds:
-                raise InputError(only_with(name, kinds, self.kind))
+        check_kind_options(self)
         checked = {"sigma": check_number("sigma", self.sigma, minimum=0, strict=True),
                    "holdout": check_number("holdout", self.holdout, minimum=1, integer=True)}
         if self.kind == "consistency":

@@ -33,6 +33,19 @@ def salt_of(*parts) -> int:
     return zlib.crc32("|".join(repr(p) for p in parts).encode())
 
 
+class StreamState:
+    """For a training loss with one random stream, ``self.generator``: its state is part of
+    the training state, so a resumed run draws what the uninterrupted one would have."""
+
+    generator: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
 class SampleRNG:
     """One ``torch.Generator`` per sample. ``rng[index]`` is the streams of a subset
     (the same generator objects, so drawing from the subset advances them)."""

@@ -75,6 +75,16 @@ def only_with(option: str, kinds, kind: str, *, key: str = "kind") -> str:
     return f"{option} applies only with {key}=" + " or ".join(map(repr, kinds)) + f", got {key}={kind!r}"
 
 
+def check_kind_options(config) -> None:
+    """A training config's ``kind`` is one of its ``KINDS``, and none of the options that only
+    some kinds take (``USES``: option -> kinds) is set (not None) for another kind."""
+    if config.kind not in config.KINDS:
+        raise InputError(f"kind must be one of {list(config.KINDS)}, got {config.kind!r}")
+    for name, kinds in config.USES.items():
+        if getattr(config, name) is not None and config.kind not in kinds:
+            raise InputError(only_with(name, kinds, config.kind))
+
+
 def is_integer_labels(y) -> bool:
     """A tensor of integer class labels (any integer dtype; not bool, float or complex)."""
     return isinstance(y, torch.Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)

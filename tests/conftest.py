@@ -118,6 +118,24 @@ def failing_on_call(real, call: int):
     return wrapped
 
 
+def killed_and_resumed(config, robust, tmp_path, monkeypatch, module, metrics: str):
+    """``robust`` training run whole (``a.pt``), and again killed in the second epoch's held-out
+    check (``module.metrics`` raising) then resumed (``b.pt``): the two latest checkpoints."""
+    from advx.checkpoint import load_checkpoint
+    from advx.robust_training import train_robust
+
+    common = dict(data_dir=DATA_DIR, progress=False)
+    train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
+    real = getattr(module, metrics)
+    monkeypatch.setattr(module, metrics, failing_on_call(real, 2))  # in epoch two
+    with pytest.raises(KeyboardInterrupt):
+        train_robust(config, robust, checkpoint=tmp_path / "b.pt", **common)
+    assert len(load_checkpoint(tmp_path / "b.last.pt")["metrics"]["history"]) == 1
+    monkeypatch.setattr(module, metrics, real)
+    train_robust(config, robust, checkpoint=tmp_path / "b.pt", resume=True, **common)
+    return load_checkpoint(tmp_path / "a.last.pt"), load_checkpoint(tmp_path / "b.last.pt")
+
+
 def success_rate(attack, model, x, y, goal):
     """Success on the samples the model gets right (and, targeted, whose label is not the goal)."""
     with torch.no_grad():

@@ -11,7 +11,7 @@ from advx.certified import CertifiedConfig, CertifiedLoss
 from advx.certify import Certifier
 from advx.models import build_model
 from advx.robust_training import robust_config
-from conftest import DATA_DIR, failing_on_call, load_script
+from conftest import killed_and_resumed, load_script
 
 EPS, KAPPA = 0.2, 0.3
 
@@ -235,23 +235,12 @@ def test_an_interrupted_certified_run_resumes_to_the_uninterrupted_weights(kind,
     """Killed in its second epoch's held-out check, then resumed: the same weights (the
     attack's random stream and the averaged weights included) as a run never stopped."""
     from advx import certified as certified_mod
-    from advx.checkpoint import load_checkpoint
-    from advx.robust_training import train_robust
     from advx.train import TrainConfig
 
     config = TrainConfig(model="cert", epochs=2, batch_size=100, train_size=300, seed=4, ema=0.9)
     robust = CertifiedConfig(kind=kind, eps=0.1, warmup_epochs=1, holdout=50, steps=2, eval_steps=2)
-    common = dict(data_dir=DATA_DIR, progress=False)
-    train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
-    real = certified_mod.certified_metrics
-    monkeypatch.setattr(certified_mod, "certified_metrics", failing_on_call(real, 2))  # in epoch two
-    with pytest.raises(KeyboardInterrupt):
-        train_robust(config, robust, checkpoint=tmp_path / "b.pt", **common)
-    monkeypatch.setattr(certified_mod, "certified_metrics", real)
-    train_robust(config, robust, checkpoint=tmp_path / "b.pt", resume=True, **common)
-    for name in ("a.last.pt", "b.last.pt"):
-        assert len(load_checkpoint(tmp_path / name)["metrics"]["history"]) == 2
-    a, b = load_checkpoint(tmp_path / "a.last.pt"), load_checkpoint(tmp_path / "b.last.pt")
+    a, b = killed_and_resumed(config, robust, tmp_path, monkeypatch, certified_mod, "certified_metrics")
+    assert len(a["metrics"]["history"]) == len(b["metrics"]["history"]) == 2
     for k, v in a["state_dict"].items():
         assert torch.equal(b["state_dict"][k], v), k
     for k, v in a["train_state"]["average"]["weights"].items():

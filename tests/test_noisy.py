@@ -7,14 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from advx import noisy as noisy_mod
-from advx.checkpoint import load_checkpoint
 from advx.cli import build_parser
 from advx.noisy import NoisyConfig, NoisyLoss
 from advx.robust_training import robust_config, train_robust
 from advx.smoothing import Smoothed
 from advx.train import TrainConfig, train_baseline
 from advx.validate import InputError
-from conftest import DATA_DIR, failing_on_call, load_script
+from conftest import DATA_DIR, killed_and_resumed, load_script
 
 
 def _model():
@@ -77,15 +76,7 @@ def test_each_kind_takes_its_own_options_only():
 def test_an_interrupted_noisy_run_resumes_to_the_uninterrupted_weights(kind, tmp_path, monkeypatch):
     config = TrainConfig(epochs=2, batch_size=100, train_size=300, seed=4)
     robust = NoisyConfig(kind=kind, sigma=0.5, holdout=40)
-    common = dict(data_dir=DATA_DIR, progress=False)
-    train_robust(config, robust, checkpoint=tmp_path / "a.pt", **common)
-    real = noisy_mod.noisy_metrics
-    monkeypatch.setattr(noisy_mod, "noisy_metrics", failing_on_call(real, 2))  # in epoch two
-    with pytest.raises(KeyboardInterrupt):
-        train_robust(config, robust, checkpoint=tmp_path / "b.pt", **common)
-    monkeypatch.setattr(noisy_mod, "noisy_metrics", real)
-    train_robust(config, robust, checkpoint=tmp_path / "b.pt", resume=True, **common)
-    a, b = load_checkpoint(tmp_path / "a.last.pt"), load_checkpoint(tmp_path / "b.last.pt")
+    a, b = killed_and_resumed(config, robust, tmp_path, monkeypatch, noisy_mod, "noisy_metrics")
     assert len(b["metrics"]["history"]) == 2
     for k, v in a["state_dict"].items():
         assert torch.equal(b["state_dict"][k], v), k
