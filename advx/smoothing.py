@@ -137,25 +137,23 @@ class Smoothed(nn.Module):
         ids = _ids(sample_ids, len(x))
         device = device_of(self.model, x.device)
         precision = resolve(precision, device)
-        votes = torch.zeros(0)
+        rows = []
         low = precision != "fp32"  # bf16: the convolutions' fast layout too
         with frozen(self.model), search_layout(self.model, low), \
                 bar(len(x), desc=f"smoothing (sigma {self.sigma:g})", unit="img", enabled=progress) as shown:
             for i in range(len(x)):
                 stream = torch.Generator().manual_seed(mix_seed(seed, ids[i], salt_of("smoothing", self.sigma)))
-                for _ in range(skip // BLOCK):
-                    torch.randn((BLOCK, *x.shape[1:]), generator=stream)
-                for noise in _blocks(stream, x.shape[1:], skip % BLOCK, samples):
+                row = 0
+                for noise in _blocks(stream, x.shape[1:], skip, samples):
                     for chunk in noise.split(batch_size):
                         noisy = x[i:i + 1].to(device) + self.sigma * chunk.to(device)
                         noisy = fast_images(noisy) if low else noisy
                         with autocast(precision, device):
                             logits = checked_logits(self.model(noisy), len(noisy), what="the base model")
-                        if votes.numel() == 0:
-                            votes = torch.zeros(len(x), logits.shape[1], dtype=torch.long)
-                        votes[i] += torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1])
+                        row = row + torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1])
+                rows.append(row)
                 shown.update(1)
-        return votes
+        return torch.stack(rows)
 
     def predict(self, x: torch.Tensor, *, samples: int = 1000, alpha: float = 0.001, seed: int = 0,
                 sample_ids=None, batch_size: int = 1000, precision: str = "fp32",
@@ -202,10 +200,13 @@ def _ids(sample_ids, n: int) -> list[int]:
     return [int(i) for i in ids]
 
 
-def _blocks(stream: torch.Generator, shape, offset: int, samples: int):
-    """``samples`` standard normal draws of ``shape`` from ``stream``, ``offset`` draws into
-    its current block of ``BLOCK``, in pieces (whole blocks are drawn, so that the draws are
-    the same however a caller splits them)."""
+def _blocks(stream: torch.Generator, shape, skip: int, samples: int):
+    """Standard normal draws ``skip`` to ``skip + samples`` of ``shape`` from ``stream``, in
+    pieces. Whole blocks of ``BLOCK`` are always drawn, so that the draws are the same however
+    a caller splits them."""
+    for _ in range(skip // BLOCK):
+        torch.randn((BLOCK, *shape), generator=stream)
+    offset = skip % BLOCK
     while samples > 0:
         block = torch.randn((BLOCK, *shape), generator=stream)
         piece = block[offset:offset + samples]
