@@ -46,7 +46,9 @@ class Subject:
 
     @property
     def title(self) -> str:
-        return self.source["checkpoint"] or self.source["model"]
+        smoothing = self.source.get("smoothing")
+        return (self.source["checkpoint"] or self.source["model"]) + (
+            f" smoothed at sigma {smoothing['sigma']:g}" if smoothing else "")
 
 
 def check_sources(checkpoint: str | os.PathLike | None, model: str | None, weights: str | os.PathLike | None) -> None:

@@ -395,6 +395,61 @@ def test_bad_smoothing_options_are_one_line_and_write_nothing(tiny_checkpoint, t
     assert not (out / "report.json").exists()
 
 
+def test_eval_attacks_the_smoothed_model_with_eot_and_majority_votes(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "smoothed"
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--smoothing", "0.25", "--norm", "2", "--eps", "0.5",
+                 "--attacks", "pgd", "--steps", "3", "--eot", "2", "--votes", "3", "--n", "8",
+                 "--data-dir", str(DATA_DIR), "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "tiny.pt smoothed at sigma 0.25" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["smoothing"] == {"sigma": 0.25}
+    assert report["settings"]["eot"] == 2 and report["settings"]["votes"] == 3
+    assert "a randomized model" in report["settings"]["adaptations"]["eot"]  # the noise was seen, and seeded
+    assert report["settings"]["attacks"][0] == "pgd" and "apgd" in report["settings"]["attacks"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--smoothing", "0"], "--smoothing must be a noise level > 0, got 0"),
+    (["--smoothing", "0.5", "--no-adapt"], "--smoothing needs the adaptation to a randomized model"),
+    (["--smoothing", "0.5", "--certify"], "--certify bounds the network itself, not its smoothing"),
+])
+def test_bad_eval_smoothing_options_are_one_line_and_write_nothing(tiny_checkpoint, tmp_path, capsys, options,
+                                                                    message):
+    out = tmp_path / "ev"
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--n", "2", "--data-dir", str(DATA_DIR),
+                 "--out", str(out), "--quiet", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_what_eval_finds_on_the_smoothed_model_respects_the_certified_radii(tmp_path, capsys):
+    """A noise-trained model, certified (CERTIFY, alpha 0.01), then attacked (the adapted
+    cascade with EOT, 31-draw majority verdicts) at eps 0.2: an image certified at radius
+    >= 0.4 keeps the smoothed prediction within 0.2 with p_A >= Phi(0.8) ~ 0.79 (Cohen et
+    al.'s bound), so a 31-draw verdict misses it with probability < 0.001. At eps 2.5, far
+    beyond every radius 500 samples can certify, the same attacks break images: not a no-op."""
+    sigma = "0.25"
+    checkpoint = train_checkpoint(tmp_path / "noisy.pt", "--adv", "gaussian", "--sigma", sigma, "--epochs", "2",
+                                  "--train-size", "6000", "--holdout", "100")
+    common = ["--checkpoint", str(checkpoint), "--n", "40", "--data-dir", str(DATA_DIR), "--quiet"]
+    assert main(["certify", "--method", "smoothing", "--sigma", sigma, "--n0", "50", "--samples", "500",
+                 "--alpha", "0.01", "--eps", "0.4", "--out", str(tmp_path / "cert"), *common]) == 0
+    assert main(["eval", "--smoothing", sigma, "--norm", "2", "--eps", "0.2,2.5", "--attacks", "pgd", "--steps", "20",
+                 "--eot", "8", "--votes", "31", "--out", str(tmp_path / "ev"), *common]) == 0
+    certified = list(csv.DictReader((tmp_path / "cert" / "per_sample.csv").open()))
+    attacked = list(csv.DictReader((tmp_path / "ev" / "per_sample.csv").open()))
+    assert [r["label"] for r in certified] == [r["label"] for r in attacked]
+    sure = [a for c, a in zip(certified, attacked)
+            if c[f"prediction@{sigma}"] == c["label"] and float(c[f"radius@{sigma}"]) >= 0.4]
+    assert len(sure) >= 15
+    assert sum(a["robust@0.2"] == "0" for a in sure) <= 1
+    assert sum(a["robust@2.5"] == "0" for a in sure) >= len(sure) // 2
+
+
 def test_eval_with_certify_gives_the_interval(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "ev"
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--attacks", "pgd", "--steps", "5", "--eps", "0.002",

@@ -18,6 +18,7 @@ from advx.report.evaluation import (eval_table, norms_table, remove_stale_norm_f
                                     write_norms_report)
 from advx.resume import digest
 from advx.sharded import evaluate_sharded, shared_store, store_fingerprint
+from advx.smoothing import Smoothed
 
 
 def default_eps(dataset: str, norm: str) -> str:
@@ -62,6 +63,11 @@ def add(sub) -> None:
     e.add_argument("--votes", type=int, default=None,
                    help="an odd number M: a sample counts as correct or robust only when the model is right on "
                         "the majority of M draws (default: one forward pass, or 11 on a randomized model)")
+    e.add_argument("--smoothing", type=float, default=None, metavar="SIGMA",
+                   help="evaluate the model's Gaussian smoothing at noise level SIGMA (advx.Smoothed, the classifier "
+                        "that advx certify --method smoothing certifies): a randomized model, attacked with EOT "
+                        "gradients and judged by majority verdicts; with --norm 2, what the attacks find checks the "
+                        "certified radii (default: the model itself)")
     images_option(e, 10000)
     e.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     e.add_argument("--certify", nargs="?", const="crown", default=None, choices=METHODS, metavar="METHOD",
@@ -86,10 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise CLIError(f"--timeout must be > 0 seconds per sample, got {args.timeout:g}")
     check_model_options(args)
+    _check_smoothing(args)
     _configs(args, args.dataset or "mnist", "cpu")  # every setting checked before any work
     out = check_output_dir(args.out, "--out")
     device = distributed.init(device_named(args.device))  # under torchrun: this rank's device
     subject, test = load_subject(args, device, verbose=distributed.world()[0] == 0)
+    if args.smoothing is not None:
+        subject.model = Smoothed(subject.model, args.smoothing)
+        subject.source["smoothing"] = {"sigma": args.smoothing}
     # What decides the results besides the settings: hashed once, for every norm's resume store.
     identity = {"source": subject.source, "images": digest(test.x, test.y),
                 "weights": digest(*subject.model.state_dict().values())}
@@ -130,6 +140,20 @@ def run(args: argparse.Namespace) -> int:
         store.finish()
     remove_stale_norm_folders(out, [results[n].norm.label for n in results] if len(configs) > 1 else [])
     return 0
+
+
+def _check_smoothing(args: argparse.Namespace) -> None:
+    """``--smoothing``: a noise level, and only with the options that can judge a randomized model."""
+    if args.smoothing is None:
+        return
+    if not args.smoothing > 0:
+        raise CLIError(f"--smoothing must be a noise level > 0, got {args.smoothing:g}")
+    if args.no_adapt:
+        raise CLIError("--smoothing needs the adaptation to a randomized model (seeded draws, EOT gradients, "
+                       "majority verdicts), got --no-adapt")
+    if args.certify:
+        raise CLIError(f"--certify bounds the network itself, not its smoothing (got --certify {args.certify}): "
+                       f"certify the smoothed model with advx certify --method smoothing --sigma {args.smoothing:g}")
 
 
 def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalConfig]:

@@ -59,7 +59,9 @@ def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> s
 def source_title(source: dict) -> str:
     """``"small (checkpoints/baseline.pt), mnist"``: a picture's title for the model ``source`` describes."""
     where = source.get("checkpoint")
-    return f"{source['model']} ({where}), {source['dataset']}" if where else f"{source['model']}, {source['dataset']}"
+    title = f"{source['model']} ({where}), {source['dataset']}" if where else f"{source['model']}, {source['dataset']}"
+    smoothing = source.get("smoothing")
+    return f"{title}, smoothed at sigma {smoothing['sigma']:g}" if smoothing else title
 
 
 def label_columns(label: int, pred: int, classes: Sequence[str] | None) -> dict:
