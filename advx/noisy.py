@@ -110,7 +110,8 @@ class NoisyConfig:
                          seed=config.seed if rank == 0 else mix_seed(config.seed, rank))
 
     def epoch_metrics(self, config: TrainConfig, x: torch.Tensor, y: torch.Tensor):
-        return lambda model: noisy_metrics(model, x, y, sigma=self.sigma, seed=config.seed)
+        return lambda model: noisy_metrics(model, x, y, sigma=self.sigma, seed=config.seed,
+                                           precision=config.precision)
 
     def collapsed(self, history: list[dict]) -> bool:
         return False  # the noise is not an attack the model could learn to beat
@@ -120,12 +121,13 @@ class NoisyConfig:
         return None  # the smoothed model's certificates are the figure: advx certify --method smoothing
 
 
-def noisy_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma: float, seed: int = 0) -> dict:
+def noisy_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma: float, seed: int = 0,
+                  precision: str = "fp32") -> dict:
     """Held-out figures: clean accuracy, and the smoothed model's from a small CERTIFY
-    (``HOLDOUT_CERTIFY``): certified accuracy at radius 0 and at ``sigma``, and the average
-    certified radius ``acr``."""
+    (``HOLDOUT_CERTIFY``, its noisy forward passes in the training's ``precision``): certified
+    accuracy at radius 0 and at ``sigma``, and the average certified radius ``acr``."""
     model = model.module if isinstance(model, DistributedDataParallel) else model
-    result = Smoothed(model, sigma).certify(x, seed=seed, **HOLDOUT_CERTIFY)
+    result = Smoothed(model, sigma).certify(x, seed=seed, precision=precision, **HOLDOUT_CERTIFY)
     right = result.certified(y, 0.0)
     return {"clean_acc_holdout": accuracy(model, x, y),
             "smoothed_acc": right.float().mean().item(),

@@ -10,9 +10,9 @@ Recipes (``--recipe NAME``), for each sigma S of 0.25, 0.5 and 1.0 (train at the
 will certify with):
 
     gaussian-S      the SmallCNN on MNIST images with Gaussian noise of standard deviation S
-                    (Cohen et al. 2019), 30 epochs -> checkpoints/smoothed-gaussian-S.pt
+                    (Cohen et al. 2019), 20 epochs -> checkpoints/smoothed-gaussian-S.pt
     consistency-S   the same with two noisy copies of each image that must agree (Jeong & Shin
-                    2020; lambda 10, eta 0.5), 16 epochs -> checkpoints/smoothed-consistency-S.pt
+                    2020; lambda 10, eta 0.5), 12 epochs -> checkpoints/smoothed-consistency-S.pt
 
 The held-out check after each epoch is a small CERTIFY (128 samples) on 500 training images
 held out; the epoch with the largest average certified radius is kept. Then certify:
@@ -27,9 +27,9 @@ from advx.cli import run_recipe
 SIGMAS = ("0.25", "0.5", "1.0")
 _COMMON = ["--precision", "auto", "--holdout", "500"]
 RECIPES = {
-    **{f"gaussian-{s}": _COMMON + ["--adv", "gaussian", "--sigma", s, "--epochs", "30",
+    **{f"gaussian-{s}": _COMMON + ["--adv", "gaussian", "--sigma", s, "--epochs", "20",
                                    "--checkpoint", f"checkpoints/smoothed-gaussian-{s}.pt"] for s in SIGMAS},
-    **{f"consistency-{s}": _COMMON + ["--adv", "consistency", "--sigma", s, "--epochs", "16",
+    **{f"consistency-{s}": _COMMON + ["--adv", "consistency", "--sigma", s, "--epochs", "12",
                                       "--checkpoint", f"checkpoints/smoothed-consistency-{s}.pt"] for s in SIGMAS},
 }
 
