@@ -13,7 +13,7 @@ an attack takes it with respect to the input image (dL/dX, weights frozen).
 from importlib import metadata as _metadata
 
 from advx.attacks import (APGD, ATTACKS, CW, FAB, FGSM, FMN, MIFGSM, PGD, Attack, AttackResult, DeepFool, HopSkipJump,
-                          Square)
+                          SparseRS, Square)
 import advx.certify as certify  # the package; calling it certifies (the function advx.certify.certify)
 from advx.certify import Certificate, Certifier
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
@@ -24,7 +24,7 @@ from advx.evaluate import EvalConfig, Evaluation, evaluate
 from advx.loading import ModelLoadError, check_classifier, load_exported, model_from_import
 from advx.models import MODELS, MadryCNN, Normalized, SmallCNN, build_model
 from advx.modes import accuracy, frozen, predictions
-from advx.norms import L1, L2, Linf, get_norm
+from advx.norms import L0, L1, L2, Linf, get_norm
 from advx.smoothing import ABSTAIN, Smoothed, certify_smoothed
 from advx.subject import Subject, load_subject
 from advx.train import TrainConfig, train, train_baseline
@@ -35,14 +35,14 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
     __version__ = "0+unknown"
 
 __all__ = [
-    "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN", "Square", "HopSkipJump", "Attack",
-    "AttackResult",
+    "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN", "Square", "SparseRS", "HopSkipJump",
+    "Attack", "AttackResult",
     "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint",
     "DataNotFoundError", "Split", "load_dataset",
     "DATASETS", "Dataset", "get_dataset",
     "ModelLoadError", "check_classifier", "load_exported", "model_from_import",
     "MODELS", "MadryCNN", "Normalized", "SmallCNN", "build_model",
-    "L1", "L2", "Linf", "get_norm",
+    "L0", "L1", "L2", "Linf", "get_norm",
     "accuracy", "frozen", "predictions",
     "TrainConfig", "train", "train_baseline",
     "EvalConfig", "Evaluation", "evaluate", "run_attack", "Subject", "load_subject",

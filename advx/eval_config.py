@@ -93,7 +93,8 @@ class EvalConfig:
         timeout = check_number("certify_timeout", self.certify_timeout)
         if not timeout > 0:
             raise InputError(f"certify_timeout must be > 0 seconds per sample, got {timeout:g}")
-        checked = {"attacks": tuple(self.attacks), "eps": tuple(eps), "norm": get_norm(self.norm),
+        norm = get_norm(self.norm)
+        checked = {"attacks": tuple(self.attacks), "eps": tuple(norm.budget(e) for e in eps), "norm": norm,
                    "batch_size": check_number("batch_size", self.batch_size, minimum=1, integer=True),
                    "seed": check_seed("seed", self.seed),
                    "precision": check_precision("precision", self.precision)}

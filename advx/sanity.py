@@ -22,6 +22,7 @@ from advx import rng
 from advx.attacks.eot import is_randomized
 from advx.attacks.gradients import input_gradient
 from advx.attacks.pgd import PGD
+from advx.attacks.sparse_rs import SparseRS
 from advx.modes import frozen
 from advx.norms import Linf, Norm
 from advx.validate import AdvxError
@@ -118,7 +119,8 @@ def check_monotone(robust_by_eps: Mapping[float, float]) -> str | None:
 
 
 def check_large_eps(robust_acc: float, eps: float, *, limit: float = 0.1) -> str | None:
-    """At a very large budget (Linf 0.5 turns every image grey) robust accuracy must be near 0."""
+    """At a very large budget (Linf 0.5 turns every image grey; L0 half the pixels) robust
+    accuracy must be near 0."""
     if robust_acc > limit:
         return (f"robust accuracy at the very large eps={eps:g} is {robust_acc:.2%} (> {limit:.0%}): "
                 f"a sign of gradient masking")
@@ -126,7 +128,7 @@ def check_large_eps(robust_acc: float, eps: float, *, limit: float = 0.1) -> str
 
 
 def check_stronger_attack(weak_acc: float, strong_acc: float, *, tolerance: float = 0.01) -> str | None:
-    """More PGD steps and restarts must not *raise* robust accuracy."""
+    """More PGD steps (Sparse-RS queries in L0) and restarts must not *raise* robust accuracy."""
     if strong_acc > weak_acc + tolerance:
         return (f"more PGD steps/restarts raised robust accuracy ({weak_acc:.2%} -> {strong_acc:.2%}): "
                 f"the optimisation is unstable, results are not trustworthy")
@@ -183,13 +185,16 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Seque
             run = attack.run(xc, yc, generator=rng.SampleRNG.from_ids(seed, range(len(yc)), 7))
             return (~run.success).float().mean().item() * len(yc) / len(ys)
 
-        def pgd(eps, **options):
-            return PGD(model, eps=eps, norm=norm, bounds=bounds, early_stop=True, **options)
+        def probe(eps, effort, restarts=1):  # PGD, or Sparse-RS where PGD does not go (L0)
+            if norm.name in PGD.norms:
+                return PGD(model, eps=eps, norm=norm, bounds=bounds, early_stop=True, steps=effort, restarts=restarts)
+            return SparseRS(model, eps=float(int(eps)), norm=norm, bounds=bounds, queries=10 * effort,
+                            restarts=restarts)
 
-        found["large_eps"] = check_large_eps(acc(pgd(big, steps=20)), big)
+        found["large_eps"] = check_large_eps(acc(probe(big, 20)), big)
         e = max(eps)
         if robust_acc[e] > 0:
-            weak, strong = acc(pgd(e, steps=10)), acc(pgd(e, steps=20, restarts=2))
+            weak, strong = acc(probe(e, 10)), acc(probe(e, 20, restarts=2))
             found["stronger_attack"] = check_stronger_attack(weak, strong)
     return {k: v for k, v in found.items() if v is not None}
 

@@ -180,6 +180,8 @@ def cases(draw, name: str, dtypes=(torch.float32, torch.float64), min_batch: int
     scale = get_norm(norm).diameter((channels, height, width), (low, high))
     zero = draw(st.integers(0, 5)) == 3  # eps = 0 in about one example in six
     eps = 0.0 if zero else draw(st.floats(0.002, 1.5)) * scale
+    if get_norm(norm).name == "0" and not zero:  # L0: a whole number of pixels, at least one
+        eps = float(max(1, round(eps)))
 
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32)))
     u = torch.rand((n, channels, height, width), generator=gen, dtype=torch.float64)
@@ -334,14 +336,19 @@ def test_any_integer_label_dtype(name, data):
 
 
 # ------------------------------------------------------------------ it moved
-def near_boundary(classes: int, channels: int, height: int, width: int, bounds, dtype, seed: int, n: int):
+def near_boundary(classes: int, channels: int, height: int, width: int, bounds, dtype, seed: int, n: int,
+                  one_pixel: bool = False):
     """A linear model and a batch of images that it classifies as ``y``, each within a hair
     of an image (inside the bounds) that it classifies as ``other``.
 
     The model is linear with ``z(c) = b`` (small) at the centre ``c`` of the box, so the
     reflection ``2c - p`` of a point ``p`` has logits ``2b - z(p)``, as a rule another label;
     bisection on the segment from ``p`` to ``2c - p`` ends next to a decision boundary
-    between two classes (``b`` keeps it off the point where all the logits tie)."""
+    between two classes (``b`` keeps it off the point where all the logits tie).
+
+    ``one_pixel`` (for L0): the first pixel's weights (all its channels) are scaled up so that
+    they dominate the logits, and only that pixel is reflected: the image and the one across
+    the boundary differ in that pixel alone."""
     low, high = bounds
     d = channels * height * width
     gen = torch.Generator().manual_seed(seed)
@@ -349,12 +356,18 @@ def near_boundary(classes: int, channels: int, height: int, width: int, bounds, 
     centre = torch.full((1, channels, height, width), (low + high) / 2, dtype=dtype)
     with torch.no_grad():
         model[1].weight.copy_(torch.randn(classes, d, generator=gen, dtype=torch.float64))
+        if one_pixel:
+            first = torch.zeros((channels, height, width), dtype=torch.bool)
+            first[:, 0, 0] = True
+            model[1].weight[:, first.flatten()] *= 10 * math.sqrt(d)
         b = 0.05 * torch.randn(classes, generator=gen, dtype=torch.float64)
         model[1].bias.copy_(b - model[1].weight @ centre.flatten())
     # p in the middle half of the box, so that neither p nor its reflection touches the bounds.
     u = torch.rand((n, channels, height, width), generator=gen, dtype=torch.float64)
     p = (low + (high - low) * (0.25 + 0.5 * u)).to(dtype)
     q = 2 * centre - p
+    if one_pixel:
+        q = torch.where(first, q, p)
     with torch.no_grad():
         y = model(p).argmax(1)
         lo, hi = torch.zeros(n, dtype=dtype), torch.ones(n, dtype=dtype)
@@ -373,9 +386,14 @@ def near_boundary(classes: int, channels: int, height: int, width: int, bounds, 
 
 def check_moves(case: Case, attack, across: torch.Tensor) -> None:
     """Every image lies within a hair (far less than eps) of one that reaches the goal: an
-    attack that hands it back unchanged is not attacking."""
+    attack that hands it back unchanged is not attacking. In L0 a size is a count of pixels,
+    so no point is nearer than one pixel: there the point that reaches the goal differs in a
+    single pixel, by a hair (``near_boundary(..., one_pixel=True)``), and eps is at least 1."""
     gap = attack.norm.size(across - case.x)
-    assert (gap < case.eps / 100).all()  # the setting is as claimed
+    if attack.norm.name == "0":
+        assert (gap <= 1).all() and case.eps >= 1  # the setting is as claimed
+    else:
+        assert (gap < case.eps / 100).all()  # the setting is as claimed
     result = attack.run(case.x, case.y)
     moved = (result.x_adv != case.x).flatten(1).any(1)
     assert moved.all(), f"{int((~moved).sum())} of {len(moved)} image(s) handed back unchanged"
@@ -390,10 +408,12 @@ def boundary_cases(draw, name: str):
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     bounds = draw(st.sampled_from(BOUNDS))
     norm = draw(st.sampled_from(cls.norms))
+    l0 = get_norm(norm).name == "0"
     scale = (bounds[1] - bounds[0]) * (1.0 if norm == "inf" else math.sqrt(channels * height * width))
-    eps = draw(st.floats(0.05, 0.5)) * scale
+    eps = draw(st.floats(0.05, 0.5)) * (height * width if l0 else scale)
+    eps = float(max(1, round(eps))) if l0 else eps  # L0: a whole number of pixels
     model, x, y, other, across = near_boundary(classes, channels, height, width, bounds, dtype,
-                                               draw(st.integers(0, 2**32)), n)
+                                               draw(st.integers(0, 2**32)), n, one_pixel=l0)
     assume((other != y).all())  # the reflection has another label (as a rule)
     targeted = draw(st.booleans()) if can_target(name) else False
     case = Case(name=name, model=model, x=x, y=other if targeted else y, eps=eps, norm=norm, bounds=bounds,

@@ -23,7 +23,7 @@ CASES = [
     for norm in ("inf", "2")
     for targeted in (False, True)
 ]
-EPS = {"inf": 0.3, "2": 2.0, "1": 10.0}
+EPS = {"inf": 0.3, "2": 2.0, "1": 10.0, "0": 10.0}  # L0: a whole number of pixels
 
 
 def make(name, model, norm, targeted, **kw):
@@ -199,9 +199,10 @@ def test_registered_for_the_cli(name, bn_model):
     declared = attack_class(name)
     assert accepted["norm"].default in abilities(name).norms  # its default norm is one it declares
     for norm in declared.norms:
-        attack = ATTACKS[name](bn_model, eps=0.3, norm=norm, targeted=False, seed=0)
+        eps = 3.0 if get_norm(norm).name == "0" else 0.3  # L0: a whole number of pixels
+        attack = ATTACKS[name](bn_model, eps=eps, norm=norm, targeted=False, seed=0)
         assert attack.norm.name == norm
-    for norm in [n for n in ("inf", "2") if n not in declared.norms]:  # the others are refused
+    for norm in [n for n in ("inf", "2", "0") if n not in declared.norms]:  # the others are refused
         with pytest.raises(ValueError, match=f"norm must be .* for {declared.__name__}"):
             ATTACKS[name](bn_model, eps=0.3, norm=norm)
 
@@ -254,7 +255,7 @@ def test_targeted_reaches_target(name, trained_cnn, batch):
     (dict(steps=0), "steps must be >= 1, got 0"),
     (dict(steps=2.5), "steps must be an integer, got 2.5"),
     (dict(restarts=0), "restarts must be >= 1, got 0"),
-    (dict(norm="3"), "norm must be one of 'inf', '2', '1' (or a Norm object), got '3'"),
+    (dict(norm="3"), "norm must be one of 'inf', '2', '1', '0' (or a Norm object), got '3'"),
     (dict(bounds=(1, 0)), "bounds must have low < high, got (1, 0)"),
 ])
 def test_bad_hyperparameters(kwargs, message, trained_cnn):
@@ -479,8 +480,8 @@ def test_numbers_of_other_numeric_types(trained_cnn, batch):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(seed=2**64), "seed must be <= 9223372036854775807, got 18446744073709551616"),
     (dict(seed=-1), "seed must be >= 0, got -1"),
-    (dict(norm=2.5), "norm must be one of 'inf', '2', '1' (or a Norm object), got 2.5"),
-    (dict(norm=float("nan")), "norm must be one of 'inf', '2', '1' (or a Norm object), got nan"),
+    (dict(norm=2.5), "norm must be one of 'inf', '2', '1', '0' (or a Norm object), got 2.5"),
+    (dict(norm=float("nan")), "norm must be one of 'inf', '2', '1', '0' (or a Norm object), got nan"),
     (dict(steps=torch.tensor([1, 2])), "steps must be an integer, got tensor([1, 2])"),
     (dict(targeted="yes"), "targeted must be True or False, got 'yes'"),
 ])

@@ -161,6 +161,43 @@ def test_eval_strong_suite(tiny_checkpoint, tmp_path, capsys):
     assert list(report["seconds_by_stage"]) == ["apgd", "apgd-t", "square"]
 
 
+def test_eval_in_l0_counts_changed_pixels_and_breaks_more_with_more(tiny_checkpoint, tmp_path, capsys):
+    code = main(["eval", "--norm", "0", "--attacks", "sparse-rs", "--eps", "1,20", "--n", "12",
+                 "--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR), "--out", str(tmp_path),
+                 "--no-checks", "--quiet"])
+    assert code == 0
+    assert "robust accuracy (L0, cumulative over the cascade)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["norm"] == "0" and report["settings"]["attacks"] == ["sparse-rs"]
+    assert report["robust_acc"]["20"] < report["robust_acc"]["1"]  # 20 pixels break what 1 cannot
+    rows = list(csv.DictReader((tmp_path / "per_sample.csv").open()))
+    broken = [r for r in rows if r["robust@20"] == "0" and r["attack@20"] == "sparse-rs"]
+    assert broken and all(float(r["distance@20"]) <= 20 and float(r["distance@20"]).is_integer() for r in broken)
+
+
+def test_eval_in_l0_runs_the_strong_l0_suite_by_default():
+    from advx.cli.eval import _configs
+
+    args = build_parser().parse_args(["eval", "--norm", "0,inf"])
+    configs = _configs(args, "mnist", "cpu")
+    assert [s[0] for s in configs["0"].stages()] == ["sparse-rs"] and configs["0"].eps == (5, 10, 15, 20)
+    assert [s[0] for s in configs["inf"].stages()] == ["fgsm", "pgd"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--norm", "0", "--eps", "2.5"], "--eps must be a whole number of pixels in L0, got 2.5"),
+    (["eval", "--norm", "0", "--certify"], "--certify: no certificate covers --norm 0 (L0)"),
+    (["eval", "--norm", "0", "--attacks", "pgd"], "--attacks: pgd cannot attack in --norm 0"),
+    (["attack", "--attack", "sparse-rs", "--norm", "0", "--eps", "0.5"], "eps must be a whole number of pixels"),
+    (["certify", "--norm", "0"], "--norm 0: no certificate covers L0 here"),
+])
+def test_l0_refusals_are_one_line(tiny_checkpoint, tmp_path, capsys, argv, message):
+    code = main(argv + ["--checkpoint", str(tiny_checkpoint), "--n", "2", "--data-dir", str(DATA_DIR),
+                        "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
 def test_eval_several_norms_one_report(tiny_checkpoint, tmp_path, capsys):
     code = main(["eval", "--norm", "inf,2,1", "--attacks", "apgd,fmn", "--steps", "5", "--n", "12",
                  "--checkpoint", str(tiny_checkpoint), "--data-dir", str(DATA_DIR), "--out", str(tmp_path),
@@ -258,7 +295,7 @@ def test_diverged_training_keeps_the_good_checkpoint(tiny_checkpoint, tmp_path, 
     (["eval", "--attacks", "fgsm", "--steps", "5"], "--steps does not apply to any attack of the cascade (fgsm)"),
     (["eval", "--eps", "0.1,0.1"], "--eps must not repeat a value, got 0.1 more than once"),
     (["eval", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["eval", "--norm", "inf,3"], "--norm must name each threat model at most once, from inf,2,1, got 'inf,3'"),
+    (["eval", "--norm", "inf,3"], "--norm must name each threat model at most once, from inf,2,1,0, got 'inf,3'"),
     (["eval", "--norm", "2,2"], "--norm must name each threat model at most once"),
     (["eval", "--norm", "inf,1", "--eps", "0.3"], "--eps applies to one --norm; with several norms (inf,1)"),
     (["eval", "--norm", "inf,2", "--eps", "0.1", "--dataset", "fashion-mnist"],

@@ -25,7 +25,7 @@ from torch import nn
 
 import advx
 from advx import ATTACKS
-from advx.attacks.registry import build_attack
+from advx.attacks.registry import attack_class, build_attack
 from advx.certify import Certifier
 from advx.dataset_attack import run_attack
 from advx.eval_config import EvalConfig
@@ -60,7 +60,8 @@ def images(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _attack(name):
     def call(model, x, y):
-        return build_attack(name, model, eps=0.1, seed=0, strict=False, **BUDGET).run(x, y).x_adv
+        eps = 2.0 if attack_class(name).norms[0] == "0" else 0.1  # L0: a whole number of pixels
+        return build_attack(name, model, eps=eps, seed=0, strict=False, **BUDGET).run(x, y).x_adv
     return call
 
 

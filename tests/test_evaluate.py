@@ -158,12 +158,13 @@ def test_suite_stage_options_apply_and_explicit_options_win(trained_cnn):
 
 def test_every_named_suite_builds_and_describes_itself(trained_cnn):
     from advx.attacks.registry import SUITES, describe, stage_factory, suite
+    from advx.norms import NORM_NAMES, get_norm
 
     for name, per_norm in SUITES.items():
-        assert sorted(per_norm) == ["1", "2", "inf"]  # every threat model has its cascade
+        assert sorted(per_norm) == sorted(NORM_NAMES)  # every threat model has its cascade
         for norm in per_norm:
             for stage in suite(name, norm):  # a preset option the attack lacks would raise, a norm it lacks too
-                stage_factory(stage, {"norm": norm})[1](trained_cnn, 0.3)
+                stage_factory(stage, {"norm": norm})[1](trained_cnn, get_norm(norm).budget(3.0 if norm == "0" else 0.3))
     assert describe(suite("strong")) == ("apgd(restarts=1, near_restarts=30, near=0.5),"
                                          "apgd-t(n_target_classes=3, near_restarts=6, near=0.5),"
                                          "square(queries=5000, screen=1000, near=0.5)")

@@ -1,9 +1,11 @@
+import itertools
 import math
 
 import pytest
 import torch
 
-from advx.norms import L1, L2, Linf, get_norm
+from advx.norms import L0, L1, L2, Linf, get_norm
+from advx.validate import InputError
 
 
 @pytest.fixture
@@ -125,3 +127,110 @@ def test_l1_random_start_is_in_the_ball_and_spread():
 def test_l1_sparsity_out_of_range_is_an_error_naming_it(sparsity):
     with pytest.raises(ValueError, match=f"sparsity must be in \\(0, 1\\], got {sparsity}"):
         L1(sparsity=sparsity)
+
+
+# ----------------------------------------------------------------------------- L0
+def test_l0_size_counts_pixels_over_their_channels():
+    delta = torch.zeros(3, 3, 4, 4)
+    delta[0, 0, 1, 1] = 0.5                 # one channel of a pixel: one pixel
+    delta[0, :, 2, 3] = -0.1                # all three channels of another: one pixel
+    delta[1, 1, 0, 0], delta[1, 2, 0, 1] = 1e-30, 0.2  # a tiny change counts too
+    assert torch.equal(L0().size(delta), torch.tensor([2.0, 2.0, 0.0]))
+    assert torch.equal(L0().size(torch.tensor([[0.0, 1.0, -2.0], [0.0, 0.0, 0.0]])), torch.tensor([2.0, 0.0]))
+
+
+def _changes(x_adv, x):
+    return (x_adv != x).any(1).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 16, 30])
+def test_l0_projection_keeps_the_largest_changes_in_the_box(k):
+    gen = torch.Generator().manual_seed(k)
+    x = torch.rand(40, 2, 4, 4, generator=gen)
+    sparse = torch.rand(40, 1, 4, 4, generator=gen) < torch.rand(40, 1, 1, 1, generator=gen)  # 0 to 16 pixels
+    inside = torch.where(sparse, torch.rand(x.shape, generator=gen), x)  # changes inside the box
+    out = L0().project(inside, x, k, (0.0, 1.0))
+    changed = _changes(inside, x)
+    assert torch.equal(_changes(out, x), changed.clamp(max=k))  # exactly min(k, changed)
+    assert torch.equal(torch.where(out != x, out, inside), inside)  # a kept pixel is kept whole, bit for bit
+    energy = (inside - x).pow(2).sum(1).flatten(1)
+    kept = (out != x).any(1).flatten(1)
+    for e, m in zip(energy, kept):  # every kept change is at least as large as every dropped one
+        if m.any() and (~m & (e > 0)).any():
+            assert e[m].min() >= e[~m].max()
+    wild = x + 3 * torch.randn(x.shape, generator=gen)  # far outside the box
+    out = L0().project(wild, x, k, (0.0, 1.0))
+    assert out.min() >= 0 and out.max() <= 1 and (_changes(out, x) <= k).all()
+    for point in (out, L0().project(inside, x, k, (0.0, 1.0))):  # idempotent, bit for bit
+        assert torch.equal(L0().project(point, x, k, (0.0, 1.0)), point)
+    # 0.75 + (1e-10 - 0.75) rounds to 0; the square of a change of 1e-30 underflows to 0
+    x, v = torch.tensor([[0.75, 0.5, 1e-30]]), torch.tensor([[1e-10, 0.5, 0.0]])
+    assert torch.equal(L0().project(v, x, 2), v)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("k", [1, 2])
+def test_l0_projection_is_the_nearest_point_by_brute_force(channels, k):
+    """2x2 images: every set of at most k pixels, the box applied on it, the nearest (in L2)
+    of those points; targets inside and outside the box."""
+    gen = torch.Generator().manual_seed(10 * k + channels)
+    x = torch.rand(50, channels, 2, 2, generator=gen, dtype=torch.float64)
+    v = x + 1.5 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    out = L0().project(v, x, k, (0.0, 1.0))
+    assert (_changes(out, x) <= k).all() and out.min() >= 0 and out.max() <= 1
+    best = torch.full((50,), math.inf, dtype=torch.float64)
+    for subset in itertools.chain.from_iterable(itertools.combinations(range(4), r) for r in range(k + 1)):
+        mask = torch.zeros(1, 1, 4, dtype=torch.bool)
+        mask[..., list(subset)] = True
+        point = torch.where(mask.view(1, 1, 2, 2), v.clamp(0, 1), x)
+        best = torch.minimum(best, (point - v).flatten(1).norm(dim=1))
+    torch.testing.assert_close((out - v).flatten(1).norm(dim=1), best, rtol=0, atol=1e-12)
+
+
+def test_l0_projection_of_an_unbounded_budget_keeps_everything():
+    x = torch.rand(4, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    v = x.flip(0)
+    for eps in (9, 100, math.inf):
+        assert torch.equal(L0().project(v, x, eps), v)
+    assert torch.equal(L0().project(v, x, 0), x)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9, 20])
+def test_l0_random_start_changes_exactly_k_pixels(k):
+    x = 0.25 + 0.5 * torch.rand(30, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    start = L0().random_start(x, k, torch.Generator().manual_seed(k))
+    assert (_changes(start, x) == min(k, 9)).all() and torch.equal(L0().size(start - x), _changes(start, x).float())
+    assert (start - x).abs().max() <= 1
+    again = L0().random_start(x, k, torch.Generator().manual_seed(k))
+    assert torch.equal(start, again)
+    if k < 9:  # the pixels differ from sample to sample
+        assert len({tuple(m.tolist()) for m in (start != x).any(1).flatten(1)}) > 1
+
+
+def test_l0_budget_is_a_whole_number_and_the_rest_is_refused():
+    assert L0().budget(3.0) == 3.0 and L0().budget(0) == 0
+    with pytest.raises(InputError, match="eps must be a whole number of pixels in L0, got 2.5"):
+        L0().budget(2.5)
+    assert L0().diameter((3, 28, 28), (0.0, 1.0)) == 784 and not L0().certifiable
+    w = torch.randn(2, 5)
+    for call in (lambda: L0().dual_size(w), lambda: L0().direction(w),
+                 lambda: L0().linear_minimum(w, w, 1.0),
+                 lambda: L0().to_hyperplane(w, torch.ones(2), -torch.ones(2, 5), torch.ones(2, 5))):
+        with pytest.raises(InputError):
+            call()
+
+
+def test_l0_names():
+    for name in ("0", "l0", "L0", 0, 0.0):
+        assert isinstance(get_norm(name), L0), name
+    assert get_norm("0") == L0() and get_norm(L0()).name == "0" and L0().label == "L0"
+
+
+def test_no_bound_propagation_claims_to_certify_l0():
+    from torch import nn
+
+    from advx.certify import Certifier
+
+    with pytest.raises(InputError, match="L0 cannot be certified by bound propagation"):
+        Certifier(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (1, 28, 28), norm="0")
+    assert all(get_norm(n).certifiable for n in ("inf", "2", "1")) and not get_norm("0").certifiable

@@ -97,11 +97,11 @@ class Attack:
         if not any(targeted is v or (not isinstance(targeted, str) and targeted == v) for v in (True, False)):
             raise InputError(f"targeted must be True or False, got {targeted!r}")
         self.model = model
-        self.eps = eps
         self.norm = get_norm(norm)
         if self.norm.name not in self.norms:
             raise InputError(f"norm must be {' or '.join(map(repr, self.norms))} for {type(self).__name__}, "
                              f"got {norm!r}")
+        self.eps = eps if eps is None else self.norm.budget(eps)
         self.bounds = (low, high)
         self.targeted = bool(targeted)
         self.goal = goal_for(self.targeted)  # loss, margin and success derive from it

@@ -25,6 +25,7 @@ from advx.attacks.hsj import HopSkipJump
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.results import Abilities
+from advx.attacks.sparse_rs import SparseRS
 from advx.attacks.square import Square
 from advx.norms import get_norm
 from advx.validate import InputError
@@ -43,6 +44,7 @@ ATTACKS = {
     "fmn": FMN,
     "square": Square,
     "hsj": HopSkipJump,                                  # HopSkipJump: labels only
+    "sparse-rs": SparseRS,                               # Sparse-RS: L0, scores only
 }
 
 
@@ -90,6 +92,8 @@ SUITES = {
         "1": [("apgd", {"restarts": 5, "near_restarts": 30, "near": 0.5}), ("fab", {"steps": 300}),
               ("apgd-t", {"n_target_classes": 9}), ("fmn", {"steps": 1000}), ("fab-t", {"steps": 300}),
               ("square", {"queries": 5000})],
+        # L0: Sparse-RS with the query budget of its paper's MNIST comparison (10,000).
+        "0": [("sparse-rs", {"queries": 10000})],
     },
 }
 

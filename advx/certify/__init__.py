@@ -89,6 +89,9 @@ class Certifier:
         if method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
         self.model, self.method, self.norm = model, method, get_norm(norm)
+        if not self.norm.certifiable:
+            raise InputError(f"norm {self.norm.label} cannot be certified by bound propagation (no bound over its "
+                             f"ball is computed): certify in Linf, L2 or L1, or attack it")
         self.bounds = _checked_bounds(bounds)
         if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):

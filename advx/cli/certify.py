@@ -11,7 +11,7 @@ from advx.certify import METHODS
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, images_option,
                              load_subject, model_options, name_what_is_kept, precision_option)
 from advx.files import check_output_dir
-from advx.norms import NORM_NAMES
+from advx.norms import NORM_NAMES, get_norm
 from advx.modes import predictions
 from advx.report.certification import certify_table, write_certify_outputs
 from advx.report.smoothing import smoothing_table, write_smoothing_outputs
@@ -40,7 +40,8 @@ def add(sub) -> None:
                    help="comma-separated budgets (default: a third and all of the dataset's standard budget "
                         "in the norm: MNIST Linf 0.1,0.3); with --method smoothing the L2 radii reported "
                         "(default: 0.5,1,1.5,2)")
-    c.add_argument("--norm", default=None, choices=NORM_NAMES, help="default: inf (smoothing: 2, its only norm)")
+    c.add_argument("--norm", default=None, choices=NORM_NAMES,
+                   help="default: inf (smoothing: 2, its only norm); L0 has no certificate here: attack it")
     c.add_argument("--method", default="crown", choices=(*METHODS, "smoothing"),
                    help="ibp: fast, loose; crown, alpha-crown: tighter, slower; bab: a verdict per sample; "
                         "smoothing: randomized smoothing, a probabilistic L2 certificate of the smoothed model "
@@ -83,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, option) is not None:
             raise CLIError(f"--{option} applies only with --method smoothing, got --method {args.method}")
     args.norm = args.norm or "inf"
+    if not get_norm(args.norm).certifiable:
+        raise CLIError(f"--norm {args.norm}: no certificate covers {get_norm(args.norm).label} here (bound "
+                       f"propagation needs a dual norm); attack it instead: advx eval --norm {args.norm}")
     args.batch_size = 256 if args.batch_size is None else args.batch_size
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")

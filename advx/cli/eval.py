@@ -34,7 +34,7 @@ def add(sub) -> None:
                                    "per_sample.csv and curve.png.")
     e.add_argument("--attacks", default=None,
                    help=f"comma-separated, cheapest first, each at most once, from {','.join(sorted(ATTACKS))} "
-                        f"(default: fgsm,pgd)")
+                        f"(default: fgsm,pgd; in L0, which they do not take, the strong suite)")
     e.add_argument("--suite", default=None, choices=sorted(SUITES),
                    help="a named cascade instead of --attacks (after AutoAttack), one per norm; strong = "
                         + "; ".join(f"{get_norm(n).label}: {describe(suite('strong', n))}" for n in NORM_NAMES)
@@ -158,8 +158,7 @@ def _check_smoothing(args: argparse.Namespace) -> None:
 
 def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalConfig]:
     """The evaluation of each threat model of ``--norm``, at ``--eps`` or the dataset's default budgets."""
-    attacks = _attacks(args)
-    return {norm: EvalConfig(attacks=suite(args.suite, norm) if args.suite else attacks,
+    return {norm: EvalConfig(attacks=_cascade(args, norm),
                              eps=floats(args.eps or default_eps(dataset, norm), "--eps"), norm=norm,
                              steps=args.steps, alpha=args.alpha, restarts=args.restarts, cascade=not args.no_cascade,
                              early_stop=not args.no_early_stop, batch_size=args.batch_size, seed=args.seed,
@@ -170,6 +169,20 @@ def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalCo
             for norm in _norms(args)}
 
 
+def _cascade(args: argparse.Namespace, norm: str) -> list:
+    """The stages for the threat model ``norm``: ``--suite``'s, ``--attacks``, or by default
+    FGSM then PGD where both take the norm, else the strong suite (L0)."""
+    given = _attacks(args)  # checked first: --suite and --attacks exclude each other
+    if args.suite:
+        return suite(args.suite, norm)
+    if args.attacks is None and any(norm not in abilities(name).norms for name in DEFAULT_ATTACKS):
+        return suite("strong", norm)
+    return given
+
+
+DEFAULT_ATTACKS = ("fgsm", "pgd")
+
+
 def _attacks(args: argparse.Namespace) -> list[str] | None:
     """The names of ``--attacks`` (None with ``--suite``), checked."""
     if args.suite and args.attacks is not None:
@@ -177,7 +190,7 @@ def _attacks(args: argparse.Namespace) -> list[str] | None:
                        f"and --attacks {args.attacks}")
     if args.suite:
         return None
-    text = args.attacks if args.attacks is not None else "fgsm,pgd"
+    text = args.attacks if args.attacks is not None else ",".join(DEFAULT_ATTACKS)
     attacks = [a.strip() for a in text.split(",") if a.strip()]
     unknown = [a for a in attacks if a not in ATTACKS]
     if not attacks or unknown:
@@ -199,10 +212,13 @@ def _norms(args: argparse.Namespace) -> list[str]:
                        f"its default budgets ({_budgets(args.dataset, norms)}), "
                        f"got --eps {args.eps}")
     for norm in norms:
-        names = [stage_name(s) for s in (suite(args.suite, norm) if args.suite else _attacks(args))]
+        names = [stage_name(s) for s in _cascade(args, norm)]
         lacking = [name for name in names if norm not in abilities(name).norms]
         if lacking:
             raise CLIError(f"--attacks: {', '.join(lacking)} cannot attack in --norm {norm}")
+        if args.certify and not get_norm(norm).certifiable:
+            raise CLIError(f"--certify: no certificate covers --norm {norm} ({get_norm(norm).label}); drop "
+                           f"--certify to attack it")
     return norms
 
 
