@@ -13,6 +13,7 @@ from advx.adapt import PROBE
 from advx.attacks.bpda import straight_through
 from advx.attacks.eot import Seeded, is_randomized
 from advx.attacks.registry import ATTACKS, abilities, attack_options, build_attack
+from advx.cli import universal
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, images_option, load_subject,
                              model_options, precision_option)
 from advx.files import check_output_dir
@@ -51,15 +52,19 @@ def add(sub) -> None:
                    help="draws of a randomized model's randomness averaged per gradient (EOT; gradient attacks; "
                         "default: 1)")
     images_option(a, 1000)
-    a.add_argument("--batch-size", type=int, default=500, help="default: 500")
+    a.add_argument("--batch-size", type=int, default=None, help="default: 500 (--universal: 50)")
     precision_option(a, "the attack's search (success is always decided in fp32)")
     a.add_argument("--out", default=None, help="output folder (default: runs/<attack>-<norm>-eps<eps>)")
+    universal.add_options(a)
     model_options(a)
     common_options(a)
     a.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.universal:
+        return universal.run(args)
+    args.batch_size = 500 if args.batch_size is None else args.batch_size
     if args.targeted != (args.target_class is not None):
         raise CLIError("--targeted and --target-class K go together (got only one of them)")
     check_model_options(args)

@@ -67,3 +67,45 @@ def write_attack_outputs(out: Path, run, x: torch.Tensor, attack, *, settings: d
     })
     remove_stale(out, written)
     return written
+
+
+def universal_table(found, measured: dict, *, n: int, train_images: int, seconds: float, source: dict) -> str:
+    """``advx attack --universal``'s console table: the perturbation found (``advx.universal.
+    Universal``) and what it does to ``n`` test images it never saw (``measured``: ``fooling``)."""
+    return format_table([
+        ("model", source_title(source)),
+        ("perturbation", f"one for every image, {found.norm.label} eps {found.eps:g} "
+                         f"(size {found.norm.size(found.delta[None]).item():.4f})"),
+        ("found on", f"{train_images:,} training images, {len(found.history)} passes (fooling rate there "
+                     f"{found.history[-1]:.2%})"),
+        ("test images", str(n)),
+        ("clean accuracy", f"{measured['clean_acc']:.2%}"),
+        ("accuracy with it", f"{measured['acc']:.2%}"),
+        ("fooling rate", f"{measured['fooling_rate']:.2%} (predictions it changes)"),
+        ("wall time", f"{seconds:.2f} s"),
+    ], title="advx attack --universal")
+
+
+def write_universal_outputs(out: Path, found, measured: dict, x: torch.Tensor, y: torch.Tensor, *,
+                            settings: dict, source: dict) -> list[str]:
+    """``perturbation.pt`` (the perturbation [C, H, W]), ``examples.png`` (test images ``x``,
+    with it, and it) and ``report.json`` into ``out`` (stale advx files removed)."""
+    from advx.files import atomic_write
+
+    written = ["report.json", "examples.png", "perturbation.pt"]
+    with atomic_write(out / "perturbation.pt", "wb") as f:
+        torch.save(found.delta.cpu(), f)
+    k = min(8, len(x))
+    save_examples(out / "examples.png", x[:k], (x[:k] + found.delta.cpu()).clamp(0, 1), y[:k],
+                  measured["pred_clean"][:k], measured["pred"][:k], classes=source.get("classes"))
+    write_json(out / "report.json", {
+        "command": "attack", **source,
+        "universal": {"norm": found.norm.name, "eps": found.eps, "size": found.norm.size(found.delta[None]).item(),
+                      "train_fooling_rate": found.history},
+        **settings,
+        "results": {k: v for k, v in measured.items() if k not in ("pred_clean", "pred")},
+        "files": written,
+        "environment": environment(),
+    })
+    remove_stale(out, written)
+    return written

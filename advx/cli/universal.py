@@ -1,0 +1,74 @@
+"""``advx attack --universal``: one perturbation for every image, found on training images
+(dL/dX summed over them, weights frozen) and measured on the first N test images."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from advx import distributed
+from advx.cli.common import CLIError, check_model_options, device_named, load_subject
+from advx.data import load_dataset
+from advx.files import check_output_dir
+from advx.norms import get_norm
+from advx.report.attack import universal_table, write_universal_outputs
+from advx.universal import NORMS, find_universal, fooling
+
+# ``advx attack`` options that a universal perturbation has no use for, with their "not given" value.
+UNUSED = {"targeted": False, "target_class": None, "bpda": False, "eot": None, "restarts": None, "early_stop": False}
+
+
+def add_options(a: argparse.ArgumentParser) -> None:
+    g = a.add_argument_group("universal perturbation (--universal)")
+    g.add_argument("--universal", action="store_true",
+                   help="instead of --attack: one perturbation for every image (Linf or L2), found by gradient "
+                        "ascent over --train-images training images (--steps passes, default 3, in batches of "
+                        "--batch-size, default 50; --alpha the first step, default eps/5), then its fooling rate (predictions it changes) on the first --n "
+                        "test images; writes perturbation.pt, examples.png and report.json")
+    g.add_argument("--train-images", type=int, default=10000,
+                   help="--universal: the first N training images it is found on (default: 10,000)")
+
+
+def run(args: argparse.Namespace) -> int:
+    given = [f"--{k.replace('_', '-')}" for k, v in UNUSED.items() if getattr(args, k) != v]
+    if given:
+        raise CLIError(f"{', '.join(given)} cannot go with --universal (one untargeted perturbation for every image)")
+    norm = get_norm(args.norm or "inf")
+    if not isinstance(norm, NORMS):
+        raise CLIError(f"--norm must be inf or 2 with --universal (a dense perturbation), got --norm {args.norm}")
+    if args.train_images < 1:
+        raise CLIError(f"--train-images must be >= 1, got {args.train_images}")
+    for option in ("steps", "batch_size"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise CLIError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    if args.alpha is not None and not args.alpha > 0:
+        raise CLIError(f"--alpha must be > 0 (the first step), got {args.alpha:g}")
+    if args.eps is not None and args.eps < 0:
+        raise CLIError(f"--eps must be >= 0, got {args.eps:g}")
+    if distributed.world()[1] > 1:
+        raise CLIError("--universal runs in one process: run it without torchrun")
+    check_model_options(args)
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    device = device_named(args.device)
+    subject, test = load_subject(args, device)
+    eps = subject.dataset.eps[norm.name] if args.eps is None else args.eps
+    out = check_output_dir(args.out or f"runs/universal-{norm.name}-eps{eps:g}", "--out")
+    train = load_dataset(subject.dataset, "train", args.data_dir)
+    if args.train_images > len(train):
+        raise CLIError(f"--train-images must be at most {len(train):,} ({subject.dataset.title}'s training "
+                       f"images), got {args.train_images:,}")
+    began = time.perf_counter()
+    found = find_universal(subject.model, train.x[:args.train_images], train.y[:args.train_images], eps=eps,
+                           norm=norm, epochs=args.steps or 3, batch_size=args.batch_size or 50, step=args.alpha,
+                           seed=args.seed, device=device, progress=not args.quiet)
+    measured = fooling(subject.model, test.x, test.y, found.delta)
+    seconds = time.perf_counter() - began
+    print(universal_table(found, measured, n=len(test.y), train_images=args.train_images, seconds=seconds,
+                          source=subject.source))
+    settings = {"n": len(test.y), "train_images": args.train_images, "passes": args.steps or 3,
+                "batch_size": args.batch_size or 50, "seed": args.seed, "device": device, "seconds": seconds}
+    written = write_universal_outputs(out, found, measured, test.x, test.y, settings=settings,
+                                      source=subject.source)
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    return 0
