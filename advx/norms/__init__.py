@@ -41,14 +41,15 @@ import numbers
 
 from advx.norms.base import TINY, Norm, per_sample, solve_piecewise
 from advx.norms.l0 import L0
+from advx.norms.patch import Patch
 from advx.norms.lp import L1, L2, Linf
 from advx.validate import InputError
 
-__all__ = ["TINY", "Norm", "per_sample", "solve_piecewise", "Linf", "L2", "L1", "L0", "NORMS", "NORM_NAMES",
+__all__ = ["TINY", "Norm", "per_sample", "solve_piecewise", "Linf", "L2", "L1", "L0", "Patch", "NORMS", "NORM_NAMES",
            "get_norm"]
 
 NORMS = {"inf": Linf, "linf": Linf, "Linf": Linf, "2": L2, "l2": L2, "L2": L2, "1": L1, "l1": L1, "L1": L1,
-         "0": L0, "l0": L0, "L0": L0}
+         "0": L0, "l0": L0, "L0": L0, "patch": Patch}
 NORM_NAMES = ["inf", "2", "1", "0"]  # what the CLI offers
 
 

@@ -18,14 +18,36 @@ from advx.norms.base import Norm, _radius
 from advx.validate import InputError
 
 
-class L0(Norm):
-    name, label = "0", "L0"
+class Searched(Norm):
+    """A threat model of which pixels change (L0, patches): its budget is a whole number,
+    and it has no dual norm, steepest direction or hyperplane step: attacks search it
+    (``sparse-rs``), and no bound propagation covers it."""
+
     certifiable = False
+    unit = "pixels"
 
     def budget(self, eps):
         if math.isfinite(eps) and eps != int(eps):
-            raise InputError(f"eps must be a whole number of pixels in L0, got {eps!r}")
+            raise InputError(f"eps must be a whole number of {self.unit} in {self.label}, got {eps!r}")
         return eps
+
+    def dual_size(self, w):
+        raise InputError(f"{self.label} has no dual norm: no bound over its ball is computed (use an attack)")
+
+    def linear_minimum(self, A, x, eps):
+        raise InputError(f"{self.label} has no dual norm: no bound over its ball is computed (use an attack)")
+
+    def direction(self, grad):
+        raise InputError(f"{self.label} has no steepest-ascent direction: use an attack that searches it "
+                         f"(sparse-rs)")
+
+    def to_hyperplane(self, w, c, lower, upper):
+        raise InputError(f"{self.label} has no closest point on a hyperplane here: use an attack that searches "
+                         f"it (sparse-rs)")
+
+
+class L0(Searched):
+    name, label = "0", "L0"
 
     def diameter(self, shape, bounds):
         """Every pixel of an image of ``shape`` (channels first): a count that never binds."""
@@ -60,18 +82,6 @@ class L0(Norm):
         changed = _changed(delta)
         keep = _top(torch.where(changed, energy, -1.0), _radius(eps, x)) & changed
         return torch.where(_spread(keep, x).bool(), moved, x)
-
-    def dual_size(self, w):
-        raise InputError("L0 has no dual norm: no bound over an L0 ball is computed (use an attack)")
-
-    def linear_minimum(self, A, x, eps):
-        raise InputError("L0 has no dual norm: no bound over an L0 ball is computed (use an attack)")
-
-    def direction(self, grad):
-        raise InputError("L0 has no steepest-ascent direction: use an L0 attack (e.g. sparse-rs)")
-
-    def to_hyperplane(self, w, c, lower, upper):
-        raise InputError("L0 has no closest point on a hyperplane here: use an L0 attack (e.g. sparse-rs)")
 
 
 def _positions(x: torch.Tensor) -> int:
