@@ -39,6 +39,7 @@ from torch import nn
 from advx import ATTACKS, PGD
 from advx.attacks.registry import abilities, attack_class, build_attack
 from advx.norms import get_norm
+from advx.norms.l0 import Searched
 from advx.rng import SampleRNG, salt_of
 
 NAMES = sorted(ATTACKS)
@@ -65,6 +66,11 @@ PROPERTY_SETTINGS = settings(
 def min_classes(name: str) -> int:
     """What the registry declares (APGD's DLR losses read the 3rd or 4th largest logit)."""
     return abilities(name).min_classes
+
+
+def searched(norm: str) -> bool:
+    """A threat model of which pixels change (L0, patch): its budget is a whole number."""
+    return isinstance(get_norm(norm), Searched)
 
 
 def can_target(name: str) -> bool:
@@ -180,7 +186,7 @@ def cases(draw, name: str, dtypes=(torch.float32, torch.float64), min_batch: int
     scale = get_norm(norm).diameter((channels, height, width), (low, high))
     zero = draw(st.integers(0, 5)) == 3  # eps = 0 in about one example in six
     eps = 0.0 if zero else draw(st.floats(0.002, 1.5)) * scale
-    if get_norm(norm).name == "0" and not zero:  # L0: a whole number of pixels, at least one
+    if searched(norm) and not zero:  # L0, patch: a whole number of pixels (of side), at least one
         eps = float(max(1, round(eps)))
 
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32)))
@@ -346,7 +352,7 @@ def near_boundary(classes: int, channels: int, height: int, width: int, bounds, 
     bisection on the segment from ``p`` to ``2c - p`` ends next to a decision boundary
     between two classes (``b`` keeps it off the point where all the logits tie).
 
-    ``one_pixel`` (for L0): the first pixel's weights (all its channels) are scaled up so that
+    ``one_pixel`` (for L0 and patches): the first pixel's weights (all its channels) are scaled up so that
     they dominate the logits, and only that pixel is reflected: the image and the one across
     the boundary differ in that pixel alone."""
     low, high = bounds
@@ -386,11 +392,12 @@ def near_boundary(classes: int, channels: int, height: int, width: int, bounds, 
 
 def check_moves(case: Case, attack, across: torch.Tensor) -> None:
     """Every image lies within a hair (far less than eps) of one that reaches the goal: an
-    attack that hands it back unchanged is not attacking. In L0 a size is a count of pixels,
-    so no point is nearer than one pixel: there the point that reaches the goal differs in a
-    single pixel, by a hair (``near_boundary(..., one_pixel=True)``), and eps is at least 1."""
+    attack that hands it back unchanged is not attacking. In L0 a size is a count of pixels
+    (for a patch, the side of a square of pixels), so no point is nearer than one pixel: there
+    the point that reaches the goal differs in a single pixel, by a hair
+    (``near_boundary(..., one_pixel=True)``), and eps is at least 1."""
     gap = attack.norm.size(across - case.x)
-    if attack.norm.name == "0":
+    if isinstance(attack.norm, Searched):
         assert (gap <= 1).all() and case.eps >= 1  # the setting is as claimed
     else:
         assert (gap < case.eps / 100).all()  # the setting is as claimed
@@ -408,12 +415,14 @@ def boundary_cases(draw, name: str):
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     bounds = draw(st.sampled_from(BOUNDS))
     norm = draw(st.sampled_from(cls.norms))
-    l0 = get_norm(norm).name == "0"
+    pixels = searched(norm)  # L0, patch: a whole number of pixels (of side), at least one
     scale = (bounds[1] - bounds[0]) * (1.0 if norm == "inf" else math.sqrt(channels * height * width))
-    eps = draw(st.floats(0.05, 0.5)) * (height * width if l0 else scale)
-    eps = float(max(1, round(eps))) if l0 else eps  # L0: a whole number of pixels
+    if pixels:
+        scale = get_norm(norm).diameter((channels, height, width), bounds)  # every pixel, the longer side
+    eps = draw(st.floats(0.05, 0.5)) * scale
+    eps = float(max(1, round(eps))) if pixels else eps
     model, x, y, other, across = near_boundary(classes, channels, height, width, bounds, dtype,
-                                               draw(st.integers(0, 2**32)), n, one_pixel=l0)
+                                               draw(st.integers(0, 2**32)), n, one_pixel=pixels)
     assume((other != y).all())  # the reflection has another label (as a rule)
     targeted = draw(st.booleans()) if can_target(name) else False
     case = Case(name=name, model=model, x=x, y=other if targeted else y, eps=eps, norm=norm, bounds=bounds,

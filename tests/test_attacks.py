@@ -16,6 +16,7 @@ from torch import nn
 from advx import APGD, ATTACKS, CW, FGSM, MIFGSM, PGD, DeepFool, HopSkipJump, Square
 from advx.attacks.registry import abilities, attack_class, build_attack
 from advx.norms import get_norm
+from advx.norms.l0 import Searched
 
 CASES = [
     (attack, norm, targeted)
@@ -23,7 +24,7 @@ CASES = [
     for norm in ("inf", "2")
     for targeted in (False, True)
 ]
-EPS = {"inf": 0.3, "2": 2.0, "1": 10.0, "0": 10.0}  # L0: a whole number of pixels
+EPS = {"inf": 0.3, "2": 2.0, "1": 10.0, "0": 10.0, "patch": 6.0}  # L0, patch: a whole number of pixels (of side)
 
 
 def make(name, model, norm, targeted, **kw):
@@ -199,7 +200,7 @@ def test_registered_for_the_cli(name, bn_model):
     declared = attack_class(name)
     assert accepted["norm"].default in abilities(name).norms  # its default norm is one it declares
     for norm in declared.norms:
-        eps = 3.0 if get_norm(norm).name == "0" else 0.3  # L0: a whole number of pixels
+        eps = 3.0 if isinstance(get_norm(norm), Searched) else 0.3  # L0, patch: a whole number of pixels
         attack = ATTACKS[name](bn_model, eps=eps, norm=norm, targeted=False, seed=0)
         assert attack.norm.name == norm
     for norm in [n for n in ("inf", "2", "0") if n not in declared.norms]:  # the others are refused

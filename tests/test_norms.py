@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from advx.norms import L0, L1, L2, Linf, get_norm
+from advx.norms import L0, L1, L2, Linf, Patch, get_norm
 from advx.validate import InputError
 
 
@@ -234,3 +234,143 @@ def test_no_bound_propagation_claims_to_certify_l0():
     with pytest.raises(InputError, match="L0 cannot be certified by bound propagation"):
         Certifier(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (1, 28, 28), norm="0")
     assert all(get_norm(n).certifiable for n in ("inf", "2", "1")) and not get_norm("0").certifiable
+
+
+# -------------------------------------------------------------------------- patch
+def _bounding_side(delta):
+    """The side of the smallest square holding every changed pixel, by looping (0 if none)."""
+    sides = []
+    for d in delta:
+        hit = (d != 0).any(0).nonzero()
+        sides.append(0 if len(hit) == 0 else int((hit.max(0).values - hit.min(0).values + 1).max()))
+    return torch.tensor(sides, dtype=delta.dtype)
+
+
+def test_patch_size_is_the_side_of_the_bounding_square():
+    delta = torch.zeros(5, 3, 6, 9)
+    delta[0, 1, 2, 3] = 0.5                          # one pixel, one channel: a square of side 1
+    delta[1, 0, 1, 1], delta[1, 2, 2, 5] = -0.1, 0.1  # 2 rows, 5 columns apart: side 5
+    delta[2, :, 0, 0], delta[2, 0, 5, 0] = 1e-30, 0.3  # a tiny change counts; a column of 6
+    delta[3, 2] = 1.0                                # every pixel: the longer side
+    assert torch.equal(Patch().size(delta), torch.tensor([1.0, 5.0, 6.0, 9.0, 0.0]))
+    noise = torch.randn(40, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    sparse = noise * (torch.rand(40, 1, 5, 7, generator=torch.Generator().manual_seed(1)) < 0.1)
+    assert torch.equal(Patch().size(sparse), _bounding_side(sparse))
+
+
+def _squares(side, height, width):
+    """Every square of ``side`` that meets an H x W image, as [H, W] masks (cut at the edges)."""
+    rows, cols = torch.arange(height)[:, None], torch.arange(width)[None, :]
+    for top in range(1 - side, height):
+        for left in range(1 - side, width):
+            yield (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("shape", [(3, 3), (3, 5), (4, 4)])
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 6])
+def test_patch_projection_is_the_nearest_point_by_brute_force(channels, shape, side):
+    """Every square of the side anywhere on the image (also reaching past it), the box applied
+    inside it, the nearest (in L2) of those points; targets inside and outside the box."""
+    gen = torch.Generator().manual_seed(100 * side + 10 * channels + shape[1])
+    x = torch.rand(40, channels, *shape, generator=gen, dtype=torch.float64)
+    sparse = torch.rand(40, 1, *shape, generator=gen, dtype=torch.float64) < 0.3
+    inside = torch.where(sparse, torch.rand(x.shape, generator=gen, dtype=torch.float64), x)
+    outside = x + 1.5 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    for v in (inside, outside):
+        out = Patch().project(v, x, side, (0.0, 1.0))
+        assert (Patch().size(out - x) <= side).all() and out.min() >= 0 and out.max() <= 1
+        best = torch.full((40,), math.inf, dtype=torch.float64)
+        for square in _squares(side, *shape):
+            point = torch.where(square, v.clamp(0, 1), x)
+            best = torch.minimum(best, (point - v).flatten(1).norm(dim=1))
+        torch.testing.assert_close((out - v).flatten(1).norm(dim=1), best, rtol=0, atol=1e-12)
+        assert torch.equal(Patch().project(out, x, side, (0.0, 1.0)), out)  # idempotent, bit for bit
+
+
+def test_patch_projection_leaves_a_point_of_the_ball_alone():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 3, 8, 8, generator=gen)
+    side = torch.randint(1, 9, (60,), generator=gen)
+    top, left = (torch.rand(60, generator=gen) * (9 - side)).long(), (torch.rand(60, generator=gen) * (9 - side)).long()
+    from advx.norms.patch import window
+    square = window(top, left, side, 8, 8)[:, None] & (torch.rand(60, 1, 8, 8, generator=gen) < 0.5)
+    v = torch.where(square, torch.rand(x.shape, generator=gen), x)
+    assert torch.equal(Patch().project(v, x, side.float(), (0.0, 1.0)), v)
+    assert torch.equal(Patch().project(v, x, 8, (0.0, 1.0)), v)
+    # A change whose saving underflows to 0 (1e-30 squared, in float32) is part of the point:
+    # before the fix the first square saving the most (columns 0-1) dropped it.
+    x, v = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    v[0, 0, 1, 1], v[0, 0, 1, 2] = 0.5, 1e-30
+    assert torch.equal(Patch().project(v, x, 2, (0.0, 1.0)), v)
+
+
+def test_patch_on_a_non_square_image_widens_along_the_longer_side():
+    """A 4 x 8 image: changes across 6 columns of a row fit a square of side 6 (reaching past
+    the image's rows); before the fix the projection cut them to a 4 x 4 square, so neither
+    eps = 6 nor the diameter (8, 'never binds') kept them."""
+    x = torch.zeros(2, 1, 4, 8)
+    v = x.clone()
+    v[0, 0, 0, :6] = 0.5
+    v[1] = 0.25  # every pixel
+    assert torch.equal(Patch().size(v - x), torch.tensor([6.0, 8.0]))
+    assert Patch().diameter((1, 4, 8), (0.0, 1.0)) == 8
+    assert torch.equal(Patch().project(v[:1], x[:1], 6, (0.0, 1.0)), v[:1])
+    for eps in (8, 100, math.inf):
+        assert torch.equal(Patch().project(v, x, eps), v)
+    start = Patch().random_start(x, 6, torch.Generator().manual_seed(0))
+    assert torch.equal(Patch().size(start - x), torch.tensor([6.0, 6.0]))
+
+
+def test_patch_projection_of_an_infinite_target_on_a_clipped_pixel():
+    """x_adv = +inf on a pixel at the top of the box (the box takes it back to x: keeping it
+    saves nothing): the square keeps the change that saves. Before the fix 0 * inf = NaN
+    there made that pixel's square win."""
+    x = torch.full((1, 1, 4, 4), 0.5)
+    x[0, 0, 3, 3] = 1.0
+    v = x.clone()
+    v[0, 0, 3, 3], v[0, 0, 0, 0] = math.inf, 0.9
+    expected = x.clone()
+    expected[0, 0, 0, 0] = 0.9
+    assert torch.equal(Patch().project(v, x, 1, (0.0, 1.0)), expected)
+
+
+def test_patch_projection_keeps_everything_or_nothing():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 2, 5, 7, generator=gen)
+    v = torch.rand(x.shape, generator=gen)
+    for eps in (7, 9, math.inf):  # the longer side or more
+        assert torch.equal(Patch().project(v, x, eps), v) and torch.equal(Patch().project(v, x, eps, (0.0, 1.0)), v)
+    assert torch.equal(Patch().project(v, x, 0), x) and torch.equal(Patch().project(v, x, 0, (0.0, 1.0)), x)
+    per_sample = Patch().project(v, x, torch.tensor([0.0, 2.0, 7.0, 3.0]), (0.0, 1.0))
+    assert torch.equal(Patch().size(per_sample - x), torch.tensor([0.0, 2.0, 7.0, 3.0]))
+
+
+@pytest.mark.parametrize("side", [1, 3, 5, 6, 20])
+def test_patch_random_start_fits_a_square_of_the_side(side):
+    x = 0.25 + 0.5 * torch.rand(30, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    start = Patch().random_start(x, side, torch.Generator().manual_seed(side))
+    assert torch.equal(Patch().size(start - x), torch.full((30,), float(min(side, 6))))
+    assert (start - x).abs().max() <= 1
+    assert torch.equal(start, Patch().random_start(x, side, torch.Generator().manual_seed(side)))
+    if side < 5:  # the place differs from sample to sample
+        assert len({tuple(m.tolist()) for m in (start != x).any(1).flatten(1)}) > 1
+
+
+def test_patch_budget_and_what_it_refuses():
+    assert Patch().budget(3.0) == 3.0 and Patch().budget(0) == 0 and Patch().budget(math.inf) == math.inf
+    with pytest.raises(InputError, match="eps must be a whole number of pixels of side in patch, got 2.5"):
+        Patch().budget(2.5)
+    flat = torch.zeros(2, 16)
+    for call in (lambda: Patch().size(flat), lambda: Patch().project(flat, flat, 2),
+                 lambda: Patch().random_start(flat, 2, torch.Generator())):
+        with pytest.raises(InputError, match=r"a patch needs images \[N, C, H, W\], got a tensor of shape \(2, 16\)"):
+            call()
+    assert not Patch().certifiable and Patch().diameter((3, 28, 28), (0.0, 1.0)) == 28
+    w = torch.randn(2, 5)
+    for call in (lambda: Patch().dual_size(w), lambda: Patch().direction(w),
+                 lambda: Patch().linear_minimum(w, w, 1.0),
+                 lambda: Patch().to_hyperplane(w, torch.ones(2), -torch.ones(2, 5), torch.ones(2, 5))):
+        with pytest.raises(InputError, match="patch has no"):
+            call()
+    assert isinstance(get_norm("patch"), Patch) and get_norm("patch") == Patch() and Patch().label == "patch"

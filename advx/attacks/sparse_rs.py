@@ -1,9 +1,10 @@
-"""Sparse-RS: score-based black-box L0 attack by random search over which pixels to change.
+"""Sparse-RS: score-based black-box attacks by random search over which pixels to change:
+L0 (any k pixels) and patches (one square of side s, anywhere: ``advx.attacks.sparse_rs_patch``).
 
 Croce, Andriushchenko, Singh, Flammarion & Hein (2022), "Sparse-RS: a versatile framework
 for query-efficient sparse black-box adversarial attacks" (AAAI). It never looks at a
 gradient: it reads the model's logits (under ``torch.no_grad``) and keeps a random change
-of the set of perturbed pixels only if it lowers the margin loss.
+of the perturbed pixels only if it lowers the margin loss.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from torch import nn
 from advx import rng
 from advx.attacks.base import Attack
 from advx.attacks.results import Run
+from advx.attacks.sparse_rs_patch import search_patch
 from advx.attacks.square import _DRAWS_PER_CALL, _TIE
-from advx.norms import Norm
+from advx.norms import Norm, Patch
 from advx.validate import InputError, check_number
 
 # (last iteration, divisor of p_init): the paper's schedule for L0 over 10,000 iterations
@@ -33,35 +35,49 @@ def swap_fraction(p_init: float, query: int, queries: int) -> float:
 
 
 class SparseRS(Attack):
-    """Sparse-RS for L0, untargeted or targeted; uses model outputs only.
+    """Sparse-RS for L0 and for patches, untargeted or targeted; uses model outputs only.
 
-    The state of a sample is a set M of k = ``eps`` pixels (a pixel: one position with all
-    its channels) and their values; every other pixel is the clean one. Start: k positions
-    drawn uniformly, each channel at a random corner of the box (``bounds`` low or high,
-    1/2 each). Each query: a = max(int(alpha * k), 1) positions of M, drawn uniformly, go
-    back to their clean values and a positions outside M, drawn uniformly, take random
-    corners; the change is kept if it lowers the margin (``z_y - max_{j!=y} z_j``, or
+    L0 (``norm="0"``): the state of a sample is a set M of k = ``eps`` pixels (a pixel: one
+    position with all its channels) and their values; every other pixel is the clean one.
+    Start: k positions drawn uniformly, each channel at a random corner of the box (``bounds``
+    low or high, 1/2 each). Each query: a = max(int(alpha * k), 1) positions of M, drawn
+    uniformly, go back to their clean values and a positions outside M, drawn uniformly, take
+    random corners. alpha starts at ``p_init`` and shrinks on the paper's schedule
+    (``swap_fraction``). A budget above the number of pixels is clamped to it; with every
+    pixel in M, a query redraws the corners of a of them instead.
+
+    Patches (``norm="patch"``, image- and location-specific): the state is one square patch
+    of side s = ``eps`` (on an image side shorter than s, the patch covers that side) with its
+    own contents, each value a corner of the box, and its place. Start: the place uniform
+    over where the patch fits, the contents random vertical stripes (one corner per channel
+    and column). Each query either moves the patch by up to ``shift_range`` pixels each way,
+    every ``location_period`` queries while that range is not 0, or paints a random square of
+    side max(int(sqrt(p) * s), 1) inside it in one random corner colour (one per channel; if
+    the square has that colour already, the other corner), p from ``p_init`` on the paper's
+    patch schedule (``patch_fraction``); see ``advx.attacks.sparse_rs_patch``.
+
+    In both, a change is kept if it lowers the margin (``z_y - max_{j!=y} z_j``, or
     ``max_{j!=t} z_j - z_t`` targeted) by more than float rounding, and a sample stops as
-    soon as it reaches the goal. alpha starts at ``p_init`` and shrinks on the paper's
-    schedule (``swap_fraction``). A budget above the number of pixels is clamped to it; with
-    every pixel in M, a query redraws the corners of a of them instead.
-
-    ``steps`` in the result is the exact number of model evaluations ("queries") spent on
-    each sample, the initial one included. Every random number of a sample comes from its
-    own stream (with an ``advx.rng.SampleRNG``), so its result does not depend on its batch.
+    soon as it reaches the goal. ``steps`` in the result is the exact number of model
+    evaluations ("queries") spent on each sample, the initial one included. Every random
+    number of a sample comes from its own stream (with an ``advx.rng.SampleRNG``), so its
+    result does not depend on its batch.
 
     Args:
-        eps: k, the number of pixels changed (a whole number). queries: most queries per
-            sample and restart (the initial one included). p_init: initial fraction of the
-            k pixels swapped per query. restarts: independent runs, each only on samples
-            not broken yet. norm: ``"0"``. targeted: ``y`` holds target labels.
+        eps: L0: k, the number of pixels changed; patch: s, the patch's side (a whole
+            number either way). queries: most queries per sample and restart (the initial
+            one included). p_init: initial fraction of the k pixels swapped (L0) or of the
+            patch's area repainted (patch) per query. restarts: independent runs, each only
+            on samples not broken yet. norm: ``"0"`` or ``"patch"``. targeted: ``y`` holds
+            target labels.
 
     Example:
         >>> atk = SparseRS(model, eps=20, queries=1000)
         >>> result = atk.run(x, y)       # result.distance: pixels changed, at most 20
+        >>> patch = SparseRS(model, eps=8, norm="patch").run(x, y)  # an 8 x 8 sticker
     """
 
-    norms = ("0",)
+    norms = ("0", "patch")
     black_box = True
     low_precision = False  # not measured in bf16: the search runs in fp32
 
@@ -80,10 +96,15 @@ class SparseRS(Attack):
 
     @torch.no_grad()
     def _run(self, x, y, generator):
-        k = int(min(self.budget(x), math.prod(x.shape[2:])))
+        if isinstance(self.norm, Patch):
+            side = int(min(self.budget(x), max(x.shape[2:], default=1)))
+            search = lambda xs, ys, gen: search_patch(self, xs, ys, side, gen)  # noqa: E731
+        else:
+            k = int(min(self.budget(x), math.prod(x.shape[2:])))
+            search = lambda xs, ys, gen: self._run_once(xs, ys, k, gen)  # noqa: E731
 
         def restart(idx, gen):
-            x_new, margin, reached, queries = self._run_once(x[idx], y[idx], k, gen)
+            x_new, margin, reached, queries = search(x[idx], y[idx], gen)
             return Run(x_new, reached, -margin, queries)  # the lower the margin, the better
 
         return self.best_of_runs(x, generator, [restart] * self.restarts)
@@ -159,6 +180,10 @@ class SparseRS(Attack):
             reached[active[now_reached]] = True
             active = active[~now_reached]
         return x_best.view(shape), margin, reached, queries
+
+    def _search_margin(self, logits, y):
+        """The margin the search lowers, NaN as the worst (``_comparable``)."""
+        return _comparable(self.margin(logits, y))
 
 
 def _comparable(margin: torch.Tensor) -> torch.Tensor:

@@ -37,28 +37,37 @@ class Patch(Searched):
         height, width = _images(x).shape[-2:]
         side = _sides(eps, x, height, width)
         u = rng.rand((len(x), 2), generator, device=x.device, dtype=torch.float64)
-        top = (u[:, 0] * (height - side + 1)).long().clamp(min=0)
-        left = (u[:, 1] * (width - side + 1)).long().clamp(min=0)
+        top = (u[:, 0] * ((height - side).clamp(min=0) + 1)).long()
+        left = (u[:, 1] * ((width - side).clamp(min=0) + 1)).long()
         moves = 2 * rng.rand(x.shape, generator, device=x.device, dtype=x.dtype) - 1
         return x + moves * window(top, left, side, height, width).unsqueeze(1).to(x.dtype)
 
     def project(self, x_adv, x, eps, bounds=None):
         """The nearest point (in L2) of the box whose changes fit in one square of side ``eps``:
         the box per coordinate first, then the square where keeping ``x_adv`` saves the most
-        (ties: the first in raster order), the pixels outside it reset to ``x``."""
+        (ties: the one that keeps the most changed pixels, then the first in raster order), the
+        pixels outside it reset to ``x``. On an image side shorter than ``eps`` the square covers
+        that side whole (it may reach past the image)."""
         moved = x_adv if bounds is None else x_adv.clamp(*bounds)
         delta = _images(moved - x)
-        saved = (delta * (2 * x_adv - x - moved)).sum(1)  # [N, H, W], as in L0's projection
+        changed = _changed(delta).view(len(delta), *delta.shape[-2:])  # [N, H, W]
+        # A pixel's saving as in L0's projection; 0 where nothing changes (not 0 * inf = NaN
+        # where x_adv is infinite on a pixel the box clips back to x).
+        saved = torch.where(delta != 0, delta * (2 * x_adv - x - moved), 0).sum(1)  # [N, H, W]
         height, width = delta.shape[-2:]
         side = _sides(eps, x, height, width)
-        keep = torch.zeros_like(saved, dtype=torch.bool)
+        keep = torch.zeros_like(changed)
         for s in side.unique().tolist():
             rows = (side == s).nonzero().squeeze(1)
             if s == 0:
                 continue
-            gain = F.avg_pool2d(saved[rows, None].double(), s, stride=1).flatten(1)  # mean per window
-            best = gain.argmax(1)  # the first of the ties in raster order
-            columns = width - s + 1
+            shape = (min(s, height), min(s, width))  # the square, inside the image
+            gain = F.avg_pool2d(saved[rows, None].double(), shape, stride=1).flatten(1)  # mean per window
+            # A change whose saving underflows to 0 still counts: among the windows that save
+            # the most, the one that keeps the most changes (then the first: argmax's ties).
+            count = F.avg_pool2d(changed[rows, None].double(), shape, stride=1).flatten(1)
+            best = torch.where(gain == gain.amax(1, keepdim=True), count, -1.0).argmax(1)
+            columns = width - shape[1] + 1
             keep[rows] = window(best // columns, best % columns, torch.full_like(best, s), height, width)
         return torch.where(keep.unsqueeze(1), moved, x)
 
@@ -88,5 +97,7 @@ def _span(hit: torch.Tensor) -> torch.Tensor:
 
 
 def _sides(eps, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The budget per sample as a whole side that fits the image."""
-    return _radius(eps, x).clamp(max=min(height, width)).floor().long()
+    """The budget per sample as a whole side, at most the image's longer side (a square that
+    covers the image whatever its place: on a non-square image, a side above the shorter one
+    still widens the patch along the longer one)."""
+    return _radius(eps, x).clamp(max=max(height, width)).floor().long()
