@@ -164,7 +164,7 @@ def test_every_named_suite_builds_and_describes_itself(trained_cnn):
         assert sorted(per_norm) == sorted(NORM_NAMES)  # every threat model has its cascade
         for norm in per_norm:
             for stage in suite(name, norm):  # a preset option the attack lacks would raise, a norm it lacks too
-                stage_factory(stage, {"norm": norm})[1](trained_cnn, get_norm(norm).budget(3.0 if norm == "0" else 0.3))
+                stage_factory(stage, {"norm": norm})[1](trained_cnn, get_norm(norm).budget(0.3 if get_norm(norm).certifiable else 3.0))
     assert describe(suite("strong")) == ("apgd(restarts=1, near_restarts=30, near=0.5),"
                                          "apgd-t(n_target_classes=3, near_restarts=6, near=0.5),"
                                          "square(queries=5000, screen=1000, near=0.5)")

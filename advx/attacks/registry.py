@@ -94,6 +94,9 @@ SUITES = {
               ("square", {"queries": 5000})],
         # L0: Sparse-RS with the query budget of its paper's MNIST comparison (10,000).
         "0": [("sparse-rs", {"queries": 10000})],
+        # Patches: Sparse-RS's patch search. Untargeted, 1,000 random patches break as many
+        # images of the test model as 1,000 queries of the search do (tests/test_sparse_rs.py).
+        "patch": [("sparse-rs", {"queries": 5000})],
     },
 }
 

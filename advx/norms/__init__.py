@@ -50,17 +50,17 @@ __all__ = ["TINY", "Norm", "per_sample", "solve_piecewise", "Linf", "L2", "L1", 
 
 NORMS = {"inf": Linf, "linf": Linf, "Linf": Linf, "2": L2, "l2": L2, "L2": L2, "1": L1, "l1": L1, "L1": L1,
          "0": L0, "l0": L0, "L0": L0, "patch": Patch}
-NORM_NAMES = ["inf", "2", "1", "0"]  # what the CLI offers
+NORM_NAMES = ["inf", "2", "1", "0", "patch"]  # what the CLI offers
 
 
 def get_norm(norm: str | Norm) -> Norm:
     """``"inf"`` / ``"linf"`` -> ``Linf()``, ``"2"`` / ``"l2"`` -> ``L2()``, ``"1"`` / ``"l1"`` -> ``L1()``,
-    ``"0"`` / ``"l0"`` -> ``L0()``; a ``Norm`` passes through."""
+    ``"0"`` / ``"l0"`` -> ``L0()``, ``"patch"`` -> ``Patch()``; a ``Norm`` passes through."""
     if isinstance(norm, Norm):
         return norm
     given = norm
     if isinstance(norm, numbers.Real) and not isinstance(norm, bool):  # 2, 2.0, math.inf, numpy
         norm = {0.0: "0", 1.0: "1", 2.0: "2", math.inf: "inf"}.get(float(norm), given)
     if not isinstance(norm, str) or norm not in NORMS:
-        raise InputError(f"norm must be one of 'inf', '2', '1', '0' (or a Norm object), got {given!r}")
+        raise InputError(f"norm must be one of 'inf', '2', '1', '0', 'patch' (or a Norm object), got {given!r}")
     return NORMS[norm]()
