@@ -18,7 +18,7 @@ from advx import rng
 from advx.attacks.base import Attack
 from advx.attacks.results import Run
 from advx.attacks.sparse_rs_patch import search_patch
-from advx.attacks.square import _DRAWS_PER_CALL, _TIE
+from advx.attacks.search import Draws, improves
 from advx.norms import Norm, Patch
 from advx.validate import InputError, check_number
 
@@ -133,18 +133,11 @@ class SparseRS(Attack):
         most = max(int(self.p_init * k), 1)
         most = min(most, outside) if outside else min(most, k)
         width = most * (2 + channels)  # per query: a removals, a additions, a x C corners
-        row = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        draws = Draws(generator, n, iterations, width, device=x.device, dtype=torch.float64)
         for i in range(iterations):
             if len(active) == 0:
                 break
-            if i % _DRAWS_PER_CALL == 0:
-                # Random numbers for the next queries of each sample still running, in one
-                # call per sample: a sample's stream depends only on its own progress.
-                block = min(_DRAWS_PER_CALL, iterations - i)
-                uniforms = rng.rand((len(active), block, width), rng.subset(generator, active),
-                                    device=x.device, dtype=torch.float64)
-                row[active] = torch.arange(len(active), device=x.device)
-            u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, width]
+            u = draws.at(i, active)  # [A, width]
             a = min(max(int(swap_fraction(self.p_init, i + 1, self.queries) * k), 1), most)
             current, ordered = x_best[active], order[active]
             for j in range(a):  # M's positions j..k-1 -> column j, the outside's -> column k + j
@@ -162,11 +155,7 @@ class SparseRS(Attack):
             logits = self.search_logits(candidate.view(-1, *shape[1:]))
             queries[active] += 1
             new_margin = _comparable(self.margin(logits, y[active]))
-            # Keep a change only if it lowers the margin by more than float rounding: a
-            # change that leaves the logits as they were must not count as progress in one
-            # batch and not in another (the last bits of a batched forward depend on it).
-            old = margin[active]
-            improved = new_margin < torch.where(torch.isfinite(old), old - _TIE * old.abs().clamp_min(1), old)
+            improved = improves(new_margin, margin[active])  # beyond float rounding
             x_best[active[improved]] = candidate[improved]
             margin[active[improved]] = new_margin[improved]
             if outside:  # an accepted swap: the added positions join M, the removed leave it

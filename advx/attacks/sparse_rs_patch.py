@@ -16,7 +16,7 @@ import math
 import torch
 
 from advx import rng
-from advx.attacks.square import _DRAWS_PER_CALL, _TIE
+from advx.attacks.search import Draws, improves
 from advx.validate import InputError
 
 # (last iteration, divisor of p_init): the paper's schedule for patches over 10,000
@@ -73,18 +73,11 @@ def search_patch(attack, x, y, side, generator):
     active = (~reached).nonzero().squeeze(1)
     iterations, total = attack.queries - 1, attack.queries
     movable = rows < height or cols < width  # else every move would leave the patch in place
-    row = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    draws = Draws(generator, n, iterations, 2 + channels, device=x.device, dtype=torch.float64)
     for i in range(iterations):
         if len(active) == 0:
             break
-        if i % _DRAWS_PER_CALL == 0:
-            # Random numbers for the next queries of each sample still running, in one call
-            # per sample: a sample's stream depends only on its own progress.
-            block = min(_DRAWS_PER_CALL, iterations - i)
-            uniforms = rng.rand((len(active), block, 2 + channels), rng.subset(generator, active),
-                                device=x.device, dtype=torch.float64)
-            row[active] = torch.arange(len(active), device=x.device)
-        u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, 2 + C]
+        u = draws.at(i, active)  # [A, 2 + C]
         t = i + 1  # the query's number after the start, as in L0's schedule
         shifts = shift_range(t, total, height), shift_range(t, total, width)
         new_top, new_left, new_contents = top[active], left[active], contents[active]
@@ -106,9 +99,7 @@ def search_patch(attack, x, y, side, generator):
         logits = attack.search_logits(candidate)
         queries[active] += 1
         new_margin = attack._search_margin(logits, y[active])
-        # Keep a change only if it lowers the margin by more than float rounding (as in L0).
-        old = margin[active]
-        improved = new_margin < torch.where(torch.isfinite(old), old - _TIE * old.abs().clamp_min(1), old)
+        improved = improves(new_margin, margin[active])  # beyond float rounding
         kept = active[improved]
         x_best[kept], margin[kept] = candidate[improved], new_margin[improved]
         top[kept], left[kept], contents[kept] = new_top[improved], new_left[improved], new_contents[improved]

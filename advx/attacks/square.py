@@ -18,16 +18,13 @@ from advx import rng
 from advx.attacks.base import Attack
 from advx.attacks.budget import near_boundary, rerun_near
 from advx.attacks.results import Run
+from advx.attacks.search import TIE, Draws
 from advx.norms import L1, Linf, Norm, per_sample
 from advx.validate import InputError, check_number
 
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
 # fraction p is halved: the schedule of the paper for Linf.
 _HALVE_AFTER = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-# Queries whose random numbers are drawn at once: per-sample streams are one call per
-# sample, far too slow to make three times per query, above all on a GPU.
-_DRAWS_PER_CALL = 100
-_TIE = 1e-5
 
 
 def square_fraction(p_init: float, iteration: int, iterations: int | None) -> float:
@@ -122,7 +119,7 @@ class Square(Attack):
         reached = self.confirm(x_best, logits, y)
         active = (~reached).nonzero().squeeze(1)
         iterations = self.queries - 1
-        row = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        draws = Draws(generator, n, iterations, 2 + channels + 3 * bumps, device=x.device, dtype=x.dtype)
         for i in range(iterations):
             if self.screen is not None and i == self.screen - 1 and len(active):
                 # After ``screen`` queries only the samples near the boundary go on (a
@@ -130,14 +127,7 @@ class Square(Attack):
                 active = active[near_boundary(self, self.search_logits(x_best[active]), y[active], self.near)]
             if len(active) == 0:
                 break
-            if i % _DRAWS_PER_CALL == 0:
-                # Random numbers for the next queries of each sample still running, in one
-                # call per sample: a sample's stream depends only on its own progress.
-                block = min(_DRAWS_PER_CALL, iterations - i)
-                uniforms = rng.rand((len(active), block, 2 + channels + 3 * bumps), rng.subset(generator, active),
-                                    device=x.device, dtype=x.dtype)
-                row[active] = torch.arange(len(active), device=x.device)
-            u = uniforms[row[active], i % _DRAWS_PER_CALL]  # [A, 2 + C (+ 3 in L2 and L1)]
+            u = draws.at(i, active)  # [A, 2 + C (+ 3 in L2 and L1)]
             p = square_fraction(self.p_init, i, None if bumps else iterations)
             side = min(max(round(math.sqrt(p * height * width)), 1), height - 1, width - 1)
             if bumps:  # an odd side of at least 3, room for the two bumps
@@ -159,7 +149,7 @@ class Square(Attack):
             # Keep a change only if it lowers the margin by more than float rounding: a
             # change that leaves the logits as they were must not count as progress in one
             # batch and not in another (the last bits of a batched forward depend on it).
-            improved = new_margin < margin[active] - _TIE * margin[active].abs().clamp_min(1)
+            improved = new_margin < margin[active] - TIE * margin[active].abs().clamp_min(1)
             x_best[active[improved]] = candidate[improved]
             margin[active[improved]] = new_margin[improved]
             now_reached = improved.clone()

@@ -1,0 +1,43 @@
+"""What the score-based random searches (Square, Sparse-RS) share: each sample's random
+numbers, drawn in blocks of queries, and the rule that a change counts only beyond float
+rounding."""
+
+from __future__ import annotations
+
+import torch
+
+from advx import rng
+
+# Queries whose random numbers are drawn at once: per-sample streams are one call per
+# sample, far too slow to make three times per query, above all on a GPU.
+DRAWS_PER_CALL = 100
+TIE = 1e-5  # a margin must fall by this share of itself (at least of 1) to count as lower
+
+
+class Draws:
+    """``width`` uniforms per query for each of ``n`` samples, from each sample's own stream
+    of ``generator``, drawn ``DRAWS_PER_CALL`` queries at a time for the samples still running:
+    a sample's numbers depend only on its own progress, not on its batch."""
+
+    def __init__(self, generator, n: int, iterations: int, width: int, *, device, dtype) -> None:
+        self.generator, self.iterations, self.width = generator, iterations, width
+        self.device, self.dtype = device, dtype
+        self.row = torch.full((n,), -1, dtype=torch.long, device=device)
+        self.uniforms = None
+
+    def at(self, i: int, active: torch.Tensor) -> torch.Tensor:
+        """[len(active), width]: the uniforms of query ``i`` (0-based) of the samples ``active``."""
+        if i % DRAWS_PER_CALL == 0:
+            block = min(DRAWS_PER_CALL, self.iterations - i)
+            self.uniforms = rng.rand((len(active), block, self.width), rng.subset(self.generator, active),
+                                     device=self.device, dtype=self.dtype)
+            self.row[active] = torch.arange(len(active), device=self.device)
+        return self.uniforms[self.row[active], i % DRAWS_PER_CALL]
+
+
+def improves(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Where the margin ``new`` is lower than ``old`` by more than float rounding (``TIE``): a
+    change that leaves the logits as they were must not count as progress in one batch and not
+    in another (the last bits of a batched forward depend on it). An infinite ``old`` (a NaN
+    margin counted as +inf) is beaten by any finite ``new``."""
+    return new < torch.where(torch.isfinite(old), old - TIE * old.abs().clamp_min(1), old)
