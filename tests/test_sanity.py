@@ -83,3 +83,14 @@ def test_black_box_check():
     message = sanity.check_black_box(square_found_more, [0.3], [False, False, True], ["fgsm", "pgd", "square"])
     assert "the black-box attack (square) broke 1 samples at eps=0.3" in message
     assert sanity.check_black_box(square_found_more, [0.3], [True, False]) is None  # square first
+
+
+@pytest.mark.parametrize("norm, eps", [("0", [5, 20]), ("patch", [4, 8])])
+def test_the_checks_run_in_the_searched_threat_models_with_sparse_rs(trained_cnn, probe, norm, eps):
+    """PGD does not take L0 or patches: the large-budget and stronger-attack checks attack with
+    Sparse-RS there, and on a normal model they stay silent (half the pixels, or a patch of half
+    the side, breaks every image)."""
+    x, y = probe
+    ev = evaluate(trained_cnn, x[:24], y[:24], attacks=["sparse-rs"], eps=eps, norm=norm, progress=False)
+    assert ev.warnings == {}, ev.warnings
+    assert ev.robust_acc[eps[-1]] < ev.clean_acc  # the stage ran and broke images
