@@ -15,7 +15,10 @@ will certify with):
                     2020; lambda 10, eta 0.5), 12 epochs -> checkpoints/smoothed-consistency-S.pt
 
 The held-out check after each epoch is a small CERTIFY (128 samples) on 500 training images
-held out; the epoch with the largest average certified radius is kept. Then certify:
+held out; the epoch with the largest average certified radius is kept. Measured (every recipe,
+with its command, in docs/results.md, "Randomized smoothing"): at sigma 1.0, consistency-1.0
+certifies 31.80 % of the first 500 test images at L2 radius 2.0 and gaussian-1.0 22.00 %.
+Then certify:
 
     advx certify --checkpoint checkpoints/smoothed-gaussian-0.5.pt --method smoothing --sigma 0.5 --n 500
 """
