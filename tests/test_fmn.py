@@ -149,7 +149,8 @@ def test_declared_abilities_and_defaults(trained_cnn):
     ({"gamma_init": 0}, "gamma_init must be > 0, got 0"),
     ({"gamma_final": -0.1}, "gamma_final must be >= 0, got -0.1"),
     ({"gamma_final": float("nan")}, "gamma_final must be a finite number"),
-    ({"norm": "0"}, "norm must be one of"),
+    ({"norm": "3"}, "norm must be one of"),
+    ({"norm": "0"}, "norm must be 'inf' or '2' or '1' for FMN, got '0'"),
     ({"precision": "bf16"}, "precision must be 'fp32' or 'auto'"),
 ])
 def test_bad_arguments_raise_naming_them(kwargs, message, trained_cnn):

@@ -41,7 +41,7 @@ def add(sub) -> None:
                         "in the norm: MNIST Linf 0.1,0.3); with --method smoothing the L2 radii reported "
                         "(default: 0.5,1,1.5,2)")
     c.add_argument("--norm", default=None, choices=NORM_NAMES,
-                   help="default: inf (smoothing: 2, its only norm); L0 has no certificate here: attack it")
+                   help="default: inf (smoothing: 2, its only norm); L0 and patches have no certificate here: attack them")
     c.add_argument("--method", default="crown", choices=(*METHODS, "smoothing"),
                    help="ibp: fast, loose; crown, alpha-crown: tighter, slower; bab: a verdict per sample; "
                         "smoothing: randomized smoothing, a probabilistic L2 certificate of the smoothed model "

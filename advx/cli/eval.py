@@ -34,7 +34,7 @@ def add(sub) -> None:
                                    "per_sample.csv and curve.png.")
     e.add_argument("--attacks", default=None,
                    help=f"comma-separated, cheapest first, each at most once, from {','.join(sorted(ATTACKS))} "
-                        f"(default: fgsm,pgd; in L0, which they do not take, the strong suite)")
+                        f"(default: fgsm,pgd; in L0 and patches, which they do not take, the strong suite)")
     e.add_argument("--suite", default=None, choices=sorted(SUITES),
                    help="a named cascade instead of --attacks (after AutoAttack), one per norm; strong = "
                         + "; ".join(f"{get_norm(n).label}: {describe(suite('strong', n))}" for n in NORM_NAMES)
@@ -171,7 +171,7 @@ def _configs(args: argparse.Namespace, dataset: str, device) -> dict[str, EvalCo
 
 def _cascade(args: argparse.Namespace, norm: str) -> list:
     """The stages for the threat model ``norm``: ``--suite``'s, ``--attacks``, or by default
-    FGSM then PGD where both take the norm, else the strong suite (L0)."""
+    FGSM then PGD where both take the norm, else the strong suite (L0, patches)."""
     given = _attacks(args)  # checked first: --suite and --attacks exclude each other
     if args.suite:
         return suite(args.suite, norm)
