@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from advx import rng
+from advx.validate import InputError, check_number
 
 # Queries whose random numbers are drawn at once: per-sample streams are one call per
 # sample, far too slow to make three times per query, above all on a GPU.
@@ -41,3 +42,13 @@ def improves(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     in another (the last bits of a batched forward depend on it). An infinite ``old`` (a NaN
     margin counted as +inf) is beaten by any finite ``new``."""
     return new < torch.where(torch.isfinite(old), old - TIE * old.abs().clamp_min(1), old)
+
+
+def search_options(queries, p_init, restarts) -> tuple[int, float, int]:
+    """The options every random search takes, checked: ``queries`` (>= 1), ``p_init`` (in
+    (0, 1]) and ``restarts`` (>= 1)."""
+    queries = check_number("queries", queries, minimum=1, integer=True)
+    p_init_checked = check_number("p_init", p_init, minimum=0, strict=True)
+    if p_init_checked > 1:
+        raise InputError(f"p_init must be in (0, 1], got {p_init!r}")
+    return queries, p_init_checked, check_number("restarts", restarts, minimum=1, integer=True)

@@ -18,9 +18,8 @@ from advx import rng
 from advx.attacks.base import Attack
 from advx.attacks.results import Run
 from advx.attacks.sparse_rs_patch import search_patch
-from advx.attacks.search import Draws, improves
+from advx.attacks.search import Draws, improves, search_options
 from advx.norms import Norm, Patch
-from advx.validate import InputError, check_number
 
 # (last iteration, divisor of p_init): the paper's schedule for L0 over 10,000 iterations
 # (rescaled to the budget); beyond the last, p_init / 20.
@@ -88,11 +87,7 @@ class SparseRS(Attack):
                  precision: str = "fp32") -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator, precision=precision)
-        self.queries = check_number("queries", queries, minimum=1, integer=True)
-        self.p_init = check_number("p_init", p_init, minimum=0, strict=True)
-        if self.p_init > 1:
-            raise InputError(f"p_init must be in (0, 1], got {p_init!r}")
-        self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
+        self.queries, self.p_init, self.restarts = search_options(queries, p_init, restarts)
 
     @torch.no_grad()
     def _run(self, x, y, generator):

@@ -18,9 +18,9 @@ from advx import rng
 from advx.attacks.base import Attack
 from advx.attacks.budget import near_boundary, rerun_near
 from advx.attacks.results import Run
-from advx.attacks.search import TIE, Draws
+from advx.attacks.search import TIE, Draws, search_options
 from advx.norms import L1, Linf, Norm, per_sample
-from advx.validate import InputError, check_number
+from advx.validate import check_number
 
 # Iterations (out of 10,000, rescaled to the budget) after which the square's area
 # fraction p is halved: the schedule of the paper for Linf.
@@ -81,11 +81,7 @@ class Square(Attack):
                  precision: str = "fp32") -> None:
         super().__init__(model, eps=eps, norm=norm, bounds=bounds, targeted=targeted,
                          seed=seed, generator=generator, precision=precision)
-        self.queries = check_number("queries", queries, minimum=1, integer=True)
-        self.p_init = check_number("p_init", p_init, minimum=0, strict=True)
-        if self.p_init > 1:
-            raise InputError(f"p_init must be in (0, 1], got {p_init!r}")
-        self.restarts = check_number("restarts", restarts, minimum=1, integer=True)
+        self.queries, self.p_init, self.restarts = search_options(queries, p_init, restarts)
         self.near_restarts = check_number("near_restarts", near_restarts, minimum=0, integer=True)
         self.near = check_number("near", near, minimum=0)
         self.screen = None if screen is None else check_number("screen", screen, minimum=1, integer=True)
