@@ -13,7 +13,7 @@ an attack takes it with respect to the input image (dL/dX, weights frozen).
 from importlib import metadata as _metadata
 
 from advx.attacks import (APGD, ATTACKS, CW, FAB, FGSM, FMN, MIFGSM, PGD, Attack, AttackResult, DeepFool, HopSkipJump,
-                          SparseRS, Square)
+                          SigmaZero, SparsePGD, SparseRS, Square)
 import advx.certify as certify  # the package; calling it certifies (the function advx.certify.certify)
 from advx.certify import Certificate, Certifier
 from advx.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
@@ -35,7 +35,8 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
     __version__ = "0+unknown"
 
 __all__ = [
-    "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN", "Square", "SparseRS", "HopSkipJump",
+    "ATTACKS", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN", "Square", "SparseRS", "SparsePGD", "SigmaZero",
+    "HopSkipJump",
     "Attack", "AttackResult",
     "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint",
     "DataNotFoundError", "Split", "load_dataset",

@@ -210,7 +210,7 @@ def test_registered_for_the_cli(name, bn_model):
 
 def test_every_minimum_norm_attack_declares_itself():
     declared = {name for name in ATTACKS if abilities(name).minimum_norm}
-    assert declared == {"cw", "deepfool", "fab", "fab-t", "fmn", "hsj"}
+    assert declared == {"cw", "deepfool", "fab", "fab-t", "fmn", "hsj", "sigma-zero"}
 
 
 # ------------------------------------------------------- strength on real MNIST

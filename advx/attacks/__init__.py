@@ -13,9 +13,11 @@ from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.registry import ATTACKS, SUITES
 from advx.attacks.results import AttackResult
+from advx.attacks.sigma_zero import SigmaZero
 from advx.attacks.sparse_rs import SparseRS
+from advx.attacks.spgd import SparsePGD
 from advx.attacks.square import Square
 from advx.modes import frozen
 
 __all__ = ["Attack", "AttackResult", "frozen", "FGSM", "PGD", "MIFGSM", "APGD", "CW", "DeepFool", "FAB", "FMN",
-           "Square", "SparseRS", "HopSkipJump", "ATTACKS", "SUITES"]
+           "Square", "SparseRS", "SparsePGD", "SigmaZero", "HopSkipJump", "ATTACKS", "SUITES"]

@@ -25,7 +25,9 @@ from advx.attacks.hsj import HopSkipJump
 from advx.attacks.mifgsm import MIFGSM
 from advx.attacks.pgd import PGD
 from advx.attacks.results import Abilities
+from advx.attacks.sigma_zero import SigmaZero
 from advx.attacks.sparse_rs import SparseRS
+from advx.attacks.spgd import SparsePGD
 from advx.attacks.square import Square
 from advx.norms import get_norm
 from advx.validate import InputError
@@ -44,7 +46,9 @@ ATTACKS = {
     "fmn": FMN,
     "square": Square,
     "hsj": HopSkipJump,                                  # HopSkipJump: labels only
-    "sparse-rs": SparseRS,                               # Sparse-RS: L0, scores only
+    "sparse-rs": SparseRS,                               # Sparse-RS: L0 and patches, scores only
+    "spgd": SparsePGD,                                   # sparse PGD: L0, white-box
+    "sigma-zero": SigmaZero,                             # sigma-zero: minimum L0, white-box
 }
 
 

@@ -60,11 +60,11 @@ class L0(Searched):
     def random_start(self, x, eps, generator):
         """``eps`` pixels chosen uniformly, each channel moved by a uniform draw in [-1, 1]
         (the attack clips the result to its box)."""
-        n, positions = len(x), _positions(x)
+        n, positions = len(x), pixel_count(x)
         scores = rng.rand((n, positions), generator, device=x.device, dtype=x.dtype)
-        chosen = _top(-scores, _radius(eps, x))
+        chosen = top_pixels(-scores, _radius(eps, x))
         moves = 2 * rng.rand(x.shape, generator, device=x.device, dtype=x.dtype) - 1
-        return x + moves * _spread(chosen, x)
+        return x + moves * spread_pixels(chosen, x)
 
     def project(self, x_adv, x, eps, bounds=None):
         """The nearest point (in L2) of the box with at most ``eps`` pixels changed: the box
@@ -80,11 +80,11 @@ class L0(Searched):
         # underflows to 0 still counts); the kept pixels take ``moved`` itself, bit for bit
         # (``x + delta`` may round off it), so a point already in the ball comes back unchanged.
         changed = _changed(delta)
-        keep = _top(torch.where(changed, energy, -1.0), _radius(eps, x)) & changed
-        return torch.where(_spread(keep, x).bool(), moved, x)
+        keep = top_pixels(torch.where(changed, energy, -1.0), _radius(eps, x)) & changed
+        return torch.where(spread_pixels(keep, x).bool(), moved, x)
 
 
-def _positions(x: torch.Tensor) -> int:
+def pixel_count(x: torch.Tensor) -> int:
     """Pixels per image of a batch ``x`` [N, C, ...] (or [N, D]: each coordinate a pixel)."""
     return math.prod(x.shape[2:]) if x.dim() > 2 else x.shape[1]
 
@@ -94,7 +94,7 @@ def _changed(delta: torch.Tensor) -> torch.Tensor:
     return (delta != 0).flatten(2).any(1) if delta.dim() > 2 else delta != 0
 
 
-def _top(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def top_pixels(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """[N, P] bool: per row the ``k[n]`` largest of ``score`` (ties: the first positions)."""
     order = score.sort(dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(score.shape[1], device=score.device).expand_as(order))
@@ -102,7 +102,7 @@ def _top(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return rank < k.floor().to(rank.dtype).unsqueeze(1)
 
 
-def _spread(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def spread_pixels(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A [N, P] mask of pixels as a 0/1 tensor shaped for ``x``'s channels."""
     if x.dim() <= 2:
         return mask.to(x.dtype)
