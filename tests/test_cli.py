@@ -180,7 +180,7 @@ def test_eval_in_l0_runs_the_strong_l0_suite_by_default():
 
     args = build_parser().parse_args(["eval", "--norm", "0,inf"])
     configs = _configs(args, "mnist", "cpu")
-    assert [s[0] for s in configs["0"].stages()] == ["sparse-rs"] and configs["0"].eps == (5, 10, 15, 20)
+    assert [s[0] for s in configs["0"].stages()] == ["spgd", "sparse-rs"] and configs["0"].eps == (5, 10, 15, 20)
     assert [s[0] for s in configs["inf"].stages()] == ["fgsm", "pgd"]
 
 

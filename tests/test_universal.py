@@ -88,3 +88,51 @@ def test_bad_universal_options_are_one_line_and_write_nothing(small_checkpoint, 
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (out / "report.json").exists()
+
+
+def test_eval_universal_sweeps_eps_and_larger_budgets_fool_more(small_checkpoint, tmp_path, capsys):
+    """``advx eval --threat universal``: one perturbation per eps, each inside its ball, and the
+    accuracy under it falls as eps grows (from none fooled at 0 to some at 0.3)."""
+    out = tmp_path / "uni"
+    code = main(["eval", "--threat", "universal", "--checkpoint", str(small_checkpoint), "--eps", "0,0.3",
+                 "--train-images", "1000", "--steps", "2", "--n", "200", "--data-dir", str(DATA_DIR),
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    assert "fooling rate" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["threat"] == "universal" and report["norm"] == "inf" and report["train_images"] == 1000
+    none, most = report["results"]
+    assert none["eps"] == 0 and none["fooling_rate"] == 0 and none["acc"] == report["clean_acc"]
+    assert most["eps"] == 0.3 and most["fooling_rate"] > 0.1 and most["acc"] < none["acc"]
+    deltas = torch.load(out / "perturbations.pt", weights_only=True)
+    assert set(deltas) == {0.0, 0.3} and deltas[0.3].abs().max() <= 0.3 + 1e-6 and not deltas[0.0].any()
+    assert all((out / name).stat().st_size > 0 for name in ("curve.png", "examples.png"))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--threat", "universal", "--norm", "inf"], "--threat and --norm exclude each other"),
+    (["--threat", "universal", "--attacks", "pgd"], "--attacks cannot go with --universal"),
+    (["--universal", "--norm", "0"], "--norm must be inf or 2 with --universal"),
+    (["--universal", "--eps", "-0.1"], "--eps must be comma-separated budgets >= 0"),
+    (["--universal", "--train-images", "0"], "--train-images must be >= 1"),
+    (["--threat", "0", "--patch-size", "4"], "--patch-size applies to patches (--threat patch)"),
+    (["--threat", "patch", "--patch-size", "4", "--eps", "6"], "--patch-size and --eps both give the patch sides"),
+])
+def test_bad_eval_threat_options_are_one_line_and_write_nothing(small_checkpoint, tmp_path, capsys, options,
+                                                                 message):
+    out = tmp_path / "uni"
+    code = main(["eval", "--checkpoint", str(small_checkpoint), "--n", "2", "--data-dir", str(DATA_DIR),
+                 "--out", str(out), "--quiet", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (out / "report.json").exists()
+
+
+def test_threat_patch_with_patch_sizes_is_norm_patch_with_eps():
+    from advx.cli import build_parser
+    from advx.cli.eval import _configs, _resolve_threat
+
+    args = build_parser().parse_args(["eval", "--threat", "patch", "--patch-size", "4,8"])
+    _resolve_threat(args)
+    config = _configs(args, "mnist", "cpu")["patch"]
+    assert config.eps == (4, 8) and config.norm.name == "patch"

@@ -96,8 +96,10 @@ SUITES = {
         "1": [("apgd", {"restarts": 5, "near_restarts": 30, "near": 0.5}), ("fab", {"steps": 300}),
               ("apgd-t", {"n_target_classes": 9}), ("fmn", {"steps": 1000}), ("fab-t", {"steps": 300}),
               ("square", {"queries": 5000})],
-        # L0: Sparse-RS with the query budget of its paper's MNIST comparison (10,000).
-        "0": [("sparse-rs", {"queries": 10000})],
+        # L0: sPGD (white-box, a few hundred gradient steps) breaks most images that fall, then
+        # Sparse-RS with the query budget of its paper's MNIST comparison (10,000) searches
+        # the survivors without gradients (scripts/bench_l0.py).
+        "0": [("spgd", {}), ("sparse-rs", {"queries": 10000})],
         # Patches: Sparse-RS's patch search. Untargeted, 1,000 random patches break as many
         # images of the test model as 1,000 queries of the search do (tests/test_sparse_rs.py).
         "patch": [("sparse-rs", {"queries": 5000})],

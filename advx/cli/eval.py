@@ -8,6 +8,7 @@ import sys
 from advx import distributed
 from advx.attacks.registry import ATTACKS, SUITES, abilities, describe, stage_name, suite
 from advx.certify.propagate import METHODS
+from advx.cli import universal
 from advx.cli.common import (CLIError, check_model_options, common_options, device_named, floats, images_option,
                              load_subject, model_options, name_what_is_kept, precision_option)
 from advx.datasets import DATASETS
@@ -43,9 +44,13 @@ def add(sub) -> None:
                    help="comma-separated budgets (default per dataset and norm: "
                         + "; ".join(f"{d} {n}: {default_eps(d, n)}" for d in DATASETS for n in NORM_NAMES)
                         + "; with several norms, the defaults)")
-    e.add_argument("--norm", default="inf",
+    e.add_argument("--norm", default=None,
                    help=f"threat model, or several comma-separated for one report per norm, from {','.join(NORM_NAMES)} "
                         "(default: inf)")
+    e.add_argument("--threat", default=None, choices=[*NORM_NAMES, "universal"],
+                   help="the threat model by name instead of --norm: as --norm, or universal (as --universal, Linf)")
+    e.add_argument("--patch-size", default=None, metavar="SIDES",
+                   help="with --threat patch (or --norm patch): the patch sides, as --eps (default: 4,6,8 on MNIST)")
     e.add_argument("--steps", type=int, default=None, help="iterations of iterative attacks (PGD default: 40)")
     e.add_argument("--alpha", type=float, default=None, help="PGD step size (default: 2.5*eps/steps)")
     e.add_argument("--restarts", type=int, default=None, help="random restarts where supported (default: 1)")
@@ -83,12 +88,16 @@ def add(sub) -> None:
     e.add_argument("--resume", action="store_true",
                    help="continue a killed run of the same command from the results it had written "
                         "(<out>/.resume/; other settings are refused); without it a run starts afresh")
+    universal.add_eval_options(e)
     model_options(e)
     common_options(e)
     e.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    _resolve_threat(args)
+    if args.universal:
+        return universal.run_eval(args, default_eps)
     if not args.timeout > 0:
         raise CLIError(f"--timeout must be > 0 seconds per sample, got {args.timeout:g}")
     check_model_options(args)
@@ -140,6 +149,27 @@ def run(args: argparse.Namespace) -> int:
         store.finish()
     remove_stale_norm_folders(out, [results[n].norm.label for n in results] if len(configs) > 1 else [])
     return 0
+
+
+def _resolve_threat(args: argparse.Namespace) -> None:
+    """``--threat`` and ``--patch-size``, the threat model's other spellings, onto ``--norm``,
+    ``--universal`` and ``--eps``."""
+    if args.threat is not None:
+        if args.norm is not None:
+            raise CLIError(f"--threat and --norm exclude each other (one names the threat model), got --threat "
+                           f"{args.threat} and --norm {args.norm}")
+        if args.threat == "universal":
+            args.universal = True
+        else:
+            args.norm = args.threat
+    args.norm = args.norm or "inf"
+    if args.patch_size is not None:
+        if args.norm != "patch":
+            raise CLIError(f"--patch-size applies to patches (--threat patch), got --norm {args.norm}")
+        if args.eps is not None:
+            raise CLIError(f"--patch-size and --eps both give the patch sides: give one, got --patch-size "
+                           f"{args.patch_size} and --eps {args.eps}")
+        args.eps = args.patch_size
 
 
 def _check_smoothing(args: argparse.Namespace) -> None:
@@ -203,7 +233,7 @@ def _attacks(args: argparse.Namespace) -> list[str] | None:
 
 def _norms(args: argparse.Namespace) -> list[str]:
     """The threat models of ``--norm``, checked against ``--eps`` and the attacks, before any work."""
-    norms = [n.strip() for n in args.norm.split(",") if n.strip()]
+    norms = [n.strip() for n in (args.norm or "inf").split(",") if n.strip()]
     if not norms or any(n not in NORM_NAMES for n in norms) or len(set(norms)) < len(norms):
         raise CLIError(f"--norm must name each threat model at most once, from {','.join(NORM_NAMES)}, "
                        f"got {args.norm!r}")

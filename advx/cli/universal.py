@@ -7,15 +7,18 @@ import argparse
 import time
 
 from advx import distributed
-from advx.cli.common import CLIError, check_model_options, device_named, load_subject
+from advx.cli.common import CLIError, check_model_options, device_named, floats, load_subject
 from advx.data import load_dataset
 from advx.files import check_output_dir
 from advx.norms import get_norm
-from advx.report.attack import universal_table, write_universal_outputs
+from advx.report.attack import universal_sweep_table, universal_table, write_universal_outputs, write_universal_sweep
 from advx.universal import NORMS, find_universal, fooling
 
 # ``advx attack`` options that a universal perturbation has no use for, with their "not given" value.
 UNUSED = {"targeted": False, "target_class": None, "bpda": False, "eot": None, "restarts": None, "early_stop": False}
+# ``advx eval``'s, likewise.
+UNUSED_IN_EVAL = {"attacks": None, "suite": None, "certify": None, "smoothing": None, "eot": None, "votes": None,
+                  "restarts": None, "resume": False, "no_cascade": False, "no_early_stop": False}
 
 
 def add_options(a: argparse.ArgumentParser) -> None:
@@ -29,6 +32,17 @@ def add_options(a: argparse.ArgumentParser) -> None:
                    help="--universal: the first N training images it is found on (default: 10,000)")
 
 
+def add_eval_options(e: argparse.ArgumentParser) -> None:
+    g = e.add_argument_group("universal perturbations (--universal)")
+    g.add_argument("--universal", action="store_true",
+                   help="the universal threat model: for each eps (default: the curve of --norm, inf or 2), one "
+                        "perturbation for every image, found by gradient ascent over --train-images training "
+                        "images (--steps passes, default 3; --alpha the first step, default eps/5); reports the "
+                        "accuracy under it and its fooling rate on the first --n test images")
+    g.add_argument("--train-images", type=int, default=10000,
+                   help="--universal: the first N training images it is found on (default: 10,000)")
+
+
 def run(args: argparse.Namespace) -> int:
     given = [f"--{k.replace('_', '-')}" for k, v in UNUSED.items() if getattr(args, k) != v]
     if given:
@@ -36,17 +50,11 @@ def run(args: argparse.Namespace) -> int:
     norm = get_norm(args.norm or "inf")
     if not isinstance(norm, NORMS):
         raise CLIError(f"--norm must be inf or 2 with --universal (a dense perturbation), got --norm {args.norm}")
-    if args.train_images < 1:
-        raise CLIError(f"--train-images must be >= 1, got {args.train_images}")
-    for option in ("steps", "batch_size"):
-        if getattr(args, option) is not None and getattr(args, option) < 1:
-            raise CLIError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
-    if args.alpha is not None and not args.alpha > 0:
-        raise CLIError(f"--alpha must be > 0 (the first step), got {args.alpha:g}")
+    _check_search_options(args)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.eps is not None and args.eps < 0:
         raise CLIError(f"--eps must be >= 0, got {args.eps:g}")
-    if distributed.world()[1] > 1:
-        raise CLIError("--universal runs in one process: run it without torchrun")
     check_model_options(args)
     if args.out is not None:
         check_output_dir(args.out, "--out")
@@ -54,12 +62,9 @@ def run(args: argparse.Namespace) -> int:
     subject, test = load_subject(args, device)
     eps = subject.dataset.eps[norm.name] if args.eps is None else args.eps
     out = check_output_dir(args.out or f"runs/universal-{norm.name}-eps{eps:g}", "--out")
-    train = load_dataset(subject.dataset, "train", args.data_dir)
-    if args.train_images > len(train):
-        raise CLIError(f"--train-images must be at most {len(train):,} ({subject.dataset.title}'s training "
-                       f"images), got {args.train_images:,}")
+    train = _training_images(args, subject)
     began = time.perf_counter()
-    found = find_universal(subject.model, train.x[:args.train_images], train.y[:args.train_images], eps=eps,
+    found = find_universal(subject.model, train.x, train.y, eps=eps,
                            norm=norm, epochs=args.steps or 3, batch_size=args.batch_size or 50, step=args.alpha,
                            seed=args.seed, device=device, progress=not args.quiet)
     measured = fooling(subject.model, test.x, test.y, found.delta)
@@ -72,3 +77,61 @@ def run(args: argparse.Namespace) -> int:
                                       source=subject.source)
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0
+
+
+def run_eval(args: argparse.Namespace, default_eps) -> int:
+    """``advx eval --universal``: for each eps of the curve, one perturbation found on
+    ``--train-images`` training images, and the accuracy and fooling rate it gives on the test images."""
+    given = [f"--{k.replace('_', '-')}" for k, v in UNUSED_IN_EVAL.items() if getattr(args, k) != v]
+    if given:
+        raise CLIError(f"{', '.join(given)} cannot go with --universal (one perturbation for every image, "
+                       f"found by gradient ascent)")
+    norm = get_norm(args.norm)
+    if not isinstance(norm, NORMS):
+        raise CLIError(f"--norm must be inf or 2 with --universal (a dense perturbation), got --norm {args.norm}")
+    _check_search_options(args)
+    given_eps = floats(args.eps, "--eps") if args.eps is not None else None
+    if given_eps is not None and (not given_eps or min(given_eps) < 0):
+        raise CLIError(f"--eps must be comma-separated budgets >= 0, got {args.eps!r}")
+    check_model_options(args)
+    out = check_output_dir(args.out, "--out")
+    device = device_named(args.device)
+    subject, test = load_subject(args, device)
+    budgets = given_eps or floats(default_eps(subject.dataset.name, norm.name), "--eps")
+    train = _training_images(args, subject)
+    began = time.perf_counter()
+    rows = []
+    for eps in budgets:
+        found = find_universal(subject.model, train.x, train.y, eps=eps, norm=norm, epochs=args.steps or 3,
+                               batch_size=50, step=args.alpha, seed=args.seed, device=device,
+                               progress=not args.quiet)
+        rows.append((found, fooling(subject.model, test.x, test.y, found.delta)))
+    seconds = time.perf_counter() - began
+    print(universal_sweep_table(rows, n=len(test.y), train_images=len(train.y), seconds=seconds,
+                                source=subject.source))
+    settings = {"n": len(test.y), "train_images": len(train.y), "passes": args.steps or 3, "batch_size": 50,
+                "seed": args.seed, "device": device, "seconds": seconds}
+    written = write_universal_sweep(out, rows, test.x, test.y, settings=settings, source=subject.source)
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    return 0
+
+
+def _check_search_options(args: argparse.Namespace) -> None:
+    """``--train-images``, ``--steps`` (passes), ``--alpha`` (the first step), one process."""
+    if args.train_images < 1:
+        raise CLIError(f"--train-images must be >= 1, got {args.train_images}")
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    if args.alpha is not None and not args.alpha > 0:
+        raise CLIError(f"--alpha must be > 0 (the first step), got {args.alpha:g}")
+    if distributed.world()[1] > 1:
+        raise CLIError("--universal runs in one process: run it without torchrun")
+
+
+def _training_images(args: argparse.Namespace, subject):
+    """The first ``--train-images`` training images of the subject's dataset."""
+    train = load_dataset(subject.dataset, "train", args.data_dir)
+    if args.train_images > len(train):
+        raise CLIError(f"--train-images must be at most {len(train):,} ({subject.dataset.title}'s training "
+                       f"images), got {args.train_images:,}")
+    return train.head(args.train_images)

@@ -109,3 +109,50 @@ def write_universal_outputs(out: Path, found, measured: dict, x: torch.Tensor, y
     })
     remove_stale(out, written)
     return written
+
+
+def universal_sweep_table(rows, *, n: int, train_images: int, seconds: float, source: dict) -> str:
+    """``advx eval --universal``'s console table: per eps, the perturbation found (``rows``:
+    ``(Universal, fooling(...))`` pairs) and what it does to ``n`` test images it never saw."""
+    found = rows[0][0]
+    lines = [("model", source_title(source)),
+             ("threat model", f"one {found.norm.label} perturbation for every image, found on "
+                              f"{train_images:,} training images"),
+             ("test images", str(n)),
+             ("clean accuracy", f"{rows[0][1]['clean_acc']:.2%}")]
+    lines += [(f"eps {u.eps:g}", f"accuracy with it {m['acc']:.2%}, fooling rate {m['fooling_rate']:.2%} "
+                                 f"(training images {u.history[-1]:.2%})") for u, m in rows]
+    lines.append(("wall time", f"{seconds:.2f} s"))
+    return format_table(lines, title="advx eval --universal")
+
+
+def write_universal_sweep(out: Path, rows, x: torch.Tensor, y: torch.Tensor, *, settings: dict,
+                          source: dict) -> list[str]:
+    """``report.json``, ``curve.png`` (accuracy under the perturbation against eps),
+    ``perturbations.pt`` ({eps: [C, H, W]}) and ``examples.png`` (the largest eps's) into ``out``."""
+    from advx.figures import save_curve
+    from advx.files import atomic_write
+
+    written = ["report.json", "curve.png", "examples.png", "perturbations.pt"]
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "perturbations.pt", "wb") as f:
+        torch.save({u.eps: u.delta.cpu() for u, _ in rows}, f)
+    eps = [u.eps for u, _ in rows]
+    acc = {u.eps: m["acc"] for u, m in rows}
+    save_curve(out / "curve.png", eps, acc, {e: {} for e in eps}, clean_acc=rows[0][1]["clean_acc"],
+               title=f"accuracy under one universal {rows[0][0].norm.label} perturbation")
+    last, measured = rows[-1]
+    k = min(8, len(x))
+    save_examples(out / "examples.png", x[:k], (x[:k] + last.delta.cpu()).clamp(0, 1), y[:k],
+                  measured["pred_clean"][:k], measured["pred"][:k], classes=source.get("classes"))
+    write_json(out / "report.json", {
+        "command": "eval", **source, "threat": "universal", "norm": rows[0][0].norm.name, **settings,
+        "clean_acc": rows[0][1]["clean_acc"],
+        "results": [{"eps": u.eps, "acc": m["acc"], "fooling_rate": m["fooling_rate"],
+                     "size": u.norm.size(u.delta[None]).item(), "train_fooling_rate": u.history}
+                    for u, m in rows],
+        "files": written,
+        "environment": environment(),
+    })
+    remove_stale(out, written)
+    return written

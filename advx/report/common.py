@@ -71,7 +71,7 @@ def label_columns(label: int, pred: int, classes: Sequence[str] | None) -> dict:
 
 # What advx writes into an output folder. A run removes those of them that it did not
 # write, so that a folder reused from an earlier run never shows stale files beside new ones.
-OUTPUTS = ("report.json", "per_sample.csv", "curve.png", "examples.png", "perturbation.pt")
+OUTPUTS = ("report.json", "per_sample.csv", "curve.png", "examples.png", "perturbation.pt", "perturbations.pt")
 
 
 def remove_stale(out: Path, written: list[str]) -> None:
