@@ -9,6 +9,13 @@ weights frozen): for each batch of training images, the mean margin loss
 step along the norm's steepest direction, and the projection back onto the eps-ball. The
 perturbation is then measured on images it never saw: the **fooling rate** is the share of
 them whose predicted class it changes (the usual definition), beside the accuracy under it.
+
+A **universal patch** (``norm="patch"``, eps the side s) is one square of s x s pixels pasted
+at one place on every image (Brown et al. 2017 paste theirs anywhere; on MNIST's centred
+digits the place matters, so advx picks it): the place is the s x s window where the input
+gradient of that loss, summed over a batch of training images, is largest; its contents then
+take sign steps of the same loss (from 1/4 of the box's width, falling as above), clipped to
+the box.
 """
 
 from __future__ import annotations
@@ -19,23 +26,29 @@ import torch
 from torch import nn
 
 from advx.modes import frozen
-from advx.norms import L2, Linf, Norm, get_norm
+from advx.norms import L2, Linf, Norm, Patch, get_norm
 from advx.progress import bar
 from advx.validate import InputError, check_batch, check_number, check_seed
 
 CAP = 5.0  # margin beyond which a fooled image stops contributing to the batch loss
-NORMS = (Linf, L2)  # a universal perturbation is a dense one: Linf or L2
+NORMS = (Linf, L2, Patch)  # dense (Linf, L2) or one patch pasted at one place
 
 
 @dataclass
 class Universal:
     """``delta`` [C, H, W] (inside the ``eps``-ball of ``norm``), and the fooling rate on the
-    training images after each epoch (``history``)."""
+    training images after each epoch (``history``). A patch: ``mask`` [1, H, W] marks its
+    pixels, and ``delta`` holds the values pasted there (0 elsewhere)."""
 
     delta: torch.Tensor
     eps: float
     norm: Norm
     history: list[float] = field(default_factory=list)
+    mask: torch.Tensor | None = None
+
+    def size(self) -> float:
+        """The perturbation's size in its norm (a patch: its side)."""
+        return self.eps if self.mask is not None else self.norm.size(self.delta[None]).item()
 
 
 def find_universal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str | Norm = "inf",
@@ -48,11 +61,16 @@ def find_universal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     y = check_batch(x, y, bounds=bounds)
     norm = get_norm(norm)
     if not isinstance(norm, NORMS):
-        raise InputError(f"norm must be 'inf' or '2' for a universal perturbation, got {norm.label}")
-    eps = check_number("eps", eps, minimum=0)
+        raise InputError(f"norm must be 'inf', '2' or 'patch' for a universal perturbation, got {norm.label}")
+    eps = norm.budget(check_number("eps", eps, minimum=0))
+    if isinstance(norm, Patch) and not 1 <= eps <= min(x.shape[-2:]):
+        raise InputError(f"eps must be a patch side from 1 to {min(x.shape[-2:])} (the image's shorter side), "
+                         f"got {eps:g}")
     epochs = check_number("epochs", epochs, minimum=1, integer=True)
     batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
-    first = eps / 5 if step is None else check_number("step", step, minimum=0, strict=True)
+    patch = isinstance(norm, Patch)
+    width = bounds[1] - bounds[0]
+    first = (width / 4 if patch else eps / 5) if step is None else check_number("step", step, minimum=0, strict=True)
     order = torch.Generator().manual_seed(check_seed("seed", seed))
     device = device or next(iter(model.parameters()), torch.empty(0)).device
     delta = torch.zeros((1, *x.shape[1:]), device=device)
@@ -60,23 +78,52 @@ def find_universal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     total = epochs * -(-len(x) // batch_size)
     done = 0
     with frozen(model), bar(total, desc="universal perturbation", unit="batch", enabled=progress) as shown:
+        mask = _best_window(model, x[:500].to(device), y[:500].to(device), int(eps), bounds) if patch else None
+        if patch:
+            delta = torch.full_like(delta, (bounds[0] + bounds[1]) / 2) * mask  # mid-grey to start
         for _ in range(epochs):
             for idx in torch.randperm(len(x), generator=order).split(batch_size):
                 size = first * (1 - 0.95 * done / max(total - 1, 1))
-                grad = _loss_gradient(model, x[idx].to(device), y[idx].to(device), delta, bounds)
-                delta = norm.project(delta + size * norm.direction(grad), torch.zeros_like(delta), eps)
+                grad = _loss_gradient(model, x[idx].to(device), y[idx].to(device), delta, bounds, mask)
+                if patch:
+                    delta = (delta + size * grad.sign() * mask).clamp(*bounds) * mask
+                else:
+                    delta = norm.project(delta + size * norm.direction(grad), torch.zeros_like(delta), eps)
                 done += 1
                 shown.update(1)
-            result.history.append(fooling(model, x, y, delta[0], bounds=bounds, batch_size=batch_size)["fooling_rate"])
+            result.history.append(fooling(model, x, y, delta[0], bounds=bounds, batch_size=batch_size,
+                                          mask=None if mask is None else mask[0])["fooling_rate"])
     result.delta = delta[0].detach()
+    result.mask = None if mask is None else mask[0]
     return result
 
 
-def _loss_gradient(model, x, y, delta, bounds) -> torch.Tensor:
-    """The gradient, with respect to ``delta`` alone, of the batch's capped margin loss."""
-    delta = delta.detach().requires_grad_(True)
+def applied(x: torch.Tensor, delta: torch.Tensor, bounds, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Images ``x`` with the universal perturbation: ``delta`` added (clipped to the box), or,
+    with a patch's ``mask``, ``delta``'s values pasted where the mask is 1."""
+    if mask is None:
+        return (x + delta).clamp(*bounds)
+    return torch.where(mask.bool(), delta, x)
+
+
+def _best_window(model, x, y, side, bounds) -> torch.Tensor:
+    """[1, 1, H, W]: the side x side window where the input gradient of the batch's capped
+    margin loss, summed over channels and images (in absolute value), is largest."""
+    grad = _loss_gradient(model, x, y, torch.zeros_like(x[:1]), bounds, None, each=True)
+    heat = grad.abs().sum((0, 1))[None, None]  # [1, 1, H, W]
+    sums = torch.nn.functional.avg_pool2d(heat, side, stride=1)
+    top, left = divmod(int(sums.flatten().argmax()), sums.shape[-1])
+    mask = torch.zeros_like(heat)
+    mask[..., top:top + side, left:left + side] = 1
+    return mask
+
+
+def _loss_gradient(model, x, y, delta, bounds, mask=None, each=False) -> torch.Tensor:
+    """The gradient, with respect to ``delta`` alone, of the batch's capped margin loss (with
+    ``each``: with respect to each image's own copy of it, [N, C, H, W])."""
+    delta = (delta.expand_as(x) if each else delta).detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model((x + delta).clamp(*bounds)).float()
+        logits = model(applied(x, delta, bounds, mask)).float()
         true = logits.gather(1, y[:, None]).squeeze(1)
         other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
         (grad,) = torch.autograd.grad((other - true).clamp(max=CAP).mean(), delta)
@@ -85,10 +132,12 @@ def _loss_gradient(model, x, y, delta, bounds) -> torch.Tensor:
 
 @torch.no_grad()
 def fooling(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, *,
-            bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 1000) -> dict:
-    """What ``delta`` [C, H, W] does to the images ``x`` (labels ``y``): ``fooling_rate`` (the
-    share whose predicted class it changes), ``clean_acc``, ``acc`` under it, and the
-    predictions before and after (``pred_clean``, ``pred``)."""
+            bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 1000,
+            mask: torch.Tensor | None = None) -> dict:
+    """What ``delta`` [C, H, W] (a patch: pasted where ``mask`` [1, H, W] is 1) does to the
+    images ``x`` (labels ``y``): ``fooling_rate`` (the share whose predicted class it changes),
+    ``clean_acc``, ``acc`` under it, and the predictions before and after (``pred_clean``,
+    ``pred``)."""
     if tuple(delta.shape) != tuple(x.shape[1:]):
         raise InputError(f"the universal perturbation has shape {tuple(delta.shape)}, but the images have "
                          f"{tuple(x.shape[1:])}: it applies only to images of its own shape")
@@ -98,7 +147,7 @@ def fooling(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Ten
         for xb in x.split(batch_size):
             xb = xb.to(device)
             before.append(model(xb).argmax(1).cpu())
-            after.append(model((xb + delta).clamp(*bounds)).argmax(1).cpu())
+            after.append(model(applied(xb, delta, bounds, mask)).argmax(1).cpu())
     before, after, y = torch.cat(before), torch.cat(after), y.cpu()
     return {"fooling_rate": (before != after).float().mean().item(), "clean_acc": (before == y).float().mean().item(),
             "acc": (after == y).float().mean().item(), "pred_clean": before, "pred": after}

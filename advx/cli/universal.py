@@ -24,10 +24,12 @@ UNUSED_IN_EVAL = {"attacks": None, "suite": None, "certify": None, "smoothing": 
 def add_options(a: argparse.ArgumentParser) -> None:
     g = a.add_argument_group("universal perturbation (--universal)")
     g.add_argument("--universal", action="store_true",
-                   help="instead of --attack: one perturbation for every image (Linf or L2), found by gradient "
-                        "ascent over --train-images training images (--steps passes, default 3, in batches of "
-                        "--batch-size, default 50; --alpha the first step, default eps/5), then its fooling rate (predictions it changes) on the first --n "
-                        "test images; writes perturbation.pt, examples.png and report.json")
+                   help="instead of --attack: one perturbation for every image (Linf or L2; or, with --norm patch, "
+                        "one patch of side --eps pasted at one place), found by gradient ascent over "
+                        "--train-images training images (--steps passes, default 3, in batches of --batch-size, "
+                        "default 50; --alpha the first step, default eps/5, a patch's 1/4), then its fooling rate "
+                        "(predictions it changes) on the first --n test images; writes perturbation.pt, "
+                        "examples.png and report.json")
     g.add_argument("--train-images", type=int, default=10000,
                    help="--universal: the first N training images it is found on (default: 10,000)")
 
@@ -35,8 +37,8 @@ def add_options(a: argparse.ArgumentParser) -> None:
 def add_eval_options(e: argparse.ArgumentParser) -> None:
     g = e.add_argument_group("universal perturbations (--universal)")
     g.add_argument("--universal", action="store_true",
-                   help="the universal threat model: for each eps (default: the curve of --norm, inf or 2), one "
-                        "perturbation for every image, found by gradient ascent over --train-images training "
+                   help="the universal threat model: for each eps (default: the curve of --norm: inf, 2, or patch "
+                        "for one patch pasted at one place), one perturbation for every image, found by gradient ascent over --train-images training "
                         "images (--steps passes, default 3; --alpha the first step, default eps/5); reports the "
                         "accuracy under it and its fooling rate on the first --n test images")
     g.add_argument("--train-images", type=int, default=10000,
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{', '.join(given)} cannot go with --universal (one untargeted perturbation for every image)")
     norm = get_norm(args.norm or "inf")
     if not isinstance(norm, NORMS):
-        raise CLIError(f"--norm must be inf or 2 with --universal (a dense perturbation), got --norm {args.norm}")
+        raise CLIError(f"--norm must be inf, 2 or patch with --universal, got --norm {args.norm}")
     _check_search_options(args)
     if args.batch_size is not None and args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     found = find_universal(subject.model, train.x, train.y, eps=eps,
                            norm=norm, epochs=args.steps or 3, batch_size=args.batch_size or 50, step=args.alpha,
                            seed=args.seed, device=device, progress=not args.quiet)
-    measured = fooling(subject.model, test.x, test.y, found.delta)
+    measured = fooling(subject.model, test.x, test.y, found.delta, mask=found.mask)
     seconds = time.perf_counter() - began
     print(universal_table(found, measured, n=len(test.y), train_images=args.train_images, seconds=seconds,
                           source=subject.source))
@@ -88,7 +90,7 @@ def run_eval(args: argparse.Namespace, default_eps) -> int:
                        f"found by gradient ascent)")
     norm = get_norm(args.norm)
     if not isinstance(norm, NORMS):
-        raise CLIError(f"--norm must be inf or 2 with --universal (a dense perturbation), got --norm {args.norm}")
+        raise CLIError(f"--norm must be inf, 2 or patch with --universal, got --norm {args.norm}")
     _check_search_options(args)
     given_eps = floats(args.eps, "--eps") if args.eps is not None else None
     if given_eps is not None and (not given_eps or min(given_eps) < 0):
@@ -105,7 +107,7 @@ def run_eval(args: argparse.Namespace, default_eps) -> int:
         found = find_universal(subject.model, train.x, train.y, eps=eps, norm=norm, epochs=args.steps or 3,
                                batch_size=50, step=args.alpha, seed=args.seed, device=device,
                                progress=not args.quiet)
-        rows.append((found, fooling(subject.model, test.x, test.y, found.delta)))
+        rows.append((found, fooling(subject.model, test.x, test.y, found.delta, mask=found.mask)))
     seconds = time.perf_counter() - began
     print(universal_sweep_table(rows, n=len(test.y), train_images=len(train.y), seconds=seconds,
                                 source=subject.source))

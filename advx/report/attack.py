@@ -75,7 +75,7 @@ def universal_table(found, measured: dict, *, n: int, train_images: int, seconds
     return format_table([
         ("model", source_title(source)),
         ("perturbation", f"one for every image, {found.norm.label} eps {found.eps:g} "
-                         f"(size {found.norm.size(found.delta[None]).item():.4f})"),
+                         f"(size {found.size():.4f})"),
         ("found on", f"{train_images:,} training images, {len(found.history)} passes (fooling rate there "
                      f"{found.history[-1]:.2%})"),
         ("test images", str(n)),
@@ -86,21 +86,36 @@ def universal_table(found, measured: dict, *, n: int, train_images: int, seconds
     ], title="advx attack --universal")
 
 
+def _saved(found):
+    """What ``perturbation(s).pt`` holds for one perturbation: the tensor [C, H, W] (a patch:
+    ``{"values": [C, H, W], "mask": [1, H, W]}``, the values pasted where the mask is 1)."""
+    if found.mask is None:
+        return found.delta.cpu()
+    return {"values": found.delta.cpu(), "mask": found.mask.cpu()}
+
+
+def _with(found, x):
+    """The images ``x`` with the universal perturbation ``found`` applied."""
+    from advx.universal import applied
+
+    return applied(x, found.delta.cpu(), (0, 1), None if found.mask is None else found.mask.cpu())
+
+
 def write_universal_outputs(out: Path, found, measured: dict, x: torch.Tensor, y: torch.Tensor, *,
                             settings: dict, source: dict) -> list[str]:
-    """``perturbation.pt`` (the perturbation [C, H, W]), ``examples.png`` (test images ``x``,
+    """``perturbation.pt`` (the perturbation [C, H, W], see ``_saved``), ``examples.png`` (test images ``x``,
     with it, and it) and ``report.json`` into ``out`` (stale advx files removed)."""
     from advx.files import atomic_write
 
     written = ["report.json", "examples.png", "perturbation.pt"]
     with atomic_write(out / "perturbation.pt", "wb") as f:
-        torch.save(found.delta.cpu(), f)
+        torch.save(_saved(found), f)
     k = min(8, len(x))
-    save_examples(out / "examples.png", x[:k], (x[:k] + found.delta.cpu()).clamp(0, 1), y[:k],
+    save_examples(out / "examples.png", x[:k], _with(found, x[:k]), y[:k],
                   measured["pred_clean"][:k], measured["pred"][:k], classes=source.get("classes"))
     write_json(out / "report.json", {
         "command": "attack", **source,
-        "universal": {"norm": found.norm.name, "eps": found.eps, "size": found.norm.size(found.delta[None]).item(),
+        "universal": {"norm": found.norm.name, "eps": found.eps, "size": found.size(),
                       "train_fooling_rate": found.history},
         **settings,
         "results": {k: v for k, v in measured.items() if k not in ("pred_clean", "pred")},
@@ -136,20 +151,20 @@ def write_universal_sweep(out: Path, rows, x: torch.Tensor, y: torch.Tensor, *, 
     written = ["report.json", "curve.png", "examples.png", "perturbations.pt"]
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "perturbations.pt", "wb") as f:
-        torch.save({u.eps: u.delta.cpu() for u, _ in rows}, f)
+        torch.save({u.eps: _saved(u) for u, _ in rows}, f)
     eps = [u.eps for u, _ in rows]
     acc = {u.eps: m["acc"] for u, m in rows}
     save_curve(out / "curve.png", eps, acc, {e: {} for e in eps}, clean_acc=rows[0][1]["clean_acc"],
                title=f"accuracy under one universal {rows[0][0].norm.label} perturbation")
     last, measured = rows[-1]
     k = min(8, len(x))
-    save_examples(out / "examples.png", x[:k], (x[:k] + last.delta.cpu()).clamp(0, 1), y[:k],
+    save_examples(out / "examples.png", x[:k], _with(last, x[:k]), y[:k],
                   measured["pred_clean"][:k], measured["pred"][:k], classes=source.get("classes"))
     write_json(out / "report.json", {
         "command": "eval", **source, "threat": "universal", "norm": rows[0][0].norm.name, **settings,
         "clean_acc": rows[0][1]["clean_acc"],
         "results": [{"eps": u.eps, "acc": m["acc"], "fooling_rate": m["fooling_rate"],
-                     "size": u.norm.size(u.delta[None]).item(), "train_fooling_rate": u.history}
+                     "size": u.size(), "train_fooling_rate": u.history}
                     for u, m in rows],
         "files": written,
         "environment": environment(),
