@@ -132,7 +132,8 @@ def test_eval_universal_sweeps_eps_and_larger_budgets_fool_more(small_checkpoint
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--threat", "universal", "--norm", "inf"], "--threat and --norm exclude each other"),
+    (["--threat", "0", "--norm", "inf"], "--threat and --norm exclude each other"),
+    (["--threat", "universal", "--norm", "1"], "--norm must be inf, 2 or patch with --universal"),
     (["--threat", "universal", "--attacks", "pgd"], "--attacks cannot go with --universal"),
     (["--universal", "--norm", "0"], "--norm must be inf, 2 or patch with --universal"),
     (["--universal", "--eps", "-0.1"], "--eps must be comma-separated budgets >= 0"),

@@ -48,7 +48,8 @@ def add(sub) -> None:
                    help=f"threat model, or several comma-separated for one report per norm, from {','.join(NORM_NAMES)} "
                         "(default: inf)")
     e.add_argument("--threat", default=None, choices=[*NORM_NAMES, "universal"],
-                   help="the threat model by name instead of --norm: as --norm, or universal (as --universal, Linf)")
+                   help="the threat model by name instead of --norm: as --norm, or universal (as --universal; with "
+                        "--norm inf, 2 or patch for the perturbation's kind, default inf)")
     e.add_argument("--patch-size", default=None, metavar="SIDES",
                    help="with --threat patch (or --norm patch): the patch sides, as --eps (default: 4,6,8 on MNIST)")
     e.add_argument("--steps", type=int, default=None, help="iterations of iterative attacks (PGD default: 40)")
@@ -154,14 +155,13 @@ def run(args: argparse.Namespace) -> int:
 def _resolve_threat(args: argparse.Namespace) -> None:
     """``--threat`` and ``--patch-size``, the threat model's other spellings, onto ``--norm``,
     ``--universal`` and ``--eps``."""
-    if args.threat is not None:
+    if args.threat == "universal":  # --norm then names the universal perturbation's (inf, 2, patch)
+        args.universal = True
+    elif args.threat is not None:
         if args.norm is not None:
             raise CLIError(f"--threat and --norm exclude each other (one names the threat model), got --threat "
                            f"{args.threat} and --norm {args.norm}")
-        if args.threat == "universal":
-            args.universal = True
-        else:
-            args.norm = args.threat
+        args.norm = args.threat
     args.norm = args.norm or "inf"
     if args.patch_size is not None:
         if args.norm != "patch":
