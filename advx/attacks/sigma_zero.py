@@ -89,7 +89,9 @@ class SigmaZero(Attack):
         low, high = self.bounds
         for step in range(self.steps + 1):
             x_adv = x + delta
-            grad, logits, _ = self.gradient(x_adv, y, objective=lambda z: -(self.margin(z, y) + PAST_BOUNDARY).clamp_min(0))
+            # the gradient of minus the clipped margin (``gradient`` ascends)
+            grad, logits, _ = self.gradient(x_adv, y,
+                                            objective=lambda z: -(self.margin(z, y) + PAST_BOUNDARY).clamp_min(0))
             adversarial = self.confirm(x_adv, logits, y) & torch.isfinite(logits).all(1)
             size = self.norm.size(delta)
             better = adversarial & (size < best)

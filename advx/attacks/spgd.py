@@ -2,18 +2,19 @@
 
 After Zhong, Liu & Lin (2024), "Efficient and Robust Sparse Adversarial Attacks via Sparse
 PGD" (ICLR). The perturbation is ``p * m``: ``p`` a dense perturbation that keeps ``x + p``
-in the pixel box, ``m`` a binary mask of k pixels (one position with all its channels). The
-mask is the top k of continuous scores ``s`` in [0, 1], one per pixel, so that gradient steps
-can move pixels in and out of it. Each step is one forward and one backward pass at
-``x + p * m``, with ``G`` the gradient there of the loss to ascend (the negative margin):
+in the pixel box, ``m`` a binary mask of k pixels (one position with all its channels), the
+top k of real scores ``s``, one per pixel (drawn from N(0, 1) at the start), so that
+gradient steps can move pixels in and out of the mask. Each step is one forward and one
+backward pass at ``x + p * m``, with ``G`` the input gradient there of the loss to ascend
+(cross-entropy while the margin is at least 0.5, the negative margin below), and the paper's
+unprojected gradients, through the soft mask ``sigmoid(s)``:
 
-    p <- clip_box(p + alpha * sign(G))        every pixel, in the mask or not
-    s <- clip_[0,1](s + beta * g / ||g||_2 * sqrt(P)),  g_i = sum_c G_ci * p_ci
+    p <- clip_box(p + alpha * sign(G * sigmoid(s)))        every pixel, in the mask or not
+    s <- s + beta * sqrt(P) * g / ||g||_2,   g_i = sigmoid'(s_i) * sum_c G_ci * p_ci
 
-``g_i`` is the derivative of the loss with respect to the mask value of pixel i at the
-current point: how much pixel i, moved by its ``p``, would add in the mask (outside it, ``p``
-follows the gradient there, as the paper's unprojected gradient does). A sample whose best
-margin has not fallen for ``patience`` steps draws its scores afresh (the paper's random
+``g_i`` is how much pixel i, moved by its ``p``, would add in the mask (outside it, ``p``
+follows the gradient there); sigmoid's slope slows scores that have settled. A sample whose
+mask has not changed for ``patience`` steps draws its scores afresh (the paper's random
 reinitialisation), keeping ``p``. A sample stops at its first success.
 """
 
@@ -43,8 +44,7 @@ class SparsePGD(Attack):
             it is clamped to it). steps: gradient steps per restart (each one forward and one
             backward pass; a last forward scores the final iterate). alpha: the step of ``p``
             per coordinate, as a share of the box's width. beta: the mean step of the mask
-            scores. patience: steps without a lower margin before the mask scores are drawn
-            afresh. restarts: independent runs, each on the samples not broken yet.
+            scores. patience: steps with the same mask before the scores are drawn afresh. restarts: independent runs, each on the samples not broken yet.
         targeted: ``y`` holds target labels.
 
     ``steps`` in the result is the number of gradient steps spent on each sample (with its

@@ -38,9 +38,10 @@ def add_eval_options(e: argparse.ArgumentParser) -> None:
     g = e.add_argument_group("universal perturbations (--universal)")
     g.add_argument("--universal", action="store_true",
                    help="the universal threat model: for each eps (default: the curve of --norm: inf, 2, or patch "
-                        "for one patch pasted at one place), one perturbation for every image, found by gradient ascent over --train-images training "
-                        "images (--steps passes, default 3; --alpha the first step, default eps/5); reports the "
-                        "accuracy under it and its fooling rate on the first --n test images")
+                        "for one patch pasted at one place), one perturbation for every image, found by gradient "
+                        "ascent over --train-images training images (--steps passes, default 3; --alpha the first "
+                        "step, default eps/5, a patch's 1/4); reports the accuracy under it and its fooling rate "
+                        "on the first --n test images")
     g.add_argument("--train-images", type=int, default=10000,
                    help="--universal: the first N training images it is found on (default: 10,000)")
 
