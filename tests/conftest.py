@@ -194,6 +194,15 @@ def batch(mnist_test):
 
 
 @pytest.fixture(scope="session")
+def right(trained_cnn, mnist_test):
+    """The first 100 test images, those that ``trained_cnn`` classifies correctly."""
+    x, y = mnist_test.x[:100], mnist_test.y[:100]
+    with torch.no_grad():
+        ok = trained_cnn(x).argmax(1) == y
+    return x[ok], y[ok]
+
+
+@pytest.fixture(scope="session")
 def clean(trained_cnn, batch):
     """The images among the first 100 of ``batch`` that ``trained_cnn`` classifies correctly."""
     x, y = batch[0][:100], batch[1][:100]

@@ -9,15 +9,6 @@ from advx.validate import InputError
 
 
 @pytest.fixture(scope="module")
-def right(trained_cnn, mnist_test):
-    """The first 100 test images, those that ``trained_cnn`` classifies correctly."""
-    x, y = mnist_test.x[:100], mnist_test.y[:100]
-    with torch.no_grad():
-        ok = trained_cnn(x).argmax(1) == y
-    return x[ok], y[ok]
-
-
-@pytest.fixture(scope="module")
 def smallest(trained_cnn, right):
     """sigma-zero's smallest perturbation per image (300 steps)."""
     return SigmaZero(trained_cnn, steps=300).run(*right)

@@ -20,15 +20,6 @@ K, QUERIES = 20, 1000
 
 
 @pytest.fixture(scope="module")
-def right(trained_cnn, mnist_test):
-    """The first 100 test images, those that ``trained_cnn`` classifies correctly."""
-    x, y = mnist_test.x[:100], mnist_test.y[:100]
-    with torch.no_grad():
-        ok = trained_cnn(x).argmax(1) == y
-    return x[ok], y[ok]
-
-
-@pytest.fixture(scope="module")
 def found(trained_cnn, right):
     return SparseRS(trained_cnn, eps=K, queries=QUERIES).run(*right)
 
