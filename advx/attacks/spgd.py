@@ -98,7 +98,7 @@ class SparsePGD(Attack):
         for step in range(self.steps + 1):
             xs, ys, ps = x[active], y[active], p[active]
             x_adv = xs + ps * spread_pixels(mask[active], xs)
-            grad, logits, margin = self.gradient(x_adv, ys, objective=lambda z: self._objective(z, ys))
+            grad, logits, _ = self.gradient(x_adv, ys, objective=lambda z: self._objective(z, ys))
             margin = self.margin(logits, ys).nan_to_num(nan=math.inf)
             hit = self.confirm(x_adv, logits, ys) & torch.isfinite(logits).all(1)
             better = hit | improves(margin, best[active])

@@ -22,26 +22,26 @@ UNUSED_IN_EVAL = {"attacks": None, "suite": None, "certify": None, "smoothing": 
 
 
 def add_options(a: argparse.ArgumentParser) -> None:
-    g = a.add_argument_group("universal perturbation (--universal)")
-    g.add_argument("--universal", action="store_true",
-                   help="instead of --attack: one perturbation for every image (Linf or L2; or, with --norm patch, "
-                        "one patch of side --eps pasted at one place), found by gradient ascent over "
-                        "--train-images training images (--steps passes, default 3, in batches of --batch-size, "
-                        "default 50; --alpha the first step, default eps/5, a patch's 1/4), then its fooling rate "
-                        "(predictions it changes) on the first --n test images; writes perturbation.pt, "
-                        "examples.png and report.json")
-    g.add_argument("--train-images", type=int, default=10000,
-                   help="--universal: the first N training images it is found on (default: 10,000)")
+    _add(a, "universal perturbation (--universal)",
+         "instead of --attack: one perturbation for every image (Linf or L2; or, with --norm patch, one patch of "
+         "side --eps pasted at one place), found by gradient ascent over --train-images training images (--steps "
+         "passes, default 3, in batches of --batch-size, default 50; --alpha the first step, default eps/5, a "
+         "patch's 1/4), then its fooling rate (predictions it changes) on the first --n test images; writes "
+         "perturbation.pt, examples.png and report.json")
 
 
 def add_eval_options(e: argparse.ArgumentParser) -> None:
-    g = e.add_argument_group("universal perturbations (--universal)")
-    g.add_argument("--universal", action="store_true",
-                   help="the universal threat model: for each eps (default: the curve of --norm: inf, 2, or patch "
-                        "for one patch pasted at one place), one perturbation for every image, found by gradient "
-                        "ascent over --train-images training images (--steps passes, default 3; --alpha the first "
-                        "step, default eps/5, a patch's 1/4); reports the accuracy under it and its fooling rate "
-                        "on the first --n test images")
+    _add(e, "universal perturbations (--universal)",
+         "the universal threat model: for each eps (default: the curve of --norm: inf, 2, or patch for one patch "
+         "pasted at one place), one perturbation for every image, found by gradient ascent over --train-images "
+         "training images (--steps passes, default 3; --alpha the first step, default eps/5, a patch's 1/4); "
+         "reports the accuracy under it and its fooling rate on the first --n test images")
+
+
+def _add(parser: argparse.ArgumentParser, title: str, what: str) -> None:
+    """``--universal`` (described by ``what``) and ``--train-images``, in a group ``title``."""
+    g = parser.add_argument_group(title)
+    g.add_argument("--universal", action="store_true", help=what)
     g.add_argument("--train-images", type=int, default=10000,
                    help="--universal: the first N training images it is found on (default: 10,000)")
 
