@@ -10,7 +10,9 @@ step along the norm's steepest direction, and the projection back onto the eps-b
 perturbation is then measured on images it never saw: the **fooling rate** is the share of
 them whose predicted class it changes (the usual definition), beside the accuracy under it.
 
-A **universal patch** (``norm="patch"``, eps the side s) is one square of s x s pixels pasted
+A **universal frame** (``norm="frame"``, eps the width w) is pasted over the border w pixels
+wide of every image, its contents found as a patch's are (below). A **universal patch**
+(``norm="patch"``, eps the side s) is one square of s x s pixels pasted
 at one place on every image (Brown et al. 2017 paste theirs anywhere; on MNIST's centred
 digits the place matters, so advx picks it): the place is the s x s window where the input
 gradient of that loss, summed over a batch of training images, is largest; its contents then
@@ -26,28 +28,31 @@ import torch
 from torch import nn
 
 from advx.modes import frozen
-from advx.norms import L2, Linf, Norm, Patch, get_norm
+from advx.norms import L2, Frame, Linf, Norm, Patch, get_norm
+from advx.norms.frame import inside
 from advx.progress import bar
 from advx.validate import InputError, check_batch, check_number, check_seed
 
 CAP = 5.0  # margin beyond which a fooled image stops contributing to the batch loss
-NORMS = (Linf, L2, Patch)  # dense (Linf, L2) or one patch pasted at one place
+NORMS = (Linf, L2, Patch, Frame)  # dense (Linf, L2), or pasted: one patch at one place, or a frame
 
 
 @dataclass
 class Universal:
     """``delta`` [C, H, W] (inside the ``eps``-ball of ``norm``), and the fooling rate on the
-    training images after each epoch (``history``). A patch: ``mask`` [1, H, W] marks its
-    pixels, and ``delta`` holds the values pasted there (0 elsewhere)."""
+    training images after each epoch (``history``; a search: after each tenth of its queries).
+    A patch or a frame: ``mask`` [1, H, W]
+    marks its pixels, and ``delta`` holds the values pasted there (0 elsewhere)."""
 
     delta: torch.Tensor
     eps: float
     norm: Norm
     history: list[float] = field(default_factory=list)
     mask: torch.Tensor | None = None
+    found_by: str = ""  # how it was found, for reports ("3 passes of gradient ascent")
 
     def size(self) -> float:
-        """The perturbation's size in its norm (a patch: its side)."""
+        """The perturbation's size in its norm (a patch: its side; a frame: its width)."""
         return self.eps if self.mask is not None else self.norm.size(self.delta[None]).item()
 
 
@@ -61,24 +66,21 @@ def find_universal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     y = check_batch(x, y, bounds=bounds)
     norm = get_norm(norm)
     if not isinstance(norm, NORMS):
-        raise InputError(f"norm must be 'inf', '2' or 'patch' for a universal perturbation, got {norm.label}")
-    eps = norm.budget(check_number("eps", eps, minimum=0))
-    if isinstance(norm, Patch) and not 1 <= eps <= min(x.shape[-2:]):
-        raise InputError(f"eps must be a patch side from 1 to {min(x.shape[-2:])} (the image's shorter side), "
-                         f"got {eps:g}")
+        raise InputError(f"norm must be 'inf', '2', 'patch' or 'frame' for a universal perturbation, got {norm.label}")
+    eps = check_pasted(norm, norm.budget(check_number("eps", eps, minimum=0)), x.shape)
     epochs = check_number("epochs", epochs, minimum=1, integer=True)
     batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
-    patch = isinstance(norm, Patch)
+    patch = isinstance(norm, (Patch, Frame))  # pasted where a mask says
     width = bounds[1] - bounds[0]
     first = (width / 4 if patch else eps / 5) if step is None else check_number("step", step, minimum=0, strict=True)
     order = torch.Generator().manual_seed(check_seed("seed", seed))
     device = device or next(iter(model.parameters()), torch.empty(0)).device
     delta = torch.zeros((1, *x.shape[1:]), device=device)
-    result = Universal(delta, eps, norm)
+    result = Universal(delta, eps, norm, found_by=f"{epochs} passes of gradient ascent")
     total = epochs * -(-len(x) // batch_size)
     done = 0
     with frozen(model), bar(total, desc="universal perturbation", unit="batch", enabled=progress) as shown:
-        mask = _best_window(model, x[:500].to(device), y[:500].to(device), int(eps), bounds) if patch else None
+        mask = _pasted_mask(model, x[:500].to(device), y[:500].to(device), int(eps), norm, bounds) if patch else None
         if patch:
             delta = torch.full_like(delta, (bounds[0] + bounds[1]) / 2) * mask  # mid-grey to start
         for _ in range(epochs):
@@ -104,6 +106,25 @@ def applied(x: torch.Tensor, delta: torch.Tensor, bounds, mask: torch.Tensor | N
     if mask is None:
         return (x + delta).clamp(*bounds)
     return torch.where(mask.bool(), delta, x)
+
+
+def check_pasted(norm: Norm, eps: float, shape) -> float:
+    """``eps`` checked for a pasted perturbation on images of ``shape``: a patch's side from 1
+    to the shorter side, a frame's width from 1 to half of it (rounded up)."""
+    if isinstance(norm, Patch) and not 1 <= eps <= min(shape[-2:]):
+        raise InputError(f"eps must be a patch side from 1 to {min(shape[-2:])} (the image's shorter side), "
+                         f"got {eps:g}")
+    widest = norm.diameter(shape[1:], (0.0, 1.0)) if isinstance(norm, Frame) else None
+    if widest is not None and not 1 <= eps <= widest:
+        raise InputError(f"eps must be a frame width from 1 to {widest:g} (half the image's shorter side), got {eps:g}")
+    return eps
+
+
+def _pasted_mask(model, x, y, eps, norm, bounds) -> torch.Tensor:
+    """[1, 1, H, W]: where a pasted perturbation goes: a frame's border, or a patch's best window."""
+    if isinstance(norm, Frame):
+        return inside(x[:1], eps)[:, None].to(x.dtype)
+    return _best_window(model, x, y, eps, bounds)
 
 
 def _best_window(model, x, y, side, bounds) -> torch.Tensor:

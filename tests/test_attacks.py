@@ -24,7 +24,7 @@ CASES = [
     for norm in ("inf", "2")
     for targeted in (False, True)
 ]
-EPS = {"inf": 0.3, "2": 2.0, "1": 10.0, "0": 10.0, "patch": 6.0}  # L0, patch: a whole number of pixels (of side)
+EPS = {"inf": 0.3, "2": 2.0, "1": 10.0, "0": 10.0, "patch": 6.0, "frame": 2.0}  # L0, patch, frame: whole pixels
 
 
 def make(name, model, norm, targeted, **kw):
@@ -256,7 +256,7 @@ def test_targeted_reaches_target(name, trained_cnn, batch):
     (dict(steps=0), "steps must be >= 1, got 0"),
     (dict(steps=2.5), "steps must be an integer, got 2.5"),
     (dict(restarts=0), "restarts must be >= 1, got 0"),
-    (dict(norm="3"), "norm must be one of 'inf', '2', '1', '0', 'patch' (or a Norm object), got '3'"),
+    (dict(norm="3"), "norm must be one of 'inf', '2', '1', '0', 'patch', 'frame' (or a Norm object), got '3'"),
     (dict(bounds=(1, 0)), "bounds must have low < high, got (1, 0)"),
 ])
 def test_bad_hyperparameters(kwargs, message, trained_cnn):
@@ -481,8 +481,8 @@ def test_numbers_of_other_numeric_types(trained_cnn, batch):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(seed=2**64), "seed must be <= 9223372036854775807, got 18446744073709551616"),
     (dict(seed=-1), "seed must be >= 0, got -1"),
-    (dict(norm=2.5), "norm must be one of 'inf', '2', '1', '0', 'patch' (or a Norm object), got 2.5"),
-    (dict(norm=float("nan")), "norm must be one of 'inf', '2', '1', '0', 'patch' (or a Norm object), got nan"),
+    (dict(norm=2.5), "norm must be one of 'inf', '2', '1', '0', 'patch', 'frame' (or a Norm object), got 2.5"),
+    (dict(norm=float("nan")), "norm must be one of 'inf', '2', '1', '0', 'patch', 'frame' (or a Norm object), got nan"),
     (dict(steps=torch.tensor([1, 2])), "steps must be an integer, got tensor([1, 2])"),
     (dict(targeted="yes"), "targeted must be True or False, got 'yes'"),
 ])

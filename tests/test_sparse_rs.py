@@ -136,8 +136,8 @@ def test_the_swap_schedule():
     (dict(p_init=0), "p_init must be > 0, got 0"),
     (dict(p_init=1.5), "p_init must be in (0, 1], got 1.5"),
     (dict(restarts=0), "restarts must be >= 1, got 0"),
-    (dict(norm="inf"), "norm must be '0' or 'patch' for SparseRS, got 'inf'"),
-    (dict(norm="2"), "norm must be '0' or 'patch' for SparseRS, got '2'"),
+    (dict(norm="inf"), "norm must be '0' or 'patch' or 'frame' for SparseRS, got 'inf'"),
+    (dict(norm="2"), "norm must be '0' or 'patch' or 'frame' for SparseRS, got '2'"),
     (dict(norm="patch", eps=2.5), "eps must be a whole number of pixels of side in patch, got 2.5"),
 ])
 def test_bad_options_are_refused_by_name(kwargs, message, trained_cnn):

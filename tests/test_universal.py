@@ -68,8 +68,8 @@ def test_the_model_and_the_images_are_left_as_they_were_and_a_seed_repeats(train
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m, x, y: find_universal(m, x, y, eps=10, norm="1"), "norm must be 'inf', '2' or 'patch'"),
-    (lambda m, x, y: find_universal(m, x, y, eps=5, norm="0"), "norm must be 'inf', '2' or 'patch'"),
+    (lambda m, x, y: find_universal(m, x, y, eps=10, norm="1"), "norm must be 'inf', '2', 'patch' or 'frame'"),
+    (lambda m, x, y: find_universal(m, x, y, eps=5, norm="0"), "norm must be 'inf', '2', 'patch' or 'frame'"),
     (lambda m, x, y: find_universal(m, x, y, eps=2.5, norm="patch"), "eps must be a whole number of pixels"),
     (lambda m, x, y: find_universal(m, x, y, eps=29, norm="patch"), "eps must be a patch side from 1 to 28"),
     (lambda m, x, y: find_universal(m, x, y, eps=-0.1), "eps must be >= 0"),
@@ -96,7 +96,7 @@ def test_the_cli_writes_the_perturbation_and_its_fooling_rate(small_checkpoint, 
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--norm", "1"], "--norm must be inf, 2 or patch with --universal"),
+    (["--norm", "1"], "--norm must be inf, 2, patch or frame with --universal"),
     (["--norm", "patch", "--eps", "40"], "eps must be a patch side from 1 to 28"),
     (["--targeted", "--target-class", "3"], "--targeted, --target-class cannot go with --universal"),
     (["--train-images", "0"], "--train-images must be >= 1"),
@@ -133,9 +133,9 @@ def test_eval_universal_sweeps_eps_and_larger_budgets_fool_more(small_checkpoint
 
 @pytest.mark.parametrize("options, message", [
     (["--threat", "0", "--norm", "inf"], "--threat and --norm exclude each other"),
-    (["--threat", "universal", "--norm", "1"], "--norm must be inf, 2 or patch with --universal"),
+    (["--threat", "universal", "--norm", "1"], "--norm must be inf, 2, patch or frame with --universal"),
     (["--threat", "universal", "--attacks", "pgd"], "--attacks cannot go with --universal"),
-    (["--universal", "--norm", "0"], "--norm must be inf, 2 or patch with --universal"),
+    (["--universal", "--norm", "0"], "--norm must be inf, 2, patch or frame with --universal"),
     (["--universal", "--eps", "-0.1"], "--eps must be comma-separated budgets >= 0"),
     (["--universal", "--train-images", "0"], "--train-images must be >= 1"),
     (["--threat", "0", "--patch-size", "4"], "--patch-size applies to patches (--threat patch)"),

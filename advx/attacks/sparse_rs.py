@@ -1,5 +1,6 @@
 """Sparse-RS: score-based black-box attacks by random search over which pixels to change:
-L0 (any k pixels) and patches (one square of side s, anywhere: ``advx.attacks.sparse_rs_patch``).
+L0 (any k pixels), patches (one square of side s, anywhere: ``advx.attacks.sparse_rs_patch``)
+and frames (a border w pixels wide: ``advx.attacks.sparse_rs_frame``).
 
 Croce, Andriushchenko, Singh, Flammarion & Hein (2022), "Sparse-RS: a versatile framework
 for query-efficient sparse black-box adversarial attacks" (AAAI). It never looks at a
@@ -17,9 +18,10 @@ from torch import nn
 from advx import rng
 from advx.attacks.base import Attack
 from advx.attacks.results import Run
+from advx.attacks.sparse_rs_frame import search_frame
 from advx.attacks.sparse_rs_patch import search_patch
 from advx.attacks.search import Draws, improves, search_options
-from advx.norms import Norm, Patch
+from advx.norms import Frame, Norm, Patch
 
 # (last iteration, divisor of p_init): the paper's schedule for L0 over 10,000 iterations
 # (rescaled to the budget); beyond the last, p_init / 20.
@@ -34,7 +36,7 @@ def swap_fraction(p_init: float, query: int, queries: int) -> float:
 
 
 class SparseRS(Attack):
-    """Sparse-RS for L0 and for patches, untargeted or targeted; uses model outputs only.
+    """Sparse-RS for L0, patches and frames, untargeted or targeted; uses model outputs only.
 
     L0 (``norm="0"``): the state of a sample is a set M of k = ``eps`` pixels (a pixel: one
     position with all its channels) and their values; every other pixel is the clean one.
@@ -55,7 +57,12 @@ class SparseRS(Attack):
     the square has that colour already, the other corner), p from ``p_init`` on the paper's
     patch schedule (``patch_fraction``); see ``advx.attacks.sparse_rs_patch``.
 
-    In both, a change is kept if it lowers the margin (``z_y - max_{j!=y} z_j``, or
+    Frames (``norm="frame"``, image-specific): the state is the colour of every pixel of the
+    border ``eps`` pixels wide, each at a corner of the box; each query repaints p times the
+    frame's pixel count of w x w squares at random frame pixels (on the patch schedule); see
+    ``advx.attacks.sparse_rs_frame``.
+
+    In all three, a change is kept if it lowers the margin (``z_y - max_{j!=y} z_j``, or
     ``max_{j!=t} z_j - z_t`` targeted) by more than float rounding, and a sample stops as
     soon as it reaches the goal. ``steps`` in the result is the exact number of model
     evaluations ("queries") spent on each sample, the initial one included. Every random
@@ -63,11 +70,12 @@ class SparseRS(Attack):
     result does not depend on its batch.
 
     Args:
-        eps: L0: k, the number of pixels changed; patch: s, the patch's side (a whole
-            number either way). queries: most queries per sample and restart (the initial
+        eps: L0: k, the number of pixels changed; patch: s, the patch's side; frame: w,
+            its width (a whole number each way). queries: most queries per sample and restart (the initial
             one included). p_init: initial fraction of the k pixels swapped (L0) or of the
-            patch's area repainted (patch) per query. restarts: independent runs, each only
-            on samples not broken yet. norm: ``"0"`` or ``"patch"``. targeted: ``y`` holds
+            patch's area (patch) or of the frame's pixels (frame) repainted per query.
+            restarts: independent runs, each only on samples not broken yet. norm: ``"0"``,
+            ``"patch"`` or ``"frame"``. targeted: ``y`` holds
             target labels.
 
     Example:
@@ -76,7 +84,7 @@ class SparseRS(Attack):
         >>> patch = SparseRS(model, eps=8, norm="patch").run(x, y)  # an 8 x 8 sticker
     """
 
-    norms = ("0", "patch")
+    norms = ("0", "patch", "frame")
     black_box = True
     low_precision = False  # not measured in bf16: the search runs in fp32
 
@@ -91,7 +99,10 @@ class SparseRS(Attack):
 
     @torch.no_grad()
     def _run(self, x, y, generator):
-        if isinstance(self.norm, Patch):
+        if isinstance(self.norm, Frame):
+            width = int(min(self.budget(x), self.norm.diameter(x.shape[1:], self.bounds)))
+            search = lambda xs, ys, gen: search_frame(self, xs, ys, width, gen)  # noqa: E731
+        elif isinstance(self.norm, Patch):
             side = int(min(self.budget(x), max(x.shape[2:], default=1)))
             search = lambda xs, ys, gen: search_patch(self, xs, ys, side, gen)  # noqa: E731
         else:

@@ -84,16 +84,8 @@ def search_patch(attack, x, y, side, generator):
         if movable and max(shifts) > 0 and t % location_period(t, total) == 0:  # move the patch
             new_top = (new_top + _uniform_int(u[:, 0], 2 * shifts[0] + 1) - shifts[0]).clamp(0, height - rows)
             new_left = (new_left + _uniform_int(u[:, 1], 2 * shifts[1] + 1) - shifts[1]).clamp(0, width - cols)
-        else:  # paint a square of area about p * s^2 inside the patch in one colour per channel
-            small = max(int(math.sqrt(patch_fraction(attack.p_init, t, total)) * side), 1)
-            s_rows, s_cols = min(small, rows), min(small, cols)
-            inside = _mask(_uniform_int(u[:, 0], rows - s_rows + 1), _uniform_int(u[:, 1], cols - s_cols + 1),
-                           s_rows, s_cols, rows, cols)[:, None]  # [A, 1, rows, cols]
-            colour = torch.where(u[:, 2:] < 0.5, low, high)[:, :, None, None]  # [A, C, 1, 1]
-            # A colour that the square already has everywhere would waste a query: the other one.
-            differs = ((new_contents != colour) & inside).flatten(1).any(1)
-            colour = torch.where(differs[:, None, None, None], colour, torch.where(colour == low, high, low))
-            new_contents = torch.where(inside, colour, new_contents)
+        else:
+            new_contents = paint_square(new_contents, u, patch_fraction(attack.p_init, t, total), low, high)
         candidate = _paste(x[active], new_contents, new_top, new_left)
 
         logits = attack.search_logits(candidate)
@@ -108,6 +100,22 @@ def search_patch(attack, x, y, side, generator):
         reached[active[now_reached]] = True
         active = active[~now_reached]
     return x_best, margin, reached, queries
+
+
+def paint_square(contents, u, fraction: float, low, high) -> torch.Tensor:
+    """``contents`` [A, C, rows, cols] (a patch of side s = max(rows, cols)) with a square of
+    area about ``fraction`` * s^2 painted in one corner colour per channel, placed and coloured
+    by the uniforms ``u`` [A, 2 + C]; a colour that the square already has everywhere would
+    waste a query, so there it takes the other corner."""
+    rows, cols = contents.shape[-2:]
+    small = max(int(math.sqrt(fraction) * max(rows, cols)), 1)
+    s_rows, s_cols = min(small, rows), min(small, cols)
+    inside = _mask(_uniform_int(u[:, 0], rows - s_rows + 1), _uniform_int(u[:, 1], cols - s_cols + 1),
+                   s_rows, s_cols, rows, cols)[:, None]  # [A, 1, rows, cols]
+    colour = torch.where(u[:, 2:] < 0.5, low, high)[:, :, None, None]  # [A, C, 1, 1]
+    differs = ((contents != colour) & inside).flatten(1).any(1)
+    colour = torch.where(differs[:, None, None, None], colour, torch.where(colour == low, high, low))
+    return torch.where(inside, colour, contents)
 
 
 def _uniform_int(u: torch.Tensor, count: int) -> torch.Tensor:

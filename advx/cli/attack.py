@@ -64,6 +64,7 @@ def add(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.universal:
         return universal.run(args)
+    universal.check_not_given(args)
     args.batch_size = 500 if args.batch_size is None else args.batch_size
     if args.targeted != (args.target_class is not None):
         raise CLIError("--targeted and --target-class K go together (got only one of them)")

@@ -49,7 +49,7 @@ def add(sub) -> None:
                         "(default: inf)")
     e.add_argument("--threat", default=None, choices=[*NORM_NAMES, "universal"],
                    help="the threat model by name instead of --norm: as --norm, or universal (as --universal; with "
-                        "--norm inf, 2 or patch for the perturbation's kind, default inf)")
+                        "--norm inf, 2, patch or frame for the perturbation's kind, default inf)")
     e.add_argument("--patch-size", default=None, metavar="SIDES",
                    help="with --threat patch (or --norm patch): the patch sides, as --eps (default: 4,6,8 on MNIST)")
     e.add_argument("--steps", type=int, default=None, help="iterations of iterative attacks (PGD default: 40)")
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     _resolve_threat(args)
     if args.universal:
         return universal.run_eval(args, default_eps)
+    universal.check_not_given(args)
     if not args.timeout > 0:
         raise CLIError(f"--timeout must be > 0 seconds per sample, got {args.timeout:g}")
     check_model_options(args)

@@ -27,7 +27,8 @@ and, for reports and for attacks that reason about the geometry:
   norm (L0's is a whole number of pixels).
 Without ``bounds``, clipping to the pixel box is done by the attack.
 
-L0 (``advx.norms.l0``) counts changed pixels: it has ``size``, ``random_start``, ``project``
+L0 (``advx.norms.l0``) counts changed pixels (patches, ``advx.norms.patch``, and frames,
+``advx.norms.frame``, are its kin): it has ``size``, ``random_start``, ``project``
 and ``diameter``, but no dual norm, steepest direction or hyperplane step (those raise), and
 ``certifiable`` is False: no bound propagation covers it. The Lp balls are in
 ``advx.norms.lp``, the contract in ``advx.norms.base``. This package is the only place that
@@ -40,27 +41,29 @@ import math
 import numbers
 
 from advx.norms.base import TINY, Norm, per_sample, solve_piecewise
+from advx.norms.frame import Frame
 from advx.norms.l0 import L0
 from advx.norms.patch import Patch
 from advx.norms.lp import L1, L2, Linf
 from advx.validate import InputError
 
-__all__ = ["TINY", "Norm", "per_sample", "solve_piecewise", "Linf", "L2", "L1", "L0", "Patch", "NORMS", "NORM_NAMES",
+__all__ = ["TINY", "Norm", "per_sample", "solve_piecewise", "Linf", "L2", "L1", "L0", "Patch", "Frame", "NORMS", "NORM_NAMES",
            "get_norm"]
 
 NORMS = {"inf": Linf, "linf": Linf, "Linf": Linf, "2": L2, "l2": L2, "L2": L2, "1": L1, "l1": L1, "L1": L1,
-         "0": L0, "l0": L0, "L0": L0, "patch": Patch}
-NORM_NAMES = ["inf", "2", "1", "0", "patch"]  # what the CLI offers
+         "0": L0, "l0": L0, "L0": L0, "patch": Patch, "frame": Frame}
+NORM_NAMES = ["inf", "2", "1", "0", "patch", "frame"]  # what the CLI offers
 
 
 def get_norm(norm: str | Norm) -> Norm:
     """``"inf"`` / ``"linf"`` -> ``Linf()``, ``"2"`` / ``"l2"`` -> ``L2()``, ``"1"`` / ``"l1"`` -> ``L1()``,
-    ``"0"`` / ``"l0"`` -> ``L0()``, ``"patch"`` -> ``Patch()``; a ``Norm`` passes through."""
+    ``"0"`` / ``"l0"`` -> ``L0()``, ``"patch"`` -> ``Patch()``, ``"frame"`` -> ``Frame()``; a ``Norm``
+    passes through."""
     if isinstance(norm, Norm):
         return norm
     given = norm
     if isinstance(norm, numbers.Real) and not isinstance(norm, bool):  # 2, 2.0, math.inf, numpy
         norm = {0.0: "0", 1.0: "1", 2.0: "2", math.inf: "inf"}.get(float(norm), given)
     if not isinstance(norm, str) or norm not in NORMS:
-        raise InputError(f"norm must be one of 'inf', '2', '1', '0', 'patch' (or a Norm object), got {given!r}")
+        raise InputError(f"norm must be one of 'inf', '2', '1', '0', 'patch', 'frame' (or a Norm object), got {given!r}")
     return NORMS[norm]()

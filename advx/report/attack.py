@@ -76,7 +76,7 @@ def universal_table(found, measured: dict, *, n: int, train_images: int, seconds
         ("model", source_title(source)),
         ("perturbation", f"one for every image, {found.norm.label} eps {found.eps:g} "
                          f"(size {found.size():.4f})"),
-        ("found on", f"{train_images:,} training images, {len(found.history)} passes (fooling rate there "
+        ("found on", f"{train_images:,} training images, {found.found_by} (fooling rate there "
                      f"{found.history[-1]:.2%})"),
         ("test images", str(n)),
         ("clean accuracy", f"{measured['clean_acc']:.2%}"),
@@ -116,7 +116,7 @@ def write_universal_outputs(out: Path, found, measured: dict, x: torch.Tensor, y
     write_json(out / "report.json", {
         "command": "attack", **source,
         "universal": {"norm": found.norm.name, "eps": found.eps, "size": found.size(),
-                      "train_fooling_rate": found.history},
+                      "found_by": found.found_by, "train_fooling_rate": found.history},
         **settings,
         "results": {k: v for k, v in measured.items() if k not in ("pred_clean", "pred")},
         "files": written,
