@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advx import zoo
 from advx.datasets import DATASET_NAMES, Dataset, get_dataset
 from advx.files import atomic_write, content_hash, remove_stale_temps
 from advx.models import MNIST_SHAPE, MODELS, build_model
@@ -123,9 +124,12 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a checkpoint dict (CPU tensors). Raises ``CheckpointError`` with the reason."""
+    """Read and check a checkpoint dict (CPU tensors), from a file or a zoo entry
+    (``"zoo:NAME"``, ``advx.zoo``). Raises ``CheckpointError`` (``ZooError``) with the reason."""
     if not str(path).strip():
         raise CheckpointError(f"checkpoint must name a file, got {str(path)!r}")
+    if zoo.is_zoo(path):  # zoo:NAME, a model shipped with advx (its SHA-256 checked first)
+        path = zoo.resolve(path)
     path = Path(path)
     remove_stale_temps(path)  # left behind by a save that was killed
     if path.is_dir():

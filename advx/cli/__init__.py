@@ -6,6 +6,7 @@
     advx eval                       robust accuracy over the test set at several eps (worst case)
     advx certify                    certified accuracy: a proved lower bound (bound propagation)
     advx verify NET.onnx P.vnnlib   a VNN-LIB property of an ONNX network: sat / unsat / timeout
+    advx zoo                        the trained models shipped with advx (--checkpoint zoo:NAME)
 
 attack, eval and certify take an advx checkpoint (--checkpoint) or your own model (--model
 MODULE:NAME with --weights, or --model FILE.pt2), behind its normalization (--mean/--std).
@@ -20,12 +21,12 @@ import sys
 import warnings
 
 from advx import distributed
-from advx.cli import attack, certify, data, train, verify
+from advx.cli import attack, certify, data, train, verify, zoo
 from advx.cli import eval as eval_command  # (not to shadow the builtin)
 from advx.cli.common import CLIError
 from advx.validate import AdvxError
 
-COMMANDS = (data, train, attack, eval_command, certify, verify)  # each: add(subparsers) and run(args)
+COMMANDS = (data, train, attack, eval_command, certify, verify, zoo)  # each: add(subparsers) and run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,7 +52,8 @@ def model_options(p: argparse.ArgumentParser) -> None:
     """The model to work on and the data it classifies (attack, eval, certify)."""
     g = p.add_argument_group("the model: an advx checkpoint, or your own (see the README's 'Bring your own model')")
     g.add_argument("--checkpoint", default=None,
-                   help=f"an advx checkpoint (default: {DEFAULT_CHECKPOINT}, unless --model is given)")
+                   help=f"an advx checkpoint, or zoo:NAME for a model shipped with advx (`advx zoo` lists them; "
+                        f"default: {DEFAULT_CHECKPOINT}, unless --model is given)")
     g.add_argument("--model", default=None, metavar="MODULE:NAME|FILE.pt2",
                    help="your own model instead: an import string to a function or class that returns the "
                         "nn.Module (my_pkg.nets:build, or nets.py:build), or a torch.export program (.pt2)")
