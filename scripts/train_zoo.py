@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_md5": {k: v for k, v in data.md5.items() if k.startswith("train")},
     })
     entry.update({"sha256": zoo.file_sha256(target), "bytes": target.stat().st_size})
+    cards = zoo.cards()  # read again: another entry may have been installed meanwhile
     cards[entry.pop("name")] = entry
     with atomic_write(zoo.CARDS, "w") as f:
         f.write(json.dumps(cards, indent=2) + "\n")

@@ -93,7 +93,7 @@ def test_an_unknown_zoo_name_lists_the_known_ones(spec, message, tmp_path, capsy
         advx.load_model(spec)
     code = main(["attack", "--checkpoint", spec, "--n", "2", "--out", str(tmp_path / "a"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and "Traceback" not in err and not (tmp_path / "a").exists()
+    assert code == 2 and message in err and "Traceback" not in err and not (tmp_path / "a" / "report.json").exists()
 
 
 def test_a_zoo_file_that_does_not_match_its_card_is_refused(tmp_path, monkeypatch):
@@ -168,6 +168,7 @@ def test_train_zoo_refuses_what_would_lose_a_shipped_model(capsys):
     assert "no model named 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_leaderboard_measures_a_row_caches_it_and_reports_a_failure(small_checkpoint, tmp_path):
     """A row for a checkpoint (one command), kept on the second run; a broken checkpoint gets
     a row that says why; the markdown is the rendering of the JSON."""

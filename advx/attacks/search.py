@@ -36,6 +36,37 @@ class Draws:
         return self.uniforms[self.row[active], i % DRAWS_PER_CALL]
 
 
+class Progress:
+    """Where a per-image random search stands (Sparse-RS's patches and frames): each sample's
+    ``margin``, ``queries`` spent and whether it ``reached`` the goal, and the samples still
+    ``active``. Made from the starting images (one query each); ``step`` spends one more."""
+
+    def __init__(self, attack, x_start: torch.Tensor, y: torch.Tensor) -> None:
+        self.attack, self.y = attack, y
+        logits = attack.search_logits(x_start)
+        self.queries = torch.ones(len(y), dtype=torch.long, device=y.device)
+        self.margin = attack._search_margin(logits, y)
+        self.reached = attack.confirm(x_start, logits, y)
+        self.active = (~self.reached).nonzero().squeeze(1)
+
+    def step(self, candidate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One query on ``candidate`` (one image per active sample): ``(improved, kept)``, which
+        of them lowered the margin beyond rounding (a mask over the active ones) and their
+        sample indices; the margins are updated, and a sample that reached the goal stops."""
+        attack, active = self.attack, self.active
+        logits = attack.search_logits(candidate)
+        self.queries[active] += 1
+        new_margin = attack._search_margin(logits, self.y[active])
+        improved = improves(new_margin, self.margin[active])
+        kept = active[improved]
+        self.margin[kept] = new_margin[improved]
+        now_reached = improved.clone()
+        now_reached[improved] = attack.confirm(candidate[improved], logits[improved], self.y[kept])
+        self.reached[active[now_reached]] = True
+        self.active = active[~now_reached]
+        return improved, kept
+
+
 def improves(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """Where the margin ``new`` is lower than ``old`` by more than float rounding (``TIE``): a
     change that leaves the logits as they were must not count as progress in one batch and not

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from advx import rng
-from advx.attacks.search import Draws, improves
+from advx.attacks.search import Draws, Progress
 from advx.attacks.sparse_rs_patch import patch_fraction
 from advx.norms.frame import depth
 from advx.validate import InputError
@@ -85,29 +85,16 @@ def search_frame(attack, x, y, width, generator):
     colours = torch.where(bits == 1, high, low)  # [n, C, F]
     x_best = border.paint(x, colours)
 
-    logits = attack.search_logits(x_best)
-    queries = torch.ones(n, dtype=torch.long, device=x.device)
-    margin = attack._search_margin(logits, y)
-    reached = attack.confirm(x_best, logits, y)
-    active = (~reached).nonzero().squeeze(1)
-    iterations, total = attack.queries - 1, attack.queries
-    draws = Draws(generator, n, iterations, border.draws(attack.p_init), device=x.device, dtype=torch.float32)
-    for i in range(iterations):
-        if len(active) == 0 or border.count == 0:  # a frame of width 0: nothing to search
+    state = Progress(attack, x_best, y)
+    total = attack.queries
+    draws = Draws(generator, n, total - 1, border.draws(attack.p_init), device=x.device, dtype=torch.float32)
+    for i in range(total - 1):
+        if len(state.active) == 0 or border.count == 0:  # a frame of width 0: nothing to search
             break
-        u = draws.at(i, active)
-        new = border.repaint(colours[active], u, patch_fraction(attack.p_init, i + 1, total), attack.p_init,
-                             low, high)
+        active = state.active
+        new = border.repaint(colours[active], draws.at(i, active), patch_fraction(attack.p_init, i + 1, total),
+                             attack.p_init, low, high)
         candidate = border.paint(x[active], new)
-
-        logits = attack.search_logits(candidate)
-        queries[active] += 1
-        new_margin = attack._search_margin(logits, y[active])
-        improved = improves(new_margin, margin[active])  # beyond float rounding
-        kept = active[improved]
-        x_best[kept], margin[kept], colours[kept] = candidate[improved], new_margin[improved], new[improved]
-        now_reached = improved.clone()
-        now_reached[improved] = attack.confirm(candidate[improved], logits[improved], y[kept])
-        reached[active[now_reached]] = True
-        active = active[~now_reached]
-    return x_best, margin, reached, queries
+        improved, kept = state.step(candidate)
+        x_best[kept], colours[kept] = candidate[improved], new[improved]
+    return x_best, state.margin, state.reached, state.queries

@@ -16,7 +16,7 @@ import math
 import torch
 
 from advx import rng
-from advx.attacks.search import Draws, improves
+from advx.attacks.search import Draws, Progress
 from advx.validate import InputError
 
 # (last iteration, divisor of p_init): the paper's schedule for patches over 10,000
@@ -66,17 +66,14 @@ def search_patch(attack, x, y, side, generator):
     contents = torch.where(bits == 1, high, low).expand(n, channels, rows, cols).clone()
     x_best = _paste(x, contents, top, left)
 
-    logits = attack.search_logits(x_best)
-    queries = torch.ones(n, dtype=torch.long, device=x.device)
-    margin = attack._search_margin(logits, y)
-    reached = attack.confirm(x_best, logits, y)
-    active = (~reached).nonzero().squeeze(1)
-    iterations, total = attack.queries - 1, attack.queries
+    state = Progress(attack, x_best, y)
+    total = attack.queries
     movable = rows < height or cols < width  # else every move would leave the patch in place
-    draws = Draws(generator, n, iterations, 2 + channels, device=x.device, dtype=torch.float64)
-    for i in range(iterations):
-        if len(active) == 0:
+    draws = Draws(generator, n, total - 1, 2 + channels, device=x.device, dtype=torch.float64)
+    for i in range(total - 1):
+        if len(state.active) == 0:
             break
+        active = state.active
         u = draws.at(i, active)  # [A, 2 + C]
         t = i + 1  # the query's number after the start, as in L0's schedule
         shifts = shift_range(t, total, height), shift_range(t, total, width)
@@ -87,19 +84,10 @@ def search_patch(attack, x, y, side, generator):
         else:
             new_contents = paint_square(new_contents, u, patch_fraction(attack.p_init, t, total), low, high)
         candidate = _paste(x[active], new_contents, new_top, new_left)
-
-        logits = attack.search_logits(candidate)
-        queries[active] += 1
-        new_margin = attack._search_margin(logits, y[active])
-        improved = improves(new_margin, margin[active])  # beyond float rounding
-        kept = active[improved]
-        x_best[kept], margin[kept] = candidate[improved], new_margin[improved]
+        improved, kept = state.step(candidate)
+        x_best[kept] = candidate[improved]
         top[kept], left[kept], contents[kept] = new_top[improved], new_left[improved], new_contents[improved]
-        now_reached = improved.clone()
-        now_reached[improved] = attack.confirm(candidate[improved], logits[improved], y[kept])
-        reached[active[now_reached]] = True
-        active = active[~now_reached]
-    return x_best, margin, reached, queries
+    return x_best, state.margin, state.reached, state.queries
 
 
 def paint_square(contents, u, fraction: float, low, high) -> torch.Tensor:
