@@ -45,7 +45,7 @@ def sources(args, zoo) -> list[dict]:
             raise FileNotFoundError(f"{'--checkpoint' if args.checkpoint else '--weights'}: no file at {hashed}")
         models.append({"name": name, "zoo": False, "argv": argv, "file": hashed, "card": None})
     if not models or args.only:
-        for name in args.only or zoo.cards():
+        for name in args.only or zoo.shipped():
             entry = zoo.card(name)
             models.append({"name": entry["name"], "zoo": True, "argv": ["--checkpoint", f"zoo:{entry['name']}"],
                            "file": None, "card": entry})
