@@ -117,8 +117,8 @@ def measure(model: dict, settings: dict, runs: Path, zoo, datasets) -> dict:
             began = time.perf_counter()
             report = run_cli(smooth, here / "smoothing")
             row["seconds"]["smoothing"] = round(time.perf_counter() - began, 1)
-            row["smoothing"] = {"sigma": sigma, "radius": radius, "n": report["settings"]["n"],
-                                "certified_acc": report["certified_acc"][f"{radius:g}"]}
+            row["smoothing"] = {"sigma": sigma, "radius": radius, "n": settings["smoothing_n"],
+                                "certified_acc": report["certified_acc"][f"{sigma:g}"][f"{radius:g}"]}
             row["commands"].append("advx " + " ".join(smooth))
     except (RuntimeError, TimeoutError, OSError, KeyError, ValueError) as err:
         row["error"] = str(err) or type(err).__name__
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{model['name']}: measuring ...", flush=True)
         row = measure(model, settings, runs, zoo, datasets)
-        row["settings"] = settings
+        row.update(settings=settings, commit=_commit(), date=datetime.date.today().isoformat())
         rows[model["name"]] = row
         print(f"{model['name']}: " + (f"not measured: {row['error']}" if row.get("error") else
                                       f"clean {row['clean_acc']:.2%}, attacked {row['robust_acc']:.2%}, "
