@@ -138,8 +138,7 @@ def _dataset_of(model: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from advx import __version__, datasets, zoo
-    from advx.files import atomic_write, check_output_dir
-    from advx.report import leaderboard
+    from advx.files import check_output_dir
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Rows are cached by model hash.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     board = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     cached = {(r["name"], r.get("sha256")): r for r in board.get("rows", []) if r.get("settings") == settings}
     rows = {r["name"]: r for r in board.get("rows", [])}
-    began = time.perf_counter()
     for model in models:
         sha = model["card"]["sha256"] if model["card"] else (zoo.file_sha256(Path(model["file"])) if model["file"] else None)
         hit = cached.get((model["name"], sha))
@@ -191,26 +189,37 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(model, settings, runs, zoo, datasets)
         row.update(settings=settings, commit=_commit(), date=datetime.date.today().isoformat())
         rows[model["name"]] = row
+        write(rows, settings, args)  # after each row: a stopped run keeps what it measured
         print(f"{model['name']}: " + (f"not measured: {row['error']}" if row.get("error") else
                                       f"clean {row['clean_acc']:.2%}, attacked {row['robust_acc']:.2%}, "
                                       f"certified {row['certified_acc']:.2%} ({sum(row['seconds'].values()):.0f} s)"))
+    print(f"wrote {', '.join(write(rows, settings, args))}")
+    return 0
+
+
+def write(rows: dict, settings: dict, args) -> list[str]:
+    """The board's JSON, its markdown and the README's table, from ``rows``; what was written."""
+    from advx import __version__, zoo
+    from advx.files import atomic_write
+    from advx.report import leaderboard
+
     order = list(zoo.cards())
     board = {"generated": datetime.date.today().isoformat(), "advx": __version__, "commit": _commit(),
              "machine": "2 CPU cores", "command": "python scripts/leaderboard.py", "settings": settings,
-             "seconds": round(time.perf_counter() - began, 1),
              "rows": sorted(rows.values(), key=lambda r: (not r["zoo"], order.index(r["name"]) if r["name"] in order
                                                           else len(order), r["name"]))}
-    with atomic_write(path, "w") as f:
+    with atomic_write(Path(args.json), "w") as f:
         f.write(json.dumps(board, indent=2) + "\n")
     with atomic_write(Path(args.markdown), "w") as f:
         f.write(leaderboard.markdown(board) + "\n")
+    written = [args.json, args.markdown]
     readme = Path(args.readme) if args.readme else None
     text = readme.read_text() if readme and readme.is_file() else ""
     if leaderboard.README_START in text:
         with atomic_write(readme, "w") as f:
             f.write(leaderboard.replace_section(text, leaderboard.readme_section(board)))
-    print(f"wrote {path}, {args.markdown}" + (f", {readme}'s table" if leaderboard.README_START in text else ""))
-    return 0
+        written.append(f"{readme}'s table")
+    return written
 
 
 def _commit() -> str:
