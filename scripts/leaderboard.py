@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     cached = {(r["name"], r.get("sha256")): r for r in board.get("rows", []) if r.get("settings") == settings}
     rows = {r["name"]: r for r in board.get("rows", [])}
     for model in models:
-        sha = model["card"]["sha256"] if model["card"] else (zoo.file_sha256(Path(model["file"])) if model["file"] else None)
+        sha = (model["card"]["sha256"] if model["card"] else
+               zoo.file_sha256(Path(model["file"])) if model["file"] else None)
         hit = cached.get((model["name"], sha))
         if hit and not args.force and not hit.get("error"):
             print(f"{model['name']}: cached (SHA-256 {str(sha)[:12]}...)")

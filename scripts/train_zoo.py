@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"checkpoints/zoo/{entry['name']}.pt")
     if out.exists() and not out.is_file():
         p.error(f"--out: {out} is a folder, expected a checkpoint file")
-    argv_run = command(entry, str(out)) + (quick(entry) if args.quick else [])
-    argv_run[0] = sys.executable
-    print(f"training {entry['name']}: {shown(command(entry, str(out)) + (quick(entry) if args.quick else []))}", flush=True)
+    recipe = command(entry, str(out)) + (quick(entry) if args.quick else [])
+    print(f"training {entry['name']}: {shown(recipe)}", flush=True)
+    argv_run = [sys.executable, *recipe[1:]]
     began = time.perf_counter()
     code = subprocess.call(argv_run, cwd=ROOT)
     seconds = time.perf_counter() - began

@@ -10,9 +10,8 @@ from advx import distributed
 from advx.cli.common import CLIError, check_model_options, device_named, floats, load_subject
 from advx.data import load_dataset
 from advx.files import check_output_dir
-from advx.norms import get_norm
+from advx.norms import Frame, Patch, get_norm
 from advx.report.attack import universal_sweep_table, universal_table, write_universal_outputs, write_universal_sweep
-from advx.norms import Frame, Patch
 from advx.universal import NORMS, find_universal, fooling
 from advx.universal_search import search_universal
 
@@ -37,9 +36,9 @@ def add_options(a: argparse.ArgumentParser) -> None:
 def add_eval_options(e: argparse.ArgumentParser) -> None:
     _add(e, "universal perturbations (--universal)",
          "the universal threat model: for each eps (default: the curve of --norm: inf, 2, patch for one patch "
-         "pasted at one place, or frame for a border eps pixels wide), one perturbation for every image, found by gradient ascent over --train-images "
-         "training images (--steps passes, default 3; --alpha the first step, default eps/5, a patch's 1/4); "
-         "reports the accuracy under it and its fooling rate on the first --n test images")
+         "pasted at one place, or frame for a border eps pixels wide), one perturbation for every image, found "
+         "by gradient ascent over --train-images training images (--steps passes, default 3; --alpha the first "
+         "step, default eps/5, a patch's 1/4); reports the accuracy under it and its fooling rate on the first --n test images")
 
 
 def _add(parser: argparse.ArgumentParser, title: str, what: str) -> None:

@@ -47,8 +47,8 @@ from advx.norms.patch import Patch
 from advx.norms.lp import L1, L2, Linf
 from advx.validate import InputError
 
-__all__ = ["TINY", "Norm", "per_sample", "solve_piecewise", "Linf", "L2", "L1", "L0", "Patch", "Frame", "NORMS", "NORM_NAMES",
-           "get_norm"]
+__all__ = ["TINY", "Norm", "per_sample", "solve_piecewise", "Linf", "L2", "L1", "L0", "Patch", "Frame", "NORMS",
+           "NORM_NAMES", "get_norm"]
 
 NORMS = {"inf": Linf, "linf": Linf, "Linf": Linf, "2": L2, "l2": L2, "L2": L2, "1": L1, "l1": L1, "L1": L1,
          "0": L0, "l0": L0, "L0": L0, "patch": Patch, "frame": Frame}
@@ -65,5 +65,6 @@ def get_norm(norm: str | Norm) -> Norm:
     if isinstance(norm, numbers.Real) and not isinstance(norm, bool):  # 2, 2.0, math.inf, numpy
         norm = {0.0: "0", 1.0: "1", 2.0: "2", math.inf: "inf"}.get(float(norm), given)
     if not isinstance(norm, str) or norm not in NORMS:
-        raise InputError(f"norm must be one of 'inf', '2', '1', '0', 'patch', 'frame' (or a Norm object), got {given!r}")
+        raise InputError(f"norm must be one of 'inf', '2', '1', '0', 'patch', 'frame' (or a Norm object), "
+                         f"got {given!r}")
     return NORMS[norm]()

@@ -25,8 +25,8 @@ def table(rows: list[dict], *, brief: bool = False) -> list[str]:
             cells = [name, where, row.get("trained_for", "—"), f"not measured: {row['error']}"]
             cells += [""] * (len(head) - len(cells))
         else:
-            cells = [name, where, row.get("trained_for", "—"), percent(row["clean_acc"]), f"**{percent(row['robust_acc'])}**",
-                     percent(row.get("certified_acc"))]
+            cells = [name, where, row.get("trained_for", "—"), percent(row["clean_acc"]),
+                     f"**{percent(row['robust_acc'])}**", percent(row.get("certified_acc"))]
             if not brief:
                 smooth = row.get("smoothing")
                 cells += [row.get("certifier", "—"),
