@@ -80,15 +80,15 @@ def certifier(model: dict, eps: float, n: int, settings: dict, here: Path) -> st
     return "ibp"
 
 
-def measure(model: dict, settings: dict, runs: Path, zoo, datasets) -> dict:
-    """One row (``error`` set, not raised, when a command fails)."""
+def measure(model: dict, sha: str | None, settings: dict, runs: Path, datasets) -> dict:
+    """One row for ``model`` (its file's SHA-256 ``sha``); ``error`` set, not raised, when a command fails."""
     card = model["card"]
     row = {"name": model["name"], "zoo": model["zoo"], "seconds": {}, "commands": []}
     if card:
         from advx.cli.zoo import trained_for
         row.update(dataset=card["dataset"], model=card["model"], trained_for=trained_for(card), sha256=card["sha256"])
     else:
-        row.update(trained_for="—", sha256=zoo.file_sha256(Path(model["file"])) if model["file"] else None)
+        row.update(trained_for="—", sha256=sha)
     here = runs / model["name"]
     try:
         dataset = row.get("dataset") or _dataset_of(model)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model['name']}: cached (SHA-256 {str(sha)[:12]}...)")
             continue
         print(f"{model['name']}: measuring ...", flush=True)
-        row = measure(model, settings, runs, zoo, datasets)
+        row = measure(model, sha, settings, runs, datasets)
         row.update(settings=settings, commit=_commit(), date=datetime.date.today().isoformat())
         rows[model["name"]] = row
         write(rows, settings, args)  # after each row: a stopped run keeps what it measured
